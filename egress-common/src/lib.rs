@@ -1,0 +1,216 @@
+//! Types shared by egressd's kernel programs and its userspace.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding, so that the kernel
+//! and userspace agree on its layout byte for byte. With the `user` feature
+//! they implement `aya::Pod` so userspace can read and write them in maps.
+#![no_std]
+
+/// Map names, shared so the two halves of a map never drift apart.
+pub mod map_names {
+    /// `HashMap<u64 cgroup id, u32 policy id>`: the cgroups a policy governs.
+    pub const CGROUP_POLICY: &str = "CGROUP_POLICY";
+    /// `Array<PolicyInfo>` indexed by policy id.
+    pub const POLICIES: &str = "POLICIES";
+    /// `LpmTrie<V4Key, u32 portset id>`: allowed IPv4 prefixes.
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    /// `LpmTrie<V6Key, u32 portset id>`: allowed IPv6 prefixes.
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    /// `Array<PortSet>` indexed by portset id.
+    pub const PORTSETS: &str = "PORTSETS";
+    /// `PerCpuArray<u64>` indexed by [`crate::counter_index`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Ring buffer of [`crate::Event`]s.
+    pub const EVENTS: &str = "EVENTS";
+}
+
+/// Program names (the function names in the eBPF crate).
+pub mod program_names {
+    pub const CONNECT4: &str = "egress_connect4";
+    pub const CONNECT6: &str = "egress_connect6";
+    pub const SENDMSG4: &str = "egress_sendmsg4";
+    pub const SENDMSG6: &str = "egress_sendmsg6";
+}
+
+/// Policy ids run from 1 to `MAX_POLICIES - 1`; 0 means "no policy found".
+pub const MAX_POLICIES: u32 = 256;
+/// Port ranges one destination prefix may carry.
+pub const MAX_PORT_RANGES: usize = 16;
+/// Distinct port sets, over all policies of one daemon.
+pub const MAX_PORTSETS: u32 = 16384;
+/// Governed cgroups, over all policies of one daemon.
+pub const MAX_CGROUPS: u32 = 16384;
+/// Entries in each allow trie.
+pub const MAX_ALLOW_ENTRIES: u32 = 4 * 1024 * 1024;
+/// Deepest cgroup level the kernel walks when looking for a governing ancestor.
+pub const MAX_CGROUP_DEPTH: i32 = 32;
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 1 << 22;
+
+/// `PolicyInfo::mode`: refuse what is not allowed.
+pub const MODE_ENFORCE: u32 = 0;
+/// `PolicyInfo::mode`: allow everything, but report what would be refused.
+pub const MODE_AUDIT: u32 = 1;
+
+/// Protocol bits in [`PortRange::protos`].
+pub const PROTO_BIT_TCP: u8 = 1;
+pub const PROTO_BIT_UDP: u8 = 2;
+
+/// Value of `POLICIES[policy id]`.
+///
+/// `table` is the id under which the policy's prefixes are stored in the
+/// allow tries; 0 means the policy is not live and everything is refused.
+/// A reload writes a new table, then switches `table` in one update.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyInfo {
+    pub table: u32,
+    pub mode: u32,
+}
+
+/// Data part of an IPv4 allow-trie key: table id (big endian), then the address.
+/// The trie's prefix length counts the 32 table bits too.
+pub type V4Key = [u8; 8];
+/// Data part of an IPv6 allow-trie key: table id (big endian), then the address.
+pub type V6Key = [u8; 20];
+/// Bits of the table id at the head of every trie key.
+pub const TABLE_BITS: u32 = 32;
+
+/// One range of destination ports, inclusive, for the protocols in `protos`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+    pub protos: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The ports a prefix allows: `ranges[..count]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSet {
+    pub count: u32,
+    pub ranges: [PortRange; MAX_PORT_RANGES],
+}
+
+impl Default for PortSet {
+    fn default() -> Self {
+        PortSet {
+            count: 0,
+            ranges: [PortRange::default(); MAX_PORT_RANGES],
+        }
+    }
+}
+
+/// Which program saw the attempt.
+pub mod hook {
+    pub const CONNECT4: u8 = 1;
+    pub const CONNECT6: u8 = 2;
+    pub const SENDMSG4: u8 = 3;
+    pub const SENDMSG6: u8 = 4;
+}
+
+/// Verdicts, as counted and reported.
+pub mod verdict {
+    pub const ALLOWED: u8 = 0;
+    pub const DENIED: u8 = 1;
+    /// Would have been refused, allowed because the policy is in audit mode.
+    pub const AUDITED: u8 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Protocol classes, as counted.
+pub mod proto_class {
+    pub const TCP: u8 = 0;
+    pub const UDP: u8 = 1;
+    pub const OTHER: u8 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Why an attempt was refused (or would have been, in audit mode).
+pub mod reason {
+    /// Allowed.
+    pub const NONE: u8 = 0;
+    /// No allow rule covers the destination address.
+    pub const NO_RULE: u8 = 1;
+    /// The address is allowed, but not this port or protocol.
+    pub const PORT: u8 = 2;
+    /// The socket's protocol is neither TCP nor UDP.
+    pub const PROTOCOL: u8 = 3;
+    /// The program ran, but the calling task's cgroup is governed by no
+    /// policy of this daemon, or the policy is not live (fail closed).
+    pub const NO_POLICY: u8 = 4;
+    /// An unconnected send without a destination address.
+    pub const NO_DEST: u8 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+/// Counter slots per policy: one per (verdict, protocol class, reason), then
+/// the lost-event slot.
+pub const COUNTERS_PER_POLICY: u32 = 64;
+/// Slot (within a policy's counters) counting events the ring buffer could not take.
+pub const LOST_SLOT: u32 = verdict::COUNT * proto_class::COUNT * reason::COUNT;
+/// Length of the `COUNTERS` per-CPU array.
+pub const COUNTERS_LEN: u32 = MAX_POLICIES * COUNTERS_PER_POLICY;
+
+/// Index into `COUNTERS` for one (policy, verdict, protocol class, reason).
+#[inline(always)]
+pub const fn counter_index(policy: u32, verdict: u8, proto: u8, reason: u8) -> u32 {
+    policy * COUNTERS_PER_POLICY
+        + (verdict as u32 * proto_class::COUNT + proto as u32) * reason::COUNT
+        + reason as u32
+}
+
+/// Index into `COUNTERS` of a policy's lost-event counter.
+#[inline(always)]
+pub const fn lost_index(policy: u32) -> u32 {
+    policy * COUNTERS_PER_POLICY + LOST_SLOT
+}
+
+/// One refused (or audited) attempt, sent through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub cgroup_id: u64,
+    /// Thread id (the kernel's pid).
+    pub pid: u32,
+    /// Process id (the kernel's tgid).
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub policy_id: u32,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// `AF_INET` (2) or `AF_INET6` (10): the family the destination is judged as.
+    pub family: u8,
+    /// IP protocol number of the socket (6 TCP, 17 UDP, ...).
+    pub protocol: u8,
+    /// Destination address; an IPv4 address fills the first 4 bytes.
+    pub addr: [u8; 16],
+    pub comm: [u8; 16],
+    pub reason: u8,
+    pub verdict: u8,
+    pub hook: u8,
+    pub _pad: [u8; 5],
+}
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::PolicyInfo {}
+    unsafe impl aya::Pod for super::PortRange {}
+    unsafe impl aya::Pod for super::PortSet {}
+    unsafe impl aya::Pod for super::Event {}
+}
+
+// Layout checks: a change that adds padding fails to compile.
+const _: () = assert!(core::mem::size_of::<Event>() == 72);
+const _: () = assert!(core::mem::size_of::<PortRange>() == 8);
+const _: () = assert!(core::mem::size_of::<PortSet>() == 4 + 8 * MAX_PORT_RANGES);
+const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 8);
+const _: () = assert!(LOST_SLOT < COUNTERS_PER_POLICY);

@@ -1,0 +1,50 @@
+//! egressd's kernel programs: cgroup sock_addr hooks that allow a connect()
+//! or an unconnected send only to destinations the governing policy allows.
+//!
+//! Each program is a thin entry point over `verdict::judge`; the maps live in
+//! `maps`, the destination decoding in `dest`.
+#![no_std]
+#![no_main]
+
+mod dest;
+mod maps;
+mod verdict;
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use egress_common::hook;
+
+/// TCP connect(), connected UDP, TCP Fast Open, io_uring connect (IPv4 address).
+#[cgroup_sock_addr(connect4)]
+pub fn egress_connect4(ctx: SockAddrContext) -> i32 {
+    verdict::judge(&ctx, hook::CONNECT4, dest::from_user4(&ctx))
+}
+
+/// As `connect4`, for IPv6 addresses; `::ffff:a.b.c.d` is judged as IPv4.
+#[cgroup_sock_addr(connect6)]
+pub fn egress_connect6(ctx: SockAddrContext) -> i32 {
+    verdict::judge(&ctx, hook::CONNECT6, dest::from_user6(&ctx))
+}
+
+/// UDP sendto()/sendmsg()/sendmmsg() with an IPv4 destination (also for
+/// mapped addresses on IPv6 sockets), and connected sends carrying control
+/// messages, which arrive here without an address.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn egress_sendmsg4(ctx: SockAddrContext) -> i32 {
+    verdict::judge(&ctx, hook::SENDMSG4, dest::from_send4(&ctx))
+}
+
+/// As `sendmsg4`, for IPv6 destinations.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn egress_sendmsg6(ctx: SockAddrContext) -> i32 {
+    verdict::judge(&ctx, hook::SENDMSG6, dest::from_send6(&ctx))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,55 @@
+//! The kernel side of every map. Userspace writes all of them but `COUNTERS`
+//! and `EVENTS`, which the programs write and userspace reads.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+use egress_common::{
+    PolicyInfo, PortSet, V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES, MAX_ALLOW_ENTRIES, MAX_CGROUPS,
+    MAX_POLICIES, MAX_PORTSETS,
+};
+
+/// Cgroup id -> policy id, for each governed cgroup. Written by userspace when
+/// it attaches; read by every program (the current cgroup, then its ancestors).
+#[map(name = "CGROUP_POLICY")]
+pub static CGROUP_POLICY: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CGROUPS, 0);
+
+/// Policy id -> live table id and mode. Written by userspace on load and on
+/// reload (one update switches a policy to its new table); read by every program.
+#[map(name = "POLICIES")]
+pub static POLICIES: Array<PolicyInfo> = Array::with_max_entries(MAX_POLICIES, 0);
+
+/// (table id, IPv4 prefix) -> portset id. Written by userspace from static
+/// rules and resolved hostnames; read by every program.
+#[map(name = "ALLOW_V4")]
+pub static ALLOW_V4: LpmTrie<V4Key, u32> = LpmTrie::with_max_entries(MAX_ALLOW_ENTRIES, 0);
+
+/// (table id, IPv6 prefix) -> portset id. As `ALLOW_V4`.
+#[map(name = "ALLOW_V6")]
+pub static ALLOW_V6: LpmTrie<V6Key, u32> = LpmTrie::with_max_entries(MAX_ALLOW_ENTRIES, 0);
+
+/// Portset id -> port ranges and protocols. Written by userspace; each set
+/// already includes the ports of every shorter prefix that covers its entry.
+#[map(name = "PORTSETS")]
+pub static PORTSETS: Array<PortSet> = Array::with_max_entries(MAX_PORTSETS, 0);
+
+/// Per-CPU counters by (policy, verdict, protocol class, reason), and lost
+/// events per policy; see `egress_common::counter_index`. Written by the
+/// programs, summed by userspace. Exact even when `EVENTS` is full.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// Denied and audited attempts, one `egress_common::Event` each. Written by
+/// the programs, drained by userspace.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Adds one to a counter slot.
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, touched only by this CPU while this program runs.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,471 @@
+//! Reading policy files: YAML in, a validated `Policy` out, or an error that
+//! names the file, the line and the field.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use super::{
+    fields::{CgroupPath, Name},
+    Destination, DnsSettings, Host, Mode, Net, Policy, PortRange, Protocol, Rule,
+};
+
+/// A policy that could not be read, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub struct PolicyError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error is not about one place in the file.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        } else {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: Name,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    cgroups: Vec<CgroupPath>,
+    #[serde(default)]
+    allow: Vec<RawRuleFields>,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+struct RawRule {
+    dest: Destination,
+    ports: Vec<PortRange>,
+    protocol: Protocol,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleFields {
+    host: Option<Host>,
+    cidr: Option<Net>,
+    ip: Option<Net>,
+    ports: Option<Vec<PortRange>>,
+    #[serde(default)]
+    protocol: Protocol,
+}
+
+impl TryFrom<RawRuleFields> for RawRule {
+    type Error = String;
+    fn try_from(r: RawRuleFields) -> Result<Self, String> {
+        let dest = match (r.host, r.cidr, r.ip) {
+            (Some(h), None, None) => Destination::Host(h),
+            (None, Some(n), None) | (None, None, Some(n)) => Destination::Net(n),
+            (None, None, None) => {
+                return Err(
+                    "an allow rule needs a destination: `host: NAME`, `cidr: PREFIX` or `ip: ADDRESS`"
+                        .into(),
+                )
+            }
+            _ => {
+                return Err(
+                    "an allow rule has one destination: write `host`, `cidr` or `ip`, not several (split it into two rules)"
+                        .into(),
+                )
+            }
+        };
+        if r.ports.as_ref().is_some_and(|p| p.is_empty()) {
+            return Err(
+                "`ports: []` allows nothing: list ports, or leave `ports` out to allow every port"
+                    .into(),
+            );
+        }
+        Ok(RawRule {
+            dest,
+            ports: r.ports.unwrap_or_default(),
+            protocol: r.protocol,
+        })
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    upstream: Vec<Upstream>,
+    /// Seconds.
+    min_ttl: Option<u64>,
+    max_ttl: Option<u64>,
+    grace: Option<u64>,
+}
+
+/// A resolver address, `IP` or `IP:PORT` (`[IPv6]:PORT`).
+struct Upstream(SocketAddr);
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Upstream(SocketAddr::new(ip, 53)));
+        }
+        s.parse().map(Upstream).map_err(|_| {
+            format!("`{s}` is not a resolver address: write IP, IP:PORT or [IPv6]:PORT")
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Upstream {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses and validates one policy from YAML text.
+pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
+    let raw: RawPolicy = serde_yaml_ng::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        PolicyError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message: with_field(text, line, &strip_location(&e.to_string())),
+        }
+    })?;
+    let whole = |message: String| PolicyError {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        message,
+    };
+    let defaults = DnsSettings::default();
+    let secs = |v: Option<u64>, d: Duration| v.map(Duration::from_secs).unwrap_or(d);
+    let dns = DnsSettings {
+        upstream: raw.dns.upstream.into_iter().map(|u| u.0).collect(),
+        min_ttl: secs(raw.dns.min_ttl, defaults.min_ttl),
+        max_ttl: secs(raw.dns.max_ttl, defaults.max_ttl),
+        grace: secs(raw.dns.grace, defaults.grace),
+    };
+    if dns.min_ttl.is_zero() || dns.min_ttl > dns.max_ttl {
+        return Err(whole(format!(
+            "dns.min_ttl ({}s) must be at least 1 and at most dns.max_ttl ({}s)",
+            dns.min_ttl.as_secs(),
+            dns.max_ttl.as_secs()
+        )));
+    }
+    let mut cgroups: Vec<PathBuf> = Vec::new();
+    for c in raw.cgroups {
+        if cgroups.contains(&c.0) {
+            return Err(whole(format!(
+                "cgroups: `{}` is listed twice",
+                c.0.display()
+            )));
+        }
+        cgroups.push(c.0);
+    }
+    let lines = rule_lines(text);
+    let mut rules = Vec::with_capacity(raw.allow.len());
+    for (i, fields) in raw.allow.into_iter().enumerate() {
+        let line = lines.get(i).copied().unwrap_or(0);
+        let r = RawRule::try_from(fields).map_err(|message| PolicyError {
+            file: file.to_path_buf(),
+            line,
+            column: 0,
+            message: format!("allow[{i}]: {message}"),
+        })?;
+        rules.push(Rule {
+            dest: r.dest,
+            ports: r.ports,
+            protocol: r.protocol,
+            line,
+        });
+    }
+    Ok(Policy {
+        name: raw.name.0,
+        mode: raw.mode,
+        cgroups,
+        rules,
+        dns,
+        source: file.display().to_string(),
+    })
+}
+
+/// serde_yaml_ng appends " at line L column C"; we print the place first.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// serde_yaml_ng's path stops at the mapping that holds a bad value; add
+/// the key written on the error's line, so the message names the field.
+fn with_field(text: &str, line: usize, message: &str) -> String {
+    let key = line
+        .checked_sub(1)
+        .and_then(|i| text.lines().nth(i))
+        .map(|l| l.trim_start().trim_start_matches("- "))
+        .and_then(|l| l.split_once(':'))
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let Some(key) = key else {
+        return message.to_string();
+    };
+    match message.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') => {
+            if path == key || path.ends_with(&format!(".{key}")) {
+                message.to_string()
+            } else {
+                format!("{path}.{key}: {rest}")
+            }
+        }
+        _ if message.contains(&format!("`{key}`")) => message.to_string(),
+        _ => format!("{key}: {message}"),
+    }
+}
+
+/// The line of each item of the top-level `allow:` list (block style).
+fn rule_lines(text: &str) -> Vec<usize> {
+    let mut lines = Vec::new();
+    let mut in_allow = false;
+    let mut item_indent: Option<usize> = None;
+    for (i, line) in text.lines().enumerate() {
+        let body = line.trim_start();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - body.len();
+        if indent == 0 {
+            in_allow = body.starts_with("allow:");
+            item_indent = None;
+            if in_allow
+                && body
+                    .trim_start_matches("allow:")
+                    .trim_start()
+                    .starts_with("- ")
+            {
+                lines.push(i + 1);
+            }
+            continue;
+        }
+        if in_allow && (body.starts_with("- ") || body == "-") {
+            let at = *item_indent.get_or_insert(indent);
+            if indent == at {
+                lines.push(i + 1);
+            }
+        }
+    }
+    lines
+}
+
+/// Reads and validates one policy file.
+pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Reads a policy file, or every `*.yaml`/`*.yml` file of a directory.
+/// Policy names must be unique, and no cgroup may be governed twice.
+pub fn load_path(path: &Path) -> Result<Vec<Policy>, PolicyError> {
+    let files = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| PolicyError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read directory: {e}"),
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml") | Some("yml")
+                )
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(PolicyError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: "no *.yaml or *.yml policy files in this directory".into(),
+            });
+        }
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut policies: Vec<Policy> = Vec::new();
+    for file in files {
+        let p = load_file(&file)?;
+        let clash = |message: String| PolicyError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message,
+        };
+        if let Some(other) = policies.iter().find(|o| o.name == p.name) {
+            return Err(clash(format!(
+                "policy name `{}` is already used by {}",
+                p.name, other.source
+            )));
+        }
+        for c in &p.cgroups {
+            if let Some(other) = policies.iter().find(|o| o.cgroups.contains(c)) {
+                return Err(clash(format!(
+                    "cgroup `{}` is already governed by policy `{}` ({})",
+                    c.display(),
+                    other.name,
+                    other.source
+                )));
+            }
+        }
+        policies.push(p);
+    }
+    Ok(policies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> PolicyError {
+        parse(text, Path::new("p.yaml")).unwrap_err()
+    }
+
+    const GOOD: &str = "\
+name: doc-summarizer
+mode: audit
+cgroups:
+  - agents.slice/doc.service
+allow:
+  - host: api.model.test
+    ports: [443]
+  - cidr: 203.0.113.0/24
+    ports: [\"8000-8100\", 53]
+    protocol: udp
+  - ip: 2001:db8::1
+dns:
+  upstream: [198.51.100.53, \"[2001:db8::53]:5353\"]
+  min_ttl: 10
+";
+
+    #[test]
+    fn parses_a_complete_policy() {
+        let p = parse(GOOD, Path::new("p.yaml")).unwrap();
+        assert_eq!(p.name, "doc-summarizer");
+        assert_eq!(p.mode, Mode::Audit);
+        assert_eq!(p.cgroups, vec![PathBuf::from("agents.slice/doc.service")]);
+        assert_eq!(p.rules.len(), 3);
+        assert_eq!(p.rules[0].line, 6);
+        assert_eq!(p.rules[1].protocol, Protocol::Udp);
+        assert_eq!(
+            p.rules[1].ports,
+            vec![
+                PortRange { lo: 8000, hi: 8100 },
+                PortRange { lo: 53, hi: 53 }
+            ]
+        );
+        assert_eq!(p.rules[2].line, 11);
+        assert!(p.rules[2].ports.is_empty());
+        assert_eq!(p.dns.upstream[0], "198.51.100.53:53".parse().unwrap());
+        assert_eq!(p.dns.upstream[1], "[2001:db8::53]:5353".parse().unwrap());
+        assert_eq!(p.dns.min_ttl, Duration::from_secs(10));
+        assert_eq!(p.hosts().len(), 1);
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_field() {
+        let e = err("name: a\nallow:\n  - host: api.model.test\n    port: 443\n");
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.to_string().contains("unknown field `port`"), "{e}");
+        assert!(e.to_string().starts_with("p.yaml:4:"), "{e}");
+    }
+
+    #[test]
+    fn bad_cidr_names_line_and_fix() {
+        let e = err("name: a\nallow:\n  - cidr: 203.0.113.7/24\n    ports: [443]\n");
+        assert_eq!(e.line, 3, "{e}");
+        let s = e.to_string();
+        assert!(s.contains("allow[0].cidr"), "{s}");
+        assert!(s.contains("203.0.113.0/24"), "{s}");
+    }
+
+    #[test]
+    fn port_out_of_range() {
+        let e = err("name: a\nallow:\n  - cidr: 203.0.113.0/24\n    ports: [443, 70000]\n");
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.to_string().contains("out of range"), "{e}");
+        assert!(e.to_string().contains("allow[0].ports"), "{e}");
+    }
+
+    #[test]
+    fn url_and_port_in_host() {
+        let e = err("name: a\nallow:\n  - host: https://api.model.test/v1\n");
+        assert!(e.to_string().contains("URL"), "{e}");
+        let e = err("name: a\nallow:\n  - host: api.model.test:443\n");
+        assert!(e.to_string().contains("ports: [443]"), "{e}");
+    }
+
+    #[test]
+    fn wildcard_is_a_clear_error() {
+        let e = err("name: a\nallow:\n  - host: \"*.cdn.test\"\n    ports: [443]\n");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.to_string().contains("wildcard"), "{e}");
+    }
+
+    #[test]
+    fn rule_needs_exactly_one_destination() {
+        let e = err("name: a\nallow:\n  - host: a.test\n  - ports: [443]\n");
+        assert!(e.to_string().contains("needs a destination"), "{e}");
+        assert!(e.to_string().starts_with("p.yaml:4:0: allow[1]:"), "{e}");
+        let e = err("name: a\nallow:\n  - host: a.test\n    cidr: 203.0.113.0/24\n");
+        assert!(e.to_string().contains("not several"), "{e}");
+        let e = err("name: a\nallow:\n  - host: a.test\n    ports: []\n");
+        assert!(e.to_string().contains("allows nothing"), "{e}");
+    }
+
+    #[test]
+    fn bad_mode_protocol_and_name() {
+        assert!(err("name: a\nmode: permissive\n")
+            .to_string()
+            .contains("mode"));
+        let e = err("name: a\nallow:\n  - cidr: 203.0.113.0/24\n    protocol: icmp\n");
+        assert!(e.to_string().contains("protocol"), "{e}");
+        assert!(err("name: Bad Name\n").to_string().contains("policy name"));
+        assert!(err("mode: audit\n")
+            .to_string()
+            .contains("missing field `name`"));
+    }
+
+    #[test]
+    fn cgroup_listed_twice() {
+        let e = err("name: a\ncgroups: [x.slice, /x.slice]\n");
+        assert!(e.to_string().contains("listed twice"), "{e}");
+    }
+}

@@ -1,0 +1,167 @@
+//! `egressd check` warnings: rules that are valid but let data out more
+//! widely than their author probably meant (the broad-endpoint trap).
+
+use ipnet::IpNet;
+
+use super::{Destination, Policy, Rule};
+
+/// Names that relay whatever they are sent: paste sites, request bins,
+/// webhook and tunnelling services, whole cloud storage domains.
+const RELAY_SUFFIXES: &[&str] = &[
+    "pastebin.com",
+    "paste.ee",
+    "hastebin.com",
+    "gist.githubusercontent.com",
+    "webhook.site",
+    "requestbin.com",
+    "pipedream.net",
+    "hooks.slack.com",
+    "hooks.zapier.com",
+    "ngrok.io",
+    "ngrok-free.app",
+    "ngrok.app",
+    "trycloudflare.com",
+    "loca.lt",
+    "serveo.net",
+    "transfer.sh",
+    "s3.amazonaws.com",
+    "storage.googleapis.com",
+    "blob.core.windows.net",
+    "r2.cloudflarestorage.com",
+    "discord.com",
+    "telegram.org",
+];
+
+/// Cloud instance metadata endpoints (credentials live there).
+const METADATA: &[&str] = &[
+    "169.254.169.254/32",
+    "fd00:ec2::254/128",
+    "169.254.170.2/32",
+];
+
+/// Private and local ranges, which a rule should not allow wholesale.
+const PRIVATE: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+/// One warning about one rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub line: usize,
+    pub message: String,
+}
+
+fn nets(list: &[&str]) -> Vec<IpNet> {
+    list.iter()
+        .map(|s| s.parse().expect("constant prefix"))
+        .collect()
+}
+
+fn rule_warnings(rule: &Rule) -> Vec<String> {
+    let mut out = Vec::new();
+    if rule.ports.is_empty() {
+        out.push(format!(
+            "`{}` allows every port: list the ports the agent needs",
+            rule.dest
+        ));
+    }
+    match &rule.dest {
+        Destination::Net(n) => {
+            let net = n.0;
+            let broad = match net {
+                IpNet::V4(v4) => v4.prefix_len() < 8,
+                IpNet::V6(v6) => v6.prefix_len() < 16,
+            };
+            if net.prefix_len() == 0 {
+                out.push(format!(
+                    "`{net}` allows the whole Internet: an agent can send data anywhere"
+                ));
+            } else if broad {
+                out.push(format!(
+                    "`{net}` is a very broad prefix: anything in it can relay data"
+                ));
+            }
+            for m in nets(METADATA) {
+                if net.contains(&m) {
+                    out.push(format!(
+                        "`{net}` includes the cloud metadata address {m}, where instance credentials are served"
+                    ));
+                }
+            }
+            for p in nets(PRIVATE) {
+                if net.contains(&p) && net.prefix_len() > 0 {
+                    out.push(format!(
+                        "`{net}` allows the private range {p} wholesale: list the hosts the agent needs"
+                    ));
+                }
+            }
+        }
+        Destination::Host(h) => {
+            let name = h.as_str();
+            if let Some(s) = RELAY_SUFFIXES
+                .iter()
+                .find(|s| name == **s || name.ends_with(&format!(".{s}")))
+            {
+                out.push(format!(
+                    "`{name}` is under {s}, a service that relays or stores whatever it is sent: an attacker can read it there"
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Warnings for every rule of a policy, in file order.
+pub fn lint(policy: &Policy) -> Vec<Warning> {
+    let mut warnings: Vec<Warning> = policy
+        .rules
+        .iter()
+        .flat_map(|r| {
+            rule_warnings(r).into_iter().map(|message| Warning {
+                line: r.line,
+                message,
+            })
+        })
+        .collect();
+    if policy.rules.is_empty() {
+        warnings.push(Warning {
+            line: 0,
+            message: "no allow rules: every connection is refused (fine for an offline agent)"
+                .into(),
+        });
+    }
+    warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::file::parse;
+    use std::path::Path;
+
+    fn warnings(allow: &str) -> Vec<String> {
+        let p = parse(&format!("name: a\nallow:\n{allow}"), Path::new("p.yaml")).unwrap();
+        lint(&p).into_iter().map(|w| w.message).collect()
+    }
+
+    #[test]
+    fn flags_the_broad_endpoint_trap() {
+        assert!(warnings("  - cidr: 0.0.0.0/0\n    ports: [443]\n")[0].contains("whole Internet"));
+        assert!(warnings("  - cidr: \"::/0\"\n    ports: [443]\n")[0].contains("whole Internet"));
+        assert!(
+            warnings("  - host: bucket.s3.amazonaws.com\n    ports: [443]\n")[0].contains("relays")
+        );
+        assert!(warnings("  - cidr: 169.254.0.0/16\n    ports: [80]\n")
+            .iter()
+            .any(|w| w.contains("metadata")));
+        assert!(warnings("  - cidr: 10.0.0.0/8\n    ports: [80]\n")[0].contains("private range"));
+        assert!(warnings("  - host: api.model.test\n")[0].contains("every port"));
+        assert!(warnings("  - host: api.model.test\n    ports: [443]\n").is_empty());
+    }
+}

@@ -1,0 +1,109 @@
+//! Policies: what a governed cgroup may reach.
+//!
+//! A policy file goes parse (`file`), then validate (the field types here
+//! check themselves as they are read, so every error carries its line), then
+//! compile (`crate::compile`). `dest` parses `egressd exec --allow` options
+//! into the same rules; `lint` finds allowed-but-dangerous destinations.
+
+pub mod dest;
+pub mod fields;
+pub mod file;
+pub mod lint;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+pub use fields::{Host, Mode, Net, PortRange, Protocol};
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub mode: Mode,
+    /// Governed cgroups, relative to the cgroup2 root.
+    pub cgroups: Vec<PathBuf>,
+    pub rules: Vec<Rule>,
+    pub dns: DnsSettings,
+    /// Where the policy came from (a file path, or "command line").
+    pub source: String,
+}
+
+/// One allow rule: a destination, its ports, its protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub dest: Destination,
+    /// Empty means every port.
+    pub ports: Vec<PortRange>,
+    pub protocol: Protocol,
+    /// 1-based line in the source file (0 for the command line).
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// An exact DNS name, resolved by egressd.
+    Host(Host),
+    /// An address or a prefix.
+    Net(Net),
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Host(h) => write!(f, "{h}"),
+            Destination::Net(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Rule {
+    /// The ports this rule allows; all ports when none are listed.
+    pub fn port_ranges(&self) -> Vec<PortRange> {
+        if self.ports.is_empty() {
+            vec![PortRange::ALL]
+        } else {
+            self.ports.clone()
+        }
+    }
+}
+
+/// How egressd resolves the hostnames a policy names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Resolvers to ask; empty means those of /etc/resolv.conf.
+    pub upstream: Vec<SocketAddr>,
+    /// Re-resolve no sooner than this, whatever the TTL says.
+    pub min_ttl: Duration,
+    /// Re-resolve no later than this, whatever the TTL says.
+    pub max_ttl: Duration,
+    /// How long an address stays allowed after its TTL ran out without it
+    /// being seen again (clients cache answers past their TTL).
+    pub grace: Duration,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            upstream: Vec::new(),
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(3600),
+            grace: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Policy {
+    /// The exact hostnames the policy names, once each.
+    pub fn hosts(&self) -> Vec<Host> {
+        let mut hosts: Vec<Host> = self
+            .rules
+            .iter()
+            .filter_map(|r| match &r.dest {
+                Destination::Host(h) => Some(h.clone()),
+                Destination::Net(_) => None,
+            })
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+}

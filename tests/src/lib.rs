@@ -1,0 +1,1 @@
+//! Test harness: network namespaces, cgroups, listeners and clients.

@@ -1,0 +1,4 @@
+use std::path::Path;
+pub fn run(_bin: &Path) -> anyhow::Result<()> {
+    anyhow::bail!("todo")
+}
