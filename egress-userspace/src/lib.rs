@@ -1,9 +1,20 @@
 //! egressd: a default-deny egress enforcer for agents.
 //!
 //! The library behind the `egressd` binary: policies (`policy`), their
-//! compilation into kernel map entries (`compile`), the kernel programs'
-//! loading and maps (`kernel`), cgroups and bpffs (`cgroup`, `bpffs`),
-//! hostname resolution (`resolve`), the event stream (`events`), metrics
-//! (`metrics`), and the commands (`daemon`, `exec`, `check`).
+//! compilation into kernel map entries (`compile`), the kernel programs and
+//! their maps (`kernel`), the running state (`enforcer`), cgroups and the
+//! filesystems they need (`cgroup`, `mounts`), hostname resolution
+//! (`resolve`), the event stream (`events`), metrics (`metrics`), and the
+//! commands (`daemon`, `exec`, `check`).
+pub mod cgroup;
+pub mod check;
 pub mod compile;
+pub mod daemon;
+pub mod enforcer;
+pub mod events;
+pub mod exec;
+pub mod kernel;
+pub mod metrics;
+pub mod mounts;
 pub mod policy;
+pub mod resolve;

@@ -1,1 +1,156 @@
-fn main() {}
+//! The `egressd` command line. Exit codes: 0 success; 1 a runtime failure;
+//! 2 bad usage or an unusable policy; `exec` exits with its command's status.
+
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use egressd::{check, daemon, exec, kernel::pins, policy::file::PolicyError};
+
+#[derive(Parser)]
+#[command(
+    name = "egressd",
+    version,
+    about = "Default-deny egress for agents, enforced in the kernel"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enforce policies on their cgroups; deny events as JSON lines on stdout.
+    Run {
+        /// A policy file, or a directory of *.yaml policy files.
+        #[arg(long, short)]
+        policy: PathBuf,
+        /// Where to serve Prometheus metrics.
+        #[arg(long, default_value = daemon::DEFAULT_METRICS_ADDR)]
+        metrics_addr: SocketAddr,
+        /// Serve no metrics.
+        #[arg(long)]
+        no_metrics: bool,
+    },
+    /// Run one command in a fresh cgroup under a policy; summarise denials.
+    Exec {
+        /// Policy file (its `cgroups` are ignored).
+        #[arg(long, short)]
+        policy: Option<PathBuf>,
+        /// An allowed destination: HOST:PORT, IP:PORT, CIDR:PORT, [IPv6]:PORT;
+        /// PORT may be LOW-HIGH or *; add /udp or /any for UDP. Repeatable.
+        #[arg(long, short, value_name = "DEST")]
+        allow: Vec<String>,
+        /// Allow everything, but report what would have been denied.
+        #[arg(long)]
+        audit: bool,
+        /// Resolver for hostnames (default: the system's, /etc/resolv.conf).
+        #[arg(long, value_name = "IP:PORT")]
+        resolver: Option<SocketAddr>,
+        /// Also write every deny event as a JSON line to this file.
+        #[arg(long, value_name = "FILE")]
+        events_json: Option<PathBuf>,
+        /// The command and its arguments (after --).
+        #[arg(last = true, required = true)]
+        command: Vec<OsString>,
+    },
+    /// Validate policy files and warn about broad rules.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Fail on warnings too.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Remove pinned programs: everything egressd attached (stops enforcement).
+    Detach {
+        /// Only this instance (`run`, or `exec-PID`).
+        #[arg(long)]
+        instance: Option<String>,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESSD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn failed(e: anyhow::Error) -> ExitCode {
+    eprintln!("egressd: {e:#}");
+    if e.downcast_ref::<PolicyError>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("starting the async runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run {
+            policy,
+            metrics_addr,
+            no_metrics,
+        } => {
+            let opts = daemon::RunOptions {
+                policy,
+                metrics_addr: (!no_metrics).then_some(metrics_addr),
+            };
+            match runtime().block_on(daemon::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failed(e),
+            }
+        }
+        Command::Exec {
+            policy,
+            allow,
+            audit,
+            resolver,
+            events_json,
+            command,
+        } => {
+            let opts = exec::ExecOptions {
+                policy,
+                allow,
+                audit,
+                resolver,
+                events_json,
+                command,
+            };
+            match runtime().block_on(exec::exec(opts)) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => failed(e),
+            }
+        }
+        Command::Check { files, strict } => {
+            if check::check(&files, strict) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Command::Detach { instance } => {
+            let dir = match instance {
+                Some(i) => pins::instance_dir(&i),
+                None => pins::root(),
+            };
+            match dir.and_then(|d| pins::remove_tree(&d)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failed(e),
+            }
+        }
+    }
+}

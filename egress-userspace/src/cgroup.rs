@@ -1,0 +1,132 @@
+//! cgroup v2 directories: ids, creation, emptying and removal.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// One cgroup v2 directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    /// Absolute path (under the cgroup2 mount).
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    /// The cgroup `rel` below the cgroup2 mount `root`.
+    pub fn at(root: &Path, rel: &Path) -> Cgroup {
+        Cgroup {
+            path: root.join(rel),
+        }
+    }
+
+    /// The kernel's cgroup id (what `bpf_get_current_cgroup_id` returns):
+    /// the inode number of the directory on cgroup2.
+    pub fn id(&self) -> Result<u64> {
+        Ok(fs::metadata(&self.path)
+            .with_context(|| format!("cgroup {}", self.path.display()))?
+            .ino())
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path.join("cgroup.procs").is_file()
+    }
+
+    /// Creates the cgroup (and missing parents).
+    pub fn create(&self) -> Result<()> {
+        fs::create_dir_all(&self.path)
+            .with_context(|| format!("creating cgroup {}", self.path.display()))
+    }
+
+    /// Opens the directory, for attaching programs.
+    pub fn open(&self) -> Result<fs::File> {
+        fs::File::open(&self.path)
+            .with_context(|| format!("opening cgroup {}", self.path.display()))
+    }
+
+    /// Pids of the processes in this cgroup (not its children).
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        let text = fs::read_to_string(self.path.join("cgroup.procs"))
+            .with_context(|| format!("reading {}/cgroup.procs", self.path.display()))?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Moves process `pid` (0: the caller) into this cgroup.
+    pub fn add(&self, pid: i32) -> Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
+            .with_context(|| format!("opening {}/cgroup.procs", self.path.display()))?;
+        f.write_all(format!("{pid}\n").as_bytes())
+            .with_context(|| format!("moving pid {pid} into {}", self.path.display()))
+    }
+
+    /// Kills every process in the cgroup and its children, and waits until
+    /// none is left (at most `timeout`).
+    pub fn kill_all(&self, timeout: Duration) -> Result<()> {
+        let kill_file = self.path.join("cgroup.kill");
+        if kill_file.is_file() {
+            fs::write(&kill_file, "1")
+                .with_context(|| format!("writing {}", kill_file.display()))?;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.all_pids();
+            if left.is_empty() {
+                return Ok(());
+            }
+            for pid in &left {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+            if Instant::now() > deadline {
+                bail!("processes {left:?} are still in {}", self.path.display());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn all_pids(&self) -> Vec<i32> {
+        let mut pids = self.pids().unwrap_or_default();
+        if let Ok(dir) = fs::read_dir(&self.path) {
+            for e in dir.flatten() {
+                if e.path().is_dir() {
+                    pids.extend(Cgroup { path: e.path() }.all_pids());
+                }
+            }
+        }
+        pids
+    }
+
+    /// Removes the cgroup and its children (they must hold no processes).
+    pub fn remove(&self) -> Result<()> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        for e in fs::read_dir(&self.path)?.flatten() {
+            if e.path().is_dir() {
+                Cgroup { path: e.path() }.remove()?;
+            }
+        }
+        // A cgroup whose last process just exited can be busy for a moment.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("removing cgroup {}", self.path.display()))
+                }
+            }
+        }
+    }
+}

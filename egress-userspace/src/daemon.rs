@@ -1,0 +1,168 @@
+//! `egressd run`: load policies, govern their cgroups, keep hostnames fresh,
+//! stream events as JSON lines on stdout, serve metrics.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{bail, Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    cgroup::Cgroup,
+    enforcer::Enforcer,
+    events::{Describer, EventStream},
+    kernel::pins,
+    metrics::{self, Metrics},
+    mounts,
+    policy::{file::load_path, Policy},
+    resolve::{self, HostRefresh},
+};
+
+/// Pin directory instance name of the daemon.
+pub const INSTANCE: &str = "run";
+/// Default metrics address: loopback only.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9469";
+
+pub struct RunOptions {
+    pub policy: PathBuf,
+    /// None: no metrics endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Loads and checks every policy before anything is attached.
+pub fn load_policies(path: &Path) -> Result<Vec<Policy>> {
+    let policies = load_path(path)?;
+    for p in &policies {
+        if p.cgroups.is_empty() {
+            bail!(
+                "{}: policy `{}` governs no cgroups: add `cgroups: [PATH]` (relative to the cgroup2 root), or use `egressd exec`",
+                p.source,
+                p.name
+            );
+        }
+    }
+    Ok(policies)
+}
+
+/// Installs every policy and governs its cgroups, pinning the links under
+/// `pin_dir`, then starts keeping hostnames fresh. Cgroups that do not exist
+/// yet are created, so that they are governed from their first process on.
+async fn install_all(
+    policies: Vec<Policy>,
+    enforcer: &Arc<Mutex<Enforcer>>,
+    metrics: &Arc<Metrics>,
+    pin_dir: &Path,
+) -> Result<()> {
+    let root = mounts::cgroup2_root()?;
+    let mut refreshers = Vec::new();
+    for policy in policies {
+        let resolver = Arc::new(resolve::resolver(&policy.dns)?);
+        let (resolved, state) = resolve::prewarm(
+            &resolver,
+            &policy.name,
+            &policy.hosts(),
+            &policy.dns,
+            metrics,
+        )
+        .await;
+        let (name, dns, cgroups) = (
+            policy.name.clone(),
+            policy.dns.clone(),
+            policy.cgroups.clone(),
+        );
+        let mut e = enforcer.lock().expect("enforcer lock");
+        let id = e
+            .install(policy, resolved)
+            .with_context(|| format!("installing policy `{name}`"))?;
+        for rel in cgroups {
+            let cgroup = Cgroup::at(&root, &rel);
+            if !cgroup.exists() {
+                tracing::info!(policy = name, cgroup = %cgroup.path.display(), "creating the governed cgroup");
+                cgroup.create()?;
+            }
+            let attachment = e.govern(id, &cgroup)?;
+            attachment.pin(&pin_dir.join(&name).join(cgroup.id()?.to_string()))?;
+            tracing::info!(policy = name, cgroup = %cgroup.path.display(), "governed");
+        }
+        for (host, (addrs, wait)) in state {
+            refreshers.push((
+                HostRefresh {
+                    enforcer: enforcer.clone(),
+                    resolver: resolver.clone(),
+                    metrics: metrics.clone(),
+                    id,
+                    policy: name.clone(),
+                    host,
+                    dns: dns.clone(),
+                    addrs,
+                },
+                wait,
+            ));
+        }
+    }
+    for (refresher, wait) in refreshers {
+        tokio::spawn(refresher.run(wait));
+    }
+    Ok(())
+}
+
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let policies = load_policies(&opts.policy)?;
+    let pin_dir = pins::instance_dir(INSTANCE)?;
+    // Links pinned by an earlier run keep enforcing until the new ones are in
+    // place: set them aside now, remove them after.
+    let stale = pin_dir.with_file_name(format!("{INSTANCE}.stale-{}", std::process::id()));
+    if pin_dir.exists() {
+        std::fs::rename(&pin_dir, &stale).context("setting aside the pins of an earlier run")?;
+    }
+    let (enforcer, ring) = Enforcer::load()?;
+    let enforcer = Arc::new(Mutex::new(enforcer));
+    let metrics = Arc::new(Metrics::new());
+    install_all(policies, &enforcer, &metrics, &pin_dir).await?;
+    pins::remove_tree(&stale)?;
+
+    let mut events = EventStream::new(ring).context("watching the event ring buffer")?;
+    let describer = {
+        let e = enforcer.lock().expect("enforcer lock");
+        Describer {
+            policies: e.policy_names(),
+            names: e.names.clone(),
+        }
+    };
+    if let Some(addr) = opts.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        tracing::info!("metrics on http://{addr}/metrics");
+        tokio::spawn(metrics::serve(listener, metrics.clone(), enforcer.clone()));
+    }
+    let policies: Vec<String> = describer.policies.values().cloned().collect();
+    tracing::info!(policies = ?policies, "enforcing");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let emit = |batch: Vec<egress_common::Event>| {
+        let mut out = std::io::stdout().lock();
+        for e in batch {
+            metrics.event(describer.policy(e.policy_id), e.verdict);
+            let _ = writeln!(out, "{}", describer.json(&e));
+        }
+        let _ = out.flush();
+    };
+    loop {
+        tokio::select! {
+            batch = events.next_batch() => emit(batch.context("reading events")?),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => tracing::warn!("reloading on SIGHUP is not supported yet: restart egressd to load changed policies (enforcement continues meanwhile)"),
+        }
+    }
+    emit(events.drain());
+    tracing::info!("stopping; the pinned programs keep enforcing the last allowlist (`egressd detach` removes them)");
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Deny and audit events: draining the ring buffer, and describing each
+//! event as one JSON line.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{MapData, RingBuf};
+use egress_common::{hook, Event, AF_INET, AF_INET6};
+use serde_json::json;
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    enforcer::Names,
+    kernel::counters::{reason_name, verdict_name},
+    metrics::NO_POLICY_LABEL,
+};
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < std::mem::size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: Event is plain old data and the slice is long enough.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// The ring buffer, readable from async code.
+pub struct EventStream {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl EventStream {
+    pub fn new(ring: RingBuf<MapData>) -> std::io::Result<EventStream> {
+        // SAFETY: the RingBuf owns its map fd, which stays open and the same
+        // for as long as the AsyncFd owns the RingBuf.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
+        Ok(EventStream { ring })
+    }
+
+    /// Everything in the buffer now, without waiting.
+    pub fn drain(&mut self) -> Vec<Event> {
+        let ring = self.ring.get_mut();
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            if let Some(e) = decode(&item) {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// Waits until events arrive, then returns them.
+    pub async fn next_batch(&mut self) -> std::io::Result<Vec<Event>> {
+        loop {
+            let mut guard = self.ring.readable_mut().await?;
+            let ring = guard.get_inner_mut();
+            let mut out = Vec::new();
+            while let Some(item) = ring.next() {
+                if let Some(e) = decode(&item) {
+                    out.push(e);
+                }
+            }
+            guard.clear_ready();
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// The destination address of an event.
+pub fn address(e: &Event) -> Option<IpAddr> {
+    match e.family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+            e.addr[0], e.addr[1], e.addr[2], e.addr[3],
+        ))),
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(e.addr))),
+        _ => None,
+    }
+}
+
+/// The process name, up to its first NUL.
+pub fn comm(e: &Event) -> String {
+    let end = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+    String::from_utf8_lossy(&e.comm[..end]).into_owned()
+}
+
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        136 => "udplite".into(),
+        n => format!("ip-proto-{n}"),
+    }
+}
+
+fn hook_name(h: u8) -> &'static str {
+    match h {
+        hook::CONNECT4 => "connect4",
+        hook::CONNECT6 => "connect6",
+        hook::SENDMSG4 => "sendmsg4",
+        hook::SENDMSG6 => "sendmsg6",
+        _ => "unknown",
+    }
+}
+
+/// RFC 3339 UTC time with milliseconds.
+pub fn timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Turns events into JSON, with policy names and learned hostnames.
+pub struct Describer {
+    pub policies: HashMap<u32, String>,
+    pub names: Names,
+}
+
+impl Describer {
+    pub fn policy(&self, id: u32) -> &str {
+        self.policies
+            .get(&id)
+            .map_or(NO_POLICY_LABEL, String::as_str)
+    }
+
+    pub fn host(&self, e: &Event) -> Option<String> {
+        let ip = address(e)?;
+        self.names
+            .read()
+            .expect("names lock")
+            .get(&ip)
+            .map(|h| h.to_string())
+    }
+
+    /// One event as a JSON object.
+    pub fn json(&self, e: &Event) -> serde_json::Value {
+        json!({
+            "time": timestamp(SystemTime::now()),
+            "policy": self.policy(e.policy_id),
+            "verdict": verdict_name(e.verdict),
+            "reason": reason_name(e.reason),
+            "hook": hook_name(e.hook),
+            "family": match e.family { AF_INET => "ipv4", AF_INET6 => "ipv6", _ => "none" },
+            "protocol": protocol_name(e.protocol),
+            "daddr": address(e).map(|a| a.to_string()),
+            "dport": e.port,
+            "host": self.host(e),
+            "pid": e.tgid,
+            "tid": e.pid,
+            "uid": e.uid,
+            "gid": e.gid,
+            "comm": comm(e),
+            "cgroup_id": e.cgroup_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_795_564_800_123);
+        assert_eq!(timestamp(t), "2026-11-25T00:00:00.123Z");
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn decodes_an_event() {
+        let mut e = Event {
+            family: AF_INET,
+            port: 443,
+            protocol: 6,
+            ..Default::default()
+        };
+        e.addr[..4].copy_from_slice(&[203, 0, 113, 9]);
+        e.comm[..7].copy_from_slice(b"python3");
+        // SAFETY: Event is plain old data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&e as *const Event).cast::<u8>(),
+                std::mem::size_of::<Event>(),
+            )
+        };
+        let d = decode(bytes).unwrap();
+        assert_eq!(address(&d), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(comm(&d), "python3");
+        assert!(decode(&bytes[..10]).is_none());
+    }
+}

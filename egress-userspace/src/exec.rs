@@ -1,0 +1,273 @@
+//! `egressd exec`: run one command in a fresh cgroup under a policy, print
+//! what was denied when it ends, exit with its status.
+
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    fs::File,
+    io::Write,
+    net::SocketAddr,
+    os::{fd::AsRawFd, unix::process::ExitStatusExt},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use egress_common::{verdict, Event};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    cgroup::Cgroup,
+    enforcer::Enforcer,
+    events::{address, comm, protocol_name, Describer, EventStream},
+    kernel::{counters::reason_name, pins},
+    metrics::Metrics,
+    mounts,
+    policy::{dest::parse_allow, file::load_file, DnsSettings, Mode, Policy},
+    resolve::{self, HostRefresh},
+};
+
+pub struct ExecOptions {
+    pub policy: Option<PathBuf>,
+    pub allow: Vec<String>,
+    pub audit: bool,
+    pub resolver: Option<SocketAddr>,
+    pub events_json: Option<PathBuf>,
+    pub command: Vec<OsString>,
+}
+
+/// The policy `exec` runs under: a file, or the `--allow` options.
+fn build_policy(opts: &ExecOptions) -> Result<Policy> {
+    let mut policy = match &opts.policy {
+        Some(file) => {
+            if !opts.allow.is_empty() {
+                bail!("give either --policy or --allow, not both");
+            }
+            load_file(file)?
+        }
+        None => {
+            let rules = opts
+                .allow
+                .iter()
+                .map(|a| parse_allow(a).map_err(|e| anyhow::anyhow!("--allow {e}")))
+                .collect::<Result<Vec<_>>>()?;
+            Policy {
+                name: "exec".into(),
+                mode: Mode::Enforce,
+                cgroups: Vec::new(),
+                rules,
+                dns: DnsSettings::default(),
+                source: "command line".into(),
+            }
+        }
+    };
+    if opts.audit {
+        policy.mode = Mode::Audit;
+    }
+    if let Some(r) = opts.resolver {
+        policy.dns.upstream = vec![r];
+    }
+    Ok(policy)
+}
+
+/// Denied attempts grouped by what and who, for the summary.
+#[derive(Default)]
+struct Summary {
+    rows: BTreeMap<(String, String, String, String), (u64, Vec<u32>)>,
+    total: u64,
+}
+
+impl Summary {
+    fn add(&mut self, e: &Event, d: &Describer) {
+        let dest = match address(e) {
+            Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{}", e.port),
+            Some(a) => format!("{a}:{}", e.port),
+            None => "(no destination)".into(),
+        };
+        let key = (
+            format!("{} {dest}", protocol_name(e.protocol)),
+            d.host(e).map(|h| format!(" ({h})")).unwrap_or_default(),
+            comm(e),
+            reason_name(e.reason).to_string(),
+        );
+        let row = self.rows.entry(key).or_default();
+        row.0 += 1;
+        if !row.1.contains(&e.tgid) {
+            row.1.push(e.tgid);
+        }
+        self.total += 1;
+    }
+
+    fn print(&self, audit: bool) {
+        let mut err = std::io::stderr().lock();
+        let verb = if audit { "would have denied" } else { "denied" };
+        if self.total == 0 {
+            let _ = writeln!(
+                err,
+                "egressd: nothing was {}",
+                if audit { "reported" } else { "denied" }
+            );
+            return;
+        }
+        let _ = writeln!(err, "egressd: {verb} {} attempt(s):", self.total);
+        for ((dest, host, comm, reason), (count, pids)) in &self.rows {
+            let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+            let _ = writeln!(
+                err,
+                "  {dest}{host} by {comm} (pid {}) x{count}: {reason}",
+                pids.join(", ")
+            );
+        }
+    }
+}
+
+/// Opens `cgroup.procs` for the child to move itself in before exec.
+fn procs_file(cgroup: &Cgroup) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.path.join("cgroup.procs"))
+        .with_context(|| format!("opening {}/cgroup.procs", cgroup.path.display()))
+}
+
+fn spawn_in(cgroup: &Cgroup, command: &[OsString]) -> Result<tokio::process::Child> {
+    let procs = procs_file(cgroup)?;
+    let fd = procs.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    // SAFETY: the closure only calls async-signal-safe write(2) on an fd
+    // opened before the fork, and touches no allocator.
+    unsafe {
+        cmd.pre_exec(move || {
+            let pid = b"0\n";
+            if libc::write(fd, pid.as_ptr().cast(), pid.len()) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", command[0]))?;
+    drop(procs);
+    Ok(child)
+}
+
+/// Exit code for a child's status: its code, or 128 + the signal.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+pub async fn exec(opts: ExecOptions) -> Result<i32> {
+    if opts.command.is_empty() {
+        bail!("no command given: egressd exec [OPTIONS] -- COMMAND [ARGS...]");
+    }
+    let policy = build_policy(&opts)?;
+    let audit = policy.mode == Mode::Audit;
+    let instance = format!("exec-{}", std::process::id());
+    let root = mounts::cgroup2_root()?;
+    let cgroup = Cgroup::at(&root, &PathBuf::from("egressd.exec").join(&instance));
+    cgroup.create()?;
+    let pin_dir = pins::instance_dir(&instance)?;
+    let result = run_governed(policy, &cgroup, &pin_dir, &opts).await;
+    // Clean up whatever happened: no process left, no cgroup, no pin.
+    let cleanup = cgroup
+        .kill_all(Duration::from_secs(5))
+        .and_then(|_| pins::remove_tree(&pin_dir))
+        .and_then(|_| cgroup.remove());
+    let (status, summary) = result?;
+    cleanup?;
+    summary.print(audit);
+    Ok(exit_code(status))
+}
+
+async fn run_governed(
+    policy: Policy,
+    cgroup: &Cgroup,
+    pin_dir: &std::path::Path,
+    opts: &ExecOptions,
+) -> Result<(std::process::ExitStatus, Summary)> {
+    let (enforcer, ring) = Enforcer::load()?;
+    let enforcer = Arc::new(Mutex::new(enforcer));
+    let metrics = Arc::new(Metrics::new());
+    let resolver = Arc::new(resolve::resolver(&policy.dns)?);
+    let (resolved, state) = resolve::prewarm(
+        &resolver,
+        &policy.name,
+        &policy.hosts(),
+        &policy.dns,
+        &metrics,
+    )
+    .await;
+    let (name, dns) = (policy.name.clone(), policy.dns.clone());
+    let id = {
+        let mut e = enforcer.lock().expect("enforcer lock");
+        let id = e.install(policy, resolved)?;
+        e.govern(id, cgroup)?.pin(pin_dir)?;
+        id
+    };
+    let mut refreshers = Vec::new();
+    for (host, (addrs, wait)) in state {
+        let r = HostRefresh {
+            enforcer: enforcer.clone(),
+            resolver: resolver.clone(),
+            metrics: metrics.clone(),
+            id,
+            policy: name.clone(),
+            host,
+            dns: dns.clone(),
+            addrs,
+        };
+        refreshers.push(tokio::spawn(r.run(wait)));
+    }
+    let describer = {
+        let e = enforcer.lock().expect("enforcer lock");
+        Describer {
+            policies: e.policy_names(),
+            names: e.names.clone(),
+        }
+    };
+    let mut json_out = match &opts.events_json {
+        Some(p) => Some(File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        None => None,
+    };
+    let mut events = EventStream::new(ring)?;
+    let mut summary = Summary::default();
+    let mut record = |batch: Vec<Event>| {
+        for e in batch {
+            if e.verdict != verdict::ALLOWED {
+                summary.add(&e, &describer);
+            }
+            if let Some(f) = json_out.as_mut() {
+                let _ = writeln!(f, "{}", describer.json(&e));
+            }
+        }
+    };
+
+    let mut child = spawn_in(cgroup, &opts.command)?;
+    let pid = child.id().context("child has no pid")? as i32;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let forward = |sig: i32| {
+        // SAFETY: kill has no memory preconditions; pid is our child's.
+        unsafe { libc::kill(pid, sig) };
+    };
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.context("waiting for the command")?,
+            batch = events.next_batch() => record(batch?),
+            _ = int.recv() => forward(libc::SIGINT),
+            _ = term.recv() => forward(libc::SIGTERM),
+            _ = hup.recv() => forward(libc::SIGHUP),
+        }
+    };
+    record(events.drain());
+    for r in refreshers {
+        r.abort();
+    }
+    Ok((status, summary))
+}

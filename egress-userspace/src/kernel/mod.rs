@@ -1,0 +1,170 @@
+//! The kernel programs: loading the embedded object, attaching its programs
+//! to cgroups, pinning what was attached, and typed handles on its maps.
+//!
+//! Needs Linux 5.7 (bpf_link for cgroups), 5.8 (ring buffer); tested on 6.18.
+
+pub mod counters;
+pub mod pins;
+pub mod tables;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{
+        links::{CgroupAttachMode, FdLink},
+        CgroupSockAddr,
+    },
+    Ebpf,
+};
+use egress_common::{map_names, program_names, PolicyInfo, PortSet, V4Key, V6Key};
+
+use crate::cgroup::Cgroup;
+
+/// The object built from `egress-ebpf`, embedded at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress.bpf.o"));
+
+/// Every program, in attach order.
+pub const PROGRAMS: [&str; 4] = [
+    program_names::CONNECT4,
+    program_names::CONNECT6,
+    program_names::SENDMSG4,
+    program_names::SENDMSG6,
+];
+
+/// Errors from the kernel side, naming the program, map or cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("loading the eBPF object (are you root, with BPF and cgroup v2 support?)")]
+    Object(#[source] aya::EbpfError),
+    #[error("the eBPF object has no program `{0}`")]
+    MissingProgram(&'static str),
+    #[error("loading program `{name}` into the kernel")]
+    Load {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching program `{name}` to cgroup {cgroup}")]
+    Attach {
+        name: &'static str,
+        cgroup: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("the eBPF object has no map `{0}`")]
+    MissingMap(&'static str),
+    #[error("map `{name}`")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Typed handles on the maps; see `egress-ebpf/src/maps.rs` for what each holds.
+pub struct Maps {
+    pub cgroup_policy: HashMap<MapData, u64, u32>,
+    pub policies: Array<MapData, PolicyInfo>,
+    pub allow_v4: LpmTrie<MapData, V4Key, u32>,
+    pub allow_v6: LpmTrie<MapData, V6Key, u32>,
+    pub portsets: Array<MapData, PortSet>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+/// The loaded programs and their maps.
+pub struct Kernel {
+    ebpf: Ebpf,
+}
+
+/// Links attached for one cgroup, one per program.
+pub struct Attachment {
+    pub links: Vec<(&'static str, FdLink)>,
+}
+
+impl Kernel {
+    /// Loads the object and its programs into the kernel (attaching nothing).
+    pub fn load() -> Result<Kernel, KernelError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(KernelError::Object)?;
+        for name in PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| KernelError::Load { name, source })?;
+            prog.load()
+                .map_err(|source| KernelError::Load { name, source })?;
+        }
+        Ok(Kernel { ebpf })
+    }
+
+    fn take<T>(&mut self, name: &'static str) -> Result<T, KernelError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(KernelError::MissingMap(name))?;
+        T::try_from(map).map_err(|source| KernelError::Map { name, source })
+    }
+
+    /// Takes the maps out of the object (once).
+    pub fn take_maps(&mut self) -> Result<(Maps, RingBuf<MapData>), KernelError> {
+        let maps = Maps {
+            cgroup_policy: self.take(map_names::CGROUP_POLICY)?,
+            policies: self.take(map_names::POLICIES)?,
+            allow_v4: self.take(map_names::ALLOW_V4)?,
+            allow_v6: self.take(map_names::ALLOW_V6)?,
+            portsets: self.take(map_names::PORTSETS)?,
+            counters: self.take(map_names::COUNTERS)?,
+        };
+        let events = self.take(map_names::EVENTS)?;
+        Ok((maps, events))
+    }
+
+    /// Attaches every program to `cgroup` with a bpf_link, beside any other
+    /// programs there. The kernel attaches cgroup links as BPF_F_ALLOW_MULTI
+    /// and refuses any flag on them (EINVAL), hence `Single` (no flag): a
+    /// child cgroup's programs run in addition and can never replace these.
+    pub fn attach(&mut self, cgroup: &Cgroup) -> Result<Attachment> {
+        let fd = cgroup.open()?;
+        let mut links = Vec::new();
+        for name in PROGRAMS {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| KernelError::Load { name, source })?;
+            let attach_err = |source| KernelError::Attach {
+                name,
+                cgroup: cgroup.path.display().to_string(),
+                source,
+            };
+            let id = prog
+                .attach(&fd, CgroupAttachMode::Single)
+                .map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            let link: FdLink = link
+                .try_into()
+                .with_context(|| format!("program `{name}` was not attached with a bpf_link (Linux 5.7 or later is needed)"))?;
+            links.push((name, link));
+        }
+        Ok(Attachment { links })
+    }
+}
+
+impl Attachment {
+    /// Pins each link as `dir/<program>`, so it outlives this process.
+    pub fn pin(self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, link) in self.links {
+            let path = dir.join(name);
+            link.pin(&path)
+                .with_context(|| format!("pinning link of `{name}` at {}", path.display()))?;
+        }
+        Ok(())
+    }
+}

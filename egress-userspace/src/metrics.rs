@@ -1,0 +1,193 @@
+//! Prometheus metrics, and a minimal HTTP endpoint serving them.
+//!
+//! Attempt counters come from the kernel's per-CPU counters at scrape time,
+//! so they are exact even when the ring buffer drops events. No label takes
+//! a value an attacker chooses: policy names come from the operator's files.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Result;
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use crate::{
+    enforcer::Enforcer,
+    kernel::counters::{proto_name, reason_name, verdict_name},
+};
+
+/// Label value for attempts made where no policy of this daemon applied.
+pub const NO_POLICY_LABEL: &str = "none";
+
+pub struct Metrics {
+    pub registry: Registry,
+    attempts: IntCounterVec,
+    lost: IntCounterVec,
+    events: IntCounterVec,
+    entries: IntGaugeVec,
+    lookups: IntCounterVec,
+    info: IntGaugeVec,
+    cgroups: IntGaugeVec,
+    /// Kernel counter values already added, to add only the difference.
+    seen: Mutex<HashMap<(u32, u8, u8, u8), u64>>,
+    lost_seen: Mutex<HashMap<u32, u64>>,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            attempts: counter(&r, "egressd_egress_attempts_total",
+                "Outbound connects and sends judged, by policy, verdict (allowed, denied, audited), protocol and reason.",
+                &["policy", "verdict", "protocol", "reason"]),
+            lost: counter(&r, "egressd_events_lost_total",
+                "Deny and audit events the ring buffer had no room for (the attempts are still counted).",
+                &["policy"]),
+            events: counter(&r, "egressd_events_total",
+                "Deny and audit events received from the kernel.", &["policy", "verdict"]),
+            entries: gauge(&r, "egressd_allowlist_entries",
+                "Allowed prefixes in force, by policy and address family.", &["policy", "family"]),
+            lookups: counter(&r, "egressd_resolver_lookups_total",
+                "Hostname lookups made to keep allowlists fresh, by result (ok, error).", &["policy", "result"]),
+            info: gauge(&r, "egressd_policy_info",
+                "1 for each policy loaded, with its mode.", &["policy", "mode"]),
+            cgroups: gauge(&r, "egressd_governed_cgroups",
+                "Cgroups governed by each policy.", &["policy"]),
+            registry: r,
+            seen: Mutex::default(),
+            lost_seen: Mutex::default(),
+        }
+    }
+
+    pub fn lookup(&self, policy: &str, ok: bool) {
+        self.lookups
+            .with_label_values(&[policy, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    pub fn event(&self, policy: &str, verdict: u8) {
+        self.events
+            .with_label_values(&[policy, verdict_name(verdict)])
+            .inc();
+    }
+
+    /// Brings every metric up to date with the kernel and the enforcer.
+    pub fn sync(&self, enforcer: &Enforcer) -> Result<()> {
+        let mut ids: Vec<(u32, String)> = vec![(0, NO_POLICY_LABEL.to_string())];
+        for p in &enforcer.installed {
+            ids.push((p.id, p.policy.name.clone()));
+            let (v4, v6) = enforcer.tables.table_len(p.table);
+            self.entries
+                .with_label_values(&[&p.policy.name, "ipv4"])
+                .set(v4 as i64);
+            self.entries
+                .with_label_values(&[&p.policy.name, "ipv6"])
+                .set(v6 as i64);
+            self.info
+                .with_label_values(&[&p.policy.name, &p.policy.mode.to_string()])
+                .set(1);
+            self.cgroups
+                .with_label_values(&[&p.policy.name])
+                .set(p.cgroups.len() as i64);
+        }
+        let mut seen = self.seen.lock().expect("metrics lock");
+        let mut lost_seen = self.lost_seen.lock().expect("metrics lock");
+        for (id, name) in ids {
+            let counts = enforcer.counts(id)?;
+            for c in counts.counts {
+                let prev = seen.entry((id, c.verdict, c.proto, c.reason)).or_insert(0);
+                let labels = [
+                    name.as_str(),
+                    verdict_name(c.verdict),
+                    proto_name(c.proto),
+                    reason_name(c.reason),
+                ];
+                self.attempts
+                    .with_label_values(&labels)
+                    .inc_by(c.value.saturating_sub(*prev));
+                *prev = c.value;
+            }
+            let prev = lost_seen.entry(id).or_insert(0);
+            self.lost
+                .with_label_values(&[&name])
+                .inc_by(counts.lost.saturating_sub(*prev));
+            *prev = counts.lost;
+        }
+        Ok(())
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, enforcer: Arc<Mutex<Enforcer>>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let (metrics, enforcer) = (metrics.clone(), enforcer.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            while len < buf.len() {
+                match conn.read(&mut buf[len..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => len += n,
+                }
+                if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let request = String::from_utf8_lossy(&buf[..len]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let response = if path == "/metrics" || path.starts_with("/metrics?") {
+                let synced = metrics.sync(&enforcer.lock().expect("enforcer lock"));
+                if let Err(e) = synced {
+                    tracing::error!("reading counters for a scrape: {e:#}");
+                }
+                let body = metrics.render();
+                let mut r = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                r.extend(body);
+                r
+            } else {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+            };
+            let _ = conn.write_all(&response).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
