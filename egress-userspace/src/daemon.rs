@@ -22,7 +22,7 @@ use crate::{
     resolve::{self, HostRefresh},
 };
 
-/// Pin directory instance name of the daemon.
+/// Default pin directory name of the daemon.
 pub const INSTANCE: &str = "run";
 /// Default metrics address: loopback only.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9469";
@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub policy: PathBuf,
     /// None: no metrics endpoint.
     pub metrics_addr: Option<SocketAddr>,
+    /// Name of this daemon's pin directory under `<bpffs>/egressd`.
+    pub instance: String,
 }
 
 /// Loads and checks every policy before anything is attached.
@@ -112,10 +114,10 @@ async fn install_all(
 
 pub async fn run(opts: RunOptions) -> Result<()> {
     let policies = load_policies(&opts.policy)?;
-    let pin_dir = pins::instance_dir(INSTANCE)?;
+    let pin_dir = pins::instance_dir(&opts.instance)?;
     // Links pinned by an earlier run keep enforcing until the new ones are in
     // place: set them aside now, remove them after.
-    let stale = pin_dir.with_file_name(format!("{INSTANCE}.stale-{}", std::process::id()));
+    let stale = pin_dir.with_file_name(format!("{}.stale-{}", opts.instance, std::process::id()));
     if pin_dir.exists() {
         std::fs::rename(&pin_dir, &stale).context("setting aside the pins of an earlier run")?;
     }

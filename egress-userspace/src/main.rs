@@ -30,6 +30,10 @@ enum Command {
         /// Serve no metrics.
         #[arg(long)]
         no_metrics: bool,
+        /// Name of this daemon's pin directory under <bpffs>/egressd (to run
+        /// several daemons side by side).
+        #[arg(long, default_value = daemon::INSTANCE)]
+        instance: String,
     },
     /// Run one command in a fresh cgroup under a policy; summarise denials.
     Exec {
@@ -104,10 +108,12 @@ fn main() -> ExitCode {
             policy,
             metrics_addr,
             no_metrics,
+            instance,
         } => {
             let opts = daemon::RunOptions {
                 policy,
                 metrics_addr: (!no_metrics).then_some(metrics_addr),
+                instance,
             };
             match runtime().block_on(daemon::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,322 @@
+//! Running the real `egressd` binary: `exec` for one command, `run` as a
+//! daemon, and governed test cgroups for processes the daemon enforces on.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use egressd::{cgroup::Cgroup, mounts};
+use serde_json::Value;
+
+use crate::netns::Netns;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn unique(tag: &str) -> String {
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The egressd binary under test.
+pub fn bin() -> PathBuf {
+    std::env::var_os("EGRESSD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/egressd"))
+}
+
+/// A scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<TempDir> {
+        let p = std::env::temp_dir().join(unique(&format!("egt-{tag}")));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+    pub fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let p = self.0.join(name);
+        std::fs::write(&p, text)?;
+        Ok(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What one `egressd exec` did.
+pub struct ExecResult {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub events: Vec<Value>,
+}
+
+/// Runs `egressd exec ARGS -- COMMAND` inside `ns`, with events captured.
+pub fn exec(ns: &Netns, args: &[&str], command: &[&str]) -> Result<ExecResult> {
+    let tmp = TempDir::new("exec")?;
+    let events = tmp.0.join("events.jsonl");
+    let out: Output = ns
+        .command(bin())
+        .arg("exec")
+        .args(args)
+        .arg("--events-json")
+        .arg(&events)
+        .arg("--")
+        .args(command)
+        .stdin(Stdio::null())
+        .output()
+        .context("running egressd exec")?;
+    let events = std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event lines are JSON"))
+        .collect();
+    Ok(ExecResult {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        events,
+    })
+}
+
+/// A cgroup for a test, below the cgroup2 root; emptied and removed on drop.
+pub struct TestCgroup {
+    pub cgroup: Cgroup,
+    /// Path relative to the cgroup2 root, as a policy names it.
+    pub rel: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> Result<TestCgroup> {
+        let rel = PathBuf::from("egressd-test.slice").join(unique(tag));
+        let cgroup = Cgroup::at(&mounts::cgroup2_root()?, &rel);
+        Ok(TestCgroup { cgroup, rel })
+    }
+
+    /// A child cgroup of this one (created).
+    pub fn child(&self, name: &str) -> Result<TestCgroup> {
+        let rel = self.rel.join(name);
+        let cgroup = Cgroup::at(&mounts::cgroup2_root()?, &rel);
+        cgroup.create()?;
+        Ok(TestCgroup { cgroup, rel })
+    }
+
+    pub fn rel_str(&self) -> String {
+        self.rel.display().to_string()
+    }
+
+    /// A command that starts inside this cgroup and inside `ns`.
+    pub fn command(&self, ns: &Netns, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = ns.command(program);
+        let procs = std::ffi::CString::new(
+            self.cgroup
+                .path
+                .join("cgroup.procs")
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: open/write/close are async-signal-safe; the CString was
+        // allocated before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0\n".as_ptr().cast(), 2) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs a command to completion inside this cgroup and `ns`.
+    pub fn run(&self, ns: &Netns, program: &str, args: &[&str]) -> Result<Output> {
+        Ok(self
+            .command(ns, program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = self.cgroup.kill_all(Duration::from_secs(5));
+        let _ = self.cgroup.remove();
+    }
+}
+
+/// `egressd run`, in a namespace, with its event lines collected.
+pub struct Daemon {
+    child: Child,
+    pub instance: String,
+    pub metrics_port: u16,
+    events: Arc<Mutex<Vec<Value>>>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    ns_fd: i32,
+}
+
+impl Daemon {
+    /// Starts `egressd run --policy POLICY` in `ns` and waits until it enforces.
+    pub fn start(ns: &Netns, policy: &Path) -> Result<Daemon> {
+        let instance = unique("test");
+        let metrics_port = 9469;
+        let mut child = ns
+            .command(bin())
+            .arg("run")
+            .arg("--policy")
+            .arg(policy)
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--instance", &instance])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting egressd run")?;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let ev = events.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v: Value =
+                    serde_json::from_str(&line).expect("egressd run prints JSON lines on stdout");
+                ev.lock().unwrap().push(v);
+            }
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let lg = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("enforcing") {
+                    let _ = ready_tx.send(());
+                }
+                lg.lock().unwrap().push(line);
+            }
+        });
+        let mut d = Daemon {
+            child,
+            instance,
+            metrics_port,
+            events,
+            log,
+            ns_fd: ns.fd(),
+        };
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let status = d.child.try_wait()?;
+            bail!(
+                "egressd run did not start ({status:?}):\n{}",
+                d.log.lock().unwrap().join("\n")
+            );
+        }
+        Ok(d)
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` events arrived (at most 5 s).
+    pub fn wait_events(&self, n: usize) -> Vec<Value> {
+        for _ in 0..500 {
+            if self.events.lock().unwrap().len() >= n {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.events()
+    }
+
+    /// The Prometheus text from the metrics endpoint.
+    pub fn metrics(&self) -> Result<String> {
+        let (fd, port) = (self.ns_fd, self.metrics_port);
+        thread::spawn(move || -> Result<String> {
+            // SAFETY: setns on this helper thread only.
+            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                bail!("setns: {}", std::io::Error::last_os_error());
+            }
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("metrics thread panicked"))?
+    }
+
+    /// The sum of the samples of metric `name` whose labels include `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        Ok(sum_samples(&self.metrics()?, name, labels))
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, then waits; returns the exit code.
+    pub fn stop(&mut self) -> Result<Option<i32>> {
+        self.signal(libc::SIGTERM);
+        for _ in 0..500 {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.child.kill()?;
+        bail!("egressd did not stop on SIGTERM within 5 s")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new(bin())
+            .args(["detach", "--instance", &self.instance])
+            .status();
+    }
+}
+
+/// Sums the samples of `name` in Prometheus text whose labels include `labels`.
+pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}

@@ -1,0 +1,87 @@
+//! Listeners that count what reaches them: a deny is proven here, by a
+//! count of zero, not only by the client's EPERM.
+
+use std::{
+    io::Read,
+    net::{SocketAddr, TcpListener, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use crate::netns::Netns;
+
+pub struct Listener {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Listener {
+    /// Counts accepted TCP connections on `addr` inside `ns`.
+    pub fn tcp(ns: &Netns, addr: &str) -> Result<Listener> {
+        let addr: SocketAddr = addr.parse()?;
+        let sock = ns.run(move || Ok(TcpListener::bind(addr)?))?;
+        sock.set_nonblocking(true)?;
+        let (hits, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (h, s) = (hits.clone(), stop.clone());
+        thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match sock.accept() {
+                    Ok((mut conn, _)) => {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        thread::spawn(move || {
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                            let mut sink = Vec::new();
+                            let _ = conn.read_to_end(&mut sink);
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Ok(Listener { addr, hits, stop })
+    }
+
+    /// Counts UDP datagrams received on `addr` inside `ns`.
+    pub fn udp(ns: &Netns, addr: &str) -> Result<Listener> {
+        let addr: SocketAddr = addr.parse()?;
+        let sock = ns.run(move || Ok(UdpSocket::bind(addr)?))?;
+        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let (hits, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (h, s) = (hits.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::SeqCst) {
+                if sock.recv_from(&mut buf).is_ok() {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Ok(Listener { addr, hits, stop })
+    }
+
+    /// What arrived so far, after giving in-flight packets a moment.
+    pub fn count(&self) -> u64 {
+        thread::sleep(Duration::from_millis(100));
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
