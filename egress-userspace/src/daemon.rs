@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -18,7 +18,10 @@ use crate::{
     kernel::pins,
     metrics::{self, Metrics},
     mounts,
-    policy::{file::load_path, Policy},
+    policy::{
+        file::{load_path, PolicyError},
+        Policy,
+    },
     resolve::{self, HostRefresh},
 };
 
@@ -40,11 +43,13 @@ pub fn load_policies(path: &Path) -> Result<Vec<Policy>> {
     let policies = load_path(path)?;
     for p in &policies {
         if p.cgroups.is_empty() {
-            bail!(
-                "{}: policy `{}` governs no cgroups: add `cgroups: [PATH]` (relative to the cgroup2 root), or use `egressd exec`",
-                p.source,
-                p.name
-            );
+            return Err(PolicyError {
+                file: p.source.clone().into(),
+                line: 0,
+                column: 0,
+                message: format!("policy `{}` governs no cgroups: add `cgroups: [PATH]` (relative to the cgroup2 root), or run it with `egressd exec --policy`", p.name),
+            }
+            .into());
         }
     }
     Ok(policies)
@@ -112,7 +117,23 @@ async fn install_all(
     Ok(())
 }
 
+/// A pin directory name: letters, digits, `.`, `_`, `-`.
+fn valid_instance(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 pub async fn run(opts: RunOptions) -> Result<()> {
+    if !valid_instance(&opts.instance) {
+        return Err(crate::exec::UsageError(format!(
+            "--instance `{}`: use letters, digits, `.`, `_` and `-`",
+            opts.instance
+        ))
+        .into());
+    }
     let policies = load_policies(&opts.policy)?;
     let pin_dir = pins::instance_dir(&opts.instance)?;
     // Links pinned by an earlier run keep enforcing until the new ones are in

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use egress_common::{verdict, Event};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -27,6 +27,11 @@ use crate::{
     policy::{dest::parse_allow, file::load_file, DnsSettings, Mode, Policy},
     resolve::{self, HostRefresh},
 };
+
+/// A mistake in how `exec` was called (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 pub struct ExecOptions {
     pub policy: Option<PathBuf>,
@@ -42,7 +47,7 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
     let mut policy = match &opts.policy {
         Some(file) => {
             if !opts.allow.is_empty() {
-                bail!("give either --policy or --allow, not both");
+                return Err(UsageError("give either --policy or --allow, not both".into()).into());
             }
             load_file(file)?
         }
@@ -50,8 +55,8 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
             let rules = opts
                 .allow
                 .iter()
-                .map(|a| parse_allow(a).map_err(|e| anyhow::anyhow!("--allow {e}")))
-                .collect::<Result<Vec<_>>>()?;
+                .map(|a| parse_allow(a).map_err(|e| UsageError(format!("--allow {e}"))))
+                .collect::<Result<Vec<_>, UsageError>>()?;
             Policy {
                 name: "exec".into(),
                 mode: Mode::Enforce,
@@ -163,7 +168,10 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 
 pub async fn exec(opts: ExecOptions) -> Result<i32> {
     if opts.command.is_empty() {
-        bail!("no command given: egressd exec [OPTIONS] -- COMMAND [ARGS...]");
+        return Err(UsageError(
+            "no command given: egressd exec [OPTIONS] -- COMMAND [ARGS...]".into(),
+        )
+        .into());
     }
     let policy = build_policy(&opts)?;
     let audit = policy.mode == Mode::Audit;

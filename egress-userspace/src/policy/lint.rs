@@ -88,7 +88,7 @@ fn rule_warnings(rule: &Rule) -> Vec<String> {
                 ));
             }
             for m in nets(METADATA) {
-                if net.contains(&m) {
+                if net.contains(&m) && net.prefix_len() > 0 {
                     out.push(format!(
                         "`{net}` includes the cloud metadata address {m}, where instance credentials are served"
                     ));
@@ -119,7 +119,7 @@ fn rule_warnings(rule: &Rule) -> Vec<String> {
 
 /// Warnings for every rule of a policy, in file order.
 pub fn lint(policy: &Policy) -> Vec<Warning> {
-    let mut warnings: Vec<Warning> = policy
+    policy
         .rules
         .iter()
         .flat_map(|r| {
@@ -128,15 +128,7 @@ pub fn lint(policy: &Policy) -> Vec<Warning> {
                 message,
             })
         })
-        .collect();
-    if policy.rules.is_empty() {
-        warnings.push(Warning {
-            line: 0,
-            message: "no allow rules: every connection is refused (fine for an offline agent)"
-                .into(),
-        });
-    }
-    warnings
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,249 @@
+//! The command line as a user meets it: `check` on good and broken policies,
+//! the example policies loaded into the kernel, `exec` usage errors.
+
+use std::{path::PathBuf, process::Command};
+
+use egress_tests::{
+    dns::DnsServer,
+    egressd::{bin, exec, TempDir},
+    listen::Listener,
+    netns::Netns,
+    require_root,
+};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+
+fn examples() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "example policies are missing");
+    files
+}
+
+fn check(args: &[&str], files: &[PathBuf]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin())
+        .arg("check")
+        .args(args)
+        .args(files)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn example_policies_pass_check_strictly() {
+    let (code, out, err) = check(&["--strict"], &examples());
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.lines().count(), examples().len());
+}
+
+/// Each example policy loads into the kernel and enforces: its model API is
+/// reachable, an exfiltration host is not.
+#[test]
+fn example_policies_load_and_enforce() {
+    require_root();
+    let ns = Netns::new("examples").unwrap();
+    let _dns = DnsServer::start(
+        &ns,
+        "198.51.100.53:53",
+        &[
+            ("api.model.test", &["198.51.100.1"], 300),
+            ("git.forge.test", &["198.51.100.2"], 300),
+            ("packages.index.test", &["2001:db8::2"], 300),
+        ],
+    )
+    .unwrap();
+    let _api = Listener::tcp(&ns, "198.51.100.1:443").unwrap();
+    let exfil = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    for file in examples() {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let policy = file.to_str().unwrap();
+        let args = ["--policy", policy, "--resolver", "198.51.100.53:53"];
+        let r = exec(
+            &ns,
+            &args,
+            &[
+                "sh",
+                "-c",
+                &format!("{PROBE} tcp 198.51.100.1:443; {PROBE} tcp 203.0.113.9:443"),
+            ],
+        )
+        .unwrap();
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        let api_expected = if name.starts_with("offline") {
+            "error: 1"
+        } else {
+            "ok"
+        };
+        let exfil_expected = if name.contains("audit") {
+            "ok"
+        } else {
+            "error: 1"
+        };
+        assert_eq!(
+            lines,
+            [api_expected, exfil_expected],
+            "{name}: {}",
+            r.stderr
+        );
+    }
+    // Only the audit-mode policy let the exfiltration attempt through.
+    assert_eq!(exfil.count(), 1);
+}
+
+#[test]
+fn broken_policies_name_file_line_and_field() {
+    let dir = TempDir::new("broken").unwrap();
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "name: a\nallow:\n  - host: api.model.test\n    port: 443\n",
+            4,
+            "unknown field `port`",
+        ),
+        (
+            "name: a\nallow:\n  - cidr: 203.0.113.7/24\n",
+            3,
+            "203.0.113.0/24",
+        ),
+        (
+            "name: a\nallow:\n  - cidr: 203.0.113.0/24\n    ports: [99999]\n",
+            4,
+            "out of range",
+        ),
+        ("name: a\nallow:\n  - host: \"*.com\"\n", 3, "wildcard"),
+        (
+            "name: a\nallow:\n  - host: https://api.model.test/v1\n",
+            3,
+            "URL",
+        ),
+        (
+            "name: a\nallow:\n  - host: api.model.test:443\n",
+            3,
+            "ports: [443]",
+        ),
+        ("name: a\nmode: block\n", 2, "unknown variant `block`"),
+        (
+            "name: a\nallow:\n  - ip: 198.51.100.1\n    protocol: sctp\n",
+            4,
+            "unknown variant `sctp`",
+        ),
+    ];
+    for (i, (text, line, needle)) in cases.iter().enumerate() {
+        let f = dir.write(&format!("p{i}.yaml"), text).unwrap();
+        let (code, _, err) = check(&[], &[f.clone()]);
+        assert_eq!(code, Some(2), "case {i} accepted: {text}");
+        let place = format!("{}:{line}:", f.display());
+        assert!(err.contains(&place), "case {i}: want {place} in {err}");
+        assert!(err.contains(needle), "case {i}: want {needle:?} in {err}");
+    }
+}
+
+#[test]
+fn check_warns_about_broad_endpoints() {
+    let dir = TempDir::new("broad").unwrap();
+    let f = dir
+        .write("p.yaml", "name: a\nallow:\n  - cidr: 0.0.0.0/0\n    ports: [443]\n  - host: x.webhook.site\n    ports: [443]\n")
+        .unwrap();
+    let (code, out, err) = check(&[], &[f.clone()]);
+    assert_eq!(code, Some(0), "warnings alone keep a policy usable: {err}");
+    assert!(out.contains("2 warning(s)"), "{out}");
+    assert!(
+        err.contains(&format!("{}:3: warning:", f.display())),
+        "{err}"
+    );
+    assert!(err.contains("whole Internet"), "{err}");
+    let (code, _, _) = check(&["--strict"], &[f]);
+    assert_eq!(code, Some(2));
+}
+
+#[test]
+fn exec_usage_errors_exit_2_without_running_anything() {
+    let out = Command::new(bin())
+        .args([
+            "exec",
+            "--allow",
+            "198.51.100.1",
+            "--",
+            "touch",
+            "/tmp/egressd-must-not-exist",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no port"));
+    assert!(!std::path::Path::new("/tmp/egressd-must-not-exist").exists());
+}
+
+#[test]
+fn exec_exits_with_the_command_status() {
+    require_root();
+    let ns = Netns::new("status").unwrap();
+    let r = exec(
+        &ns,
+        &["--allow", "198.51.100.1:443"],
+        &["sh", "-c", "exit 7"],
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(7));
+    assert!(r.stderr.contains("nothing was denied"), "{}", r.stderr);
+    let r = exec(
+        &ns,
+        &["--allow", "198.51.100.1:443"],
+        &["sh", "-c", "kill -KILL $$"],
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(137), "killed by SIGKILL: 128 + 9");
+}
+
+/// SIGINT to egressd exec: the command is stopped, and its cgroup and
+/// pinned programs are removed.
+#[test]
+fn exec_cleans_up_on_sigint() {
+    require_root();
+    let ns = Netns::new("sigint").unwrap();
+    let mut child = ns
+        .command(bin())
+        .args(["exec", "--allow", "198.51.100.1:443", "--", "sleep", "30"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let instance = format!("exec-{}", child.id());
+    let cgroup = egressd::mounts::cgroup2_root()
+        .unwrap()
+        .join("egressd.exec")
+        .join(&instance);
+    let pins = egressd::kernel::pins::instance_dir(&instance).unwrap();
+    let mut started = false;
+    for _ in 0..200 {
+        if cgroup.join("cgroup.procs").exists()
+            && !std::fs::read_to_string(cgroup.join("cgroup.procs"))
+                .unwrap_or_default()
+                .is_empty()
+        {
+            started = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(started, "the command never started in {}", cgroup.display());
+    assert!(pins.exists(), "exec pins its links while it runs");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "sleep died of the forwarded SIGINT"
+    );
+    assert!(!cgroup.exists(), "the exec cgroup was left behind");
+    assert!(!pins.exists(), "the exec pins were left behind");
+}
