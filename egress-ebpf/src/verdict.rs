@@ -29,7 +29,7 @@ fn find_policy() -> u32 {
     // SAFETY: helper calls without pointer arguments.
     let own = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the map value is a plain u32 owned by the map.
-    if let Some(p) = unsafe { CGROUP_POLICY.get(&own) } {
+    if let Some(p) = unsafe { CGROUP_POLICY.get(own) } {
         return *p;
     }
     let mut found = 0;
@@ -41,7 +41,7 @@ fn find_policy() -> u32 {
             break;
         }
         // SAFETY: as above.
-        if let Some(p) = unsafe { CGROUP_POLICY.get(&id) } {
+        if let Some(p) = unsafe { CGROUP_POLICY.get(id) } {
             found = *p;
         }
         level += 1;

@@ -76,10 +76,13 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
     Ok(policy)
 }
 
-/// Denied attempts grouped by what and who, for the summary.
+/// One summary line's key: destination, hostname, process name, reason.
+type Row = (String, String, String, String);
+
+/// Denied attempts grouped by what and who, for the summary: count and pids.
 #[derive(Default)]
 struct Summary {
-    rows: BTreeMap<(String, String, String, String), (u64, Vec<u32>)>,
+    rows: BTreeMap<Row, (u64, Vec<u32>)>,
     total: u64,
 }
 

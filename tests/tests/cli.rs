@@ -139,7 +139,7 @@ fn broken_policies_name_file_line_and_field() {
     ];
     for (i, (text, line, needle)) in cases.iter().enumerate() {
         let f = dir.write(&format!("p{i}.yaml"), text).unwrap();
-        let (code, _, err) = check(&[], &[f.clone()]);
+        let (code, _, err) = check(&[], std::slice::from_ref(&f));
         assert_eq!(code, Some(2), "case {i} accepted: {text}");
         let place = format!("{}:{line}:", f.display());
         assert!(err.contains(&place), "case {i}: want {place} in {err}");
@@ -153,7 +153,7 @@ fn check_warns_about_broad_endpoints() {
     let f = dir
         .write("p.yaml", "name: a\nallow:\n  - cidr: 0.0.0.0/0\n    ports: [443]\n  - host: x.webhook.site\n    ports: [443]\n")
         .unwrap();
-    let (code, out, err) = check(&[], &[f.clone()]);
+    let (code, out, err) = check(&[], std::slice::from_ref(&f));
     assert_eq!(code, Some(0), "warnings alone keep a policy usable: {err}");
     assert!(out.contains("2 warning(s)"), "{out}");
     assert!(

@@ -93,7 +93,7 @@ fn door(mode: &str, udp: bool, allowed: &str, denied: &str, mapped: bool) {
     assert_eq!(e["policy"], "exec");
     assert_eq!(e["comm"], "probe");
     assert!(
-        refused.stderr.contains(&format!("{want_ip}")),
+        refused.stderr.contains(want_ip),
         "summary names the destination: {}",
         refused.stderr
     );

@@ -16,6 +16,7 @@ fn usage() -> &'static str {
 tasks:
   setup   install what the build and the tests need (Debian, as root)
   build   build the eBPF object and the egressd binary
+  lint    rustfmt and clippy (warnings are errors), host crates and eBPF crate
   test    unit tests, then the root integration tests (needs root)
   demo    play the prompt-injection scenario in a throwaway namespace (needs root)"
 }
@@ -28,6 +29,60 @@ fn cargo(args: &[&str]) -> Result<()> {
         .context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Totals of the `test result:` lines cargo test printed.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let n: u64 = n.parse().unwrap_or(0);
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test ARGS`, echoing its output and adding up its results.
+fn cargo_test(args: &[&str], totals: &mut Totals) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(ebpf::workspace_root())
+        .arg("test")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let out = child.stdout.take().expect("piped");
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        // "ok. 3 passed; 0 failed; ..." or "FAILED. 3 passed; 1 failed; ..."
+        let line = line.replacen("ok. ", "", 1).replacen("FAILED. ", "", 1);
+        totals.add_line(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo test {} failed ({status})", args.join(" "));
     }
     Ok(())
 }
@@ -45,6 +100,39 @@ fn build() -> Result<PathBuf> {
     Ok(target_dir().join("debug/egressd"))
 }
 
+/// rustfmt and clippy with warnings as errors. The eBPF crate is linted for
+/// the host target: clippy reads the same code, and no clippy exists for
+/// the Debian compiler that builds it for BPF.
+fn lint() -> Result<()> {
+    setup::ensure()?;
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "fmt",
+        "--manifest-path",
+        "egress-ebpf/Cargo.toml",
+        "--check",
+    ])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let target = target_dir().join("ebpf-clippy");
+    cargo(&[
+        "clippy",
+        "--manifest-path",
+        "egress-ebpf/Cargo.toml",
+        "--target-dir",
+        target.to_str().context("target dir is not UTF-8")?,
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
 fn require_root(task: &str) -> Result<()> {
     if !setup::is_root() {
         bail!("`cargo xtask {task}` loads BPF programs and creates cgroups and network namespaces: run it as root");
@@ -55,23 +143,28 @@ fn require_root(task: &str) -> Result<()> {
 fn test() -> Result<()> {
     require_root("test")?;
     let bin = build()?;
-    cargo(&[
-        "test",
+    let mut totals = Totals::default();
+    let unit = [
         "--package",
         "egress-common",
         "--package",
         "egress-userspace",
         "--package",
         "xtask",
-    ])?;
-    env::set_var("EGRESSD_BIN", &bin);
-    cargo(&[
-        "test",
-        "--package",
-        "egress-tests",
-        "--",
-        "--test-threads=1",
-    ])
+    ];
+    let result = cargo_test(&unit, &mut totals).and_then(|_| {
+        env::set_var("EGRESSD_BIN", &bin);
+        cargo_test(
+            &["--package", "egress-tests", "--", "--test-threads=1"],
+            &mut totals,
+        )
+    });
+    // One closing line for the whole run (the plain form CI reads).
+    println!(
+        "\ntests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    result
 }
 
 fn main() -> ExitCode {
@@ -80,6 +173,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::ensure(),
         Some("build") => build().map(|bin| println!("{}", bin.display())),
         Some("test") => test(),
+        Some("lint") => lint(),
         Some("demo") => require_root("demo").and_then(|_| demo::run(&build()?)),
         _ => {
             eprintln!("{}", usage());
