@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// Name of this daemon's pin directory under `<bpffs>/egressd`.
     pub instance: String,
+    /// Size of the events ring buffer in bytes (None: the built-in 4 MiB).
+    pub ring_bytes: Option<u32>,
 }
 
 /// Loads and checks every policy before anything is attached.
@@ -134,6 +136,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         ))
         .into());
     }
+    if let Some(b) = opts.ring_bytes {
+        if !b.is_power_of_two() || b < 4096 {
+            return Err(crate::exec::UsageError(format!(
+                "--ring-buffer-bytes {b}: use a power of two, at least 4096"
+            ))
+            .into());
+        }
+    }
     let policies = load_policies(&opts.policy)?;
     let pin_dir = pins::instance_dir(&opts.instance)?;
     // Links pinned by an earlier run keep enforcing until the new ones are in
@@ -142,7 +152,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if pin_dir.exists() {
         std::fs::rename(&pin_dir, &stale).context("setting aside the pins of an earlier run")?;
     }
-    let (enforcer, ring) = Enforcer::load()?;
+    let (enforcer, ring) = Enforcer::load(opts.ring_bytes)?;
     let enforcer = Arc::new(Mutex::new(enforcer));
     let metrics = Arc::new(Metrics::new());
     install_all(policies, &enforcer, &metrics, &pin_dir).await?;

@@ -41,8 +41,10 @@ pub struct Enforcer {
 
 impl Enforcer {
     /// Loads the programs and takes their maps; returns the ring buffer too.
-    pub fn load() -> Result<(Enforcer, aya::maps::RingBuf<aya::maps::MapData>)> {
-        let mut kernel = Kernel::load()?;
+    pub fn load(
+        ring_bytes: Option<u32>,
+    ) -> Result<(Enforcer, aya::maps::RingBuf<aya::maps::MapData>)> {
+        let mut kernel = Kernel::load(ring_bytes)?;
         let (maps, events) = kernel.take_maps()?;
         Ok((
             Enforcer {

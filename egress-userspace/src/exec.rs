@@ -201,7 +201,7 @@ async fn run_governed(
     pin_dir: &std::path::Path,
     opts: &ExecOptions,
 ) -> Result<(std::process::ExitStatus, Summary)> {
-    let (enforcer, ring) = Enforcer::load()?;
+    let (enforcer, ring) = Enforcer::load(None)?;
     let enforcer = Arc::new(Mutex::new(enforcer));
     let metrics = Arc::new(Metrics::new());
     let resolver = Arc::new(resolve::resolver(&policy.dns)?);

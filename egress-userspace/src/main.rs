@@ -34,6 +34,10 @@ enum Command {
         /// several daemons side by side).
         #[arg(long, default_value = daemon::INSTANCE)]
         instance: String,
+        /// Size of the deny-event ring buffer in bytes (power of two; default
+        /// 4 MiB). Counters stay exact when it overflows.
+        #[arg(long, value_name = "BYTES")]
+        ring_buffer_bytes: Option<u32>,
     },
     /// Run one command in a fresh cgroup under a policy; summarise denials.
     Exec {
@@ -109,11 +113,13 @@ fn main() -> ExitCode {
             metrics_addr,
             no_metrics,
             instance,
+            ring_buffer_bytes,
         } => {
             let opts = daemon::RunOptions {
                 policy,
                 metrics_addr: (!no_metrics).then_some(metrics_addr),
                 instance,
+                ring_bytes: ring_buffer_bytes,
             };
             match runtime().block_on(daemon::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,

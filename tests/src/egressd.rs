@@ -178,6 +178,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `egressd run --policy POLICY` in `ns` and waits until it enforces.
     pub fn start(ns: &Netns, policy: &Path) -> Result<Daemon> {
+        Self::start_with(ns, policy, &[])
+    }
+
+    /// As `start`, with more `egressd run` options.
+    pub fn start_with(ns: &Netns, policy: &Path, extra: &[&str]) -> Result<Daemon> {
         let instance = unique("test");
         let metrics_port = 9469;
         let mut child = ns
@@ -187,6 +192,7 @@ impl Daemon {
             .arg(policy)
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--instance", &instance])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

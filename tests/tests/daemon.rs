@@ -480,3 +480,54 @@ fn a_broken_policy_is_refused_before_anything_is_attached() {
     assert!(err.contains("p.yaml:4:"), "{err}");
     assert!(err.contains("cidr"), "{err}");
 }
+
+/// A deny storm while the daemon is stopped (SIGSTOP) overflows a one-page
+/// ring buffer: the counters stay exact, and every event is either
+/// delivered or counted as lost.
+#[test]
+fn counters_stay_exact_when_the_ring_buffer_overflows() {
+    require_root();
+    let ns = Netns::new("storm").unwrap();
+    let bad = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let cg = TestCgroup::new("storm").unwrap();
+    let dir = TempDir::new("storm").unwrap();
+    let policy = dir
+        .write(
+            "p.yaml",
+            &format!("name: storm\ncgroups: [{}]\nallow: []\n", cg.rel_str()),
+        )
+        .unwrap();
+    let daemon = Daemon::start_with(&ns, &policy, &["--ring-buffer-bytes", "4096"]).unwrap();
+    const N: u64 = 2000;
+    daemon.signal(libc::SIGSTOP);
+    let out = cg
+        .run(
+            &ns,
+            PROBE,
+            &["tcp", "203.0.113.9:443", "--count", &N.to_string()],
+        )
+        .unwrap();
+    daemon.signal(libc::SIGCONT);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "error: 1");
+    assert_eq!(bad.count(), 0);
+    let p = ("policy", "storm");
+    let denied = daemon
+        .metric("egressd_egress_attempts_total", &[p, ("verdict", "denied")])
+        .unwrap();
+    assert_eq!(denied, N as f64, "the per-CPU counters lost a deny");
+    let lost = daemon.metric("egressd_events_lost_total", &[p]).unwrap();
+    assert!(
+        lost > 0.0,
+        "a 4 KiB ring buffer took {N} events while nobody read it"
+    );
+    let delivered = daemon.wait_events((N as f64 - lost) as usize).len() as f64;
+    assert_eq!(
+        delivered + lost,
+        N as f64,
+        "events neither delivered nor counted lost"
+    );
+    assert_eq!(
+        daemon.metric("egressd_events_total", &[p]).unwrap(),
+        delivered
+    );
+}

@@ -84,9 +84,15 @@ pub struct Attachment {
 }
 
 impl Kernel {
-    /// Loads the object and its programs into the kernel (attaching nothing).
-    pub fn load() -> Result<Kernel, KernelError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(KernelError::Object)?;
+    /// Loads the object and its programs into the kernel (attaching nothing),
+    /// with an events ring buffer of `ring_bytes` (default
+    /// `egress_common::EVENTS_BYTES`; a power of two, a multiple of the page size).
+    pub fn load(ring_bytes: Option<u32>) -> Result<Kernel, KernelError> {
+        let mut loader = aya::EbpfLoader::new();
+        if let Some(bytes) = ring_bytes {
+            loader.map_max_entries(map_names::EVENTS, bytes);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(KernelError::Object)?;
         for name in PROGRAMS {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)

@@ -1,9 +1,10 @@
-//! `probe MODE ADDR [--mapped]`: makes one outbound attempt the way an agent
+//! `probe MODE ADDR [--mapped] [--count N]`: makes one outbound attempt the way an agent
 //! (or an attacker steering it) could, with raw syscalls, and prints `ok` or
 //! `error: ERRNO`. Exit status 0 on success, 1 on a refused attempt.
 //!
 //! ADDR is `IP:PORT` or `[IPv6]:PORT`. `--mapped` sends to an IPv4 ADDR as
-//! `::ffff:a.b.c.d` from an AF_INET6 socket.
+//! `::ffff:a.b.c.d` from an AF_INET6 socket. `--count N` repeats the attempt
+//! N times (a fresh socket each time) and reports the last result.
 //!
 //! Modes: tcp, udp-connect, udp-sendto, udp-sendmsg, udp-sendmmsg,
 //! udp-cmsg (connected, then sendmsg with an IP_TOS/IPV6_TCLASS control
@@ -267,7 +268,17 @@ fn main() -> ExitCode {
         }
     };
     let mapped = args.iter().any(|a| a == "--mapped");
-    match run(&args[0], &target(addr, mapped)) {
+    let count: u32 = args
+        .iter()
+        .position(|a| a == "--count")
+        .and_then(|i| args.get(i + 1))
+        .map_or(1, |n| n.parse().expect("--count N"));
+    let t = target(addr, mapped);
+    let mut result = Ok(());
+    for _ in 0..count {
+        result = run(&args[0], &t);
+    }
+    match result {
         Ok(()) => {
             println!("ok");
             ExitCode::SUCCESS
