@@ -29,6 +29,7 @@ pub mod program_names {
     pub const CONNECT6: &str = "egress_connect6";
     pub const SENDMSG4: &str = "egress_sendmsg4";
     pub const SENDMSG6: &str = "egress_sendmsg6";
+    pub const SOCK_CREATE: &str = "egress_sock_create";
 }
 
 /// Policy ids run from 1 to `MAX_POLICIES - 1`; 0 means "no policy found".
@@ -108,6 +109,7 @@ pub mod hook {
     pub const CONNECT6: u8 = 2;
     pub const SENDMSG4: u8 = 3;
     pub const SENDMSG6: u8 = 4;
+    pub const SOCK_CREATE: u8 = 5;
 }
 
 /// Verdicts, as counted and reported.
@@ -142,7 +144,9 @@ pub mod reason {
     pub const NO_POLICY: u8 = 4;
     /// An unconnected send without a destination address.
     pub const NO_DEST: u8 = 5;
-    pub const COUNT: u32 = 6;
+    /// A raw or ICMP socket, which would bypass the connect and send hooks.
+    pub const RAW_SOCKET: u8 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Counter slots per policy: one per (verdict, protocol class, reason), then

@@ -10,7 +10,10 @@ mod dest;
 mod maps;
 mod verdict;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
+};
 use egress_common::hook;
 
 /// TCP connect(), connected UDP, TCP Fast Open, io_uring connect (IPv4 address).
@@ -37,6 +40,20 @@ pub fn egress_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn egress_sendmsg6(ctx: SockAddrContext) -> i32 {
     verdict::judge(&ctx, hook::SENDMSG6, dest::from_send6(&ctx))
+}
+
+/// socket(): refuses raw and ICMP sockets, which no other hook sees.
+#[cgroup_sock(sock_create)]
+pub fn egress_sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: ctx points at the kernel's bpf_sock; these fields are readable at creation.
+    let (family, sock_type, protocol) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.sock).family),
+            core::ptr::read_volatile(&(*ctx.sock).type_),
+            core::ptr::read_volatile(&(*ctx.sock).protocol),
+        )
+    };
+    verdict::judge_socket(hook::SOCK_CREATE, family, sock_type, protocol)
 }
 
 #[cfg(not(test))]

@@ -95,32 +95,32 @@ fn check(table: u32, proto_bit: u8, dest: &Dest) -> u8 {
     reason::PORT
 }
 
-/// Judges one attempt; returns the program's return value (1 allow, 0 refuse).
+/// The policy governing the caller and its live table and mode: `None`
+/// when no policy of this daemon governs it or the policy is not live.
 #[inline(always)]
-pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Option<Dest>) -> i32 {
-    // SAFETY: ctx points at the kernel's bpf_sock_addr.
-    let protocol = unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).protocol) };
-    let (class, proto_bit) = class_of(protocol);
+fn governing() -> (u32, Option<(u32, bool)>) {
     let policy = find_policy();
-    let info = if policy == 0 {
-        None
-    } else {
-        POLICIES.get(policy).copied()
-    };
-    let (why, audit) = match info {
-        Some(info) if info.table != 0 => {
-            let why = if class == proto_class::OTHER {
-                reason::PROTOCOL
-            } else {
-                match &dest {
-                    Some(d) => check(info.table, proto_bit, d),
-                    None => reason::NO_DEST,
-                }
-            };
-            (why, info.mode == MODE_AUDIT)
-        }
-        _ => (reason::NO_POLICY, false),
-    };
+    if policy == 0 {
+        return (0, None);
+    }
+    match POLICIES.get(policy) {
+        Some(info) if info.table != 0 => (policy, Some((info.table, info.mode == MODE_AUDIT))),
+        _ => (policy, None),
+    }
+}
+
+/// Counts an attempt and, unless allowed, reports it; returns the program's
+/// return value (1 allow, 0 refuse; audit mode allows).
+#[inline(always)]
+fn conclude(
+    policy: u32,
+    audit: bool,
+    why: u8,
+    class: u8,
+    hook: u8,
+    protocol: u8,
+    dest: Option<Dest>,
+) -> i32 {
     if why == reason::NONE {
         bump(counter_index(policy, verdict::ALLOWED, class, why));
         return RET_ALLOW;
@@ -131,12 +131,76 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Option<Dest>) -> i32 {
         verdict::DENIED
     };
     bump(counter_index(policy, v, class, why));
-    report(policy, hook, v, why, protocol as u8, dest);
+    report(policy, hook, v, why, protocol, dest);
     if audit {
         RET_ALLOW
     } else {
         RET_REFUSE
     }
+}
+
+/// Judges one connect or send; returns the program's return value.
+#[inline(always)]
+pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Option<Dest>) -> i32 {
+    // SAFETY: ctx points at the kernel's bpf_sock_addr.
+    let protocol = unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).protocol) };
+    let (class, proto_bit) = class_of(protocol);
+    let (policy, live) = governing();
+    let Some((table, audit)) = live else {
+        return conclude(
+            policy,
+            false,
+            reason::NO_POLICY,
+            class,
+            hook,
+            protocol as u8,
+            dest,
+        );
+    };
+    let why = if class == proto_class::OTHER {
+        reason::PROTOCOL
+    } else {
+        match &dest {
+            Some(d) => check(table, proto_bit, d),
+            None => reason::NO_DEST,
+        }
+    };
+    conclude(policy, audit, why, class, hook, protocol as u8, dest)
+}
+
+/// Judges the creation of an IPv4 or IPv6 socket: raw sockets and ICMP
+/// ("ping") sockets never pass the connect and sendmsg hooks, so they are
+/// refused; every other socket is judged when it connects or sends.
+#[inline(always)]
+pub fn judge_socket(hook: u8, family: u32, sock_type: u32, protocol: u32) -> i32 {
+    const SOCK_RAW: u32 = 3;
+    const IPPROTO_ICMP: u32 = 1;
+    const IPPROTO_ICMPV6: u32 = 58;
+    let raw = sock_type == SOCK_RAW || protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6;
+    if !raw {
+        return RET_ALLOW;
+    }
+    let (policy, live) = governing();
+    let audit = matches!(live, Some((_, true)));
+    let why = if live.is_some() {
+        reason::RAW_SOCKET
+    } else {
+        reason::NO_POLICY
+    };
+    let dest = Dest {
+        family: family as u8,
+        addr: [0; 16],
+        port: 0,
+    };
+    conclude(
+        policy,
+        audit,
+        why,
+        proto_class::OTHER,
+        hook,
+        protocol as u8,
+        Some(dest),
+    )
 }
 
 #[inline(always)]

@@ -71,8 +71,11 @@ impl EventStream {
     }
 }
 
-/// The destination address of an event.
+/// The destination address of an event (none for a refused socket).
 pub fn address(e: &Event) -> Option<IpAddr> {
+    if e.hook == hook::SOCK_CREATE {
+        return None;
+    }
     match e.family {
         AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
             e.addr[0], e.addr[1], e.addr[2], e.addr[3],
@@ -93,6 +96,9 @@ pub fn protocol_name(p: u8) -> String {
         6 => "tcp".into(),
         17 => "udp".into(),
         136 => "udplite".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        255 => "raw".into(),
         n => format!("ip-proto-{n}"),
     }
 }
@@ -103,6 +109,7 @@ fn hook_name(h: u8) -> &'static str {
         hook::CONNECT6 => "connect6",
         hook::SENDMSG4 => "sendmsg4",
         hook::SENDMSG6 => "sendmsg6",
+        hook::SOCK_CREATE => "sock_create",
         _ => "unknown",
     }
 }

@@ -73,6 +73,43 @@ impl Listener {
         Ok(Listener { addr, hits, stop })
     }
 
+    /// Counts ICMP echo requests addressed to `addr` (an IPv4 address) inside `ns`.
+    pub fn icmp_echo(ns: &Netns, addr: &str) -> Result<Listener> {
+        let ip: std::net::Ipv4Addr = addr.parse()?;
+        let fd = ns.run(|| {
+            // SAFETY: plain syscall; the fd is owned below.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+            if fd < 0 {
+                anyhow::bail!("raw socket: {}", std::io::Error::last_os_error());
+            }
+            Ok(fd)
+        })?;
+        // SAFETY: fd is a fresh socket we own.
+        let sock = unsafe { <UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let (hits, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (h, s) = (hits.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::SeqCst) {
+                // An IPv4 header (20 bytes without options), then ICMP type 8.
+                if let Ok(n) = sock.recv(&mut buf) {
+                    if n > 20 && buf[16..20] == ip.octets() && buf[20] == 8 {
+                        h.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        Ok(Listener {
+            addr: SocketAddr::new(ip.into(), 0),
+            hits,
+            stop,
+        })
+    }
+
     /// What arrived so far, after giving in-flight packets a moment.
     pub fn count(&self) -> u64 {
         thread::sleep(Duration::from_millis(100));

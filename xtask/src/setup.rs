@@ -14,6 +14,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("dig", "dnsutils"),
     ("nft", "nftables"),
+    ("ping", "iputils-ping"),
 ];
 
 /// True if `cmd` is an executable on PATH.

@@ -91,6 +91,7 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::PROTOCOL => "protocol_not_allowed",
         reason::NO_POLICY => "no_policy",
         reason::NO_DEST => "no_destination",
+        reason::RAW_SOCKET => "raw_socket",
         _ => "unknown",
     }
 }

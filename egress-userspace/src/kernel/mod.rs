@@ -14,7 +14,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
         links::{CgroupAttachMode, FdLink},
-        CgroupSockAddr,
+        CgroupSock, CgroupSockAddr,
     },
     Ebpf,
 };
@@ -25,12 +25,21 @@ use crate::cgroup::Cgroup;
 /// The object built from `egress-ebpf`, embedded at build time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress.bpf.o"));
 
-/// Every program, in attach order.
-pub const PROGRAMS: [&str; 4] = [
-    program_names::CONNECT4,
-    program_names::CONNECT6,
-    program_names::SENDMSG4,
-    program_names::SENDMSG6,
+/// The kinds of program egressd attaches to cgroups.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    SockAddr,
+    Sock,
+}
+
+/// Every program, in attach order: socket creation first, so that no raw
+/// socket can be made while the others are being attached.
+const PROGRAMS: [(&str, Kind); 5] = [
+    (program_names::SOCK_CREATE, Kind::Sock),
+    (program_names::CONNECT4, Kind::SockAddr),
+    (program_names::CONNECT6, Kind::SockAddr),
+    (program_names::SENDMSG4, Kind::SockAddr),
+    (program_names::SENDMSG6, Kind::SockAddr),
 ];
 
 /// Errors from the kernel side, naming the program, map or cgroup.
@@ -93,14 +102,15 @@ impl Kernel {
             loader.map_max_entries(map_names::EVENTS, bytes);
         }
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Object)?;
-        for name in PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
+        for (name, kind) in PROGRAMS {
+            let prog = ebpf
                 .program_mut(name)
-                .ok_or(KernelError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| KernelError::Load { name, source })?;
-            prog.load()
-                .map_err(|source| KernelError::Load { name, source })?;
+                .ok_or(KernelError::MissingProgram(name))?;
+            let loaded = match kind {
+                Kind::SockAddr => <&mut CgroupSockAddr>::try_from(prog).and_then(|p| p.load()),
+                Kind::Sock => <&mut CgroupSock>::try_from(prog).and_then(|p| p.load()),
+            };
+            loaded.map_err(|source| KernelError::Load { name, source })?;
         }
         Ok(Kernel { ebpf })
     }
@@ -137,25 +147,37 @@ impl Kernel {
     pub fn attach(&mut self, cgroup: &Cgroup) -> Result<Attachment> {
         let fd = cgroup.open()?;
         let mut links = Vec::new();
-        for name in PROGRAMS {
-            let prog: &mut CgroupSockAddr = self
+        for (name, kind) in PROGRAMS {
+            let prog = self
                 .ebpf
                 .program_mut(name)
-                .ok_or(KernelError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| KernelError::Load { name, source })?;
+                .ok_or(KernelError::MissingProgram(name))?;
             let attach_err = |source| KernelError::Attach {
                 name,
                 cgroup: cgroup.path.display().to_string(),
                 source,
             };
-            let id = prog
-                .attach(&fd, CgroupAttachMode::Single)
-                .map_err(attach_err)?;
-            let link = prog.take_link(id).map_err(attach_err)?;
-            let link: FdLink = link
-                .try_into()
-                .with_context(|| format!("program `{name}` was not attached with a bpf_link (Linux 5.7 or later is needed)"))?;
+            let not_fd = || {
+                format!("program `{name}` was not attached with a bpf_link (Linux 5.7 or later is needed)")
+            };
+            let link: FdLink = match kind {
+                Kind::SockAddr => {
+                    let p = <&mut CgroupSockAddr>::try_from(prog).map_err(attach_err)?;
+                    let id = p
+                        .attach(&fd, CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                    let link = p.take_link(id).map_err(attach_err)?;
+                    FdLink::try_from(link).with_context(not_fd)?
+                }
+                Kind::Sock => {
+                    let p = <&mut CgroupSock>::try_from(prog).map_err(attach_err)?;
+                    let id = p
+                        .attach(&fd, CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                    let link = p.take_link(id).map_err(attach_err)?;
+                    FdLink::try_from(link).with_context(not_fd)?
+                }
+            };
             links.push((name, link));
         }
         Ok(Attachment { links })
