@@ -30,6 +30,8 @@ pub mod program_names {
     pub const SENDMSG4: &str = "egress_sendmsg4";
     pub const SENDMSG6: &str = "egress_sendmsg6";
     pub const SOCK_CREATE: &str = "egress_sock_create";
+    pub const SETSOCKOPT: &str = "egress_setsockopt";
+    pub const PACKET_EGRESS: &str = "egress_packet";
 }
 
 /// Policy ids run from 1 to `MAX_POLICIES - 1`; 0 means "no policy found".
@@ -110,6 +112,9 @@ pub mod hook {
     pub const SENDMSG4: u8 = 3;
     pub const SENDMSG6: u8 = 4;
     pub const SOCK_CREATE: u8 = 5;
+    pub const SETSOCKOPT: u8 = 6;
+    /// The cgroup_skb egress backstop.
+    pub const PACKET_EGRESS: u8 = 7;
 }
 
 /// Verdicts, as counted and reported.
@@ -144,14 +149,20 @@ pub mod reason {
     pub const NO_POLICY: u8 = 4;
     /// An unconnected send without a destination address.
     pub const NO_DEST: u8 = 5;
-    /// A raw or ICMP socket, which would bypass the connect and send hooks.
-    pub const RAW_SOCKET: u8 = 6;
-    pub const COUNT: u32 = 7;
+    /// A socket other than TCP stream or UDP datagram (raw, ICMP, SCTP,
+    /// ...), which could send without passing the connect and send hooks.
+    pub const SOCKET: u8 = 6;
+    /// A source-routing option (setsockopt), or a packet carrying IPv4
+    /// options or IPv6 routing, hop-by-hop or destination-options headers.
+    pub const IP_OPTIONS: u8 = 7;
+    /// A packet (egress backstop) whose real destination is not allowed.
+    pub const PACKET: u8 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Counter slots per policy: one per (verdict, protocol class, reason), then
 /// the lost-event slot.
-pub const COUNTERS_PER_POLICY: u32 = 64;
+pub const COUNTERS_PER_POLICY: u32 = 128;
 /// Slot (within a policy's counters) counting events the ring buffer could not take.
 pub const LOST_SLOT: u32 = verdict::COUNT * proto_class::COUNT * reason::COUNT;
 /// Length of the `COUNTERS` per-CPU array.

@@ -9,12 +9,23 @@ use core::ptr::{addr_of, read_volatile};
 use aya_ebpf::{bindings::bpf_sock, programs::SockAddrContext};
 use egress_common::{AF_INET, AF_INET6};
 
-/// A destination: an IPv4 address fills `addr[..4]`.
+/// A destination: an IPv4 address fills `addr[..4]`; `family` 0 means
+/// there is none. (Not an `Option`: the verifier refuses the uninitialised
+/// bytes the compiler leaves in a `None`.)
+#[derive(Clone, Copy)]
 pub struct Dest {
     pub family: u8,
     pub addr: [u8; 16],
     /// Host byte order.
     pub port: u16,
+}
+
+impl Dest {
+    pub const NONE: Dest = Dest {
+        family: 0,
+        addr: [0; 16],
+        port: 0,
+    };
 }
 
 #[inline(always)]
@@ -89,29 +100,31 @@ fn sock(ctx: &SockAddrContext) -> *const bpf_sock {
 
 /// connect4: the address the caller passed.
 #[inline(always)]
-pub fn from_user4(ctx: &SockAddrContext) -> Option<Dest> {
+pub fn from_user4(ctx: &SockAddrContext) -> Dest {
     // SAFETY: as above.
     let ip = unsafe { read_volatile(addr_of!((*ctx.sock_addr).user_ip4)) };
-    Some(v4(ip, user_port(ctx)))
+    v4(ip, user_port(ctx))
 }
 
 /// connect6: the address the caller passed.
 #[inline(always)]
-pub fn from_user6(ctx: &SockAddrContext) -> Option<Dest> {
-    Some(v6(user_ip6(ctx), user_port(ctx)))
+pub fn from_user6(ctx: &SockAddrContext) -> Dest {
+    v6(user_ip6(ctx), user_port(ctx))
 }
 
 /// sendmsg4: the address passed with the datagram, or, for a connected
-/// socket sending with control messages (`user_family` 0, no address), the
-/// socket's connected destination.
+/// socket sending with control messages (`user_family` 0, all-zero
+/// address), the socket's connected destination. A non-zero address with
+/// family 0 is judged as given: udp_sendmsg sends to an AF_UNSPEC address.
 #[inline(always)]
-pub fn from_send4(ctx: &SockAddrContext) -> Option<Dest> {
-    if user_family(ctx) != 0 {
-        return from_user4(ctx);
+pub fn from_send4(ctx: &SockAddrContext) -> Dest {
+    let given = from_user4(ctx);
+    if user_family(ctx) != 0 || given.port != 0 || given.addr != [0; 16] {
+        return given;
     }
     let sk = sock(ctx);
     if sk.is_null() {
-        return None;
+        return Dest::NONE;
     }
     // SAFETY: sk is a full socket; dst_ip4 is a 4-byte field, dst_port a 2-byte one.
     let (ip, port) = unsafe {
@@ -121,20 +134,21 @@ pub fn from_send4(ctx: &SockAddrContext) -> Option<Dest> {
         )
     };
     if ip == 0 {
-        return None;
+        return Dest::NONE;
     }
-    Some(v4(ip, port))
+    v4(ip, port)
 }
 
 /// sendmsg6: as `from_send4`, for IPv6.
 #[inline(always)]
-pub fn from_send6(ctx: &SockAddrContext) -> Option<Dest> {
-    if user_family(ctx) != 0 {
-        return from_user6(ctx);
+pub fn from_send6(ctx: &SockAddrContext) -> Dest {
+    let given = from_user6(ctx);
+    if user_family(ctx) != 0 || given.port != 0 || given.addr != [0; 16] {
+        return given;
     }
     let sk = sock(ctx);
     if sk.is_null() {
-        return None;
+        return Dest::NONE;
     }
     // SAFETY: as in from_send4; each word of dst_ip6 is read with a 4-byte load.
     let (w, port) = unsafe {
@@ -150,7 +164,7 @@ pub fn from_send6(ctx: &SockAddrContext) -> Option<Dest> {
         )
     };
     if w == [0; 4] {
-        return None;
+        return Dest::NONE;
     }
-    Some(v6(w, port))
+    v6(w, port)
 }

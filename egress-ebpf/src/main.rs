@@ -8,11 +8,12 @@
 
 mod dest;
 mod maps;
+mod packet;
 mod verdict;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr},
-    programs::{SockAddrContext, SockContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use egress_common::hook;
 
@@ -54,6 +55,25 @@ pub fn egress_sock_create(ctx: SockContext) -> i32 {
         )
     };
     verdict::judge_socket(hook::SOCK_CREATE, family, sock_type, protocol)
+}
+
+/// setsockopt(): refuses source-routing options on governed sockets.
+#[cgroup_sockopt(setsockopt)]
+pub fn egress_setsockopt(ctx: SockoptContext) -> i32 {
+    // SAFETY: ctx points at the kernel's bpf_sockopt; level and optname are readable.
+    let (level, optname) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.sockopt).level),
+            core::ptr::read_volatile(&(*ctx.sockopt).optname),
+        )
+    };
+    verdict::judge_option(level, optname)
+}
+
+/// Every packet a governed socket sends: the backstop (see `packet`).
+#[cgroup_skb(egress)]
+pub fn egress_packet(ctx: SkBuffContext) -> i32 {
+    packet::judge_packet(&ctx)
 }
 
 #[cfg(not(test))]

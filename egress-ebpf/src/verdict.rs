@@ -2,15 +2,17 @@
 //! count it, and report it when it is not.
 
 use aya_ebpf::{
+    bindings::__sk_buff,
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_skb_ancestor_cgroup_id,
+        bpf_skb_cgroup_id,
     },
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 use egress_common::{
-    counter_index, lost_index, proto_class, reason, verdict, Event, V4Key, V6Key, AF_INET,
+    counter_index, hook, lost_index, proto_class, reason, verdict, Event, V4Key, V6Key, AF_INET,
     MAX_CGROUP_DEPTH, MAX_PORT_RANGES, MODE_AUDIT, PROTO_BIT_TCP, PROTO_BIT_UDP, TABLE_BITS,
 };
 
@@ -22,12 +24,43 @@ use crate::{
 const RET_REFUSE: i32 = 0;
 const RET_ALLOW: i32 = 1;
 
-/// The policy governing the calling task: its own cgroup's, else that of its
+/// Who is being judged: the calling task (socket calls), or the socket a
+/// packet belongs to (the egress backstop, which may run in softirq context).
+#[derive(Clone, Copy)]
+pub enum Caller {
+    Task,
+    Packet(*mut __sk_buff),
+}
+
+impl Caller {
+    #[inline(always)]
+    fn cgroup_id(self) -> u64 {
+        // SAFETY: helper calls; the skb pointer is the program's context.
+        unsafe {
+            match self {
+                Caller::Task => bpf_get_current_cgroup_id(),
+                Caller::Packet(skb) => bpf_skb_cgroup_id(skb),
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn ancestor_cgroup_id(self, level: i32) -> u64 {
+        // SAFETY: as above.
+        unsafe {
+            match self {
+                Caller::Task => bpf_get_current_ancestor_cgroup_id(level),
+                Caller::Packet(skb) => bpf_skb_ancestor_cgroup_id(skb, level),
+            }
+        }
+    }
+}
+
+/// The policy governing the caller: its own cgroup's, else that of its
 /// deepest governed ancestor; 0 if none.
 #[inline(always)]
-fn find_policy() -> u32 {
-    // SAFETY: helper calls without pointer arguments.
-    let own = unsafe { bpf_get_current_cgroup_id() };
+fn find_policy(caller: Caller) -> u32 {
+    let own = caller.cgroup_id();
     // SAFETY: the map value is a plain u32 owned by the map.
     if let Some(p) = unsafe { CGROUP_POLICY.get(own) } {
         return *p;
@@ -35,8 +68,7 @@ fn find_policy() -> u32 {
     let mut found = 0;
     let mut level = 0;
     while level < MAX_CGROUP_DEPTH {
-        // SAFETY: as above.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        let id = caller.ancestor_cgroup_id(level);
         if id == 0 || id == own {
             break;
         }
@@ -50,7 +82,7 @@ fn find_policy() -> u32 {
 }
 
 #[inline(always)]
-fn class_of(protocol: u32) -> (u8, u8) {
+pub fn class_of(protocol: u32) -> (u8, u8) {
     match protocol {
         // IPPROTO_TCP, IPPROTO_MPTCP
         6 | 262 => (proto_class::TCP, PROTO_BIT_TCP),
@@ -60,9 +92,10 @@ fn class_of(protocol: u32) -> (u8, u8) {
     }
 }
 
-/// Why `dest` is not allowed in `table`, or `reason::NONE`.
+/// Why `dest` is not allowed in `table`, or `reason::NONE`. With
+/// `proto_bit` 0 (a fragment without ports) any port of the address passes.
 #[inline(always)]
-fn check(table: u32, proto_bit: u8, dest: &Dest) -> u8 {
+pub fn check(table: u32, proto_bit: u8, dest: &Dest) -> u8 {
     let t = table.to_be_bytes();
     let set_id = if dest.family == AF_INET {
         let mut data: V4Key = [0; 8];
@@ -81,6 +114,9 @@ fn check(table: u32, proto_bit: u8, dest: &Dest) -> u8 {
     let Some(set) = PORTSETS.get(set_id) else {
         return reason::PORT;
     };
+    if proto_bit == 0 {
+        return reason::NONE;
+    }
     let mut i = 0;
     while i < MAX_PORT_RANGES {
         if i as u32 >= set.count {
@@ -98,8 +134,8 @@ fn check(table: u32, proto_bit: u8, dest: &Dest) -> u8 {
 /// The policy governing the caller and its live table and mode: `None`
 /// when no policy of this daemon governs it or the policy is not live.
 #[inline(always)]
-fn governing() -> (u32, Option<(u32, bool)>) {
-    let policy = find_policy();
+pub fn governing(caller: Caller) -> (u32, Option<(u32, bool)>) {
+    let policy = find_policy(caller);
     if policy == 0 {
         return (0, None);
     }
@@ -111,15 +147,17 @@ fn governing() -> (u32, Option<(u32, bool)>) {
 
 /// Counts an attempt and, unless allowed, reports it; returns the program's
 /// return value (1 allow, 0 refuse; audit mode allows).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn conclude(
+pub fn conclude(
+    caller: Caller,
     policy: u32,
     audit: bool,
     why: u8,
     class: u8,
     hook: u8,
     protocol: u8,
-    dest: Option<Dest>,
+    dest: Dest,
 ) -> i32 {
     if why == reason::NONE {
         bump(counter_index(policy, verdict::ALLOWED, class, why));
@@ -131,7 +169,7 @@ fn conclude(
         verdict::DENIED
     };
     bump(counter_index(policy, v, class, why));
-    report(policy, hook, v, why, protocol, dest);
+    report(caller, policy, hook, v, why, protocol, dest);
     if audit {
         RET_ALLOW
     } else {
@@ -141,16 +179,19 @@ fn conclude(
 
 /// Judges one connect or send; returns the program's return value.
 #[inline(always)]
-pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Option<Dest>) -> i32 {
+pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
     // SAFETY: ctx points at the kernel's bpf_sock_addr.
     let protocol = unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).protocol) };
     let (class, proto_bit) = class_of(protocol);
-    let (policy, live) = governing();
+    let caller = Caller::Task;
+    let (policy, live) = governing(caller);
     let Some((table, audit)) = live else {
+        let why = reason::NO_POLICY;
         return conclude(
+            caller,
             policy,
             false,
-            reason::NO_POLICY,
+            why,
             class,
             hook,
             protocol as u8,
@@ -160,67 +201,118 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Option<Dest>) -> i32 {
     let why = if class == proto_class::OTHER {
         reason::PROTOCOL
     } else {
-        match &dest {
-            Some(d) => check(table, proto_bit, d),
-            None => reason::NO_DEST,
+        if dest.family == 0 {
+            reason::NO_DEST
+        } else {
+            check(table, proto_bit, &dest)
         }
     };
-    conclude(policy, audit, why, class, hook, protocol as u8, dest)
+    conclude(
+        caller,
+        policy,
+        audit,
+        why,
+        class,
+        hook,
+        protocol as u8,
+        dest,
+    )
 }
 
-/// Judges the creation of an IPv4 or IPv6 socket: raw sockets and ICMP
-/// ("ping") sockets never pass the connect and sendmsg hooks, so they are
-/// refused; every other socket is judged when it connects or sends.
+/// Judges the creation of an IPv4 or IPv6 socket. Only TCP (and MPTCP)
+/// stream sockets and UDP (and UDP-Lite) datagram sockets pass: those are
+/// judged again when they connect or send. Everything else (raw sockets,
+/// ICMP "ping" sockets, SCTP, L2TP/IP, ...) may send without passing the
+/// connect and sendmsg hooks, so it is refused here: default deny.
 #[inline(always)]
 pub fn judge_socket(hook: u8, family: u32, sock_type: u32, protocol: u32) -> i32 {
-    const SOCK_RAW: u32 = 3;
-    const IPPROTO_ICMP: u32 = 1;
-    const IPPROTO_ICMPV6: u32 = 58;
-    let raw = sock_type == SOCK_RAW || protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6;
-    if !raw {
+    const SOCK_STREAM: u32 = 1;
+    const SOCK_DGRAM: u32 = 2;
+    let known = match sock_type {
+        // IPPROTO_TCP, IPPROTO_MPTCP
+        SOCK_STREAM => matches!(protocol, 6 | 262),
+        // IPPROTO_UDP, IPPROTO_UDPLITE
+        SOCK_DGRAM => matches!(protocol, 17 | 136),
+        _ => false,
+    };
+    if known {
         return RET_ALLOW;
     }
-    let (policy, live) = governing();
-    let audit = matches!(live, Some((_, true)));
-    let why = if live.is_some() {
-        reason::RAW_SOCKET
-    } else {
-        reason::NO_POLICY
-    };
     let dest = Dest {
         family: family as u8,
         addr: [0; 16],
         port: 0,
     };
+    refuse(Caller::Task, reason::SOCKET, hook, protocol as u8, dest)
+}
+
+/// Refuses something no rule can allow (audit mode lets it through,
+/// reported): `why` when a policy governs the caller, `NO_POLICY` otherwise.
+#[inline(always)]
+pub fn refuse(caller: Caller, why: u8, hook: u8, protocol: u8, dest: Dest) -> i32 {
+    let (policy, live) = governing(caller);
+    let audit = matches!(live, Some((_, true)));
+    let why = if live.is_some() {
+        why
+    } else {
+        reason::NO_POLICY
+    };
     conclude(
+        caller,
         policy,
         audit,
         why,
         proto_class::OTHER,
         hook,
-        protocol as u8,
-        Some(dest),
+        protocol,
+        dest,
+    )
+}
+
+/// setsockopt(): refuses the options that source-route packets past the
+/// connect/sendmsg verdict (IPv4 IP_OPTIONS; IPv6 routing, hop-by-hop and
+/// destination-options headers). Returns 1 to let the call proceed.
+#[inline(always)]
+pub fn judge_option(level: i32, optname: i32) -> i32 {
+    const SOL_IP: i32 = 0;
+    const IP_OPTIONS: i32 = 4;
+    const SOL_IPV6: i32 = 41;
+    // IPV6_2292HOPOPTS 3, _2292DSTOPTS 4, _2292RTHDR 5, _2292PKTOPTIONS 6,
+    // IPV6_HOPOPTS 54, IPV6_RTHDRDSTOPTS 55, IPV6_RTHDR 57, IPV6_DSTOPTS 59.
+    let routing = match level {
+        SOL_IP => optname == IP_OPTIONS,
+        SOL_IPV6 => matches!(optname, 3..=6 | 54 | 55 | 57 | 59),
+        _ => false,
+    };
+    if !routing {
+        return RET_ALLOW;
+    }
+    refuse(
+        Caller::Task,
+        reason::IP_OPTIONS,
+        hook::SETSOCKOPT,
+        0,
+        Dest::NONE,
     )
 }
 
 #[inline(always)]
-fn report(policy: u32, hook: u8, v: u8, why: u8, protocol: u8, dest: Option<Dest>) {
+fn report(caller: Caller, policy: u32, hook: u8, v: u8, why: u8, protocol: u8, dest: Dest) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         bump(lost_index(policy));
         return;
     };
-    // SAFETY: helper calls without pointer arguments.
-    let (pid_tgid, uid_gid, cgroup_id) = unsafe {
-        (
+    // A packet may be sent outside its task's context: no pid, uid or comm.
+    let (pid_tgid, uid_gid, comm) = match caller {
+        Caller::Task => (
             bpf_get_current_pid_tgid(),
             bpf_get_current_uid_gid(),
-            bpf_get_current_cgroup_id(),
-        )
+            bpf_get_current_comm().unwrap_or([0; 16]),
+        ),
+        Caller::Packet(_) => (0, 0, [0; 16]),
     };
-    let (family, addr, port) = match dest {
-        Some(d) => (d.family, d.addr, d.port),
-        None => (0, [0; 16], 0),
-    };
+    let cgroup_id = caller.cgroup_id();
+    let (family, addr, port) = (dest.family, dest.addr, dest.port);
     entry.write(Event {
         cgroup_id,
         pid: pid_tgid as u32,
@@ -232,7 +324,7 @@ fn report(policy: u32, hook: u8, v: u8, why: u8, protocol: u8, dest: Option<Dest
         family,
         protocol,
         addr,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm,
         reason: why,
         verdict: v,
         hook,

@@ -73,7 +73,7 @@ impl EventStream {
 
 /// The destination address of an event (none for a refused socket).
 pub fn address(e: &Event) -> Option<IpAddr> {
-    if e.hook == hook::SOCK_CREATE {
+    if e.hook == hook::SOCK_CREATE || e.family == 0 {
         return None;
     }
     match e.family {
@@ -110,6 +110,8 @@ fn hook_name(h: u8) -> &'static str {
         hook::SENDMSG4 => "sendmsg4",
         hook::SENDMSG6 => "sendmsg6",
         hook::SOCK_CREATE => "sock_create",
+        hook::SETSOCKOPT => "setsockopt",
+        hook::PACKET_EGRESS => "packet_egress",
         _ => "unknown",
     }
 }

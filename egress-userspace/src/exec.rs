@@ -91,7 +91,7 @@ impl Summary {
         let dest = match address(e) {
             Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{}", e.port),
             Some(a) => format!("{a}:{}", e.port),
-            None if e.hook == egress_common::hook::SOCK_CREATE => "(raw socket)".into(),
+            None if e.hook == egress_common::hook::SOCK_CREATE => "(socket refused)".into(),
             None => "(no destination)".into(),
         };
         let key = (

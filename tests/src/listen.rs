@@ -110,6 +110,58 @@ impl Listener {
         })
     }
 
+    /// Counts IP packets of any kind whose destination is `addr`, captured on
+    /// the loopback of `ns` (where all test traffic flows).
+    pub fn capture(ns: &Netns, addr: &str) -> Result<Listener> {
+        let ip: std::net::IpAddr = addr.parse()?;
+        let fd = ns.run(|| {
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain syscalls on a fresh socket; sockaddr_ll is plain data.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto));
+                if fd < 0 {
+                    anyhow::bail!("packet socket: {}", std::io::Error::last_os_error());
+                }
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_protocol = proto;
+                sll.sll_ifindex = libc::if_nametoindex(c"lo".as_ptr()) as i32;
+                let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                if libc::bind(fd, (&sll as *const libc::sockaddr_ll).cast(), len) != 0 {
+                    anyhow::bail!("bind packet socket: {}", std::io::Error::last_os_error());
+                }
+                Ok(fd)
+            }
+        })?;
+        // SAFETY: fd is a fresh socket we own.
+        let sock = unsafe { <UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let (hits, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (h, s) = (hits.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while !s.load(Ordering::SeqCst) {
+                let Ok(n) = sock.recv(&mut buf) else { continue };
+                let dst: Option<std::net::IpAddr> = match buf[0] >> 4 {
+                    4 if n >= 20 => Some(<[u8; 4]>::try_from(&buf[16..20]).unwrap().into()),
+                    6 if n >= 40 => Some(<[u8; 16]>::try_from(&buf[24..40]).unwrap().into()),
+                    _ => None,
+                };
+                if dst == Some(ip) {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Ok(Listener {
+            addr: SocketAddr::new(ip, 0),
+            hits,
+            stop,
+        })
+    }
+
     /// What arrived so far, after giving in-flight packets a moment.
     pub fn count(&self) -> u64 {
         thread::sleep(Duration::from_millis(100));

@@ -1,6 +1,6 @@
-//! Raw and ICMP sockets never pass the connect and sendmsg hooks: a raw
-//! socket writes whole packets to any address. They are refused at
-//! socket() in governed cgroups. Each attack first succeeds ungoverned (so
+//! Raw, ICMP and other non-TCP/UDP sockets never pass the connect and
+//! sendmsg hooks: a raw socket writes whole packets to any address. Only
+//! TCP stream and UDP datagram sockets may be created in governed cgroups. Each attack first succeeds ungoverned (so
 //! the listener is known to see it), then fails governed.
 
 use egress_tests::{egressd::exec, listen::Listener, netns::Netns, require_root};
@@ -72,12 +72,16 @@ fn ping_is_refused() {
     assert!(
         r.events
             .iter()
-            .all(|e| e["reason"] == "raw_socket" && e["hook"] == "sock_create"),
+            .all(|e| e["reason"] == "socket_not_allowed" && e["hook"] == "sock_create"),
         "{:?}",
         r.events
     );
     assert!(!r.events.is_empty());
-    assert!(r.stderr.contains("(raw socket) by ping"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("(socket refused) by ping"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -110,7 +114,7 @@ fn raw_udp_sender_is_refused() {
         r.stderr
     );
     assert_eq!(target.count(), 1, "a raw datagram left the governed cgroup");
-    assert_eq!(r.events[0]["reason"], "raw_socket");
+    assert_eq!(r.events[0]["reason"], "socket_not_allowed");
     assert_eq!(r.events[0]["daddr"], serde_json::Value::Null);
 }
 

@@ -250,3 +250,43 @@ fn allowed_address_on_other_port_or_protocol() {
     assert_eq!(tcp_other.count(), 0);
     assert_eq!(udp_other.count(), 0);
 }
+
+/// A connected UDP socket handed a destination with family AF_UNSPEC:
+/// udp_sendmsg still sends to that address, and the sendmsg4 hook sees
+/// `user_family` 0 with the real address in `user_ip4`. It must be judged
+/// by that address, not by the socket's (allowed) connected destination.
+#[test]
+fn udp_connected_then_sendto_with_unspec_family() {
+    require_root();
+    let ns = Netns::new("unspec").unwrap();
+    let (good, bad) = (
+        Listener::udp(&ns, V4_OK).unwrap(),
+        Listener::udp(&ns, V4_NO).unwrap(),
+    );
+    let ungoverned = ns
+        .command(PROBE)
+        .args(["udp-unspec", V4_NO, "--via", V4_OK])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ungoverned.stdout).trim(), "ok");
+    assert_eq!(
+        bad.count(),
+        1,
+        "the kernel did not send to the AF_UNSPEC address"
+    );
+    let r = exec(&ns, ALLOW, &[PROBE, "udp-unspec", V4_NO, "--via", V4_OK]).unwrap();
+    assert_eq!(r.stdout.trim(), "error: 1", "{}", r.stderr);
+    assert_eq!(
+        bad.count(),
+        1,
+        "the governed datagram reached the denied listener"
+    );
+    assert_eq!(
+        r.events[0]["hook"], "sendmsg4",
+        "refused by the hook, not only the backstop"
+    );
+    assert_eq!(r.events[0]["daddr"], "203.0.113.9");
+    let r = exec(&ns, ALLOW, &[PROBE, "udp-unspec", V4_OK, "--via", V4_OK]).unwrap();
+    assert_eq!(r.stdout.trim(), "ok", "{}", r.stderr);
+    assert_eq!(good.count(), 1);
+}

@@ -91,7 +91,9 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::PROTOCOL => "protocol_not_allowed",
         reason::NO_POLICY => "no_policy",
         reason::NO_DEST => "no_destination",
-        reason::RAW_SOCKET => "raw_socket",
+        reason::SOCKET => "socket_not_allowed",
+        reason::IP_OPTIONS => "ip_options",
+        reason::PACKET => "packet_destination_not_allowed",
         _ => "unknown",
     }
 }

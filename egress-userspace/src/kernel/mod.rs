@@ -4,21 +4,23 @@
 //! Needs Linux 5.7 (bpf_link for cgroups), 5.8 (ring buffer); tested on 6.18.
 
 pub mod counters;
+pub mod link;
 pub mod pins;
 pub mod tables;
 
-use std::path::Path;
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+};
 
 use anyhow::{Context, Result};
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{
-        links::{CgroupAttachMode, FdLink},
-        CgroupSock, CgroupSockAddr,
-    },
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt},
     Ebpf,
 };
 use egress_common::{map_names, program_names, PolicyInfo, PortSet, V4Key, V6Key};
+use link::attach_type;
 
 use crate::cgroup::Cgroup;
 
@@ -30,16 +32,49 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eg
 enum Kind {
     SockAddr,
     Sock,
+    Sockopt,
+    Skb,
 }
 
-/// Every program, in attach order: socket creation first, so that no raw
-/// socket can be made while the others are being attached.
-const PROGRAMS: [(&str, Kind); 5] = [
-    (program_names::SOCK_CREATE, Kind::Sock),
-    (program_names::CONNECT4, Kind::SockAddr),
-    (program_names::CONNECT6, Kind::SockAddr),
-    (program_names::SENDMSG4, Kind::SockAddr),
-    (program_names::SENDMSG6, Kind::SockAddr),
+/// Every program with its kind and attach type, in attach order: socket
+/// creation and options first, so that no raw socket or source route can be
+/// set up while the others are being attached.
+const PROGRAMS: [(&str, Kind, u32); 7] = [
+    (
+        program_names::SOCK_CREATE,
+        Kind::Sock,
+        attach_type::CGROUP_INET_SOCK_CREATE,
+    ),
+    (
+        program_names::SETSOCKOPT,
+        Kind::Sockopt,
+        attach_type::CGROUP_SETSOCKOPT,
+    ),
+    (
+        program_names::PACKET_EGRESS,
+        Kind::Skb,
+        attach_type::CGROUP_INET_EGRESS,
+    ),
+    (
+        program_names::CONNECT4,
+        Kind::SockAddr,
+        attach_type::CGROUP_INET4_CONNECT,
+    ),
+    (
+        program_names::CONNECT6,
+        Kind::SockAddr,
+        attach_type::CGROUP_INET6_CONNECT,
+    ),
+    (
+        program_names::SENDMSG4,
+        Kind::SockAddr,
+        attach_type::CGROUP_UDP4_SENDMSG,
+    ),
+    (
+        program_names::SENDMSG6,
+        Kind::SockAddr,
+        attach_type::CGROUP_UDP6_SENDMSG,
+    ),
 ];
 
 /// Errors from the kernel side, naming the program, map or cgroup.
@@ -55,12 +90,12 @@ pub enum KernelError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("attaching program `{name}` to cgroup {cgroup}")]
+    #[error("attaching program `{name}` to cgroup {cgroup} (Linux 5.7 or later is needed)")]
     Attach {
         name: &'static str,
         cgroup: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: std::io::Error,
     },
     #[error("the eBPF object has no map `{0}`")]
     MissingMap(&'static str),
@@ -87,9 +122,10 @@ pub struct Kernel {
     ebpf: Ebpf,
 }
 
-/// Links attached for one cgroup, one per program.
+/// Links attached for one cgroup, one per program; dropping one detaches it
+/// unless it was pinned.
 pub struct Attachment {
-    pub links: Vec<(&'static str, FdLink)>,
+    pub links: Vec<(&'static str, OwnedFd)>,
 }
 
 impl Kernel {
@@ -102,13 +138,15 @@ impl Kernel {
             loader.map_max_entries(map_names::EVENTS, bytes);
         }
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Object)?;
-        for (name, kind) in PROGRAMS {
+        for (name, kind, _) in PROGRAMS {
             let prog = ebpf
                 .program_mut(name)
                 .ok_or(KernelError::MissingProgram(name))?;
             let loaded = match kind {
                 Kind::SockAddr => <&mut CgroupSockAddr>::try_from(prog).and_then(|p| p.load()),
                 Kind::Sock => <&mut CgroupSock>::try_from(prog).and_then(|p| p.load()),
+                Kind::Sockopt => <&mut CgroupSockopt>::try_from(prog).and_then(|p| p.load()),
+                Kind::Skb => <&mut CgroupSkb>::try_from(prog).and_then(|p| p.load()),
             };
             loaded.map_err(|source| KernelError::Load { name, source })?;
         }
@@ -140,44 +178,26 @@ impl Kernel {
         Ok((maps, events))
     }
 
-    /// Attaches every program to `cgroup` with a bpf_link, beside any other
-    /// programs there. The kernel attaches cgroup links as BPF_F_ALLOW_MULTI
-    /// and refuses any flag on them (EINVAL), hence `Single` (no flag): a
-    /// child cgroup's programs run in addition and can never replace these.
+    /// Attaches every program to `cgroup` with a bpf_link (see `link`),
+    /// beside any other programs there.
     pub fn attach(&mut self, cgroup: &Cgroup) -> Result<Attachment> {
         let fd = cgroup.open()?;
         let mut links = Vec::new();
-        for (name, kind) in PROGRAMS {
+        for (name, _, attach_type) in PROGRAMS {
             let prog = self
                 .ebpf
-                .program_mut(name)
+                .program(name)
                 .ok_or(KernelError::MissingProgram(name))?;
-            let attach_err = |source| KernelError::Attach {
-                name,
-                cgroup: cgroup.path.display().to_string(),
-                source,
-            };
-            let not_fd = || {
-                format!("program `{name}` was not attached with a bpf_link (Linux 5.7 or later is needed)")
-            };
-            let link: FdLink = match kind {
-                Kind::SockAddr => {
-                    let p = <&mut CgroupSockAddr>::try_from(prog).map_err(attach_err)?;
-                    let id = p
-                        .attach(&fd, CgroupAttachMode::Single)
-                        .map_err(attach_err)?;
-                    let link = p.take_link(id).map_err(attach_err)?;
-                    FdLink::try_from(link).with_context(not_fd)?
+            let prog_fd = prog
+                .fd()
+                .map_err(|source| KernelError::Load { name, source })?;
+            let link = link::create(prog_fd.as_fd(), fd.as_fd(), attach_type).map_err(|e| {
+                KernelError::Attach {
+                    name,
+                    cgroup: cgroup.path.display().to_string(),
+                    source: e,
                 }
-                Kind::Sock => {
-                    let p = <&mut CgroupSock>::try_from(prog).map_err(attach_err)?;
-                    let id = p
-                        .attach(&fd, CgroupAttachMode::Single)
-                        .map_err(attach_err)?;
-                    let link = p.take_link(id).map_err(attach_err)?;
-                    FdLink::try_from(link).with_context(not_fd)?
-                }
-            };
+            })?;
             links.push((name, link));
         }
         Ok(Attachment { links })
@@ -190,7 +210,7 @@ impl Attachment {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (name, link) in self.links {
             let path = dir.join(name);
-            link.pin(&path)
+            link::pin(link.as_fd(), &path)
                 .with_context(|| format!("pinning link of `{name}` at {}", path.display()))?;
         }
         Ok(())

@@ -10,7 +10,8 @@
 //! udp-cmsg (connected, then sendmsg with an IP_TOS/IPV6_TCLASS control
 //! message and no address), udp-v4-on-v6 (AF_INET6 socket, AF_INET connect),
 //! tfo-sendto (MSG_FASTOPEN), tfo-connect (TCP_FASTOPEN_CONNECT),
-//! uring-connect, uring-sendmsg.
+//! uring-connect, uring-sendmsg, udp-unspec (connect to `--via VIA`, then
+//! sendto ADDR given with family AF_UNSPEC, which udp_sendmsg still uses).
 
 use std::{
     io,
@@ -23,6 +24,7 @@ use libc::{c_int, c_void, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage,
 
 const PAYLOAD: &[u8] = b"exfiltrated-secret";
 
+#[derive(Clone, Copy)]
 struct Target {
     storage: sockaddr_storage,
     len: socklen_t,
@@ -113,8 +115,31 @@ fn iov() -> libc::iovec {
     }
 }
 
-fn run(mode: &str, t: &Target) -> io::Result<()> {
+fn run(mode: &str, t: &Target, via: Option<&Target>) -> io::Result<()> {
     match mode {
+        "udp-unspec" => {
+            let via = via.ok_or_else(|| io::Error::other("udp-unspec needs --via ADDR"))?;
+            let fd = socket(via.family, libc::SOCK_DGRAM)?;
+            connect(fd, via)?;
+            let mut unspec = Target { ..*t };
+            // SAFETY: the first field of every sockaddr is its u16 family.
+            unsafe {
+                *(&mut unspec.storage as *mut sockaddr_storage).cast::<u16>() =
+                    libc::AF_UNSPEC as u16
+            };
+            // SAFETY: valid buffer and address.
+            check(unsafe {
+                libc::sendto(
+                    fd,
+                    PAYLOAD.as_ptr().cast(),
+                    PAYLOAD.len(),
+                    0,
+                    sa(&unspec),
+                    unspec.len,
+                )
+            })
+            .map(drop)
+        }
         "tcp" => {
             let fd = socket(t.family, libc::SOCK_STREAM)?;
             connect(fd, t)?;
@@ -274,9 +299,14 @@ fn main() -> ExitCode {
         .and_then(|i| args.get(i + 1))
         .map_or(1, |n| n.parse().expect("--count N"));
     let t = target(addr, mapped);
+    let via = args
+        .iter()
+        .position(|a| a == "--via")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| target(v.parse().expect("--via IP:PORT"), mapped));
     let mut result = Ok(());
     for _ in 0..count {
-        result = run(&args[0], &t);
+        result = run(&args[0], &t, via.as_ref());
     }
     match result {
         Ok(()) => {

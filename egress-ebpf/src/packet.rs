@@ -1,0 +1,151 @@
+//! The egress backstop: every packet a governed socket sends is checked
+//! against the same allowlist, by its real destination. It drops packets
+//! carrying IPv4 options or IPv6 routing, hop-by-hop or destination-options
+//! headers (source routing can send a packet somewhere other than the
+//! address the connect/sendmsg hooks approved), and anything else the
+//! socket hooks missed. Allowed packets are not counted (the socket calls
+//! were); dropped ones are, with reason `ip_options` or `packet`.
+
+use aya_ebpf::programs::SkBuffContext;
+use egress_common::{hook, proto_class, reason, AF_INET, AF_INET6};
+
+use crate::{
+    dest::Dest,
+    verdict::{check, class_of, conclude, governing, Caller},
+};
+
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// IPv6 extension headers that route or carry options.
+#[inline(always)]
+fn is_option_header(next: u8) -> bool {
+    // hop-by-hop 0, routing 43, destination options 60
+    matches!(next, 0 | 43 | 60)
+}
+
+/// What the backstop needs of a packet.
+struct Parsed {
+    proto: u8,
+    dest: Dest,
+    /// IPv4 options, or an IPv6 routing/hop-by-hop/destination-options header.
+    options: bool,
+}
+
+/// Parses the packet; None when it cannot be parsed (dropped: fail closed).
+#[inline(always)]
+fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
+    let eth = u16::from_be(ctx.skb.protocol() as u16);
+    if eth == ETH_P_IP {
+        let b0: u8 = ctx.load(0).ok()?;
+        let proto: u8 = ctx.load(9).ok()?;
+        let frag = u16::from_be(ctx.load::<u16>(6).ok()?);
+        let addr4: [u8; 4] = ctx.load(16).ok()?;
+        let options = b0 & 0x0f != 5;
+        let first = frag & 0x1fff == 0;
+        let port = if first && !options && matches!(proto, 6 | 17 | 136) {
+            u16::from_be(ctx.load::<u16>(22).ok()?)
+        } else {
+            0
+        };
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&addr4);
+        let dest = Dest {
+            family: AF_INET,
+            addr,
+            port,
+        };
+        return Some(Parsed {
+            proto,
+            dest,
+            options,
+        });
+    }
+    if eth == ETH_P_IPV6 {
+        let mut next: u8 = ctx.load(6).ok()?;
+        let addr: [u8; 16] = ctx.load(24).ok()?;
+        let mut l4 = 40;
+        let mut first = true;
+        if next == 44 {
+            // A fragment header: the real next header follows it.
+            next = ctx.load(40).ok()?;
+            first = u16::from_be(ctx.load::<u16>(42).ok()?) & 0xfff8 == 0;
+            l4 = 48;
+        }
+        let options = is_option_header(next);
+        let port = if first && !options && matches!(next, 6 | 17 | 136) {
+            u16::from_be(ctx.load::<u16>(l4 + 2).ok()?)
+        } else {
+            0
+        };
+        let dest = Dest {
+            family: AF_INET6,
+            addr,
+            port,
+        };
+        return Some(Parsed {
+            proto: next,
+            dest,
+            options,
+        });
+    }
+    None
+}
+
+/// Judges one outgoing packet: 1 to pass it, 0 to drop it.
+#[inline(always)]
+pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
+    let caller = Caller::Packet(ctx.skb.skb);
+    let (policy, live) = governing(caller);
+    let Some((table, audit)) = live else {
+        let why = reason::NO_POLICY;
+        let (class, h) = (proto_class::OTHER, hook::PACKET_EGRESS);
+        conclude(caller, policy, false, why, class, h, 0, Dest::NONE);
+        return DROP;
+    };
+    let Some(Parsed {
+        proto,
+        dest,
+        options,
+    }) = parse(ctx)
+    else {
+        let (class, h) = (proto_class::OTHER, hook::PACKET_EGRESS);
+        return conclude(
+            caller,
+            policy,
+            audit,
+            reason::PACKET,
+            class,
+            h,
+            0,
+            Dest::NONE,
+        );
+    };
+    let (class, bit) = class_of(u32::from(proto));
+    let fragment_without_ports = dest.port == 0 && class != proto_class::OTHER;
+    let why = if options {
+        reason::IP_OPTIONS
+    } else if class == proto_class::OTHER {
+        reason::PROTOCOL
+    } else {
+        match check(table, if fragment_without_ports { 0 } else { bit }, &dest) {
+            reason::NONE => return PASS,
+            // In audit mode the socket call was already reported; do not
+            // report (and count) every packet of the connection again.
+            _ if audit => return PASS,
+            _ => reason::PACKET,
+        }
+    };
+    conclude(
+        caller,
+        policy,
+        audit,
+        why,
+        class,
+        hook::PACKET_EGRESS,
+        proto,
+        dest,
+    )
+}

@@ -1,0 +1,74 @@
+//! Attaching a loaded program to a cgroup with a bpf_link, and pinning the
+//! link, with the bpf(2) syscall directly: aya 0.14 cannot turn every
+//! cgroup link type into a pinnable link (not `cgroup/setsockopt`'s), and
+//! the kernel ABI for these two commands is small and stable.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+/// `enum bpf_attach_type` values of the kernel ABI.
+pub mod attach_type {
+    pub const CGROUP_INET_EGRESS: u32 = 1;
+    pub const CGROUP_INET_SOCK_CREATE: u32 = 2;
+    pub const CGROUP_INET4_CONNECT: u32 = 10;
+    pub const CGROUP_INET6_CONNECT: u32 = 11;
+    pub const CGROUP_UDP4_SENDMSG: u32 = 14;
+    pub const CGROUP_UDP6_SENDMSG: u32 = 15;
+    pub const CGROUP_SETSOCKOPT: u32 = 22;
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i64> {
+    // SAFETY: attr is a zero-padded bpf_attr of 128 bytes, which covers
+    // every field of the commands used here.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr) as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Attaches `prog` to the cgroup `cgroup` for `attach_type`. Cgroup links
+/// are always multi-attach: programs of sub-cgroups run in addition to this
+/// one and can never replace it.
+pub fn create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = [0u64; 16];
+    // struct { u32 prog_fd; u32 target_fd; u32 attach_type; u32 flags; ... }
+    attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(cgroup.as_raw_fd() as u32) << 32);
+    attr[1] = u64::from(attach_type);
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins `link` at `path` on a bpffs, so it outlives this process.
+pub fn pin(link: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path has a NUL"))?;
+    let mut attr = [0u64; 16];
+    // struct { u64 pathname; u32 bpf_fd; u32 file_flags; ... }
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = u64::from(link.as_raw_fd() as u32);
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
