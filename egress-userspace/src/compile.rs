@@ -110,7 +110,7 @@ fn spec(ports: Ports) -> PortSpec {
 }
 
 /// IPv4-mapped IPv6 prefixes (`::ffff:0:0/96` and inside) are IPv4.
-fn unmap(net: IpNet) -> IpNet {
+pub fn unmap(net: IpNet) -> IpNet {
     if let IpNet::V6(v6) = net {
         if let Some(v4) = v6.addr().to_ipv4_mapped() {
             if v6.prefix_len() >= 96 {

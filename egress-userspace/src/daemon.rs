@@ -120,7 +120,7 @@ async fn install_all(
 }
 
 /// A pin directory name: letters, digits, `.`, `_`, `-`.
-fn valid_instance(name: &str) -> bool {
+pub fn valid_instance(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
         && name
@@ -145,18 +145,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     }
     let policies = load_policies(&opts.policy)?;
-    let pin_dir = pins::instance_dir(&opts.instance)?;
-    // Links pinned by an earlier run keep enforcing until the new ones are in
-    // place: set them aside now, remove them after.
-    let stale = pin_dir.with_file_name(format!("{}.stale-{}", opts.instance, std::process::id()));
-    if pin_dir.exists() {
-        std::fs::rename(&pin_dir, &stale).context("setting aside the pins of an earlier run")?;
-    }
+    // Links pinned by an earlier run keep enforcing until the new ones are
+    // pinned in a generation of their own; then the old ones are removed.
+    let pin_dir = pins::new_generation(&opts.instance)?;
     let (enforcer, ring) = Enforcer::load(opts.ring_bytes)?;
     let enforcer = Arc::new(Mutex::new(enforcer));
     let metrics = Arc::new(Metrics::new());
     install_all(policies, &enforcer, &metrics, &pin_dir).await?;
-    pins::remove_tree(&stale)?;
+    // Now that the new links are pinned, remove this instance's old ones
+    // (also those left by an earlier run that failed half-way).
+    pins::remove_other_generations(&opts.instance, &pin_dir)?;
 
     let mut events = EventStream::new(ring).context("watching the event ring buffer")?;
     let describer = {

@@ -90,7 +90,6 @@ impl Enforcer {
             Mode::Audit => MODE_AUDIT,
         };
         self.tables.set_policy(id, PolicyInfo { table, mode })?;
-        self.remember_names(&resolved);
         self.installed.push(Installed {
             id,
             policy,
@@ -98,30 +97,39 @@ impl Enforcer {
             resolved,
             cgroups: Vec::new(),
         });
+        self.refresh_names();
         Ok(id)
     }
 
-    fn remember_names(&self, resolved: &HashMap<Host, Vec<IpAddr>>) {
+    /// Rebuilds address -> hostname from the current answers of every
+    /// policy (so it holds only addresses allowed now).
+    fn refresh_names(&self) {
         let mut names = self.names.write().expect("names lock");
-        for (host, ips) in resolved {
-            for ip in ips {
-                names.insert(*ip, host.clone());
+        names.clear();
+        for p in &self.installed {
+            for (host, ips) in &p.resolved {
+                for ip in ips {
+                    names.insert(*ip, host.clone());
+                }
             }
         }
     }
 
     /// Replaces the addresses of one hostname of policy `id` and updates its
-    /// table in place.
+    /// table in place. If the new answer cannot be compiled, nothing changes.
     pub fn set_resolved(&mut self, id: u32, host: &Host, ips: Vec<IpAddr>) -> Result<()> {
-        self.remember_names(&HashMap::from([(host.clone(), ips.clone())]));
         let p = self.get_mut(id).context("no such policy")?;
         if p.resolved.get(host) == Some(&ips) {
             return Ok(());
         }
-        p.resolved.insert(host.clone(), ips);
-        let compiled = compile(&p.policy, &p.resolved)?;
+        let mut resolved = p.resolved.clone();
+        resolved.insert(host.clone(), ips);
+        let compiled = compile(&p.policy, &resolved)?;
+        p.resolved = resolved;
         let table = p.table;
-        self.tables.update_table(table, &compiled)
+        let result = self.tables.update_table(table, &compiled);
+        self.refresh_names();
+        result
     }
 
     /// Governs `cgroup` by policy `id`: records it, then attaches the programs.

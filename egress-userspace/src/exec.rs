@@ -67,6 +67,7 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
             }
         }
     };
+    crate::policy::file::compiles(&policy, std::path::Path::new("--allow"))?;
     if opts.audit {
         policy.mode = Mode::Audit;
     }
@@ -185,13 +186,13 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
     cgroup.create()?;
     let pin_dir = pins::instance_dir(&instance)?;
     let result = run_governed(policy, &cgroup, &pin_dir, &opts).await;
-    // Clean up whatever happened: no process left, no cgroup, no pin.
-    let cleanup = cgroup
-        .kill_all(Duration::from_secs(5))
-        .and_then(|_| pins::remove_tree(&pin_dir))
-        .and_then(|_| cgroup.remove());
+    // Clean up whatever happened: no process left, no pin, no cgroup; each
+    // step is tried even if an earlier one failed.
+    let killed = cgroup.kill_all(Duration::from_secs(5));
+    let unpinned = pins::remove_tree(&pin_dir);
+    let removed = cgroup.remove();
     let (status, summary) = result?;
-    cleanup?;
+    killed.and(unpinned).and(removed)?;
     summary.print(audit);
     Ok(exit_code(status))
 }

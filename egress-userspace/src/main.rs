@@ -155,11 +155,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Detach { instance } => {
-            let dir = match instance {
-                Some(i) => pins::instance_dir(&i),
-                None => pins::root(),
+            if let Some(i) = instance.as_deref().filter(|i| !daemon::valid_instance(i)) {
+                eprintln!("egressd: --instance `{i}`: use letters, digits, `.`, `_` and `-`");
+                return ExitCode::from(2);
+            }
+            let removed = match instance {
+                Some(i) => pins::instance_dir(&i).and_then(|d| pins::remove_tree(&d)),
+                None => pins::root().and_then(|d| pins::remove_tree(&d)),
             };
-            match dir.and_then(|d| pins::remove_tree(&d)) {
+            match removed {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failed(e),
             }

@@ -153,20 +153,28 @@ impl Metrics {
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, enforcer: Arc<Mutex<Enforcer>>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
+            // Out of file descriptors, say: do not spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         let (metrics, enforcer) = (metrics.clone(), enforcer.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
-            while len < buf.len() {
-                match conn.read(&mut buf[len..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => len += n,
+            let read_request = async {
+                while len < buf.len() {
+                    match conn.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => len += n,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
                 }
-                if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
+            };
+            let timeout = std::time::Duration::from_secs(5);
+            if tokio::time::timeout(timeout, read_request).await.is_err() {
+                return;
             }
             let request = String::from_utf8_lossy(&buf[..len]);
             let path = request.split_whitespace().nth(1).unwrap_or("");

@@ -183,7 +183,17 @@ impl Daemon {
 
     /// As `start`, with more `egressd run` options.
     pub fn start_with(ns: &Netns, policy: &Path, extra: &[&str]) -> Result<Daemon> {
-        let instance = unique("test");
+        Self::start_instance(ns, policy, &unique("test"), extra)
+    }
+
+    /// As `start_with`, under a given pin instance name (a restarted daemon).
+    pub fn start_instance(
+        ns: &Netns,
+        policy: &Path,
+        instance: &str,
+        extra: &[&str],
+    ) -> Result<Daemon> {
+        let instance = instance.to_string();
         let metrics_port = 9469;
         let mut child = ns
             .command(bin())
@@ -282,6 +292,16 @@ impl Daemon {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
+    /// SIGKILL, then waits: no clean-up by the daemon, no detach.
+    pub fn kill(mut self) -> Result<String> {
+        self.child.kill()?;
+        self.child.wait()?;
+        let instance = self.instance.clone();
+        // Skip Drop's detach: the pins must stay.
+        self.instance.clear();
+        Ok(instance)
+    }
+
     /// SIGTERM, then waits; returns the exit code.
     pub fn stop(&mut self) -> Result<Option<i32>> {
         self.signal(libc::SIGTERM);
@@ -300,9 +320,11 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new(bin())
-            .args(["detach", "--instance", &self.instance])
-            .status();
+        if !self.instance.is_empty() {
+            let _ = Command::new(bin())
+                .args(["detach", "--instance", &self.instance])
+                .status();
+        }
     }
 }
 

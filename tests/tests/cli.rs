@@ -247,3 +247,14 @@ fn exec_cleans_up_on_sigint() {
     assert!(!cgroup.exists(), "the exec cgroup was left behind");
     assert!(!pins.exists(), "the exec pins were left behind");
 }
+
+#[test]
+fn detach_refuses_a_path_as_instance() {
+    for bad in ["/", "..", "a/b", ""] {
+        let out = Command::new(bin())
+            .args(["detach", "--instance", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--instance {bad:?} accepted");
+    }
+}

@@ -531,3 +531,85 @@ fn counters_stay_exact_when_the_ring_buffer_overflows() {
         delivered
     );
 }
+
+/// SIGKILL the daemon while a client keeps trying an allowed and a denied
+/// destination, then start it again: the allowed one keeps working, the
+/// denied one stays refused, before, during and after.
+#[test]
+fn sigkill_and_restart_leave_no_gap() {
+    require_root();
+    let ns = Netns::new("kill").unwrap();
+    let _ok = Listener::tcp(&ns, "198.51.100.1:443").unwrap();
+    let bad = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let cg = TestCgroup::new("kill").unwrap();
+    let dir = TempDir::new("kill").unwrap();
+    let policy = dir
+        .write(
+            "p.yaml",
+            &format!(
+                "name: p\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [443]\n",
+                cg.rel_str()
+            ),
+        )
+        .unwrap();
+    let first = Daemon::start(&ns, &policy).unwrap();
+    let prober = r#"
+import socket, time
+ok = refused = leaked = failed = 0
+end = time.time() + 4
+while time.time() < end:
+    for addr, allowed in ((("198.51.100.1", 443), True), (("203.0.113.9", 443), False)):
+        try:
+            socket.create_connection(addr, timeout=1).close()
+            if allowed: ok += 1
+            else: leaked += 1
+        except PermissionError:
+            if allowed: failed += 1
+            else: refused += 1
+    time.sleep(0.002)
+print(ok, failed, refused, leaked)
+"#;
+    let probe = cg
+        .command(&ns, "python3")
+        .args(["-c", prober])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(700));
+    let instance = first.kill().unwrap();
+    thread::sleep(Duration::from_millis(700));
+    let second = Daemon::start_instance(&ns, &policy, &instance, &[]).unwrap();
+    let out = probe.wait_with_output().unwrap();
+    let counts: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let [ok, failed, refused, leaked] = counts[..] else {
+        panic!("prober printed {out:?}")
+    };
+    assert!(ok > 50 && refused > 50, "the prober barely ran: {counts:?}");
+    assert_eq!(
+        failed, 0,
+        "an allowed connection was refused across kill and restart"
+    );
+    assert_eq!(
+        leaked, 0,
+        "a denied connection got through across kill and restart"
+    );
+    assert_eq!(bad.count(), 0);
+    let root = egressd::kernel::pins::root().unwrap();
+    let stale: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| {
+            n.to_string_lossy()
+                .starts_with(&format!("{instance}.stale"))
+        })
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "the restarted daemon left the old pins: {stale:?}"
+    );
+    drop(second);
+}

@@ -1,8 +1,9 @@
 //! Where attached links are pinned, and removing them.
 //!
-//! Layout under the bpffs mount:
-//! `egressd/<instance>/<cgroup id>/<program>`, where the instance is `run`
-//! for the daemon and `exec-<pid>` for one `egressd exec`. A pinned link keeps
+//! Layout under the bpffs mount: `egressd/<instance>/...`, where the
+//! instance is `run` (or `--instance`) for the daemon, with one directory
+//! per generation (`gen-*/<policy>/<cgroup id>/<program>`), and
+//! `exec-<pid>/<program>` for one `egressd exec`. A pinned link keeps
 //! enforcing after egressd exits; removing the pin detaches it.
 
 use std::{
@@ -38,4 +39,29 @@ pub fn remove_tree(dir: &Path) -> Result<()> {
         }
     }
     fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+/// The directory a starting daemon pins into: a new generation below its
+/// instance directory, so that the previous generation keeps enforcing
+/// until the new one is complete (bpffs cannot rename directories).
+pub fn new_generation(instance: &str) -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    Ok(instance_dir(instance)?.join(format!("gen-{nanos}-{}", std::process::id())))
+}
+
+/// Removes every generation of `instance` but `keep`.
+pub fn remove_other_generations(instance: &str, keep: &Path) -> Result<()> {
+    let dir = instance_dir(instance)?;
+    if !dir.exists() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(&dir)?.flatten() {
+        if entry.path() != keep {
+            remove_tree(&entry.path())?;
+        }
+    }
+    Ok(())
 }

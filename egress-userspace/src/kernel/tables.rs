@@ -8,7 +8,7 @@
 use std::collections::HashMap as StdHashMap;
 
 use anyhow::{bail, Context, Result};
-use aya::maps::lpm_trie::Key;
+use aya::maps::{lpm_trie::Key, MapError};
 use egress_common::{PolicyInfo, PortSet, V4Key, V6Key, MAX_PORTSETS, TABLE_BITS};
 
 use super::Maps;
@@ -79,17 +79,31 @@ impl Tables {
     }
 
     /// Brings a live table to `compiled`: adds and changes entries first,
-    /// then removes those that are gone.
+    /// then removes those that are gone (the removals run even when an
+    /// addition failed, so nothing stale stays allowed).
     pub fn update_table(&mut self, table: u32, compiled: &Compiled) -> Result<()> {
         let old = self.applied.remove(&table).unwrap_or_default();
-        let result = self.apply_diff(table, &old, compiled);
-        // Record what the kernel holds even after a failure half-way: the
-        // next update diffs against the new state, which was tried first.
-        self.applied.insert(table, compiled.clone());
-        result
+        let added = self.add_entries(table, &old, compiled);
+        let removed = self.remove_entries(table, &old, compiled);
+        let mut held = compiled.clone();
+        if added.is_err() {
+            // Some of the new entries may be missing and some of the old
+            // ones changed: remember everything that may be in the kernel,
+            // so that the next update removes what it must.
+            for (k, v) in &old.v4 {
+                held.v4.entry(*k).or_insert_with(|| v.clone());
+            }
+            for (k, v) in &old.v6 {
+                held.v6.entry(*k).or_insert_with(|| v.clone());
+            }
+            held.v4.values_mut().for_each(|v| v.0.clear());
+            held.v6.values_mut().for_each(|v| v.0.clear());
+        }
+        self.applied.insert(table, held);
+        added.and(removed)
     }
 
-    fn apply_diff(&mut self, table: u32, old: &Compiled, new: &Compiled) -> Result<()> {
+    fn add_entries(&mut self, table: u32, old: &Compiled, new: &Compiled) -> Result<()> {
         for (&(addr, len), spec) in &new.v4 {
             if old.v4.get(&(addr, len)) != Some(spec) {
                 let id = self.portset(spec)?;
@@ -108,29 +122,39 @@ impl Tables {
                     .context("writing an IPv6 allow entry")?;
             }
         }
-        for &(addr, len) in old.v4.keys() {
-            if !new.v4.contains_key(&(addr, len)) {
-                self.maps
-                    .allow_v4
-                    .remove(&v4_key(table, addr, len))
-                    .context("removing an IPv4 allow entry")?;
-            }
-        }
-        for &(addr, len) in old.v6.keys() {
-            if !new.v6.contains_key(&(addr, len)) {
-                self.maps
-                    .allow_v6
-                    .remove(&v6_key(table, addr, len))
-                    .context("removing an IPv6 allow entry")?;
-            }
-        }
         Ok(())
+    }
+
+    /// Removes the entries of `old` that `new` lacks; keeps going after a
+    /// failure (an entry already absent is not one) and reports the first.
+    fn remove_entries(&mut self, table: u32, old: &Compiled, new: &Compiled) -> Result<()> {
+        let mut first_error: Option<anyhow::Error> = None;
+        let mut note = |r: Result<(), MapError>, what: &str| match r {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => {
+                first_error
+                    .get_or_insert(anyhow::Error::new(e).context(format!("removing {what}")));
+            }
+        };
+        for &(addr, len) in old.v4.keys().filter(|k| !new.v4.contains_key(k)) {
+            note(
+                self.maps.allow_v4.remove(&v4_key(table, addr, len)),
+                "an IPv4 allow entry",
+            );
+        }
+        for &(addr, len) in old.v6.keys().filter(|k| !new.v6.contains_key(k)) {
+            note(
+                self.maps.allow_v6.remove(&v6_key(table, addr, len)),
+                "an IPv6 allow entry",
+            );
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Deletes a table that no policy refers to any more.
     pub fn drop_table(&mut self, table: u32) -> Result<()> {
         let old = self.applied.remove(&table).unwrap_or_default();
-        self.apply_diff(table, &old, &Compiled::default())
+        self.remove_entries(table, &old, &Compiled::default())
     }
 
     /// Entries in a table.

@@ -277,7 +277,8 @@ fn rule_lines(text: &str) -> Vec<usize> {
     lines
 }
 
-/// Reads and validates one policy file.
+/// Reads and validates one policy file, compiling it too (without its
+/// hostnames' addresses), so that what `check` accepts will load.
 pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
     let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
         file: path.to_path_buf(),
@@ -285,7 +286,22 @@ pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
         column: 0,
         message: format!("cannot read: {e}"),
     })?;
-    parse(&text, path)
+    let policy = parse(&text, path)?;
+    compiles(&policy, path)?;
+    Ok(policy)
+}
+
+/// Compiles `policy` with no hostname resolved, to find what only
+/// compilation can (too many port ranges on one prefix).
+pub fn compiles(policy: &Policy, file: &Path) -> Result<(), PolicyError> {
+    crate::compile::compile(policy, &Default::default())
+        .map(drop)
+        .map_err(|e| PolicyError {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: e.to_string(),
+        })
 }
 
 /// Reads a policy file, or every `*.yaml`/`*.yml` file of a directory.

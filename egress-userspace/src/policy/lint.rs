@@ -73,7 +73,8 @@ fn rule_warnings(rule: &Rule) -> Vec<String> {
     }
     match &rule.dest {
         Destination::Net(n) => {
-            let net = n.0;
+            // Judged as the kernel judges it: mapped IPv6 is IPv4.
+            let net = crate::compile::unmap(n.0);
             let broad = match net {
                 IpNet::V4(v4) => v4.prefix_len() < 8,
                 IpNet::V6(v6) => v6.prefix_len() < 16,
@@ -146,6 +147,10 @@ mod tests {
     fn flags_the_broad_endpoint_trap() {
         assert!(warnings("  - cidr: 0.0.0.0/0\n    ports: [443]\n")[0].contains("whole Internet"));
         assert!(warnings("  - cidr: \"::/0\"\n    ports: [443]\n")[0].contains("whole Internet"));
+        assert!(
+            warnings("  - cidr: \"::ffff:0.0.0.0/96\"\n    ports: [443]\n")[0]
+                .contains("whole Internet")
+        );
         assert!(
             warnings("  - host: bucket.s3.amazonaws.com\n    ports: [443]\n")[0].contains("relays")
         );
