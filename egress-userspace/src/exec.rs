@@ -39,6 +39,8 @@ pub struct ExecOptions {
     pub audit: bool,
     pub resolver: Option<SocketAddr>,
     pub events_json: Option<PathBuf>,
+    /// Run the command as this user (name or uid), with its primary group.
+    pub user: Option<String>,
     pub command: Vec<OsString>,
 }
 
@@ -140,20 +142,57 @@ fn procs_file(cgroup: &Cgroup) -> Result<File> {
         .with_context(|| format!("opening {}/cgroup.procs", cgroup.path.display()))
 }
 
-fn spawn_in(cgroup: &Cgroup, command: &[OsString]) -> Result<tokio::process::Child> {
+/// The user (and group) the command runs as: a name or a numeric id.
+pub fn lookup_user(spec: &str) -> Result<(u32, u32), UsageError> {
+    let c = std::ffi::CString::new(spec).map_err(|_| UsageError(format!("--user {spec:?}")))?;
+    // SAFETY: getpwnam/getpwuid return a pointer into static storage, read
+    // at once on this thread before anything else calls them.
+    let pw = unsafe {
+        match spec.parse::<u32>() {
+            Ok(uid) => libc::getpwuid(uid),
+            Err(_) => libc::getpwnam(c.as_ptr()),
+        }
+    };
+    if pw.is_null() {
+        return match spec.parse::<u32>() {
+            Ok(uid) => Ok((uid, uid)),
+            Err(_) => Err(UsageError(format!("--user {spec}: no such user"))),
+        };
+    }
+    // SAFETY: pw is non-null and points at a valid passwd entry.
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+fn spawn_in(
+    cgroup: &Cgroup,
+    command: &[OsString],
+    user: Option<(u32, u32)>,
+) -> Result<tokio::process::Child> {
     let procs = procs_file(cgroup)?;
     let fd = procs.as_raw_fd();
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
-    // SAFETY: the closure only calls async-signal-safe write(2) on an fd
-    // opened before the fork, and touches no allocator.
+    // SAFETY: the closure only makes async-signal-safe system calls
+    // (write, setgroups, setgid, setuid, prctl) with data prepared before
+    // the fork, and touches no allocator.
     unsafe {
         cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| {
+                if rc < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            // Into the governed cgroup first: every socket is made inside.
             let pid = b"0\n";
-            if libc::write(fd, pid.as_ptr().cast(), pid.len()) < 0 {
-                return Err(std::io::Error::last_os_error());
+            check(libc::write(fd, pid.as_ptr().cast(), pid.len()) as libc::c_int)?;
+            if let Some((uid, gid)) = user {
+                check(libc::setgroups(1, &gid))?;
+                check(libc::setgid(gid))?;
+                check(libc::setuid(uid))?;
             }
-            Ok(())
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
         });
     }
     let child = cmd
@@ -179,13 +218,18 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
         .into());
     }
     let policy = build_policy(&opts)?;
+    let user = opts.user.as_deref().map(lookup_user).transpose()?;
+    // SAFETY: geteuid has no preconditions.
+    if user.is_none_or(|(uid, _)| uid == 0) && unsafe { libc::geteuid() } == 0 {
+        eprintln!("egressd: warning: the command runs as root, and root can leave its cgroup or detach egressd: use --user");
+    }
     let audit = policy.mode == Mode::Audit;
     let instance = format!("exec-{}", std::process::id());
     let root = mounts::cgroup2_root()?;
     let cgroup = Cgroup::at(&root, &PathBuf::from("egressd.exec").join(&instance));
     cgroup.create()?;
     let pin_dir = pins::instance_dir(&instance)?;
-    let result = run_governed(policy, &cgroup, &pin_dir, &opts).await;
+    let result = run_governed(policy, &cgroup, &pin_dir, &opts, user).await;
     // Clean up whatever happened: no process left, no pin, no cgroup; each
     // step is tried even if an earlier one failed.
     let killed = cgroup.kill_all(Duration::from_secs(5));
@@ -202,6 +246,7 @@ async fn run_governed(
     cgroup: &Cgroup,
     pin_dir: &std::path::Path,
     opts: &ExecOptions,
+    user: Option<(u32, u32)>,
 ) -> Result<(std::process::ExitStatus, Summary)> {
     let (enforcer, ring) = Enforcer::load(None)?;
     let enforcer = Arc::new(Mutex::new(enforcer));
@@ -260,7 +305,7 @@ async fn run_governed(
         }
     };
 
-    let mut child = spawn_in(cgroup, &opts.command)?;
+    let mut child = spawn_in(cgroup, &opts.command, user)?;
     let pid = child.id().context("child has no pid")? as i32;
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;

@@ -57,6 +57,10 @@ enum Command {
         /// Also write every deny event as a JSON line to this file.
         #[arg(long, value_name = "FILE")]
         events_json: Option<PathBuf>,
+        /// Run the command as this user (name or uid) and its primary group,
+        /// without the privileges to leave its cgroup.
+        #[arg(long, short, value_name = "USER")]
+        user: Option<String>,
         /// The command and its arguments (after --).
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
             audit,
             resolver,
             events_json,
+            user,
             command,
         } => {
             let opts = exec::ExecOptions {
@@ -140,6 +145,7 @@ fn main() -> ExitCode {
                 audit,
                 resolver,
                 events_json,
+                user,
                 command,
             };
             match runtime().block_on(exec::exec(opts)) {

@@ -258,3 +258,32 @@ fn detach_refuses_a_path_as_instance() {
         assert_eq!(out.status.code(), Some(2), "--instance {bad:?} accepted");
     }
 }
+
+/// `exec --user`: the command runs unprivileged, cannot move itself out of
+/// its cgroup, and is still governed.
+#[test]
+fn exec_as_an_unprivileged_user_cannot_escape() {
+    require_root();
+    let ns = Netns::new("user").unwrap();
+    let bad = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let root = egressd::mounts::cgroup2_root().unwrap();
+    let escape = format!(
+        "id -u; echo $$ > {}/cgroup.procs 2>/dev/null && echo escaped || echo stayed; {PROBE} tcp 203.0.113.9:443",
+        root.display()
+    );
+    let r = exec(
+        &ns,
+        &["--user", "nobody", "--allow", "198.51.100.1:443"],
+        &["sh", "-c", &escape],
+    )
+    .unwrap();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines, ["65534", "stayed", "error: 1"], "{}", r.stderr);
+    assert_eq!(bad.count(), 0);
+    assert!(!r.stderr.contains("runs as root"), "{}", r.stderr);
+    let out = Command::new(bin())
+        .args(["exec", "--user", "no-such-user-here", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
