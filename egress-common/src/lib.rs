@@ -21,6 +21,8 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     /// Ring buffer of [`crate::Event`]s.
     pub const EVENTS: &str = "EVENTS";
+    /// `LruHashMap<u64 socket cookie, DnsOrigin>`.
+    pub const DNS_ORIGIN: &str = "DNS_ORIGIN";
 }
 
 /// Program names (the function names in the eBPF crate).
@@ -31,6 +33,10 @@ pub mod program_names {
     pub const SENDMSG6: &str = "egress_sendmsg6";
     pub const SOCK_CREATE: &str = "egress_sock_create";
     pub const SETSOCKOPT: &str = "egress_setsockopt";
+    pub const RECVMSG4: &str = "egress_recvmsg4";
+    pub const RECVMSG6: &str = "egress_recvmsg6";
+    pub const GETPEERNAME4: &str = "egress_getpeername4";
+    pub const GETPEERNAME6: &str = "egress_getpeername6";
     pub const PACKET_EGRESS: &str = "egress_packet";
 }
 
@@ -63,12 +69,31 @@ pub const PROTO_BIT_UDP: u8 = 2;
 /// `table` is the id under which the policy's prefixes are stored in the
 /// allow tries; 0 means the policy is not live and everything is refused.
 /// A reload writes a new table, then switches `table` in one update.
+/// `dns_port` is the port of the policy's DNS proxy on 127.0.0.1 and ::1,
+/// where DNS (port 53, UDP and TCP, any address) is redirected; 0: none.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyInfo {
     pub table: u32,
     pub mode: u32,
+    pub dns_port: u32,
 }
+
+/// The destination a redirected DNS socket asked for, by socket cookie, so
+/// that replies and getpeername() show it instead of the proxy's address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsOrigin {
+    /// IPv4 in the first 4 bytes for `AF_INET`.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Proxied DNS sockets remembered (an LRU map: old ones fall out).
+pub const MAX_DNS_SOCKETS: u32 = 65536;
 
 /// Data part of an IPv4 allow-trie key: table id (big endian), then the address.
 /// The trie's prefix length counts the 32 table bits too.
@@ -221,11 +246,13 @@ mod pod {
     unsafe impl aya::Pod for super::PortRange {}
     unsafe impl aya::Pod for super::PortSet {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::DnsOrigin {}
 }
 
 // Layout checks: a change that adds padding fails to compile.
 const _: () = assert!(core::mem::size_of::<Event>() == 72);
 const _: () = assert!(core::mem::size_of::<PortRange>() == 8);
 const _: () = assert!(core::mem::size_of::<PortSet>() == 4 + 8 * MAX_PORT_RANGES);
-const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 12);
+const _: () = assert!(core::mem::size_of::<DnsOrigin>() == 20);
 const _: () = assert!(LOST_SLOT < COUNTERS_PER_POLICY);

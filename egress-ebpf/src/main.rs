@@ -7,6 +7,7 @@
 #![no_main]
 
 mod dest;
+mod dns;
 mod maps;
 mod packet;
 mod verdict;
@@ -41,6 +42,30 @@ pub fn egress_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn egress_sendmsg6(ctx: SockAddrContext) -> i32 {
     verdict::judge(&ctx, hook::SENDMSG6, dest::from_send6(&ctx))
+}
+
+/// UDP replies: a redirected DNS socket sees the server it asked, not the proxy.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn egress_recvmsg4(ctx: SockAddrContext) -> i32 {
+    dns::unredirect(&ctx, false)
+}
+
+/// As `recvmsg4`, for IPv6 sockets.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn egress_recvmsg6(ctx: SockAddrContext) -> i32 {
+    dns::unredirect(&ctx, true)
+}
+
+/// getpeername() on a redirected DNS socket shows the server it asked.
+#[cgroup_sock_addr(getpeername4)]
+pub fn egress_getpeername4(ctx: SockAddrContext) -> i32 {
+    dns::unredirect(&ctx, false)
+}
+
+/// As `getpeername4`, for IPv6 sockets.
+#[cgroup_sock_addr(getpeername6)]
+pub fn egress_getpeername6(ctx: SockAddrContext) -> i32 {
+    dns::unredirect(&ctx, true)
 }
 
 /// socket(): refuses raw and ICMP sockets, which no other hook sees.

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    PolicyInfo, PortSet, V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES, MAX_ALLOW_ENTRIES, MAX_CGROUPS,
-    MAX_POLICIES, MAX_PORTSETS,
+    DnsOrigin, PolicyInfo, PortSet, V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES, MAX_ALLOW_ENTRIES,
+    MAX_CGROUPS, MAX_DNS_SOCKETS, MAX_POLICIES, MAX_PORTSETS,
 };
 
 /// Cgroup id -> policy id, for each governed cgroup. Written by userspace when
@@ -44,6 +44,13 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 /// the programs, drained by userspace.
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Socket cookie -> the DNS server a redirected socket asked for. Written by
+/// the connect/sendmsg programs when they redirect DNS to the proxy; read by
+/// the recvmsg and getpeername programs. Userspace does not touch it.
+#[map(name = "DNS_ORIGIN")]
+pub static DNS_ORIGIN: LruHashMap<u64, DnsOrigin> =
+    LruHashMap::with_max_entries(MAX_DNS_SOCKETS, 0);
 
 /// Adds one to a counter slot.
 #[inline(always)]

@@ -11,7 +11,8 @@ use egress_common::{hook, proto_class, reason, AF_INET, AF_INET6};
 
 use crate::{
     dest::Dest,
-    verdict::{check, class_of, conclude, governing, Caller},
+    dns,
+    verdict::{check, class_of, conclude, governing, Caller, Live},
 };
 
 const PASS: i32 = 1;
@@ -99,7 +100,12 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
 pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     let caller = Caller::Packet(ctx.skb.skb);
     let (policy, live) = governing(caller);
-    let Some((table, audit)) = live else {
+    let Some(Live {
+        table,
+        audit,
+        dns_port,
+    }) = live
+    else {
         let why = reason::NO_POLICY;
         let (class, h) = (proto_class::OTHER, hook::PACKET_EGRESS);
         conclude(caller, policy, false, why, class, h, 0, Dest::NONE);
@@ -124,6 +130,9 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         );
     };
     let (class, bit) = class_of(u32::from(proto));
+    if class != proto_class::OTHER && !options && dns::is_proxy(&dest, dns_port) {
+        return PASS;
+    }
     let fragment_without_ports = dest.port == 0 && class != proto_class::OTHER;
     let why = if options {
         reason::IP_OPTIONS

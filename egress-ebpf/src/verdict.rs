@@ -18,6 +18,7 @@ use egress_common::{
 
 use crate::{
     dest::Dest,
+    dns,
     maps::{bump, ALLOW_V4, ALLOW_V6, CGROUP_POLICY, EVENTS, POLICIES, PORTSETS},
 };
 
@@ -134,15 +135,30 @@ pub fn check(table: u32, proto_bit: u8, dest: &Dest) -> u8 {
 /// The policy governing the caller and its live table and mode: `None`
 /// when no policy of this daemon governs it or the policy is not live.
 #[inline(always)]
-pub fn governing(caller: Caller) -> (u32, Option<(u32, bool)>) {
+pub fn governing(caller: Caller) -> (u32, Option<Live>) {
     let policy = find_policy(caller);
     if policy == 0 {
         return (0, None);
     }
     match POLICIES.get(policy) {
-        Some(info) if info.table != 0 => (policy, Some((info.table, info.mode == MODE_AUDIT))),
+        Some(info) if info.table != 0 => (
+            policy,
+            Some(Live {
+                table: info.table,
+                audit: info.mode == MODE_AUDIT,
+                dns_port: info.dns_port,
+            }),
+        ),
         _ => (policy, None),
     }
+}
+
+/// A live policy's table, mode and DNS proxy port.
+#[derive(Clone, Copy)]
+pub struct Live {
+    pub table: u32,
+    pub audit: bool,
+    pub dns_port: u32,
 }
 
 /// Counts an attempt and, unless allowed, reports it; returns the program's
@@ -185,7 +201,12 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
     let (class, proto_bit) = class_of(protocol);
     let caller = Caller::Task;
     let (policy, live) = governing(caller);
-    let Some((table, audit)) = live else {
+    let Some(Live {
+        table,
+        audit,
+        dns_port,
+    }) = live
+    else {
         let why = reason::NO_POLICY;
         return conclude(
             caller,
@@ -198,14 +219,23 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
             dest,
         );
     };
+    if class != proto_class::OTHER && dns_port != 0 {
+        // DNS, to any address, goes to egressd's proxy; the proxy itself
+        // is reachable (a connected socket sending with control messages).
+        if dest.port == 53 && dest.family != 0 {
+            dns::redirect(ctx, hook, &dest, dns_port);
+            return conclude(caller, policy, audit, reason::NONE, class, hook, 0, dest);
+        }
+        if dns::is_proxy(&dest, dns_port) {
+            return conclude(caller, policy, audit, reason::NONE, class, hook, 0, dest);
+        }
+    }
     let why = if class == proto_class::OTHER {
         reason::PROTOCOL
+    } else if dest.family == 0 {
+        reason::NO_DEST
     } else {
-        if dest.family == 0 {
-            reason::NO_DEST
-        } else {
-            check(table, proto_bit, &dest)
-        }
+        check(table, proto_bit, &dest)
     };
     conclude(
         caller,
@@ -251,7 +281,7 @@ pub fn judge_socket(hook: u8, family: u32, sock_type: u32, protocol: u32) -> i32
 #[inline(always)]
 pub fn refuse(caller: Caller, why: u8, hook: u8, protocol: u8, dest: Dest) -> i32 {
     let (policy, live) = governing(caller);
-    let audit = matches!(live, Some((_, true)));
+    let audit = matches!(live, Some(Live { audit: true, .. }));
     let why = if live.is_some() {
         why
     } else {

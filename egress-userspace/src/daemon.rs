@@ -11,8 +11,11 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+use tokio::sync::mpsc::UnboundedSender;
+
 use crate::{
     cgroup::Cgroup,
+    dns::DnsEvent,
     enforcer::Enforcer,
     events::{Describer, EventStream},
     kernel::pins,
@@ -22,11 +25,14 @@ use crate::{
         file::{load_path, PolicyError},
         Policy,
     },
-    resolve::{self, HostRefresh},
+    resolve,
+    start::start_policy,
 };
 
 /// Default pin directory name of the daemon.
 pub const INSTANCE: &str = "run";
+/// How often expired addresses are removed.
+pub const SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
 /// Default metrics address: loopback only.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9469";
 
@@ -57,65 +63,33 @@ pub fn load_policies(path: &Path) -> Result<Vec<Policy>> {
     Ok(policies)
 }
 
-/// Installs every policy and governs its cgroups, pinning the links under
-/// `pin_dir`, then starts keeping hostnames fresh. Cgroups that do not exist
+/// Starts every policy (DNS proxy, tables, hostnames) and governs its
+/// cgroups, pinning the links under `pin_dir`. Cgroups that do not exist
 /// yet are created, so that they are governed from their first process on.
 async fn install_all(
     policies: Vec<Policy>,
     enforcer: &Arc<Mutex<Enforcer>>,
     metrics: &Arc<Metrics>,
+    dns_events: &UnboundedSender<DnsEvent>,
     pin_dir: &Path,
 ) -> Result<()> {
     let root = mounts::cgroup2_root()?;
-    let mut refreshers = Vec::new();
     for policy in policies {
-        let resolver = Arc::new(resolve::resolver(&policy.dns)?);
-        let (resolved, state) = resolve::prewarm(
-            &resolver,
-            &policy.name,
-            &policy.hosts(),
-            &policy.dns,
-            metrics,
-        )
-        .await;
-        let (name, dns, cgroups) = (
-            policy.name.clone(),
-            policy.dns.clone(),
-            policy.cgroups.clone(),
-        );
+        let (name, cgroups) = (policy.name.clone(), policy.cgroups.clone());
+        let started = start_policy(policy, enforcer, metrics, dns_events).await?;
         let mut e = enforcer.lock().expect("enforcer lock");
-        let id = e
-            .install(policy, resolved)
-            .with_context(|| format!("installing policy `{name}`"))?;
         for rel in cgroups {
             let cgroup = Cgroup::at(&root, &rel);
             if !cgroup.exists() {
                 tracing::info!(policy = name, cgroup = %cgroup.path.display(), "creating the governed cgroup");
                 cgroup.create()?;
             }
-            let attachment = e.govern(id, &cgroup)?;
+            let attachment = e.govern(started.id, &cgroup)?;
             attachment.pin(&pin_dir.join(&name).join(cgroup.id()?.to_string()))?;
             tracing::info!(policy = name, cgroup = %cgroup.path.display(), "governed");
         }
-        for (host, (addrs, wait)) in state {
-            refreshers.push((
-                HostRefresh {
-                    enforcer: enforcer.clone(),
-                    resolver: resolver.clone(),
-                    metrics: metrics.clone(),
-                    id,
-                    policy: name.clone(),
-                    host,
-                    dns: dns.clone(),
-                    addrs,
-                },
-                wait,
-            ));
-        }
     }
-    for (refresher, wait) in refreshers {
-        tokio::spawn(refresher.run(wait));
-    }
+    tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD));
     Ok(())
 }
 
@@ -151,7 +125,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let (enforcer, ring) = Enforcer::load(opts.ring_bytes)?;
     let enforcer = Arc::new(Mutex::new(enforcer));
     let metrics = Arc::new(Metrics::new());
-    install_all(policies, &enforcer, &metrics, &pin_dir).await?;
+    let (dns_tx, mut dns_rx) = tokio::sync::mpsc::unbounded_channel::<DnsEvent>();
+    install_all(policies, &enforcer, &metrics, &dns_tx, &pin_dir).await?;
     // Now that the new links are pinned, remove this instance's old ones
     // (also those left by an earlier run that failed half-way).
     pins::remove_other_generations(&opts.instance, &pin_dir)?;
@@ -188,6 +163,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     loop {
         tokio::select! {
             batch = events.next_batch() => emit(batch.context("reading events")?),
+            Some(e) = dns_rx.recv() => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", describer.dns_json(&e));
+                let _ = out.flush();
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => tracing::warn!("reloading on SIGHUP is not supported yet: restart egressd to load changed policies (enforcement continues meanwhile)"),

@@ -1,11 +1,12 @@
 //! The running state: which policies are installed under which ids, the
-//! addresses their hostnames currently resolve to, and the cgroups they
-//! govern. Daemon and `exec` both drive the kernel through this.
+//! addresses learned for their host rules, and the cgroups they govern.
+//! Daemon and `exec` both drive the kernel through this.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{Arc, RwLock},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -15,19 +16,22 @@ use crate::{
     cgroup::Cgroup,
     compile::compile,
     kernel::{counters, tables::Tables, Attachment, Kernel},
+    learned::Addresses,
     policy::{Host, Mode, Policy},
 };
 
-/// Address -> the hostname it was learned from, for event reports.
-pub type Names = Arc<RwLock<HashMap<IpAddr, Host>>>;
+/// Address -> the name it was answered for, for event reports.
+pub type Names = Arc<RwLock<HashMap<IpAddr, String>>>;
 
 /// One installed policy.
 pub struct Installed {
     pub id: u32,
     pub policy: Policy,
     pub table: u32,
-    /// Current addresses of each hostname the policy names.
-    pub resolved: HashMap<Host, Vec<IpAddr>>,
+    /// Port of the policy's DNS proxy on loopback (0: none).
+    pub dns_port: u16,
+    /// Addresses learned for each host rule (exact or wildcard).
+    pub learned: HashMap<Host, Addresses>,
     /// Governed cgroups: path and id.
     pub cgroups: Vec<(Cgroup, u64)>,
 }
@@ -73,9 +77,10 @@ impl Enforcer {
             .collect()
     }
 
-    /// Compiles and writes a policy, with its hostnames' first addresses,
-    /// and makes it live. Returns its id. No cgroup is governed yet.
-    pub fn install(&mut self, policy: Policy, resolved: HashMap<Host, Vec<IpAddr>>) -> Result<u32> {
+    /// Compiles and writes a policy (its host rules without addresses yet)
+    /// and makes it live, with DNS redirected to `dns_port` (0: not
+    /// redirected). Returns its id. No cgroup is governed yet.
+    pub fn install(&mut self, policy: Policy, dns_port: u16) -> Result<u32> {
         let id = self.installed.len() as u32 + 1;
         if id >= MAX_POLICIES {
             bail!(
@@ -83,53 +88,99 @@ impl Enforcer {
                 MAX_POLICIES - 1
             );
         }
-        let compiled = compile(&policy, &resolved)?;
+        let compiled = compile(&policy, &HashMap::new())?;
         let table = self.tables.write_table(&compiled)?;
         let mode = match policy.mode {
             Mode::Enforce => MODE_ENFORCE,
             Mode::Audit => MODE_AUDIT,
         };
-        self.tables.set_policy(id, PolicyInfo { table, mode })?;
+        let info = PolicyInfo {
+            table,
+            mode,
+            dns_port: u32::from(dns_port),
+        };
+        self.tables.set_policy(id, info)?;
         self.installed.push(Installed {
             id,
             policy,
             table,
-            resolved,
+            dns_port,
+            learned: HashMap::new(),
             cgroups: Vec::new(),
         });
-        self.refresh_names();
         Ok(id)
     }
 
-    /// Rebuilds address -> hostname from the current answers of every
-    /// policy (so it holds only addresses allowed now).
+    /// Rebuilds address -> name from what every policy holds now.
     fn refresh_names(&self) {
         let mut names = self.names.write().expect("names lock");
         names.clear();
         for p in &self.installed {
-            for (host, ips) in &p.resolved {
-                for ip in ips {
-                    names.insert(*ip, host.clone());
+            for a in p.learned.values() {
+                for (ip, name) in a.names() {
+                    names.insert(*ip, name.to_string());
                 }
             }
         }
     }
 
-    /// Replaces the addresses of one hostname of policy `id` and updates its
-    /// table in place. If the new answer cannot be compiled, nothing changes.
-    pub fn set_resolved(&mut self, id: u32, host: &Host, ips: Vec<IpAddr>) -> Result<()> {
+    /// Recompiles policy `id` from `learned` and, if that works, makes it
+    /// the policy's state and updates its table in place. If it cannot be
+    /// compiled, nothing changes.
+    fn apply(&mut self, id: u32, learned: HashMap<Host, Addresses>) -> Result<()> {
         let p = self.get_mut(id).context("no such policy")?;
-        if p.resolved.get(host) == Some(&ips) {
-            return Ok(());
-        }
-        let mut resolved = p.resolved.clone();
-        resolved.insert(host.clone(), ips);
+        let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
         let compiled = compile(&p.policy, &resolved)?;
-        p.resolved = resolved;
+        p.learned = learned;
         let table = p.table;
         let result = self.tables.update_table(table, &compiled);
         self.refresh_names();
         result
+    }
+
+    /// Records that `name`, which host rule `rule` of policy `id` matches,
+    /// resolved to `ips` valid for `ttl`: they are allowed until TTL plus the
+    /// policy's grace has passed. Returns how many addresses were evicted to
+    /// stay within the per-rule cap.
+    pub fn record(
+        &mut self,
+        id: u32,
+        rule: &Host,
+        name: &str,
+        ips: &[IpAddr],
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<usize> {
+        let p = self.get(id).context("no such policy")?;
+        let mut learned = p.learned.clone();
+        let before = learned.get(rule).map(Addresses::ips);
+        let entry = learned.entry(rule.clone()).or_default();
+        let evicted = entry.record(now, name, ips, ttl, p.policy.dns.grace);
+        if before.as_ref() == Some(&entry.ips()) {
+            // Same addresses: only deadlines moved.
+            self.get_mut(id).expect("checked").learned = learned;
+            return Ok(evicted);
+        }
+        self.apply(id, learned)?;
+        Ok(evicted)
+    }
+
+    /// Removes addresses whose TTL and grace have passed, in every policy.
+    pub fn expire(&mut self, now: Instant) -> Result<()> {
+        let mut first_error = None;
+        for id in self.installed.iter().map(|p| p.id).collect::<Vec<_>>() {
+            let mut learned = self.get(id).expect("listed").learned.clone();
+            let mut changed = false;
+            for a in learned.values_mut() {
+                changed |= a.expire(now);
+            }
+            if changed {
+                if let Err(e) = self.apply(id, learned) {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Governs `cgroup` by policy `id`: records it, then attaches the programs.

@@ -155,11 +155,21 @@ impl Describer {
 
     pub fn host(&self, e: &Event) -> Option<String> {
         let ip = address(e)?;
-        self.names
-            .read()
-            .expect("names lock")
-            .get(&ip)
-            .map(|h| h.to_string())
+        self.names.read().expect("names lock").get(&ip).cloned()
+    }
+
+    /// A DNS query the proxy refused (or audited), as a JSON object.
+    pub fn dns_json(&self, e: &crate::dns::DnsEvent) -> serde_json::Value {
+        json!({
+            "time": timestamp(SystemTime::now()),
+            "policy": e.policy,
+            "verdict": e.verdict,
+            "reason": "dns_name_not_allowed",
+            "hook": "dns",
+            "protocol": e.transport,
+            "qname": e.name,
+            "qtype": e.qtype,
+        })
     }
 
     /// One event as a JSON object.

@@ -19,13 +19,16 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     cgroup::Cgroup,
+    daemon::SWEEP_PERIOD,
+    dns::DnsEvent,
     enforcer::Enforcer,
     events::{address, comm, protocol_name, Describer, EventStream},
     kernel::{counters::reason_name, pins},
     metrics::Metrics,
     mounts,
     policy::{dest::parse_allow, file::load_file, DnsSettings, Mode, Policy},
-    resolve::{self, HostRefresh},
+    resolve,
+    start::start_policy,
 };
 
 /// A mistake in how `exec` was called (exit status 2).
@@ -108,6 +111,17 @@ impl Summary {
         if !row.1.contains(&e.tgid) {
             row.1.push(e.tgid);
         }
+        self.total += 1;
+    }
+
+    fn add_dns(&mut self, e: &DnsEvent) {
+        let key = (
+            format!("dns {} {}", e.qtype, e.name),
+            String::new(),
+            "a resolver query".to_string(),
+            "dns_name_not_allowed".to_string(),
+        );
+        self.rows.entry(key).or_default().0 += 1;
         self.total += 1;
     }
 
@@ -251,36 +265,15 @@ async fn run_governed(
     let (enforcer, ring) = Enforcer::load(None)?;
     let enforcer = Arc::new(Mutex::new(enforcer));
     let metrics = Arc::new(Metrics::new());
-    let resolver = Arc::new(resolve::resolver(&policy.dns)?);
-    let (resolved, state) = resolve::prewarm(
-        &resolver,
-        &policy.name,
-        &policy.hosts(),
-        &policy.dns,
-        &metrics,
-    )
-    .await;
-    let (name, dns) = (policy.name.clone(), policy.dns.clone());
-    let id = {
-        let mut e = enforcer.lock().expect("enforcer lock");
-        let id = e.install(policy, resolved)?;
-        e.govern(id, cgroup)?.pin(pin_dir)?;
-        id
-    };
-    let mut refreshers = Vec::new();
-    for (host, (addrs, wait)) in state {
-        let r = HostRefresh {
-            enforcer: enforcer.clone(),
-            resolver: resolver.clone(),
-            metrics: metrics.clone(),
-            id,
-            policy: name.clone(),
-            host,
-            dns: dns.clone(),
-            addrs,
-        };
-        refreshers.push(tokio::spawn(r.run(wait)));
-    }
+    let (dns_tx, mut dns_rx) = tokio::sync::mpsc::unbounded_channel::<DnsEvent>();
+    let started = start_policy(policy, &enforcer, &metrics, &dns_tx).await?;
+    enforcer
+        .lock()
+        .expect("enforcer lock")
+        .govern(started.id, cgroup)?
+        .pin(pin_dir)?;
+    let mut tasks = started.tasks;
+    tasks.push(tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD)));
     let describer = {
         let e = enforcer.lock().expect("enforcer lock");
         Describer {
@@ -288,21 +281,15 @@ async fn run_governed(
             names: e.names.clone(),
         }
     };
-    let mut json_out = match &opts.events_json {
+    let json_out = match &opts.events_json {
         Some(p) => Some(File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => None,
     };
     let mut events = EventStream::new(ring)?;
-    let mut summary = Summary::default();
-    let mut record = |batch: Vec<Event>| {
-        for e in batch {
-            if e.verdict != verdict::ALLOWED {
-                summary.add(&e, &describer);
-            }
-            if let Some(f) = json_out.as_mut() {
-                let _ = writeln!(f, "{}", describer.json(&e));
-            }
-        }
+    let mut rec = Recorder {
+        summary: Summary::default(),
+        json_out,
+        describer,
     };
 
     let mut child = spawn_in(cgroup, &opts.command, user)?;
@@ -317,15 +304,46 @@ async fn run_governed(
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("waiting for the command")?,
-            batch = events.next_batch() => record(batch?),
+            batch = events.next_batch() => rec.kernel(batch?),
+            Some(e) = dns_rx.recv() => rec.dns(&e),
             _ = int.recv() => forward(libc::SIGINT),
             _ = term.recv() => forward(libc::SIGTERM),
             _ = hup.recv() => forward(libc::SIGHUP),
         }
     };
-    record(events.drain());
-    for r in refreshers {
-        r.abort();
+    rec.kernel(events.drain());
+    while let Ok(e) = dns_rx.try_recv() {
+        rec.dns(&e);
     }
-    Ok((status, summary))
+    for t in tasks {
+        t.abort();
+    }
+    Ok((status, rec.summary))
+}
+
+/// Collects what was denied, for the summary and `--events-json`.
+struct Recorder {
+    summary: Summary,
+    json_out: Option<File>,
+    describer: Describer,
+}
+
+impl Recorder {
+    fn kernel(&mut self, batch: Vec<Event>) {
+        for e in batch {
+            if e.verdict != verdict::ALLOWED {
+                self.summary.add(&e, &self.describer);
+            }
+            if let Some(f) = self.json_out.as_mut() {
+                let _ = writeln!(f, "{}", self.describer.json(&e));
+            }
+        }
+    }
+
+    fn dns(&mut self, e: &DnsEvent) {
+        self.summary.add_dns(e);
+        if let Some(f) = self.json_out.as_mut() {
+            let _ = writeln!(f, "{}", self.describer.dns_json(e));
+        }
+    }
 }

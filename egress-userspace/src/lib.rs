@@ -4,17 +4,21 @@
 //! compilation into kernel map entries (`compile`), the kernel programs and
 //! their maps (`kernel`), the running state (`enforcer`), cgroups and the
 //! filesystems they need (`cgroup`, `mounts`), hostname resolution
-//! (`resolve`), the event stream (`events`), metrics (`metrics`), and the
+//! (`resolve`) and the agent's DNS proxy (`dns`), learned addresses
+//! (`learned`), the event stream (`events`), metrics (`metrics`), and the
 //! commands (`daemon`, `exec`, `check`).
 pub mod cgroup;
 pub mod check;
 pub mod compile;
 pub mod daemon;
+pub mod dns;
 pub mod enforcer;
 pub mod events;
 pub mod exec;
 pub mod kernel;
+pub mod learned;
 pub mod metrics;
 pub mod mounts;
 pub mod policy;
 pub mod resolve;
+pub mod start;

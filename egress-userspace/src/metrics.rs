@@ -33,6 +33,8 @@ pub struct Metrics {
     lookups: IntCounterVec,
     info: IntGaugeVec,
     cgroups: IntGaugeVec,
+    dns_queries: IntCounterVec,
+    dns_evictions: IntCounterVec,
     /// Kernel counter values already added, to add only the difference.
     seen: Mutex<HashMap<(u32, u8, u8, u8), u64>>,
     lost_seen: Mutex<HashMap<u32, u64>>,
@@ -76,6 +78,11 @@ impl Metrics {
                 "1 for each policy loaded, with its mode.", &["policy", "mode"]),
             cgroups: gauge(&r, "egressd_governed_cgroups",
                 "Cgroups governed by each policy.", &["policy"]),
+            dns_queries: counter(&r, "egressd_dns_queries_total",
+                "DNS queries the proxy received, by verdict (allowed, denied, audited, error, malformed).",
+                &["policy", "verdict"]),
+            dns_evictions: counter(&r, "egressd_dns_evictions_total",
+                "Addresses dropped because a host rule held too many.", &["policy"]),
             registry: r,
             seen: Mutex::default(),
             lost_seen: Mutex::default(),
@@ -86,6 +93,16 @@ impl Metrics {
         self.lookups
             .with_label_values(&[policy, if ok { "ok" } else { "error" }])
             .inc();
+    }
+
+    pub fn dns_query(&self, policy: &str, verdict: &str) {
+        self.dns_queries.with_label_values(&[policy, verdict]).inc();
+    }
+
+    pub fn dns_evicted(&self, policy: &str, n: usize) {
+        self.dns_evictions
+            .with_label_values(&[policy])
+            .inc_by(n as u64);
     }
 
     pub fn event(&self, policy: &str, verdict: u8) {

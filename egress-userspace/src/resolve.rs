@@ -1,10 +1,9 @@
 //! Resolving the exact hostnames a policy names, and keeping their addresses
 //! fresh: re-resolved as TTLs run out (within the policy's bounds), old
-//! addresses kept for a grace period, failures counted and never opening
-//! anything.
+//! addresses kept for a grace period (see `learned`), failures counted and
+//! never opening anything.
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -17,12 +16,11 @@ use hickory_resolver::{
     proto::xfer::Protocol,
     TokioResolver,
 };
-use tokio::time::Instant;
 
 use crate::{
     enforcer::Enforcer,
     metrics::Metrics,
-    policy::{DnsSettings, Host},
+    policy::{DnsSettings, Host, Policy},
 };
 
 /// A resolver for one policy's settings.
@@ -70,78 +68,52 @@ pub async fn lookup(resolver: &TokioResolver, host: &Host) -> Result<(Vec<IpAddr
     Ok((ips, ttl))
 }
 
-/// The addresses of one hostname, each with the instant it stops being allowed.
-#[derive(Debug, Default)]
-pub struct Addresses {
-    until: HashMap<IpAddr, Instant>,
-}
-
-impl Addresses {
-    /// Records an answer seen at `now`: its addresses are allowed until
-    /// `now + ttl + grace`; addresses missing from it keep their old deadline.
-    pub fn record(&mut self, now: Instant, ips: &[IpAddr], ttl: Duration, grace: Duration) {
-        for ip in ips {
-            let until = now + ttl + grace;
-            let e = self.until.entry(*ip).or_insert(until);
-            *e = (*e).max(until);
-        }
-    }
-
-    /// Drops addresses whose deadline passed; returns the rest, sorted.
-    pub fn current(&mut self, now: Instant) -> Vec<IpAddr> {
-        self.until.retain(|_, until| *until > now);
-        let mut ips: Vec<IpAddr> = self.until.keys().copied().collect();
-        ips.sort();
-        ips
-    }
-
-    /// The next instant an address expires.
-    pub fn next_expiry(&self) -> Option<Instant> {
-        self.until.values().min().copied()
-    }
-}
-
 /// When to ask again after an answer with this TTL.
 pub fn refresh_after(ttl: Duration, dns: &DnsSettings) -> Duration {
     ttl.clamp(dns.min_ttl, dns.max_ttl)
 }
 
-/// Resolves every host once, for the first install. Failures are logged and
-/// counted; the host then has no address until a refresh succeeds.
+/// Resolves every exact host of policy `id` once and records the answers,
+/// so that the first connect after a (re)start is not refused. Failures are
+/// logged and counted; such a host has no address until a lookup succeeds.
+/// Returns when to look each host up again.
 pub async fn prewarm(
+    enforcer: &Mutex<Enforcer>,
     resolver: &TokioResolver,
-    policy: &str,
-    hosts: &[Host],
-    dns: &DnsSettings,
+    id: u32,
+    policy: &Policy,
     metrics: &Metrics,
-) -> (
-    HashMap<Host, Vec<IpAddr>>,
-    HashMap<Host, (Addresses, Duration)>,
-) {
-    let mut resolved = HashMap::new();
-    let mut state = HashMap::new();
-    for host in hosts {
-        let now = Instant::now();
-        let mut addrs = Addresses::default();
-        let wait = match lookup(resolver, host).await {
+) -> Vec<(Host, Duration)> {
+    let mut next = Vec::new();
+    for host in policy.hosts() {
+        let wait = match lookup(resolver, &host).await {
             Ok((ips, ttl)) => {
-                metrics.lookup(policy, true);
-                addrs.record(now, &ips, ttl, dns.grace);
-                refresh_after(ttl, dns)
+                metrics.lookup(&policy.name, true);
+                let recorded = enforcer.lock().expect("enforcer lock").record(
+                    id,
+                    &host,
+                    host.as_str(),
+                    &ips,
+                    ttl,
+                    std::time::Instant::now(),
+                );
+                if let Err(e) = recorded {
+                    tracing::error!(policy = policy.name, host = %host, "allowing its addresses: {e:#}");
+                }
+                refresh_after(ttl, &policy.dns)
             }
             Err(e) => {
-                metrics.lookup(policy, false);
-                tracing::warn!(policy, host = %host, "{e:#}: no address is allowed for it until a lookup succeeds");
-                dns.min_ttl
+                metrics.lookup(&policy.name, false);
+                tracing::warn!(policy = policy.name, host = %host, "{e:#}: no address is allowed for it until a lookup succeeds");
+                policy.dns.min_ttl
             }
         };
-        resolved.insert(host.clone(), addrs.current(now));
-        state.insert(host.clone(), (addrs, wait));
+        next.push((host, wait));
     }
-    (resolved, state)
+    next
 }
 
-/// Everything needed to keep one hostname of one policy fresh.
+/// Everything needed to keep one exact host of one policy fresh.
 pub struct HostRefresh {
     pub enforcer: Arc<Mutex<Enforcer>>,
     pub resolver: Arc<TokioResolver>,
@@ -150,72 +122,85 @@ pub struct HostRefresh {
     pub policy: String,
     pub host: Host,
     pub dns: DnsSettings,
-    pub addrs: Addresses,
 }
 
 impl HostRefresh {
-    /// Looks the host up again when its answer runs out (or an address
-    /// expires), forever; `wait` is the delay before the first refresh.
-    pub async fn run(mut self, mut wait: Duration) {
-        let (policy, host) = (self.policy.clone(), self.host.clone());
+    /// Looks the host up again each time its answer runs out, forever;
+    /// `wait` is the delay before the first lookup. Expiry is the sweeper's.
+    pub async fn run(self, mut wait: Duration) {
+        let (policy, host) = (&self.policy, &self.host);
         loop {
-            let wake = Instant::now() + wait;
-            tokio::time::sleep_until(self.addrs.next_expiry().map_or(wake, |e| e.min(wake))).await;
-            let now = Instant::now();
-            if now >= wake {
-                match lookup(&self.resolver, &host).await {
-                    Ok((ips, ttl)) => {
-                        self.metrics.lookup(&policy, true);
-                        self.addrs.record(now, &ips, ttl, self.dns.grace);
-                        wait = refresh_after(ttl, &self.dns);
+            tokio::time::sleep(wait).await;
+            match lookup(&self.resolver, host).await {
+                Ok((ips, ttl)) => {
+                    self.metrics.lookup(policy, true);
+                    let now = std::time::Instant::now();
+                    let recorded = self.enforcer.lock().expect("enforcer lock").record(
+                        self.id,
+                        host,
+                        host.as_str(),
+                        &ips,
+                        ttl,
+                        now,
+                    );
+                    if let Err(e) = recorded {
+                        tracing::error!(policy, host = %host, "updating the allowlist: {e:#}");
                     }
-                    Err(e) => {
-                        self.metrics.lookup(&policy, false);
-                        tracing::warn!(policy, host = %host, "{e:#}; keeping the addresses known so far until they expire");
-                        wait = self.dns.min_ttl;
-                    }
+                    wait = refresh_after(ttl, &self.dns);
                 }
-            } else {
-                // An address expired before the next lookup is due.
-                wait = wake - now;
-            }
-            let current = self.addrs.current(Instant::now());
-            let result = self
-                .enforcer
-                .lock()
-                .expect("enforcer lock")
-                .set_resolved(self.id, &host, current);
-            if let Err(e) = result {
-                tracing::error!(policy, host = %host, "updating the allowlist: {e:#}");
+                Err(e) => {
+                    self.metrics.lookup(policy, false);
+                    tracing::warn!(policy, host = %host, "{e:#}; keeping the addresses known so far until they expire");
+                    wait = self.dns.min_ttl;
+                }
             }
         }
     }
 }
 
+/// Removes expired addresses every `period`, forever.
+pub async fn sweep(enforcer: Arc<Mutex<Enforcer>>, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let result = enforcer
+            .lock()
+            .expect("enforcer lock")
+            .expire(std::time::Instant::now());
+        if let Err(e) = result {
+            tracing::error!("removing expired addresses: {e:#}");
+        }
+    }
+}
+
+/// Starts a refresher for each host `prewarm` returned, and the sweeper.
+pub fn spawn_refreshers(
+    enforcer: &Arc<Mutex<Enforcer>>,
+    resolver: &Arc<TokioResolver>,
+    metrics: &Arc<Metrics>,
+    id: u32,
+    policy: &Policy,
+    hosts: Vec<(Host, Duration)>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    hosts
+        .into_iter()
+        .map(|(host, wait)| {
+            let r = HostRefresh {
+                enforcer: enforcer.clone(),
+                resolver: resolver.clone(),
+                metrics: metrics.clone(),
+                id,
+                policy: policy.name.clone(),
+                host,
+                dns: policy.dns.clone(),
+            };
+            tokio::spawn(r.run(wait))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_expire_after_ttl_plus_grace() {
-        let t0 = Instant::now();
-        let a: IpAddr = "198.51.100.1".parse().unwrap();
-        let b: IpAddr = "198.51.100.2".parse().unwrap();
-        let mut s = Addresses::default();
-        s.record(t0, &[a], Duration::from_secs(10), Duration::from_secs(5));
-        s.record(
-            t0 + Duration::from_secs(8),
-            &[b],
-            Duration::from_secs(10),
-            Duration::from_secs(5),
-        );
-        assert_eq!(s.current(t0 + Duration::from_secs(14)), vec![a, b]);
-        assert_eq!(s.current(t0 + Duration::from_secs(16)), vec![b]);
-        assert_eq!(
-            s.current(t0 + Duration::from_secs(30)),
-            Vec::<IpAddr>::new()
-        );
-    }
 
     #[test]
     fn refresh_is_clamped() {

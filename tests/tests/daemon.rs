@@ -148,7 +148,7 @@ fn events_and_exact_counters() {
     let ns = Netns::new("count").unwrap();
     let denied = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
     let _ok = Listener::tcp(&ns, "198.51.100.1:443").unwrap();
-    let udp_denied = Listener::udp(&ns, "203.0.113.9:53").unwrap();
+    let udp_denied = Listener::udp(&ns, "203.0.113.9:9").unwrap();
     let cg = TestCgroup::new("count").unwrap();
     let dir = TempDir::new("count").unwrap();
     let policy = dir
@@ -165,7 +165,7 @@ fn events_and_exact_counters() {
         assert_eq!(probe(&cg, &ns, "tcp", "198.51.100.1:443"), "ok");
     }
     for _ in 0..2 {
-        assert_eq!(probe(&cg, &ns, "udp-sendto", "203.0.113.9:53"), "error: 1");
+        assert_eq!(probe(&cg, &ns, "udp-sendto", "203.0.113.9:9"), "error: 1");
     }
     assert_eq!(denied.count(), 0);
     assert_eq!(udp_denied.count(), 0);
@@ -227,7 +227,7 @@ fn events_and_exact_counters() {
     }
     let udp: Vec<_> = events.iter().filter(|e| e["protocol"] == "udp").collect();
     assert_eq!(udp.len(), 2);
-    assert_eq!(udp[0]["dport"], 53);
+    assert_eq!(udp[0]["dport"], 9);
     assert_eq!(udp[0]["hook"], "sendmsg4");
 }
 

@@ -21,7 +21,11 @@ pub mod attach_type {
     pub const CGROUP_INET6_CONNECT: u32 = 11;
     pub const CGROUP_UDP4_SENDMSG: u32 = 14;
     pub const CGROUP_UDP6_SENDMSG: u32 = 15;
+    pub const CGROUP_UDP4_RECVMSG: u32 = 19;
+    pub const CGROUP_UDP6_RECVMSG: u32 = 20;
     pub const CGROUP_SETSOCKOPT: u32 = 22;
+    pub const CGROUP_INET4_GETPEERNAME: u32 = 29;
+    pub const CGROUP_INET6_GETPEERNAME: u32 = 30;
 }
 
 const BPF_OBJ_PIN: libc::c_long = 6;

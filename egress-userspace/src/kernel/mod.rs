@@ -39,43 +39,23 @@ enum Kind {
 /// Every program with its kind and attach type, in attach order: socket
 /// creation and options first, so that no raw socket or source route can be
 /// set up while the others are being attached.
-const PROGRAMS: [(&str, Kind, u32); 7] = [
-    (
-        program_names::SOCK_CREATE,
-        Kind::Sock,
-        attach_type::CGROUP_INET_SOCK_CREATE,
-    ),
-    (
-        program_names::SETSOCKOPT,
-        Kind::Sockopt,
-        attach_type::CGROUP_SETSOCKOPT,
-    ),
-    (
-        program_names::PACKET_EGRESS,
-        Kind::Skb,
-        attach_type::CGROUP_INET_EGRESS,
-    ),
-    (
-        program_names::CONNECT4,
-        Kind::SockAddr,
-        attach_type::CGROUP_INET4_CONNECT,
-    ),
-    (
-        program_names::CONNECT6,
-        Kind::SockAddr,
-        attach_type::CGROUP_INET6_CONNECT,
-    ),
-    (
-        program_names::SENDMSG4,
-        Kind::SockAddr,
-        attach_type::CGROUP_UDP4_SENDMSG,
-    ),
-    (
-        program_names::SENDMSG6,
-        Kind::SockAddr,
-        attach_type::CGROUP_UDP6_SENDMSG,
-    ),
-];
+const PROGRAMS: [(&str, Kind, u32); 11] = {
+    use attach_type as a;
+    use program_names as p;
+    [
+        (p::SOCK_CREATE, Kind::Sock, a::CGROUP_INET_SOCK_CREATE),
+        (p::SETSOCKOPT, Kind::Sockopt, a::CGROUP_SETSOCKOPT),
+        (p::PACKET_EGRESS, Kind::Skb, a::CGROUP_INET_EGRESS),
+        (p::CONNECT4, Kind::SockAddr, a::CGROUP_INET4_CONNECT),
+        (p::CONNECT6, Kind::SockAddr, a::CGROUP_INET6_CONNECT),
+        (p::SENDMSG4, Kind::SockAddr, a::CGROUP_UDP4_SENDMSG),
+        (p::SENDMSG6, Kind::SockAddr, a::CGROUP_UDP6_SENDMSG),
+        (p::RECVMSG4, Kind::SockAddr, a::CGROUP_UDP4_RECVMSG),
+        (p::RECVMSG6, Kind::SockAddr, a::CGROUP_UDP6_RECVMSG),
+        (p::GETPEERNAME4, Kind::SockAddr, a::CGROUP_INET4_GETPEERNAME),
+        (p::GETPEERNAME6, Kind::SockAddr, a::CGROUP_INET6_GETPEERNAME),
+    ]
+};
 
 /// Errors from the kernel side, naming the program, map or cgroup.
 #[derive(Debug, thiserror::Error)]

@@ -106,8 +106,10 @@ mod tests {
             .unwrap_err()
             .contains("out of range"));
         assert!(parse_allow("[2001:db8::1]").unwrap_err().contains("]:"));
-        assert!(parse_allow("*.x.test:443")
-            .unwrap_err()
-            .contains("wildcard"));
+        assert!(parse_allow("*.test:443").unwrap_err().contains("wildcard"));
+        assert_eq!(
+            parse_allow("*.x.test:443").unwrap().dest.to_string(),
+            "*.x.test"
+        );
     }
 }

@@ -182,20 +182,70 @@ impl FromStr for Net {
 
 deserialize_from_str!(Net);
 
-/// An exact DNS name, lower case, without a trailing dot.
+/// A DNS name, lower case, without a trailing dot: exact (`api.example.com`)
+/// or a wildcard (`*.example.com`: any name below example.com, not
+/// example.com itself).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Host(String);
+pub struct Host {
+    name: String,
+    wildcard: bool,
+}
 
 impl Host {
+    /// The name (for a wildcard, the domain below which it matches).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
+    }
+
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+
+    /// Does a queried name (lower case, no trailing dot) fall under this rule?
+    pub fn matches(&self, qname: &str) -> bool {
+        if self.wildcard {
+            qname.len() > self.name.len() + 1
+                && qname.ends_with(&self.name)
+                && qname.as_bytes()[qname.len() - self.name.len() - 1] == b'.'
+        } else {
+            qname == self.name
+        }
     }
 }
 
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        if self.wildcard {
+            write!(f, "*.{}", self.name)
+        } else {
+            f.write_str(&self.name)
+        }
     }
+}
+
+/// Checks a DNS name and returns it lower case, without a trailing dot.
+fn dns_name(s: &str, whole: &str) -> Result<String, String> {
+    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!(
+            "`{whole}` is not a host name: names are 1 to 253 characters"
+        ));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(format!(
+                "`{whole}` is not a host name: each dot-separated label is 1 to 63 letters, digits, `-` or `_`, not starting or ending with `-`"
+            ));
+        }
+    }
+    Ok(name)
 }
 
 impl FromStr for Host {
@@ -215,37 +265,38 @@ impl FromStr for Host {
                 "`{s}` has a port in it: write `host: {name}` and `ports: [{port}]`"
             ));
         }
-        if s.starts_with('*') {
-            return Err(format!(
-                "`{s}` is a wildcard: wildcard names are not supported yet (they need egressd's DNS proxy); list the exact names"
-            ));
-        }
-        let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
-        if name.is_empty() || name.len() > 253 {
-            return Err(format!(
-                "`{s}` is not a host name: names are 1 to 253 characters"
-            ));
-        }
-        for label in name.split('.') {
-            let ok = !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !ok {
+        if let Some(domain) = s.strip_prefix("*.") {
+            if domain.contains('*') {
                 return Err(format!(
-                    "`{s}` is not a host name: each dot-separated label is 1 to 63 letters, digits, `-` or `_`, not starting or ending with `-`"
+                    "`{s}`: a wildcard is one leading `*.`, as in *.example.com"
                 ));
             }
+            let name = dns_name(domain, s)?;
+            if !name.contains('.') {
+                return Err(format!(
+                    "`{s}` is a wildcard over a top-level domain: it would allow most of the Internet; name the domain (e.g. *.cdn.example.com)"
+                ));
+            }
+            return Ok(Host {
+                name,
+                wildcard: true,
+            });
         }
+        if s.contains('*') {
+            return Err(format!(
+                "`{s}`: a wildcard is one leading `*.`, as in *.example.com"
+            ));
+        }
+        let name = dns_name(s, s)?;
         if !name.contains('.') {
             return Err(format!(
                 "`{s}` is a single label: write the fully qualified name (e.g. {s}.example.com)"
             ));
         }
-        Ok(Host(name))
+        Ok(Host {
+            name,
+            wildcard: false,
+        })
     }
 }
 
@@ -371,10 +422,14 @@ mod tests {
             .parse::<Host>()
             .unwrap_err()
             .contains("ports: [443]"));
-        assert!("*.cdn.test"
-            .parse::<Host>()
-            .unwrap_err()
-            .contains("wildcard"));
+        let w: Host = "*.CDN.test".parse().unwrap();
+        assert!(w.is_wildcard());
+        assert_eq!(w.to_string(), "*.cdn.test");
+        assert!(w.matches("a.cdn.test") && w.matches("a.b.cdn.test"));
+        assert!(!w.matches("cdn.test") && !w.matches("xcdn.test") && !w.matches("cdn.test.evil"));
+        assert!("*.test".parse::<Host>().unwrap_err().contains("top-level"));
+        assert!("a.*.test".parse::<Host>().unwrap_err().contains("leading"));
+        assert!("*.*.test".parse::<Host>().unwrap_err().contains("leading"));
         assert!("203.0.113.1".parse::<Host>().unwrap_err().contains("cidr"));
         assert!("localhost"
             .parse::<Host>()

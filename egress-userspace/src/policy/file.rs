@@ -449,10 +449,20 @@ dns:
     }
 
     #[test]
-    fn wildcard_is_a_clear_error() {
-        let e = err("name: a\nallow:\n  - host: \"*.cdn.test\"\n    ports: [443]\n");
+    fn wildcards_below_a_domain_only() {
+        let p = parse(
+            "name: a\nallow:\n  - host: \"*.cdn.test\"\n    ports: [443]\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(p.host_rules_for("img.cdn.test").len(), 1);
+        assert!(p.hosts().is_empty(), "wildcards are not resolved ahead");
+        let e = err("name: a\nallow:\n  - host: \"*.test\"\n    ports: [443]\n");
         assert_eq!(e.line, 3, "{e}");
-        assert!(e.to_string().contains("wildcard"), "{e}");
+        assert!(
+            e.to_string().contains("wildcard over a top-level domain"),
+            "{e}"
+        );
     }
 
     #[test]

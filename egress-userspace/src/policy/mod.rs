@@ -40,7 +40,8 @@ pub struct Rule {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
-    /// An exact DNS name, resolved by egressd.
+    /// A DNS name (exact or wildcard); its addresses are those egressd
+    /// resolved or answered for it.
     Host(Host),
     /// An address or a prefix.
     Net(Net),
@@ -92,14 +93,32 @@ impl Default for DnsSettings {
 }
 
 impl Policy {
-    /// The exact hostnames the policy names, once each.
+    /// The exact hostnames the policy names, once each (those egressd
+    /// resolves ahead of the agent).
     pub fn hosts(&self) -> Vec<Host> {
         let mut hosts: Vec<Host> = self
             .rules
             .iter()
             .filter_map(|r| match &r.dest {
-                Destination::Host(h) => Some(h.clone()),
-                Destination::Net(_) => None,
+                Destination::Host(h) if !h.is_wildcard() => Some(h.clone()),
+                _ => None,
+            })
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+}
+
+impl Policy {
+    /// The host rules a queried name falls under, once each.
+    pub fn host_rules_for(&self, qname: &str) -> Vec<Host> {
+        let mut hosts: Vec<Host> = self
+            .rules
+            .iter()
+            .filter_map(|r| match &r.dest {
+                Destination::Host(h) if h.matches(qname) => Some(h.clone()),
+                _ => None,
             })
             .collect();
         hosts.sort();
