@@ -215,7 +215,7 @@ impl Proxy {
             }
             self.count("audited");
         }
-        let Some(answer) = self.forward(bytes, &q, transport).await else {
+        let Some(answer) = self.forward(bytes, &q).await else {
             self.count("error");
             return Some(reply_code(&query, ResponseCode::ServFail));
         };
@@ -246,16 +246,13 @@ impl Proxy {
         Some(answer)
     }
 
-    /// Asks each upstream in turn; a truncated UDP answer is asked again over TCP.
-    async fn forward(&self, query: &[u8], q: &Question, transport: &str) -> Option<Vec<u8>> {
+    /// Asks each upstream in turn, over UDP (whatever the client used); a
+    /// truncated answer is asked again over TCP.
+    async fn forward(&self, query: &[u8], q: &Question) -> Option<Vec<u8>> {
         for server in &self.upstream {
-            let answer = if transport == "tcp" {
-                ask_tcp(*server, query).await
-            } else {
-                match ask_udp(*server, query).await {
-                    Some(a) if is_truncated(&a) => ask_tcp(*server, query).await,
-                    other => other,
-                }
+            let answer = match ask_udp(*server, query).await {
+                Some(a) if is_truncated(&a) => ask_tcp(*server, query).await,
+                other => other,
             };
             match answer {
                 Some(a) if addresses(q, &a).is_ok() => return Some(a),

