@@ -87,7 +87,7 @@ pub fn redirect(ctx: &SockAddrContext, hook: u8, dest: &Dest, dns_port: u32) {
         family: dest.family,
         _pad: 0,
     };
-    let _ = DNS_ORIGIN.insert(&cookie(ctx), &origin, 0);
+    let _ = DNS_ORIGIN.insert(cookie(ctx), origin, 0);
     if hook == hook::CONNECT4 || hook == hook::SENDMSG4 {
         write_ip4(ctx, PROXY_V4);
     } else {
@@ -102,7 +102,7 @@ pub fn redirect(ctx: &SockAddrContext, hook: u8, dest: &Dest, dns_port: u32) {
 #[inline(always)]
 pub fn unredirect(ctx: &SockAddrContext, v6: bool) -> i32 {
     // SAFETY: the map value is plain data owned by the map.
-    let Some(origin) = (unsafe { DNS_ORIGIN.get(&cookie(ctx)) }).copied() else {
+    let Some(origin) = (unsafe { DNS_ORIGIN.get(cookie(ctx)) }).copied() else {
         return 1;
     };
     let Some(Live { dns_port, .. }) = governing(Caller::Task).1 else {

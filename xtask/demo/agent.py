@@ -17,3 +17,5 @@ for call in reply["tool_calls"]:
         print("[agent] tool call succeeded: the summary left the building")
     except OSError as e:
         print(f"[agent] tool call failed: {getattr(e, 'reason', e)}")
+        continue
+    break

@@ -196,16 +196,16 @@ pub fn run(egressd: &Path) -> Result<()> {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    // The agent resolves names from a hosts file (egressd answering its DNS
-    // queries is a later step of the project) and starts inside its cgroup.
-    let hosts = scene.dir.join("hosts");
+    // The agent's resolver is the demo's DNS server (its queries are
+    // redirected to egressd's proxy all the same); it starts inside its cgroup.
+    let resolv = scene.dir.join("resolv.conf");
     fs::write(
-        &hosts,
-        "127.0.0.1 localhost\n198.51.100.1 api.model.test\n203.0.113.9 exfil.attacker.test\n",
+        &resolv,
+        "nameserver 198.51.100.53\noptions attempts:1 timeout:2\n",
     )?;
     let script = format!(
-        "mount --bind {} /etc/hosts && echo $$ > {}/cgroup.procs && exec python3 {} {}",
-        hosts.display(),
+        "mount --bind {} /etc/resolv.conf && echo $$ > {}/cgroup.procs && exec python3 {} {}",
+        resolv.display(),
         cgroup.display(),
         assets.join("agent.py").display(),
         doc.display()
@@ -221,22 +221,25 @@ pub fn run(egressd: &Path) -> Result<()> {
 
     step(
         4,
-        "What egressd saw: the deny event, with the process that tried",
+        "What egressd saw: the refused lookup, and the refused connect by the process",
     );
-    wait_for("the deny event", 5, || {
-        fs::read_to_string(&events).is_ok_and(|e| !e.is_empty())
+    wait_for("the deny events", 5, || {
+        fs::read_to_string(&events).is_ok_and(|e| e.lines().count() >= 2)
     })?;
     let lines = fs::read_to_string(&events)?;
     for line in lines.lines() {
         println!("   {line}");
     }
-    if !lines.contains("\"daddr\":\"203.0.113.9\"") || !lines.contains("\"verdict\":\"denied\"") {
+    if !lines.contains("\"qname\":\"exfil.attacker.test\"") {
+        bail!("no deny event for the attacker's name");
+    }
+    if !lines.contains("\"daddr\":\"203.0.113.9\"") || !lines.contains("\"comm\":\"python3\"") {
         bail!("no deny event for the attacker's address");
     }
 
     step(
         5,
-        "The metric that counted it (Prometheus, http://127.0.0.1:9469/metrics)",
+        "The metrics that counted them (Prometheus, http://127.0.0.1:9469/metrics)",
     );
     let out = scene
         .cmd("curl")
@@ -246,7 +249,10 @@ pub fn run(egressd: &Path) -> Result<()> {
     let metrics = String::from_utf8_lossy(&out.stdout);
     let counted: Vec<&str> = metrics
         .lines()
-        .filter(|l| l.starts_with("egressd_egress_attempts_total"))
+        .filter(|l| {
+            l.starts_with("egressd_egress_attempts_total")
+                || l.starts_with("egressd_dns_queries_total")
+        })
         .collect();
     for l in &counted {
         println!("   {l}");
@@ -261,8 +267,7 @@ pub fn run(egressd: &Path) -> Result<()> {
     if received.trim() != "0" {
         bail!("the attacker received data: enforcement failed");
     }
-    println!(
-        "\nThe summary never left: the kernel refused the connect() before a packet was sent."
-    );
+    println!("\nThe summary never left: egressd refused to resolve the attacker's name, and");
+    println!("the kernel refused the connect() to its address before a packet was sent.");
     Ok(())
 }
