@@ -23,6 +23,8 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     /// `LruHashMap<u64 socket cookie, DnsOrigin>`.
     pub const DNS_ORIGIN: &str = "DNS_ORIGIN";
+    /// `Array<u64>` of settings, indexed by `crate::config`.
+    pub const CONFIG: &str = "CONFIG";
 }
 
 /// Program names (the function names in the eBPF crate).
@@ -130,6 +132,14 @@ impl Default for PortSet {
     }
 }
 
+/// Indexes into the `CONFIG` array.
+pub mod config {
+    /// The network namespace cookie of egressd's own namespace: loopback
+    /// rules mean loopback there, not in another namespace.
+    pub const HOST_NETNS_COOKIE: u32 = 0;
+    pub const LEN: u32 = 4;
+}
+
 /// Which program saw the attempt.
 pub mod hook {
     pub const CONNECT4: u8 = 1;
@@ -182,7 +192,9 @@ pub mod reason {
     pub const IP_OPTIONS: u8 = 7;
     /// A packet (egress backstop) whose real destination is not allowed.
     pub const PACKET: u8 = 8;
-    pub const COUNT: u32 = 9;
+    /// Loopback of a network namespace other than egressd's.
+    pub const OTHER_NETNS_LOOPBACK: u8 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Counter slots per policy: one per (verdict, protocol class, reason), then

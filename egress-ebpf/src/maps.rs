@@ -52,6 +52,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 pub static DNS_ORIGIN: LruHashMap<u64, DnsOrigin> =
     LruHashMap::with_max_entries(MAX_DNS_SOCKETS, 0);
 
+/// Settings written by userspace at load, read by the programs; see
+/// `egress_common::config`.
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<u64> = Array::with_max_entries(egress_common::config::LEN, 0);
+
 /// Adds one to a counter slot.
 #[inline(always)]
 pub fn bump(index: u32) {

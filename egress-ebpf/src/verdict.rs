@@ -5,21 +5,23 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_skb_ancestor_cgroup_id,
-        bpf_skb_cgroup_id,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_netns_cookie,
+        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
     },
     maps::lpm_trie::Key,
     programs::SockAddrContext,
+    EbpfContext,
 };
 use egress_common::{
-    counter_index, hook, lost_index, proto_class, reason, verdict, Event, V4Key, V6Key, AF_INET,
-    MAX_CGROUP_DEPTH, MAX_PORT_RANGES, MODE_AUDIT, PROTO_BIT_TCP, PROTO_BIT_UDP, TABLE_BITS,
+    config, counter_index, hook, lost_index, proto_class, reason, verdict, Event, V4Key, V6Key,
+    AF_INET, MAX_CGROUP_DEPTH, MAX_PORT_RANGES, MODE_AUDIT, PROTO_BIT_TCP, PROTO_BIT_UDP,
+    TABLE_BITS,
 };
 
 use crate::{
     dest::Dest,
     dns,
-    maps::{bump, ALLOW_V4, ALLOW_V6, CGROUP_POLICY, EVENTS, POLICIES, PORTSETS},
+    maps::{bump, ALLOW_V4, ALLOW_V6, CGROUP_POLICY, CONFIG, EVENTS, POLICIES, PORTSETS},
 };
 
 const RET_REFUSE: i32 = 0;
@@ -193,6 +195,25 @@ pub fn conclude(
     }
 }
 
+/// 127.0.0.0/8 or ::1.
+#[inline(always)]
+fn is_loopback(dest: &Dest) -> bool {
+    match dest.family {
+        AF_INET => dest.addr[0] == 127,
+        _ => dest.addr == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+    }
+}
+
+/// Is the socket in egressd's own network namespace? Loopback rules mean
+/// this host's loopback, not that of a namespace the agent made.
+#[inline(always)]
+fn in_host_netns(ctx: &SockAddrContext) -> bool {
+    // SAFETY: ctx is the program's context.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let host = CONFIG.get(config::HOST_NETNS_COOKIE).copied().unwrap_or(0);
+    host != 0 && cookie == host
+}
+
 /// Judges one connect or send; returns the program's return value.
 #[inline(always)]
 pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
@@ -234,6 +255,8 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         reason::PROTOCOL
     } else if dest.family == 0 {
         reason::NO_DEST
+    } else if is_loopback(&dest) && !in_host_netns(ctx) {
+        reason::OTHER_NETNS_LOOPBACK
     } else {
         check(table, proto_bit, &dest)
     };

@@ -49,7 +49,13 @@ impl Enforcer {
         ring_bytes: Option<u32>,
     ) -> Result<(Enforcer, aya::maps::RingBuf<aya::maps::MapData>)> {
         let mut kernel = Kernel::load(ring_bytes)?;
-        let (maps, events) = kernel.take_maps()?;
+        let (mut maps, events) = kernel.take_maps()?;
+        // Loopback rules mean the loopback of egressd's own namespace.
+        let cookie = crate::kernel::netns_cookie()
+            .context("reading this network namespace's cookie (Linux 5.14 or later)")?;
+        maps.config
+            .set(egress_common::config::HOST_NETNS_COOKIE, cookie, 0)
+            .context("writing the configuration map")?;
         Ok((
             Enforcer {
                 kernel,

@@ -95,6 +95,7 @@ pub struct Maps {
     pub allow_v6: LpmTrie<MapData, V6Key, u32>,
     pub portsets: Array<MapData, PortSet>,
     pub counters: PerCpuArray<MapData, u64>,
+    pub config: Array<MapData, u64>,
 }
 
 /// The loaded programs and their maps.
@@ -153,6 +154,7 @@ impl Kernel {
             allow_v6: self.take(map_names::ALLOW_V6)?,
             portsets: self.take(map_names::PORTSETS)?,
             counters: self.take(map_names::COUNTERS)?,
+            config: self.take(map_names::CONFIG)?,
         };
         let events = self.take(map_names::EVENTS)?;
         Ok((maps, events))
@@ -194,5 +196,32 @@ impl Attachment {
                 .with_context(|| format!("pinning link of `{name}` at {}", path.display()))?;
         }
         Ok(())
+    }
+}
+
+/// The cookie of the calling thread's network namespace (Linux 5.14).
+pub fn netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain syscalls on a socket we own; the option value is a u64.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sock = OwnedFd::from_raw_fd(fd);
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(cookie)
     }
 }

@@ -1,0 +1,63 @@
+//! Loopback rules mean egressd's own loopback. An agent that makes a
+//! network namespace of its own has a loopback of its own too, where
+//! something else may listen: a rule for 127.0.0.1 must not reach it.
+
+use egress_tests::{egressd::exec, listen::Listener, netns::Netns, require_root};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+
+/// In a new network namespace: a listener on 127.0.0.1:8080, then a
+/// connect to it; prints the probe's result, then what the listener saw.
+fn in_new_netns() -> String {
+    format!(
+        r#"unshare -n sh -c "ip link set lo up
+python3 -c 'import socket
+s = socket.socket(); s.bind((\"127.0.0.1\", 8080)); s.listen(); s.settimeout(2)
+print(\"listening\", flush=True)
+try:
+    s.accept(); print(\"accepted\")
+except OSError:
+    print(\"nothing\")' &
+sleep 0.5; {PROBE} tcp 127.0.0.1:8080; wait""#
+    )
+}
+
+#[test]
+fn loopback_rule_means_egressds_namespace_only() {
+    require_root();
+    let ns = Netns::new("loop").unwrap();
+    let here = Listener::tcp(&ns, "127.0.0.1:8080").unwrap();
+    let script = in_new_netns();
+
+    let ungoverned = ns.command("sh").args(["-c", &script]).output().unwrap();
+    let out = String::from_utf8_lossy(&ungoverned.stdout);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["listening", "ok", "accepted"],
+        "{ungoverned:?}"
+    );
+
+    let allow = ["--allow", "127.0.0.1:8080"];
+    let r = exec(&ns, &allow, &[PROBE, "tcp", "127.0.0.1:8080"]).unwrap();
+    assert_eq!(
+        r.stdout.trim(),
+        "ok",
+        "the allowed loopback of egressd's namespace: {}",
+        r.stderr
+    );
+    assert_eq!(here.count(), 1);
+
+    let r = exec(&ns, &allow, &["sh", "-c", &script]).unwrap();
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["listening", "error: 1", "nothing"],
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.events[0]["reason"], "loopback_of_another_netns");
+    assert_eq!(
+        here.count(),
+        1,
+        "nothing more reached egressd's loopback either"
+    );
+}
