@@ -11,13 +11,11 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use tokio::sync::mpsc::UnboundedSender;
-
 use crate::{
-    cgroup::Cgroup,
     dns::DnsEvent,
     enforcer::Enforcer,
     events::{Describer, EventStream},
+    governor::Governor,
     kernel::pins,
     metrics::{self, Metrics},
     mounts,
@@ -26,11 +24,12 @@ use crate::{
         Policy,
     },
     resolve,
-    start::start_policy,
 };
 
 /// Default pin directory name of the daemon.
 pub const INSTANCE: &str = "run";
+/// How often the policy files are checked for changes.
+pub const POLL_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often expired addresses are removed.
 pub const SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
 /// Default metrics address: loopback only.
@@ -63,36 +62,6 @@ pub fn load_policies(path: &Path) -> Result<Vec<Policy>> {
     Ok(policies)
 }
 
-/// Starts every policy (DNS proxy, tables, hostnames) and governs its
-/// cgroups, pinning the links under `pin_dir`. Cgroups that do not exist
-/// yet are created, so that they are governed from their first process on.
-async fn install_all(
-    policies: Vec<Policy>,
-    enforcer: &Arc<Mutex<Enforcer>>,
-    metrics: &Arc<Metrics>,
-    dns_events: &UnboundedSender<DnsEvent>,
-    pin_dir: &Path,
-) -> Result<()> {
-    let root = mounts::cgroup2_root()?;
-    for policy in policies {
-        let (name, cgroups) = (policy.name.clone(), policy.cgroups.clone());
-        let started = start_policy(policy, enforcer, metrics, dns_events).await?;
-        let mut e = enforcer.lock().expect("enforcer lock");
-        for rel in cgroups {
-            let cgroup = Cgroup::at(&root, &rel);
-            if !cgroup.exists() {
-                tracing::info!(policy = name, cgroup = %cgroup.path.display(), "creating the governed cgroup");
-                cgroup.create()?;
-            }
-            let attachment = e.govern(started.id, &cgroup)?;
-            attachment.pin(&pin_dir.join(&name).join(cgroup.id()?.to_string()))?;
-            tracing::info!(policy = name, cgroup = %cgroup.path.display(), "governed");
-        }
-    }
-    tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD));
-    Ok(())
-}
-
 /// A pin directory name: letters, digits, `.`, `_`, `-`.
 pub fn valid_instance(name: &str) -> bool {
     !name.is_empty()
@@ -100,6 +69,66 @@ pub fn valid_instance(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// What the policy files look like now (names, sizes, times), to notice a change.
+fn stamp(path: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut out: Vec<_> = files
+        .into_iter()
+        .map(|f| {
+            let m = std::fs::metadata(&f).ok();
+            let len = m.as_ref().map_or(0, |m| m.len());
+            let time = m.and_then(|m| m.modified().ok());
+            (f, len, time)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Loads the policy files again and applies them. A file that fails to load
+/// changes nothing: the running policies stay in force.
+async fn reload(governor: &mut Governor, path: &Path, describer: &mut Describer) {
+    let policies = match load_policies(path) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("reload refused, the running policies stay in force: {e:#}");
+            governor.metrics.reload(false);
+            return;
+        }
+    };
+    match governor.apply(policies).await {
+        Ok(()) => {
+            governor.metrics.reload(true);
+            let names = governor
+                .enforcer
+                .lock()
+                .expect("enforcer lock")
+                .policy_names();
+            describer.policies.extend(names);
+            tracing::info!("reloaded");
+        }
+        Err(e) => {
+            governor.metrics.reload(false);
+            tracing::error!("reload failed part-way, some policies may be the old ones: {e:#}");
+        }
+    }
+}
+
+fn emit(batch: Vec<egress_common::Event>, describer: &Describer, metrics: &Metrics) {
+    let mut out = std::io::stdout().lock();
+    for e in batch {
+        metrics.event(describer.policy(e.policy_id), e.verdict);
+        let _ = writeln!(out, "{}", describer.json(&e));
+    }
+    let _ = out.flush();
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
@@ -119,6 +148,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     }
     let policies = load_policies(&opts.policy)?;
+    let mut seen = stamp(&opts.policy);
     // Links pinned by an earlier run keep enforcing until the new ones are
     // pinned in a generation of their own; then the old ones are removed.
     let pin_dir = pins::new_generation(&opts.instance)?;
@@ -126,13 +156,22 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let enforcer = Arc::new(Mutex::new(enforcer));
     let metrics = Arc::new(Metrics::new());
     let (dns_tx, mut dns_rx) = tokio::sync::mpsc::unbounded_channel::<DnsEvent>();
-    install_all(policies, &enforcer, &metrics, &dns_tx, &pin_dir).await?;
+    let root = mounts::cgroup2_root()?;
+    let mut governor = Governor::new(
+        enforcer.clone(),
+        metrics.clone(),
+        dns_tx,
+        pin_dir.clone(),
+        root,
+    );
+    governor.apply(policies).await?;
+    tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD));
     // Now that the new links are pinned, remove this instance's old ones
     // (also those left by an earlier run that failed half-way).
     pins::remove_other_generations(&opts.instance, &pin_dir)?;
 
     let mut events = EventStream::new(ring).context("watching the event ring buffer")?;
-    let describer = {
+    let mut describer = {
         let e = enforcer.lock().expect("enforcer lock");
         Describer {
             policies: e.policy_names(),
@@ -152,17 +191,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let emit = |batch: Vec<egress_common::Event>| {
-        let mut out = std::io::stdout().lock();
-        for e in batch {
-            metrics.event(describer.policy(e.policy_id), e.verdict);
-            let _ = writeln!(out, "{}", describer.json(&e));
-        }
-        let _ = out.flush();
-    };
+    let mut poll = tokio::time::interval(POLL_PERIOD);
     loop {
         tokio::select! {
-            batch = events.next_batch() => emit(batch.context("reading events")?),
+            batch = events.next_batch() => emit(batch.context("reading events")?, &describer, &metrics),
             Some(e) = dns_rx.recv() => {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{}", describer.dns_json(&e));
@@ -170,10 +202,22 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => tracing::warn!("reloading on SIGHUP is not supported yet: restart egressd to load changed policies (enforcement continues meanwhile)"),
+            _ = hup.recv() => {
+                seen = stamp(&opts.policy);
+                reload(&mut governor, &opts.policy, &mut describer).await;
+            }
+            _ = poll.tick() => {
+                let now = stamp(&opts.policy);
+                if now != seen {
+                    seen = now;
+                    tracing::info!("policy files changed");
+                    reload(&mut governor, &opts.policy, &mut describer).await;
+                }
+            }
         }
     }
-    emit(events.drain());
+    emit(events.drain(), &describer, &metrics);
+    governor.abort_tasks();
     tracing::info!("stopping; the pinned programs keep enforcing the last allowlist (`egressd detach` removes them)");
     Ok(())
 }

@@ -30,6 +30,8 @@ pub struct Installed {
     pub table: u32,
     /// Port of the policy's DNS proxy on loopback (0: none).
     pub dns_port: u16,
+    /// Where the proxy forwards allowed queries.
+    pub upstream: Vec<std::net::SocketAddr>,
     /// Addresses learned for each host rule (exact or wildcard).
     pub learned: HashMap<Host, Addresses>,
     /// Governed cgroups: path and id.
@@ -41,6 +43,8 @@ pub struct Enforcer {
     pub tables: Tables,
     pub installed: Vec<Installed>,
     pub names: Names,
+    /// Policy ids are never reused, so a retired policy's id refers to nothing.
+    next_id: u32,
 }
 
 impl Enforcer {
@@ -62,6 +66,7 @@ impl Enforcer {
                 tables: Tables::new(maps),
                 installed: Vec::new(),
                 names: Names::default(),
+                next_id: 1,
             },
             events,
         ))
@@ -87,13 +92,14 @@ impl Enforcer {
     /// and makes it live, with DNS redirected to `dns_port` (0: not
     /// redirected). Returns its id. No cgroup is governed yet.
     pub fn install(&mut self, policy: Policy, dns_port: u16) -> Result<u32> {
-        let id = self.installed.len() as u32 + 1;
+        let id = self.next_id;
         if id >= MAX_POLICIES {
             bail!(
-                "at most {} policies can be loaded at once",
+                "at most {} policies can be loaded in one run",
                 MAX_POLICIES - 1
             );
         }
+        let upstream = crate::dns::upstreams(&policy)?;
         let compiled = compile(&policy, &HashMap::new())?;
         let table = self.tables.write_table(&compiled)?;
         let mode = match policy.mode {
@@ -106,15 +112,81 @@ impl Enforcer {
             dns_port: u32::from(dns_port),
         };
         self.tables.set_policy(id, info)?;
+        self.next_id += 1;
         self.installed.push(Installed {
             id,
             policy,
             table,
             dns_port,
+            upstream,
             learned: HashMap::new(),
             cgroups: Vec::new(),
         });
         Ok(id)
+    }
+
+    /// Replaces policy `id` by `policy` (same name): its table is written
+    /// whole, then switched to in one map update, then the old one deleted;
+    /// at no moment is the union or the empty set in force. Addresses learned
+    /// for host rules the new policy keeps stay allowed.
+    pub fn replace(&mut self, id: u32, policy: Policy) -> Result<()> {
+        let p = self.get(id).context("no such policy")?;
+        let upstream = crate::dns::upstreams(&policy)?;
+        let dns_port = p.dns_port;
+        let mut learned = p.learned.clone();
+        learned.retain(|h, _| {
+            policy
+                .rules
+                .iter()
+                .any(|r| matches!(&r.dest, crate::policy::Destination::Host(x) if x == h))
+        });
+        let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
+        let compiled = compile(&policy, &resolved)?;
+        let table = self.tables.write_table(&compiled)?;
+        let mode = match policy.mode {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Audit => MODE_AUDIT,
+        };
+        let info = PolicyInfo {
+            table,
+            mode,
+            dns_port: u32::from(dns_port),
+        };
+        if let Err(e) = self.tables.set_policy(id, info) {
+            let _ = self.tables.drop_table(table);
+            return Err(e);
+        }
+        let p = self.get_mut(id).expect("checked");
+        let old = std::mem::replace(&mut p.table, table);
+        p.policy = policy;
+        p.learned = learned;
+        p.upstream = upstream;
+        self.refresh_names();
+        self.tables.drop_table(old)
+    }
+
+    /// Stops policy `id`: its cgroups are no longer governed by it (their
+    /// links must be removed by the caller), its table is emptied.
+    pub fn retire(&mut self, id: u32) -> Result<()> {
+        let Some(pos) = self.installed.iter().position(|p| p.id == id) else {
+            return Ok(());
+        };
+        let p = self.installed.remove(pos);
+        for (_, cgroup_id) in &p.cgroups {
+            self.tables.remove_cgroup(*cgroup_id, id)?;
+        }
+        self.tables.set_policy(id, PolicyInfo::default())?;
+        self.refresh_names();
+        self.tables.drop_table(p.table)
+    }
+
+    /// Stops governing one cgroup by policy `id` (its links must be removed
+    /// by the caller).
+    pub fn ungovern(&mut self, id: u32, cgroup_id: u64) -> Result<()> {
+        if let Some(p) = self.get_mut(id) {
+            p.cgroups.retain(|(_, c)| *c != cgroup_id);
+        }
+        self.tables.remove_cgroup(cgroup_id, id)
     }
 
     /// Rebuilds address -> name from what every policy holds now.

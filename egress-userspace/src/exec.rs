@@ -23,12 +23,12 @@ use crate::{
     dns::DnsEvent,
     enforcer::Enforcer,
     events::{address, comm, protocol_name, Describer, EventStream},
+    governor::Governor,
     kernel::{counters::reason_name, pins},
     metrics::Metrics,
     mounts,
     policy::{dest::parse_allow, file::load_file, DnsSettings, Mode, Policy},
     resolve,
-    start::start_policy,
 };
 
 /// A mistake in how `exec` was called (exit status 2).
@@ -240,10 +240,11 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
     let audit = policy.mode == Mode::Audit;
     let instance = format!("exec-{}", std::process::id());
     let root = mounts::cgroup2_root()?;
-    let cgroup = Cgroup::at(&root, &PathBuf::from("egressd.exec").join(&instance));
+    let cgroup_rel = PathBuf::from("egressd.exec").join(&instance);
+    let cgroup = Cgroup::at(&root, &cgroup_rel);
     cgroup.create()?;
     let pin_dir = pins::instance_dir(&instance)?;
-    let result = run_governed(policy, &cgroup, &pin_dir, &opts, user).await;
+    let result = run_governed(policy, &cgroup_rel, &pin_dir, &opts, user).await;
     // Clean up whatever happened: no process left, no pin, no cgroup; each
     // step is tried even if an earlier one failed.
     let killed = cgroup.kill_all(Duration::from_secs(5));
@@ -256,8 +257,8 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
 }
 
 async fn run_governed(
-    policy: Policy,
-    cgroup: &Cgroup,
+    mut policy: Policy,
+    cgroup_rel: &std::path::Path,
     pin_dir: &std::path::Path,
     opts: &ExecOptions,
     user: Option<(u32, u32)>,
@@ -266,14 +267,18 @@ async fn run_governed(
     let enforcer = Arc::new(Mutex::new(enforcer));
     let metrics = Arc::new(Metrics::new());
     let (dns_tx, mut dns_rx) = tokio::sync::mpsc::unbounded_channel::<DnsEvent>();
-    let started = start_policy(policy, &enforcer, &metrics, &dns_tx).await?;
-    enforcer
-        .lock()
-        .expect("enforcer lock")
-        .govern(started.id, cgroup)?
-        .pin(pin_dir)?;
-    let mut tasks = started.tasks;
-    tasks.push(tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD)));
+    let root = mounts::cgroup2_root()?;
+    let cgroup = Cgroup::at(&root, cgroup_rel);
+    policy.cgroups = vec![cgroup_rel.to_path_buf()];
+    let mut governor = Governor::new(
+        enforcer.clone(),
+        metrics.clone(),
+        dns_tx,
+        pin_dir.to_path_buf(),
+        root,
+    );
+    governor.apply(vec![policy]).await?;
+    let sweeper = tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD));
     let describer = {
         let e = enforcer.lock().expect("enforcer lock");
         Describer {
@@ -292,7 +297,7 @@ async fn run_governed(
         describer,
     };
 
-    let mut child = spawn_in(cgroup, &opts.command, user)?;
+    let mut child = spawn_in(&cgroup, &opts.command, user)?;
     let pid = child.id().context("child has no pid")? as i32;
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -315,9 +320,8 @@ async fn run_governed(
     while let Ok(e) = dns_rx.try_recv() {
         rec.dns(&e);
     }
-    for t in tasks {
-        t.abort();
-    }
+    governor.abort_tasks();
+    sweeper.abort();
     Ok((status, rec.summary))
 }
 

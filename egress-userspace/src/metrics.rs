@@ -35,6 +35,7 @@ pub struct Metrics {
     cgroups: IntGaugeVec,
     dns_queries: IntCounterVec,
     dns_evictions: IntCounterVec,
+    reloads: IntCounterVec,
     /// Kernel counter values already added, to add only the difference.
     seen: Mutex<HashMap<(u32, u8, u8, u8), u64>>,
     lost_seen: Mutex<HashMap<u32, u64>>,
@@ -83,6 +84,8 @@ impl Metrics {
                 &["policy", "verdict"]),
             dns_evictions: counter(&r, "egressd_dns_evictions_total",
                 "Addresses dropped because a host rule held too many.", &["policy"]),
+            reloads: counter(&r, "egressd_reloads_total",
+                "Policy reloads (SIGHUP or a changed file), by result (ok, error).", &["result"]),
             registry: r,
             seen: Mutex::default(),
             lost_seen: Mutex::default(),
@@ -92,6 +95,12 @@ impl Metrics {
     pub fn lookup(&self, policy: &str, ok: bool) {
         self.lookups
             .with_label_values(&[policy, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
     }
 

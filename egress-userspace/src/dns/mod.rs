@@ -110,14 +110,15 @@ pub fn upstreams(policy: &Policy) -> Result<Vec<SocketAddr>> {
     Ok(servers)
 }
 
-/// One policy's proxy.
+/// One policy's proxy. It reads the policy's rules, mode and upstream from
+/// the enforcer on each query, so that a reload applies at once.
 pub struct Proxy {
     pub enforcer: Arc<Mutex<Enforcer>>,
     pub metrics: Arc<Metrics>,
     pub events: UnboundedSender<DnsEvent>,
     pub id: u32,
-    pub policy: Policy,
-    pub upstream: Vec<SocketAddr>,
+    /// The policy's name, for metrics and events.
+    pub name: String,
 }
 
 impl Proxy {
@@ -187,7 +188,7 @@ impl Proxy {
     }
 
     fn count(&self, verdict: &str) {
-        self.metrics.dns_query(&self.policy.name, verdict);
+        self.metrics.dns_query(&self.name, verdict);
     }
 
     /// Answers one query: the reply to send, if any.
@@ -199,11 +200,18 @@ impl Proxy {
                 return raw_id(bytes).map(format_error);
             }
         };
-        let rules = self.policy.host_rules_for(&q.name);
+        let (rules, audit, upstream) = {
+            let e = self.enforcer.lock().expect("enforcer lock");
+            let p = e.get(self.id)?;
+            (
+                p.policy.host_rules_for(&q.name),
+                p.policy.mode == Mode::Audit,
+                p.upstream.clone(),
+            )
+        };
         if rules.is_empty() {
-            let audit = self.policy.mode == Mode::Audit;
             let _ = self.events.send(DnsEvent {
-                policy: self.policy.name.clone(),
+                policy: self.name.clone(),
                 verdict: if audit { "audited" } else { "denied" },
                 name: q.name.clone(),
                 qtype: q.qtype.to_string(),
@@ -215,7 +223,7 @@ impl Proxy {
             }
             self.count("audited");
         }
-        let Some(answer) = self.forward(bytes, &q).await else {
+        let Some(answer) = forward(&upstream, bytes, &q).await else {
             self.count("error");
             return Some(reply_code(&query, ResponseCode::ServFail));
         };
@@ -226,11 +234,11 @@ impl Proxy {
             let mut e = self.enforcer.lock().expect("enforcer lock");
             for rule in &rules {
                 match e.record(self.id, rule, &q.name, &ips, ttl, now) {
-                    Ok(evicted) => self.metrics.dns_evicted(&self.policy.name, evicted),
+                    Ok(evicted) => self.metrics.dns_evicted(&self.name, evicted),
                     Err(err) => {
                         // Not allowed, so not answered: the client would be refused anyway.
                         tracing::error!(
-                            policy = self.policy.name,
+                            policy = self.name,
                             name = q.name,
                             "allowing answered addresses: {err:#}"
                         );
@@ -245,25 +253,25 @@ impl Proxy {
         }
         Some(answer)
     }
+}
 
-    /// Asks each upstream in turn, over UDP (whatever the client used); a
-    /// truncated answer is asked again over TCP.
-    async fn forward(&self, query: &[u8], q: &Question) -> Option<Vec<u8>> {
-        for server in &self.upstream {
-            let answer = match ask_udp(*server, query).await {
-                Some(a) if is_truncated(&a) => ask_tcp(*server, query).await,
-                other => other,
-            };
-            match answer {
-                Some(a) if addresses(q, &a).is_ok() => return Some(a),
-                Some(_) => {
-                    tracing::warn!(%server, name = q.name, "upstream answered another question")
-                }
-                None => tracing::warn!(%server, name = q.name, "upstream did not answer"),
+/// Asks each upstream in turn, over UDP (whatever the client used); a
+/// truncated answer is asked again over TCP.
+async fn forward(upstream: &[SocketAddr], query: &[u8], q: &Question) -> Option<Vec<u8>> {
+    for server in upstream {
+        let answer = match ask_udp(*server, query).await {
+            Some(a) if is_truncated(&a) => ask_tcp(*server, query).await,
+            other => other,
+        };
+        match answer {
+            Some(a) if addresses(q, &a).is_ok() => return Some(a),
+            Some(_) => {
+                tracing::warn!(%server, name = q.name, "upstream answered another question")
             }
+            None => tracing::warn!(%server, name = q.name, "upstream did not answer"),
         }
-        None
     }
+    None
 }
 
 fn is_truncated(answer: &[u8]) -> bool {

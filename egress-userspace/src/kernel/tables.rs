@@ -172,6 +172,19 @@ impl Tables {
             .with_context(|| format!("writing policy {policy}"))
     }
 
+    /// Says that `cgroup_id` is no longer governed by `policy` (if another
+    /// policy governs it now, that stays).
+    pub fn remove_cgroup(&mut self, cgroup_id: u64, policy: u32) -> Result<()> {
+        match self.maps.cgroup_policy.get(&cgroup_id, 0) {
+            Ok(p) if p == policy => {}
+            _ => return Ok(()),
+        }
+        match self.maps.cgroup_policy.remove(&cgroup_id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing cgroup {cgroup_id}")),
+        }
+    }
+
     /// Says that `cgroup_id` is governed by `policy`.
     pub fn set_cgroup(&mut self, cgroup_id: u64, policy: u32) -> Result<()> {
         self.maps
