@@ -162,7 +162,8 @@ impl Enforcer {
         p.learned = learned;
         p.upstream = upstream;
         self.refresh_names();
-        self.tables.drop_table(old)
+        self.tables.retire_table(old, Instant::now());
+        Ok(())
     }
 
     /// Stops policy `id`: its cgroups are no longer governed by it (their
@@ -177,7 +178,8 @@ impl Enforcer {
         }
         self.tables.set_policy(id, PolicyInfo::default())?;
         self.refresh_names();
-        self.tables.drop_table(p.table)
+        self.tables.retire_table(p.table, Instant::now());
+        Ok(())
     }
 
     /// Stops governing one cgroup by policy `id` (its links must be removed
@@ -243,9 +245,10 @@ impl Enforcer {
         Ok(evicted)
     }
 
-    /// Removes addresses whose TTL and grace have passed, in every policy.
+    /// Removes addresses whose TTL and grace have passed, in every policy,
+    /// and tables retired long enough ago.
     pub fn expire(&mut self, now: Instant) -> Result<()> {
-        let mut first_error = None;
+        let mut first_error = self.tables.bury(now).err();
         for id in self.installed.iter().map(|p| p.id).collect::<Vec<_>>() {
             let mut learned = self.get(id).expect("listed").learned.clone();
             let mut changed = false;

@@ -5,7 +5,10 @@
 //! switches to it in one update; the old table is deleted afterwards. Hostname
 //! updates change a live table in place, one entry (an atomic update) at a time.
 
-use std::collections::HashMap as StdHashMap;
+use std::{
+    collections::HashMap as StdHashMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{lpm_trie::Key, MapError};
@@ -20,7 +23,14 @@ pub struct Tables {
     next_table: u32,
     portsets: StdHashMap<PortSpec, u32>,
     applied: StdHashMap<u32, Compiled>,
+    /// Tables no policy refers to any more, and when they may be deleted.
+    graveyard: Vec<(Instant, u32)>,
 }
+
+/// How long a table outlives the switch away from it. A program that read
+/// the old table id just before the switch may still be looking entries up
+/// in it; programs run for microseconds, so this is ample.
+pub const TABLE_GRACE: Duration = Duration::from_secs(1);
 
 fn v4_key(table: u32, addr: u32, len: u8) -> Key<V4Key> {
     let mut data = [0u8; 8];
@@ -43,6 +53,7 @@ impl Tables {
             next_table: 1,
             portsets: StdHashMap::new(),
             applied: StdHashMap::new(),
+            graveyard: Vec::new(),
         }
     }
 
@@ -151,7 +162,24 @@ impl Tables {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Deletes a table that no policy refers to any more.
+    /// Schedules a table no policy refers to any more for deletion once
+    /// `TABLE_GRACE` has passed (see `bury`).
+    pub fn retire_table(&mut self, table: u32, now: Instant) {
+        self.graveyard.push((now + TABLE_GRACE, table));
+    }
+
+    /// Deletes the retired tables whose grace has passed.
+    pub fn bury(&mut self, now: Instant) -> Result<()> {
+        let (due, rest): (Vec<_>, Vec<_>) = self.graveyard.iter().partition(|(t, _)| *t <= now);
+        self.graveyard = rest;
+        let mut result = Ok(());
+        for (_, table) in due {
+            result = result.and(self.drop_table(table));
+        }
+        result
+    }
+
+    /// Deletes a table that no policy refers to, at once.
     pub fn drop_table(&mut self, table: u32) -> Result<()> {
         let old = self.applied.remove(&table).unwrap_or_default();
         self.remove_entries(table, &old, &Compiled::default())
