@@ -24,6 +24,7 @@ use crate::{
         Policy,
     },
     resolve,
+    watch::Watcher,
 };
 
 /// Default pin directory name of the daemon.
@@ -122,6 +123,15 @@ async fn reload(governor: &mut Governor, path: &Path, describer: &mut Describer)
     }
 }
 
+/// Watches the directories of every governed cgroup (after a reload too).
+fn watch_all(governor: &Governor, watcher: &mut Watcher) {
+    for dir in governor.watched_dirs() {
+        if let Err(e) = watcher.watch(&dir) {
+            tracing::error!(dir = %dir.display(), "cannot watch for recreated cgroups: {e}");
+        }
+    }
+}
+
 fn emit(batch: Vec<egress_common::Event>, describer: &Describer, metrics: &Metrics) {
     let mut out = std::io::stdout().lock();
     for e in batch {
@@ -192,6 +202,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut poll = tokio::time::interval(POLL_PERIOD);
+    let mut watcher = Watcher::new().context("watching governed cgroups (inotify)")?;
+    for dir in governor.watched_dirs() {
+        watcher
+            .watch(&dir)
+            .with_context(|| format!("watching {}", dir.display()))?;
+    }
     loop {
         tokio::select! {
             batch = events.next_batch() => emit(batch.context("reading events")?, &describer, &metrics),
@@ -200,11 +216,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 let _ = writeln!(out, "{}", describer.dns_json(&e));
                 let _ = out.flush();
             }
+            changes = watcher.next() => {
+                if let Err(e) = governor.on_changes(&changes.context("reading cgroup changes")?) {
+                    tracing::error!("{e:#}");
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
                 seen = stamp(&opts.policy);
                 reload(&mut governor, &opts.policy, &mut describer).await;
+                watch_all(&governor, &mut watcher);
             }
             _ = poll.tick() => {
                 let now = stamp(&opts.policy);
@@ -212,6 +234,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     seen = now;
                     tracing::info!("policy files changed");
                     reload(&mut governor, &opts.policy, &mut describer).await;
+                    watch_all(&governor, &mut watcher);
                 }
             }
         }

@@ -24,6 +24,7 @@ use crate::{
     metrics::Metrics,
     policy::Policy,
     resolve,
+    watch::Change,
 };
 
 /// What runs for one policy.
@@ -214,6 +215,67 @@ impl Governor {
         self.enforcer.lock().expect("enforcer lock").retire(r.id)?;
         pins::remove_tree(&self.pin_dir.join(name))?;
         tracing::info!(policy = name, "retired");
+        Ok(())
+    }
+
+    /// The directories holding governed cgroups, to watch for changes.
+    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .running
+            .values()
+            .flat_map(|r| r.cgroups.keys())
+            .filter_map(|rel| self.cgroup_root.join(rel).parent().map(PathBuf::from))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    /// Reacts to cgroups created or removed next to governed ones: a
+    /// governed cgroup that was removed is created again at once (so that
+    /// whoever recreates it finds it governed), and one whose id changed is
+    /// governed again.
+    pub fn on_changes(&mut self, changes: &[Change]) -> Result<()> {
+        let mut first_error = None;
+        for change in changes {
+            let path = change.dir.join(&change.name);
+            let hit = self.running.iter().find_map(|(name, r)| {
+                r.cgroups
+                    .keys()
+                    .find(|rel| self.cgroup_root.join(rel) == path)
+                    .map(|rel| (name.clone(), rel.clone()))
+            });
+            let Some((name, rel)) = hit else { continue };
+            if !change.created {
+                tracing::warn!(policy = name, cgroup = %path.display(), "governed cgroup removed: creating it again");
+            }
+            if let Err(e) = self.regovern(&name, &rel) {
+                tracing::error!(policy = name, cgroup = %path.display(), "governing it again: {e:#}");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Governs `rel` again if it was removed (creating it) or recreated.
+    fn regovern(&mut self, name: &str, rel: &PathBuf) -> Result<()> {
+        let cgroup = Cgroup::at(&self.cgroup_root, rel);
+        if !cgroup.exists() {
+            cgroup.create()?;
+        }
+        let r = self.running.get_mut(name).expect("running");
+        let new_id = cgroup.id()?;
+        let old_id = r.cgroups[rel];
+        if new_id == old_id {
+            return Ok(());
+        }
+        let mut e = self.enforcer.lock().expect("enforcer lock");
+        let attachment = e.govern(r.id, &cgroup)?;
+        attachment.pin(&self.pin_dir.join(name).join(new_id.to_string()))?;
+        e.ungovern(r.id, old_id)?;
+        pins::remove_tree(&self.pin_dir.join(name).join(old_id.to_string()))?;
+        r.cgroups.insert(rel.clone(), new_id);
+        tracing::info!(policy = name, cgroup = %cgroup.path.display(), "governed again");
         Ok(())
     }
 

@@ -22,3 +22,4 @@ pub mod metrics;
 pub mod mounts;
 pub mod policy;
 pub mod resolve;
+pub mod watch;

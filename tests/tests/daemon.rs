@@ -613,3 +613,49 @@ print(ok, failed, refused, leaked)
     );
     drop(second);
 }
+
+/// systemd removes a unit's cgroup and creates it again on restart; the new
+/// cgroup has a new id and nothing attached. egressd creates a removed
+/// governed cgroup again at once, and governs a recreated one.
+#[test]
+fn a_governed_cgroup_removed_and_created_again_stays_governed() {
+    require_root();
+    let ns = Netns::new("recreate").unwrap();
+    let bad = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let cg = TestCgroup::new("recreate").unwrap();
+    let dir = TempDir::new("recreate").unwrap();
+    let policy = dir
+        .write(
+            "p.yaml",
+            &format!("name: p\ncgroups: [{}]\nallow: []\n", cg.rel_str()),
+        )
+        .unwrap();
+    let daemon = Daemon::start(&ns, &policy).unwrap();
+    let first = cg.cgroup.id().unwrap();
+    assert_eq!(probe(&cg, &ns, "tcp", "203.0.113.9:443"), "error: 1");
+    for round in 0..3 {
+        std::fs::remove_dir(&cg.cgroup.path).unwrap();
+        // Recreated by egressd, or by us if we are first (as systemd would
+        // be): either way the cgroup must be governed before it is used.
+        let _ = std::fs::create_dir(&cg.cgroup.path);
+        let id = cg.cgroup.id().unwrap();
+        assert_ne!(id, first, "round {round}: not a new cgroup");
+        assert!(
+            eventually(5, || daemon
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains("governed again"))
+                .count()
+                > round),
+            "round {round}: egressd did not govern the new cgroup"
+        );
+        assert_eq!(
+            probe(&cg, &ns, "tcp", "203.0.113.9:443"),
+            "error: 1",
+            "round {round}"
+        );
+    }
+    assert_eq!(bad.count(), 0);
+}
