@@ -22,6 +22,16 @@ sleep 0.5; {PROBE} tcp 127.0.0.1:8080; wait""#
     )
 }
 
+/// Output lines in order (the listener and the probe print concurrently).
+fn sorted(out: &[u8]) -> Vec<String> {
+    let mut lines: Vec<String> = String::from_utf8_lossy(out)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
 #[test]
 fn loopback_rule_means_egressds_namespace_only() {
     require_root();
@@ -30,10 +40,9 @@ fn loopback_rule_means_egressds_namespace_only() {
     let script = in_new_netns();
 
     let ungoverned = ns.command("sh").args(["-c", &script]).output().unwrap();
-    let out = String::from_utf8_lossy(&ungoverned.stdout);
     assert_eq!(
-        out.lines().collect::<Vec<_>>(),
-        ["listening", "ok", "accepted"],
+        sorted(&ungoverned.stdout),
+        ["accepted", "listening", "ok"],
         "{ungoverned:?}"
     );
 
@@ -49,8 +58,8 @@ fn loopback_rule_means_egressds_namespace_only() {
 
     let r = exec(&ns, &allow, &["sh", "-c", &script]).unwrap();
     assert_eq!(
-        r.stdout.lines().collect::<Vec<_>>(),
-        ["listening", "error: 1", "nothing"],
+        sorted(r.stdout.as_bytes()),
+        ["error: 1", "listening", "nothing"],
         "{}",
         r.stderr
     );

@@ -155,7 +155,13 @@ fn test() -> Result<()> {
     let result = cargo_test(&unit, &mut totals).and_then(|_| {
         env::set_var("EGRESSD_BIN", &bin);
         cargo_test(
-            &["--package", "egress-tests", "--", "--test-threads=1"],
+            &[
+                "--no-fail-fast",
+                "--package",
+                "egress-tests",
+                "--",
+                "--test-threads=1",
+            ],
             &mut totals,
         )
     });
