@@ -78,6 +78,9 @@ enum Command {
         /// Only this instance (`run`, or `exec-PID`).
         #[arg(long)]
         instance: Option<String>,
+        /// Only this policy's programs (in every instance, or in --instance).
+        #[arg(long)]
+        policy: Option<String>,
     },
 }
 
@@ -160,14 +163,21 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         }
-        Command::Detach { instance } => {
-            if let Some(i) = instance.as_deref().filter(|i| !daemon::valid_instance(i)) {
-                eprintln!("egressd: --instance `{i}`: use letters, digits, `.`, `_` and `-`");
+        Command::Detach { instance, policy } => {
+            let names = instance.iter().chain(policy.iter());
+            if let Some(bad) = names.clone().find(|n| !daemon::valid_instance(n)) {
+                eprintln!("egressd: `{bad}`: an instance or policy name is letters, digits, `.`, `_` and `-`");
                 return ExitCode::from(2);
             }
-            let removed = match instance {
-                Some(i) => pins::instance_dir(&i).and_then(|d| pins::remove_tree(&d)),
-                None => pins::root().and_then(|d| pins::remove_tree(&d)),
+            let removed = match (instance, policy) {
+                (i, Some(p)) => pins::remove_policy(i.as_deref(), &p).and_then(|n| {
+                    if n == 0 {
+                        anyhow::bail!("no pinned programs of policy `{p}`")
+                    }
+                    Ok(())
+                }),
+                (Some(i), None) => pins::instance_dir(&i).and_then(|d| pins::remove_tree(&d)),
+                (None, None) => pins::root().and_then(|d| pins::remove_tree(&d)),
             };
             match removed {
                 Ok(()) => ExitCode::SUCCESS,

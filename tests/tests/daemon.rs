@@ -659,3 +659,52 @@ fn a_governed_cgroup_removed_and_created_again_stays_governed() {
     }
     assert_eq!(bad.count(), 0);
 }
+
+/// `detach --policy`: one policy's programs go, the other's stay.
+#[test]
+fn detach_one_policy() {
+    require_root();
+    let ns = Netns::new("detach").unwrap();
+    let _l = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let (cga, cgb) = (
+        TestCgroup::new("da").unwrap(),
+        TestCgroup::new("db").unwrap(),
+    );
+    let dir = TempDir::new("detach").unwrap();
+    dir.write(
+        "a.yaml",
+        &format!("name: pa\ncgroups: [{}]\nallow: []\n", cga.rel_str()),
+    )
+    .unwrap();
+    dir.write(
+        "b.yaml",
+        &format!("name: pb\ncgroups: [{}]\nallow: []\n", cgb.rel_str()),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&ns, &dir.0).unwrap();
+    daemon.stop().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["detach", "--instance", &daemon.instance, "--policy", "pa"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        probe(&cga, &ns, "tcp", "203.0.113.9:443"),
+        "ok",
+        "pa still attached"
+    );
+    assert_eq!(
+        probe(&cgb, &ns, "tcp", "203.0.113.9:443"),
+        "error: 1",
+        "pb was detached too"
+    );
+    let again = std::process::Command::new(bin())
+        .args(["detach", "--policy", "pa"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "detaching nothing is an error"
+    );
+}

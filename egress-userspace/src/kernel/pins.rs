@@ -65,3 +65,31 @@ pub fn remove_other_generations(instance: &str, keep: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Removes the pins of policy `policy` in every instance (or in `instance`):
+/// `<instance>/<policy>/` (exec) and `<instance>/gen-*/<policy>/` (run).
+/// Returns how many policy directories were removed.
+pub fn remove_policy(instance: Option<&str>, policy: &str) -> Result<usize> {
+    let root = root()?;
+    if !root.exists() {
+        return Ok(0);
+    }
+    let instances: Vec<PathBuf> = match instance {
+        Some(i) => vec![instance_dir(i)?],
+        None => fs::read_dir(&root)?.flatten().map(|e| e.path()).collect(),
+    };
+    let mut removed = 0;
+    for dir in instances.iter().filter(|d| d.is_dir()) {
+        let mut candidates = vec![dir.join(policy)];
+        for entry in fs::read_dir(dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("gen-") {
+                candidates.push(entry.path().join(policy));
+            }
+        }
+        for c in candidates.into_iter().filter(|c| c.is_dir()) {
+            remove_tree(&c)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
