@@ -123,6 +123,28 @@ async fn reload(governor: &mut Governor, path: &Path, describer: &mut Describer)
     }
 }
 
+/// Tells systemd (Type=notify) something, if it is listening.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!("NOTIFY_SOCKET: {e}"),
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!("telling systemd {state}: {e}");
+    }
+}
+
 /// Watches the directories of every governed cgroup (after a reload too).
 fn watch_all(governor: &Governor, watcher: &mut Watcher) {
     for dir in governor.watched_dirs() {
@@ -197,6 +219,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let policies: Vec<String> = describer.policies.values().cloned().collect();
     tracing::info!(policies = ?policies, "enforcing");
+    notify_systemd("READY=1");
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

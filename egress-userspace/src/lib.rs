@@ -15,6 +15,7 @@ pub mod dns;
 pub mod enforcer;
 pub mod events;
 pub mod exec;
+pub mod governed;
 pub mod governor;
 pub mod kernel;
 pub mod learned;

@@ -73,6 +73,23 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Exit 0 if a cgroup is governed by a policy now, 1 if not: for a unit
+    /// to run before its agent starts (ExecStartPre=).
+    Governed {
+        /// The policy that must govern it.
+        #[arg(long)]
+        policy: String,
+        /// The cgroup, relative to the cgroup2 root.
+        #[arg(long, conflicts_with = "self_", required_unless_present = "self_")]
+        cgroup: Option<PathBuf>,
+        /// The cgroup of this command itself (as ExecStartPre= runs in the
+        /// unit's cgroup).
+        #[arg(long = "self", id = "self_")]
+        self_: bool,
+        /// Keep checking for up to this many seconds.
+        #[arg(long, default_value_t = 0.0)]
+        wait: f64,
+    },
     /// Remove pinned programs: everything egressd attached (stops enforcement).
     Detach {
         /// Only this instance (`run`, or `exec-PID`).
@@ -161,6 +178,28 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)
+            }
+        }
+        Command::Governed {
+            policy,
+            cgroup,
+            self_,
+            wait,
+        } => {
+            let rel = match (cgroup, self_) {
+                (Some(c), _) => Ok(PathBuf::from(c.to_string_lossy().trim_start_matches('/'))),
+                (None, _) => egressd::governed::own_cgroup(),
+            };
+            let wait = std::time::Duration::from_secs_f64(wait.max(0.0));
+            match rel.and_then(|r| egressd::governed::check_waiting(&r, &policy, wait)) {
+                Ok(by) => {
+                    println!("governed by `{policy}` (at {})", by.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("egressd: NOT GOVERNED: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Detach { instance, policy } => {

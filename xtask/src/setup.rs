@@ -15,6 +15,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("dig", "dnsutils"),
     ("nft", "nftables"),
     ("ping", "iputils-ping"),
+    ("systemd-analyze", "systemd"),
 ];
 
 /// True if `cmd` is an executable on PATH.

@@ -57,6 +57,11 @@ const PROGRAMS: [(&str, Kind, u32); 11] = {
     ]
 };
 
+/// The names of every program attached to a governed cgroup (and pinned).
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    PROGRAMS.iter().map(|p| p.0)
+}
+
 /// Errors from the kernel side, naming the program, map or cgroup.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
