@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
+    control::{self, EventFeed},
     dns::DnsEvent,
     enforcer::Enforcer,
     events::{Describer, EventStream},
@@ -154,11 +155,19 @@ fn watch_all(governor: &Governor, watcher: &mut Watcher) {
     }
 }
 
-fn emit(batch: Vec<egress_common::Event>, describer: &Describer, metrics: &Metrics) {
+/// Writes events as JSON lines on stdout, and to `events` clients.
+fn emit(
+    batch: Vec<egress_common::Event>,
+    describer: &Describer,
+    metrics: &Metrics,
+    feed: &EventFeed,
+) {
     let mut out = std::io::stdout().lock();
     for e in batch {
         metrics.event(describer.policy(e.policy_id), e.verdict);
-        let _ = writeln!(out, "{}", describer.json(&e));
+        let json = describer.json(&e);
+        let _ = writeln!(out, "{json}");
+        let _ = feed.send(json);
     }
     let _ = out.flush();
 }
@@ -217,8 +226,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tracing::info!("metrics on http://{addr}/metrics");
         tokio::spawn(metrics::serve(listener, metrics.clone(), enforcer.clone()));
     }
+    let feed: EventFeed = tokio::sync::broadcast::channel(1024).0;
+    let control_path = control::socket_path(&opts.instance);
+    let listener = control::bind(&control_path)?;
+    tokio::spawn(control::serve(listener, enforcer.clone(), feed.clone()));
     let policies: Vec<String> = describer.policies.values().cloned().collect();
-    tracing::info!(policies = ?policies, "enforcing");
+    tracing::info!(policies = ?policies, control = %control_path.display(), "enforcing");
     notify_systemd("READY=1");
 
     let mut term = signal(SignalKind::terminate())?;
@@ -233,11 +246,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     loop {
         tokio::select! {
-            batch = events.next_batch() => emit(batch.context("reading events")?, &describer, &metrics),
+            batch = events.next_batch() => emit(batch.context("reading events")?, &describer, &metrics, &feed),
             Some(e) = dns_rx.recv() => {
+                let json = describer.dns_json(&e);
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{}", describer.dns_json(&e));
+                let _ = writeln!(out, "{json}");
                 let _ = out.flush();
+                let _ = feed.send(json);
             }
             changes = watcher.next() => {
                 if let Err(e) = governor.on_changes(&changes.context("reading cgroup changes")?) {
@@ -262,7 +277,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
         }
     }
-    emit(events.drain(), &describer, &metrics);
+    emit(events.drain(), &describer, &metrics, &feed);
+    let _ = std::fs::remove_file(control::socket_path(&opts.instance));
     governor.abort_tasks();
     tracing::info!("stopping; the pinned programs keep enforcing the last allowlist (`egressd detach` removes them)");
     Ok(())

@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod check;
 pub mod compile;
+pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod enforcer;

@@ -73,6 +73,23 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// What the running daemon governs and enforces, with its counters.
+    Status {
+        /// The daemon's instance name.
+        #[arg(long, default_value = daemon::INSTANCE)]
+        instance: String,
+        /// Print the daemon's JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live tail of the running daemon's deny and audit events (JSON lines).
+    Events {
+        #[arg(long, default_value = daemon::INSTANCE)]
+        instance: String,
+        /// Only this policy's events.
+        #[arg(long)]
+        policy: Option<String>,
+    },
     /// Exit 0 if a cgroup is governed by a policy now, 1 if not: for a unit
     /// to run before its agent starts (ExecStartPre=).
     Governed {
@@ -178,6 +195,22 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)
+            }
+        }
+        Command::Status { instance, json } => {
+            match runtime().block_on(egressd::control::print_status(&instance, json)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failed(e),
+            }
+        }
+        Command::Events { instance, policy } => {
+            let request = match policy {
+                Some(p) => format!("events {p}"),
+                None => "events".into(),
+            };
+            match runtime().block_on(egressd::control::ask(&instance, &request)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failed(e),
             }
         }
         Command::Governed {

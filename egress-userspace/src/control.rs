@@ -1,0 +1,218 @@
+//! The running daemon's control socket, for `egressd status` and `egressd
+//! events`: a Unix socket only root can use (mode 0600 in a 0700 directory,
+//! and the peer's uid checked).
+//!
+//! Protocol: the client sends one line, `status` or `events [POLICY]`. For
+//! `status` the daemon answers with one JSON document; for `events` it
+//! streams one JSON line per deny or audit event until the client leaves.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::broadcast,
+};
+
+use crate::{
+    enforcer::Enforcer,
+    kernel::counters::{proto_name, reason_name, verdict_name},
+};
+
+/// Where the control socket of daemon instance `instance` lives.
+pub fn socket_path(instance: &str) -> PathBuf {
+    PathBuf::from("/run/egressd").join(format!("{instance}.sock"))
+}
+
+/// Events as JSON lines, for `events` clients.
+pub type EventFeed = broadcast::Sender<Value>;
+
+/// What `egressd status` shows.
+pub fn status(enforcer: &Enforcer) -> Value {
+    let policies: Vec<Value> = enforcer
+        .installed
+        .iter()
+        .map(|p| {
+            let (v4, v6) = enforcer.tables.table_len(p.table);
+            let counts = enforcer.counts(p.id).ok();
+            let counters: Vec<Value> = counts
+                .as_ref()
+                .map(|c| {
+                    c.counts
+                        .iter()
+                        .map(|c| {
+                            json!({
+                                "verdict": verdict_name(c.verdict),
+                                "protocol": proto_name(c.proto),
+                                "reason": reason_name(c.reason),
+                                "count": c.value,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "name": p.policy.name,
+                "mode": p.policy.mode.to_string(),
+                "source": p.policy.source,
+                "cgroups": p.cgroups.iter().map(|(c, id)| json!({"path": c.path, "id": id})).collect::<Vec<_>>(),
+                "entries": {"ipv4": v4, "ipv6": v6},
+                "dns_proxy_port": p.dns_port,
+                "learned_names": p.learned.len(),
+                "allowed": counts.as_ref().map_or(0, |c| c.total(egress_common::verdict::ALLOWED)),
+                "denied": counts.as_ref().map_or(0, |c| c.total(egress_common::verdict::DENIED)),
+                "audited": counts.as_ref().map_or(0, |c| c.total(egress_common::verdict::AUDITED)),
+                "events_lost": counts.as_ref().map_or(0, |c| c.lost),
+                "counters": counters,
+            })
+        })
+        .collect();
+    json!({ "policies": policies })
+}
+
+/// Binds the control socket (replacing a stale one), root-only.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    let dir = path.parent().context("socket path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if path.exists() {
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves clients until the task is dropped.
+pub async fn serve(listener: UnixListener, enforcer: Arc<Mutex<Enforcer>>, feed: EventFeed) {
+    loop {
+        let Ok((conn, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let root = conn.peer_cred().is_ok_and(|c| c.uid() == 0);
+        if !root {
+            continue; // dropped: only root may ask
+        }
+        let (enforcer, feed) = (enforcer.clone(), feed.clone());
+        tokio::spawn(async move {
+            let _ = client(conn, enforcer, feed).await;
+        });
+    }
+}
+
+async fn client(conn: UnixStream, enforcer: Arc<Mutex<Enforcer>>, feed: EventFeed) -> Result<()> {
+    let (read, mut write) = conn.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let mut words = line.split_whitespace();
+    match words.next() {
+        Some("status") => {
+            let doc = status(&enforcer.lock().expect("enforcer lock"));
+            write.write_all(format!("{doc}\n").as_bytes()).await?;
+        }
+        Some("events") => {
+            let only = words.next().map(str::to_string);
+            let mut rx = feed.subscribe();
+            loop {
+                let e = match rx.recv().await {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(n)) => json!({"lagged": n}),
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                };
+                if only
+                    .as_deref()
+                    .is_some_and(|p| e["policy"] != p && e.get("lagged").is_none())
+                {
+                    continue;
+                }
+                write.write_all(format!("{e}\n").as_bytes()).await?;
+            }
+        }
+        _ => {
+            write
+                .write_all(b"{\"error\":\"ask `status` or `events [POLICY]`\"}\n")
+                .await?
+        }
+    }
+    Ok(())
+}
+
+/// `egressd status`: the daemon's status, as JSON or as a short table.
+pub async fn print_status(instance: &str, as_json: bool) -> Result<()> {
+    let text = request(instance, "status").await?;
+    if as_json {
+        print!("{text}");
+        return Ok(());
+    }
+    let doc: Value = serde_json::from_str(&text).context("the daemon's answer is not JSON")?;
+    for p in doc["policies"].as_array().into_iter().flatten() {
+        println!(
+            "policy {} ({}, from {}): {} IPv4 and {} IPv6 entries, DNS proxy port {}",
+            p["name"].as_str().unwrap_or("?"),
+            p["mode"].as_str().unwrap_or("?"),
+            p["source"].as_str().unwrap_or("?"),
+            p["entries"]["ipv4"],
+            p["entries"]["ipv6"],
+            p["dns_proxy_port"],
+        );
+        for c in p["cgroups"].as_array().into_iter().flatten() {
+            println!(
+                "  governs {} (id {})",
+                c["path"].as_str().unwrap_or("?"),
+                c["id"]
+            );
+        }
+        println!(
+            "  allowed {}, denied {}, audited {}, events lost {}",
+            p["allowed"], p["denied"], p["audited"], p["events_lost"]
+        );
+    }
+    Ok(())
+}
+
+async fn request(instance: &str, request: &str) -> Result<String> {
+    let path = socket_path(instance);
+    let mut conn = UnixStream::connect(&path).await.with_context(|| {
+        format!(
+            "connecting to {} (is `egressd run --instance {instance}` running, and are you root?)",
+            path.display()
+        )
+    })?;
+    conn.write_all(format!("{request}\n").as_bytes()).await?;
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut text).await?;
+    if text.is_empty() {
+        bail!("the daemon closed the connection (only root may ask)");
+    }
+    Ok(text)
+}
+
+/// The client side of `events`: copies the stream to stdout.
+pub async fn ask(instance: &str, request: &str) -> Result<()> {
+    let path = socket_path(instance);
+    let mut conn = UnixStream::connect(&path).await.with_context(|| {
+        format!(
+            "connecting to {} (is `egressd run --instance {instance}` running, and are you root?)",
+            path.display()
+        )
+    })?;
+    conn.write_all(format!("{request}\n").as_bytes()).await?;
+    let mut lines = BufReader::new(conn).lines();
+    let mut any = false;
+    while let Some(line) = lines.next_line().await? {
+        any = true;
+        println!("{line}");
+    }
+    if !any {
+        bail!("the daemon closed the connection (only root may ask)");
+    }
+    Ok(())
+}

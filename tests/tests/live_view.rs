@@ -1,0 +1,138 @@
+//! `egressd status` and `egressd events`, against the running daemon over
+//! its root-only control socket.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use egress_tests::{
+    egressd::{bin, Daemon, TempDir, TestCgroup},
+    listen::Listener,
+    netns::Netns,
+    require_root,
+};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+
+#[test]
+fn status_and_live_events() {
+    require_root();
+    let ns = Netns::new("live").unwrap();
+    let _l = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let (cga, cgb) = (
+        TestCgroup::new("la").unwrap(),
+        TestCgroup::new("lb").unwrap(),
+    );
+    let dir = TempDir::new("live").unwrap();
+    dir.write(
+        "a.yaml",
+        &format!(
+            "name: la\ncgroups: [{}]\nallow:\n  - cidr: 198.51.100.0/24\n    ports: [443]\n",
+            cga.rel_str()
+        ),
+    )
+    .unwrap();
+    dir.write(
+        "b.yaml",
+        &format!(
+            "name: lb\nmode: audit\ncgroups: [{}]\nallow: []\n",
+            cgb.rel_str()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&ns, &dir.0).unwrap();
+
+    // A live tail of policy la only.
+    let mut tail = Command::new(bin())
+        .args(["events", "--instance", &daemon.instance, "--policy", "la"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = tail.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    thread::sleep(Duration::from_millis(300));
+    cgb.run(&ns, PROBE, &["tcp", "203.0.113.9:443"]).unwrap();
+    cga.run(&ns, PROBE, &["tcp", "203.0.113.9:443"]).unwrap();
+    let line = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a live event");
+    let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        e["policy"], "la",
+        "the filter let another policy's event through: {e}"
+    );
+    assert_eq!(e["daddr"], "203.0.113.9");
+    tail.kill().unwrap();
+
+    let out = Command::new(bin())
+        .args(["status", "--json", "--instance", &daemon.instance])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = s["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "la")
+        .unwrap();
+    assert_eq!(a["mode"], "enforce");
+    assert_eq!(a["entries"]["ipv4"], 1);
+    assert_eq!(a["denied"], 1);
+    assert_eq!(a["cgroups"][0]["id"], cga.cgroup.id().unwrap());
+    let b = s["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "lb")
+        .unwrap();
+    assert_eq!(b["mode"], "audit");
+    assert_eq!(b["audited"], 1);
+    let human = Command::new(bin())
+        .args(["status", "--instance", &daemon.instance])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("policy la (enforce"),
+        "{human:?}"
+    );
+}
+
+#[test]
+fn only_root_may_ask() {
+    require_root();
+    let ns = Netns::new("rootonly").unwrap();
+    let cg = TestCgroup::new("rootonly").unwrap();
+    let dir = TempDir::new("rootonly").unwrap();
+    let policy = dir
+        .write(
+            "p.yaml",
+            &format!("name: p\ncgroups: [{}]\nallow: []\n", cg.rel_str()),
+        )
+        .unwrap();
+    let daemon = Daemon::start(&ns, &policy).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["status", "--instance", &daemon.instance]);
+    // SAFETY: setgid/setuid between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "nobody read the status: {out:?}");
+    assert!(out.stdout.is_empty());
+}
