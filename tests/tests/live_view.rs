@@ -73,6 +73,7 @@ fn status_and_live_events() {
     );
     assert_eq!(e["daddr"], "203.0.113.9");
     tail.kill().unwrap();
+    tail.wait().unwrap();
 
     let out = Command::new(bin())
         .args(["status", "--json", "--instance", &daemon.instance])
