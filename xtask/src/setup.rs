@@ -16,6 +16,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("ping", "iputils-ping"),
     ("systemd-analyze", "systemd"),
+    ("promtool", "prometheus"),
 ];
 
 /// True if `cmd` is an executable on PATH.
