@@ -51,12 +51,12 @@ pub struct RunOptions {
 pub fn load_policies(path: &Path) -> Result<Vec<Policy>> {
     let policies = load_path(path)?;
     for p in &policies {
-        if p.cgroups.is_empty() {
+        if p.cgroups.is_empty() && p.pods.is_empty() {
             return Err(PolicyError {
                 file: p.source.clone().into(),
                 line: 0,
                 column: 0,
-                message: format!("policy `{}` governs no cgroups: add `cgroups: [PATH]` (relative to the cgroup2 root), or run it with `egressd exec --policy`", p.name),
+                message: format!("policy `{}` governs nothing: add `cgroups: [PATH]` (relative to the cgroup2 root) or `pods:` selectors, or run it with `egressd exec --policy`", p.name),
             }
             .into());
         }

@@ -66,6 +66,7 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
                 name: "exec".into(),
                 mode: Mode::Enforce,
                 cgroups: Vec::new(),
+                pods: Vec::new(),
                 rules,
                 dns: DnsSettings::default(),
                 source: "command line".into(),

@@ -19,6 +19,7 @@ pub mod exec;
 pub mod governed;
 pub mod governor;
 pub mod kernel;
+pub mod kubernetes;
 pub mod learned;
 pub mod metrics;
 pub mod mounts;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{
     fields::{CgroupPath, Name},
-    Destination, DnsSettings, Host, Mode, Net, Policy, PortRange, Protocol, Rule,
+    Destination, DnsSettings, Host, Mode, Net, PodSelector, Policy, PortRange, Protocol, Rule,
 };
 
 /// A policy that could not be read, with where and why.
@@ -50,6 +50,8 @@ struct RawPolicy {
     mode: Mode,
     #[serde(default)]
     cgroups: Vec<CgroupPath>,
+    #[serde(default)]
+    pods: Vec<PodSelector>,
     #[serde(default)]
     allow: Vec<RawRuleFields>,
     #[serde(default)]
@@ -203,6 +205,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         name: raw.name.0,
         mode: raw.mode,
         cgroups,
+        pods: raw.pods,
         rules,
         dns,
         source: file.display().to_string(),

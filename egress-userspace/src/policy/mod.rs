@@ -21,10 +21,33 @@ pub struct Policy {
     pub mode: Mode,
     /// Governed cgroups, relative to the cgroup2 root.
     pub cgroups: Vec<PathBuf>,
+    /// Kubernetes pods governed (on this node), by namespace and labels.
+    pub pods: Vec<PodSelector>,
     pub rules: Vec<Rule>,
     pub dns: DnsSettings,
     /// Where the policy came from (a file path, or "command line").
     pub source: String,
+}
+
+/// Pods a policy governs: those in `namespace` (`*`: any) carrying every
+/// label in `labels` (as a Kubernetes `matchLabels`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodSelector {
+    pub namespace: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl PodSelector {
+    pub fn matches(
+        &self,
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        (self.namespace == "*" || self.namespace == namespace)
+            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
 }
 
 /// One allow rule: a destination, its ports, its protocol.
