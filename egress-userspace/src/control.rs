@@ -115,7 +115,11 @@ async fn client(conn: UnixStream, enforcer: Arc<Mutex<Enforcer>>, feed: EventFee
     let mut words = line.split_whitespace();
     match words.next() {
         Some("status") => {
-            let doc = status(&enforcer.lock().expect("enforcer lock"));
+            let doc = status(
+                &enforcer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
             write.write_all(format!("{doc}\n").as_bytes()).await?;
         }
         Some("events") => {

@@ -112,7 +112,7 @@ async fn reload(governor: &mut Governor, path: &Path, describer: &mut Describer)
             let names = governor
                 .enforcer
                 .lock()
-                .expect("enforcer lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .policy_names();
             describer.policies.extend(names);
             tracing::info!("reloaded");
@@ -196,7 +196,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let (enforcer, ring) = Enforcer::load(opts.ring_bytes)?;
     let enforcer = Arc::new(Mutex::new(enforcer));
     let metrics = Arc::new(Metrics::new());
-    let (dns_tx, mut dns_rx) = tokio::sync::mpsc::unbounded_channel::<DnsEvent>();
+    let (dns_tx, mut dns_rx) = tokio::sync::mpsc::channel::<DnsEvent>(crate::dns::EVENT_QUEUE);
     let root = mounts::cgroup2_root()?;
     let mut governor = Governor::new(
         enforcer.clone(),
@@ -213,7 +213,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     let mut events = EventStream::new(ring).context("watching the event ring buffer")?;
     let mut describer = {
-        let e = enforcer.lock().expect("enforcer lock");
+        let e = enforcer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Describer {
             policies: e.policy_names(),
             names: e.names.clone(),
@@ -267,6 +269,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 watch_all(&governor, &mut watcher);
             }
             _ = poll.tick() => {
+                if let Err(e) = governor.verify_all() {
+                    tracing::error!("checking governed cgroups: {e:#}");
+                }
+                watch_all(&governor, &mut watcher);
                 let now = stamp(&opts.policy);
                 if now != seen {
                     seen = now;

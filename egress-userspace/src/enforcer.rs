@@ -193,7 +193,10 @@ impl Enforcer {
 
     /// Rebuilds address -> name from what every policy holds now.
     fn refresh_names(&self) {
-        let mut names = self.names.write().expect("names lock");
+        let mut names = self
+            .names
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         names.clear();
         for p in &self.installed {
             for a in p.learned.values() {
@@ -235,6 +238,8 @@ impl Enforcer {
         let mut learned = p.learned.clone();
         let before = learned.get(rule).map(Addresses::ips);
         let entry = learned.entry(rule.clone()).or_default();
+        // An answer's TTL counts up to the policy's max_ttl, no longer.
+        let ttl = ttl.min(p.policy.dns.max_ttl);
         let evicted = entry.record(now, name, ips, ttl, p.policy.dns.grace);
         if before.as_ref() == Some(&entry.ips()) {
             // Same addresses: only deadlines moved.

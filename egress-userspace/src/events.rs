@@ -155,7 +155,11 @@ impl Describer {
 
     pub fn host(&self, e: &Event) -> Option<String> {
         let ip = address(e)?;
-        self.names.read().expect("names lock").get(&ip).cloned()
+        self.names
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&ip)
+            .cloned()
     }
 
     /// A DNS query the proxy refused (or audited), as a JSON object.

@@ -91,7 +91,12 @@ type Row = (String, String, String, String);
 struct Summary {
     rows: BTreeMap<Row, (u64, Vec<u32>)>,
     total: u64,
+    /// Attempts not shown because `MAX_ROWS` distinct rows were reached.
+    overflow: u64,
 }
+
+/// Distinct lines the summary keeps (an agent may try endless destinations).
+const MAX_ROWS: usize = 1000;
 
 impl Summary {
     fn add(&mut self, e: &Event, d: &Describer) {
@@ -107,6 +112,11 @@ impl Summary {
             comm(e),
             reason_name(e.reason).to_string(),
         );
+        if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
+            self.overflow += 1;
+            self.total += 1;
+            return;
+        }
         let row = self.rows.entry(key).or_default();
         row.0 += 1;
         if !row.1.contains(&e.tgid) {
@@ -122,7 +132,11 @@ impl Summary {
             "a resolver query".to_string(),
             "dns_name_not_allowed".to_string(),
         );
-        self.rows.entry(key).or_default().0 += 1;
+        if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
+            self.overflow += 1;
+        } else {
+            self.rows.entry(key).or_default().0 += 1;
+        }
         self.total += 1;
     }
 
@@ -144,6 +158,13 @@ impl Summary {
                 err,
                 "  {dest}{host} by {comm} (pid {}) x{count}: {reason}",
                 pids.join(", ")
+            );
+        }
+        if self.overflow > 0 {
+            let _ = writeln!(
+                err,
+                "  ... and {} more attempt(s) to other destinations",
+                self.overflow
             );
         }
     }
@@ -267,7 +288,7 @@ async fn run_governed(
     let (enforcer, ring) = Enforcer::load(None)?;
     let enforcer = Arc::new(Mutex::new(enforcer));
     let metrics = Arc::new(Metrics::new());
-    let (dns_tx, mut dns_rx) = tokio::sync::mpsc::unbounded_channel::<DnsEvent>();
+    let (dns_tx, mut dns_rx) = tokio::sync::mpsc::channel::<DnsEvent>(crate::dns::EVENT_QUEUE);
     let root = mounts::cgroup2_root()?;
     let cgroup = Cgroup::at(&root, cgroup_rel);
     policy.cgroups = vec![cgroup_rel.to_path_buf()];
@@ -281,7 +302,9 @@ async fn run_governed(
     governor.apply(vec![policy]).await?;
     let sweeper = tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD));
     let describer = {
-        let e = enforcer.lock().expect("enforcer lock");
+        let e = enforcer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Describer {
             policies: e.policy_names(),
             names: e.names.clone(),

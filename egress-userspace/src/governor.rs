@@ -13,8 +13,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use anyhow::{Context, Result};
-use tokio::{sync::mpsc::UnboundedSender, task::JoinHandle};
+use anyhow::{bail, Context, Result};
+use tokio::{sync::mpsc::Sender, task::JoinHandle};
 
 use crate::{
     cgroup::Cgroup,
@@ -34,12 +34,15 @@ struct Running {
     refreshers: Vec<JoinHandle<()>>,
     /// Governed cgroups: path relative to the cgroup2 root -> cgroup id.
     cgroups: HashMap<PathBuf, u64>,
+    /// Those of them that belong to pods: when one is removed, the pod is
+    /// gone; it is released, not created again.
+    pod_cgroups: std::collections::HashSet<PathBuf>,
 }
 
 pub struct Governor {
     pub enforcer: Arc<Mutex<Enforcer>>,
     pub metrics: Arc<Metrics>,
-    dns_events: UnboundedSender<DnsEvent>,
+    dns_events: Sender<DnsEvent>,
     /// Links are pinned under `pin_dir/<policy>/<cgroup id>/`.
     pin_dir: PathBuf,
     cgroup_root: PathBuf,
@@ -50,7 +53,7 @@ impl Governor {
     pub fn new(
         enforcer: Arc<Mutex<Enforcer>>,
         metrics: Arc<Metrics>,
-        dns_events: UnboundedSender<DnsEvent>,
+        dns_events: Sender<DnsEvent>,
         pin_dir: PathBuf,
         cgroup_root: PathBuf,
     ) -> Governor {
@@ -71,9 +74,20 @@ impl Governor {
 
     /// Makes `policies` (already validated) the running set. Every cgroup
     /// is governed by its new policy before any is released by its old one,
-    /// so that none is ever left ungoverned in between.
+    /// so that none is ever left ungoverned in between. A running policy
+    /// missing from `policies` is an error and nothing changes: a reload
+    /// never stops enforcing (an editor that saves by moving the old file
+    /// aside must not open anything); `egressd detach --policy` does that.
     pub async fn apply(&mut self, policies: Vec<Policy>) -> Result<()> {
         let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
+        let mut missing: Vec<&String> =
+            self.running.keys().filter(|n| !names.contains(n)).collect();
+        if !missing.is_empty() {
+            missing.sort();
+            bail!(
+                "policies {missing:?} are no longer in the files: a reload does not stop enforcing a policy; to remove one, run `egressd detach --policy NAME` and restart egressd"
+            );
+        }
         for policy in &policies {
             let name = policy.name.clone();
             if self.running.contains_key(&name) {
@@ -87,16 +101,6 @@ impl Governor {
             self.release_cgroups(&policy.name, &policy.cgroups)
                 .with_context(|| format!("policy `{}`", policy.name))?;
         }
-        let gone: Vec<String> = self
-            .running
-            .keys()
-            .filter(|n| !names.contains(n))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.stop(&name)
-                .with_context(|| format!("retiring policy `{name}`"))?;
-        }
         Ok(())
     }
 
@@ -106,7 +110,7 @@ impl Governor {
         let id = self
             .enforcer
             .lock()
-            .expect("enforcer lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .install(policy.clone(), sockets.port)?;
         tracing::info!(
             policy = name,
@@ -129,6 +133,7 @@ impl Governor {
                 proxy,
                 refreshers,
                 cgroups: HashMap::new(),
+                pod_cgroups: Default::default(),
             },
         );
         self.govern_cgroups(&name, &policy.cgroups)
@@ -139,9 +144,19 @@ impl Governor {
         let id = self.running[&name].id;
         self.enforcer
             .lock()
-            .expect("enforcer lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .replace(id, policy.clone())?;
-        let refreshers = self.refresh(id, &policy).await?;
+        // No lookups here: a reload must not wait on DNS (cgroup changes are
+        // handled by the same loop). Learned addresses of kept hosts stay;
+        // new hosts are looked up at once, in the background.
+        let resolver = Arc::new(resolve::resolver(&policy.dns)?);
+        let hosts = policy
+            .hosts()
+            .into_iter()
+            .map(|h| (h, std::time::Duration::ZERO))
+            .collect();
+        let refreshers =
+            resolve::spawn_refreshers(&self.enforcer, &resolver, &self.metrics, id, &policy, hosts);
         let r = self.running.get_mut(&name).expect("running");
         for t in std::mem::replace(&mut r.refreshers, refreshers) {
             t.abort();
@@ -167,7 +182,10 @@ impl Governor {
     /// ones, so that they are governed from their first process on.
     fn govern_cgroups(&mut self, name: &str, wanted: &[PathBuf]) -> Result<()> {
         let r = self.running.get_mut(name).expect("running");
-        let mut e = self.enforcer.lock().expect("enforcer lock");
+        let mut e = self
+            .enforcer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for rel in wanted {
             if r.cgroups.contains_key(rel) {
                 continue;
@@ -189,7 +207,10 @@ impl Governor {
     /// Releases the cgroups policy `name` governs but no longer wants.
     fn release_cgroups(&mut self, name: &str, wanted: &[PathBuf]) -> Result<()> {
         let r = self.running.get_mut(name).expect("running");
-        let mut e = self.enforcer.lock().expect("enforcer lock");
+        let mut e = self
+            .enforcer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let released: Vec<(PathBuf, u64)> = r
             .cgroups
             .iter()
@@ -205,17 +226,16 @@ impl Governor {
         Ok(())
     }
 
-    fn stop(&mut self, name: &str) -> Result<()> {
-        let Some(r) = self.running.remove(name) else {
+    /// Makes `wanted` (static cgroups and those of selected pods, `pods`
+    /// among them) the governed cgroups of running policy `name`: the new
+    /// ones are governed before the old ones are released.
+    pub fn set_cgroups(&mut self, name: &str, wanted: &[PathBuf], pods: &[PathBuf]) -> Result<()> {
+        let Some(r) = self.running.get_mut(name) else {
             return Ok(());
         };
-        for t in r.proxy.into_iter().chain(r.refreshers) {
-            t.abort();
-        }
-        self.enforcer.lock().expect("enforcer lock").retire(r.id)?;
-        pins::remove_tree(&self.pin_dir.join(name))?;
-        tracing::info!(policy = name, "retired");
-        Ok(())
+        r.pod_cgroups = pods.iter().cloned().collect();
+        self.govern_cgroups(name, wanted)?;
+        self.release_cgroups(name, wanted)
     }
 
     /// The directories holding governed cgroups, to watch for changes.
@@ -246,6 +266,19 @@ impl Governor {
                     .map(|rel| (name.clone(), rel.clone()))
             });
             let Some((name, rel)) = hit else { continue };
+            let is_pod = self.running[&name].pod_cgroups.contains(&rel);
+            if is_pod && !change.created {
+                // The pod is gone: release its cgroup (the caller recomputes
+                // which pods are selected).
+                let r = self.running.get_mut(&name).expect("running");
+                let wanted: Vec<PathBuf> =
+                    r.cgroups.keys().filter(|c| **c != rel).cloned().collect();
+                r.pod_cgroups.remove(&rel);
+                if let Err(e) = self.release_cgroups(&name, &wanted) {
+                    first_error.get_or_insert(e);
+                }
+                continue;
+            }
             if !change.created {
                 tracing::warn!(policy = name, cgroup = %path.display(), "governed cgroup removed: creating it again");
             }
@@ -277,6 +310,45 @@ impl Governor {
         r.cgroups.insert(rel.clone(), new_id);
         tracing::info!(policy = name, cgroup = %cgroup.path.display(), "governed again");
         Ok(())
+    }
+
+    /// Checks every governed cgroup against the cgroup tree (what inotify
+    /// may have missed: a queue overflow, a watched parent removed): a
+    /// removed one is created again (a pod's is released), a recreated one
+    /// governed again.
+    pub fn verify_all(&mut self) -> Result<()> {
+        let all: Vec<(String, PathBuf, bool)> = self
+            .running
+            .iter()
+            .flat_map(|(n, r)| {
+                r.cgroups
+                    .keys()
+                    .map(|rel| (n.clone(), rel.clone(), r.pod_cgroups.contains(rel)))
+            })
+            .collect();
+        let mut first_error = None;
+        for (name, rel, is_pod) in all {
+            let exists = Cgroup::at(&self.cgroup_root, &rel).exists();
+            let result = if is_pod && !exists {
+                let change = Change {
+                    dir: self
+                        .cgroup_root
+                        .join(&rel)
+                        .parent()
+                        .map(PathBuf::from)
+                        .unwrap_or_default(),
+                    name: rel.file_name().map(PathBuf::from).unwrap_or_default(),
+                    created: false,
+                };
+                self.on_changes(&[change])
+            } else {
+                self.regovern(&name, &rel)
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Stops every task (the pinned links stay).

@@ -29,7 +29,10 @@ impl Addresses {
         ttl: Duration,
         grace: Duration,
     ) -> usize {
-        let until = now + ttl + grace;
+        // Saturating: a TTL from the network may be anything.
+        let until = now
+            .checked_add(ttl.saturating_add(grace))
+            .unwrap_or(now + Duration::from_secs(86_400 * 365));
         for ip in ips {
             let e = self.until.entry(*ip).or_insert((until, name.to_string()));
             if until >= e.0 {

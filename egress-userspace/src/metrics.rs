@@ -80,7 +80,7 @@ impl Metrics {
             cgroups: gauge(&r, "egressd_governed_cgroups",
                 "Cgroups governed by each policy.", &["policy"]),
             dns_queries: counter(&r, "egressd_dns_queries_total",
-                "DNS queries the proxy received, by verdict (allowed, denied, audited, error, malformed).",
+                "DNS queries the proxy received, by verdict (allowed, denied, audited, error, malformed; event_lost counts deny events dropped because the writer was behind).",
                 &["policy", "verdict"]),
             dns_evictions: counter(&r, "egressd_dns_evictions_total",
                 "Addresses dropped because a host rule held too many.", &["policy"]),
@@ -139,8 +139,14 @@ impl Metrics {
                 .with_label_values(&[&p.policy.name])
                 .set(p.cgroups.len() as i64);
         }
-        let mut seen = self.seen.lock().expect("metrics lock");
-        let mut lost_seen = self.lost_seen.lock().expect("metrics lock");
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lost_seen = self
+            .lost_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (id, name) in ids {
             let counts = enforcer.counts(id)?;
             for c in counts.counts {
@@ -205,7 +211,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, enforcer: Arc<M
             let request = String::from_utf8_lossy(&buf[..len]);
             let path = request.split_whitespace().nth(1).unwrap_or("");
             let response = if path == "/metrics" || path.starts_with("/metrics?") {
-                let synced = metrics.sync(&enforcer.lock().expect("enforcer lock"));
+                let synced = metrics.sync(
+                    &enforcer
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
                 if let Err(e) = synced {
                     tracing::error!("reading counters for a scrape: {e:#}");
                 }

@@ -89,14 +89,17 @@ pub async fn prewarm(
         let wait = match lookup(resolver, &host).await {
             Ok((ips, ttl)) => {
                 metrics.lookup(&policy.name, true);
-                let recorded = enforcer.lock().expect("enforcer lock").record(
-                    id,
-                    &host,
-                    host.as_str(),
-                    &ips,
-                    ttl,
-                    std::time::Instant::now(),
-                );
+                let recorded = enforcer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .record(
+                        id,
+                        &host,
+                        host.as_str(),
+                        &ips,
+                        ttl,
+                        std::time::Instant::now(),
+                    );
                 if let Err(e) = recorded {
                     tracing::error!(policy = policy.name, host = %host, "allowing its addresses: {e:#}");
                 }
@@ -135,14 +138,11 @@ impl HostRefresh {
                 Ok((ips, ttl)) => {
                     self.metrics.lookup(policy, true);
                     let now = std::time::Instant::now();
-                    let recorded = self.enforcer.lock().expect("enforcer lock").record(
-                        self.id,
-                        host,
-                        host.as_str(),
-                        &ips,
-                        ttl,
-                        now,
-                    );
+                    let recorded = self
+                        .enforcer
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .record(self.id, host, host.as_str(), &ips, ttl, now);
                     if let Err(e) = recorded {
                         tracing::error!(policy, host = %host, "updating the allowlist: {e:#}");
                     }
@@ -164,7 +164,7 @@ pub async fn sweep(enforcer: Arc<Mutex<Enforcer>>, period: Duration) {
         tokio::time::sleep(period).await;
         let result = enforcer
             .lock()
-            .expect("enforcer lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .expire(std::time::Instant::now());
         if let Err(e) = result {
             tracing::error!("removing expired addresses: {e:#}");

@@ -1,7 +1,8 @@
 //! Watching the parents of governed cgroups (inotify on cgroupfs), so that a
 //! governed cgroup that is removed and created again (systemd does so on a
 //! unit restart; its id changes and nothing is attached to the new one) is
-//! governed again at once.
+//! governed again at once. Events inotify cannot deliver (a queue overflow)
+//! are caught by the periodic `Governor::verify_all`.
 
 use std::{
     collections::HashMap,
@@ -88,7 +89,7 @@ impl Watcher {
         }
     }
 
-    fn parse(&self, mut buf: &[u8]) -> Vec<Change> {
+    fn parse(&mut self, mut buf: &[u8]) -> Vec<Change> {
         const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
         let mut out = Vec::new();
         while buf.len() >= HEADER {
@@ -100,7 +101,11 @@ impl Watcher {
                 break;
             };
             let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(len)];
-            if let Some(dir) = self.dirs.get(&ev.wd) {
+            if ev.mask & libc::IN_IGNORED != 0 {
+                // The watched directory is gone: forget it, so that it can
+                // be watched again once it exists (see `watch`).
+                self.dirs.remove(&ev.wd);
+            } else if let Some(dir) = self.dirs.get(&ev.wd) {
                 let created = ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0;
                 out.push(Change {
                     dir: dir.clone(),

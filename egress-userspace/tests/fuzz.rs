@@ -68,8 +68,9 @@ proptest! {
         }
     }
 
-    /// Answers mutated from a valid one: never a panic, and never an
-    /// address that the mutated bytes do not contain for the asked name.
+    /// Answers mutated from a valid one: never a panic, and never an address
+    /// the mutated bytes do not hold. (That records for other names allow
+    /// nothing is a unit test in dns::message.)
     #[test]
     fn dns_answer_handling_never_panics(
         flips in prop::collection::vec((0usize..200, any::<u8>()), 0..8),

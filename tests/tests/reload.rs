@@ -80,7 +80,11 @@ fn reload_storm_never_opens_or_closes_what_both_agree_on() {
         .unwrap();
     let mut reloads = 0;
     for i in 0..300 {
-        std::fs::write(&file, if i % 2 == 0 { &b } else { &a }).unwrap();
+        // Whole files only (write aside, then rename), as a careful operator
+        // would: the one-second poll must never read half a file.
+        let tmp = dir.0.join("agent.yaml.tmp");
+        std::fs::write(&tmp, if i % 2 == 0 { &b } else { &a }).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
         daemon.signal(libc::SIGHUP);
         reloads += 1;
         thread::sleep(Duration::from_millis(15));
@@ -230,5 +234,56 @@ fn a_changed_file_is_picked_up_and_cgroups_follow() {
             .metric("egressd_reloads_total", &[("result", "ok")])
             .unwrap()
             >= 1.0
+    );
+}
+
+/// A policy missing from the files on reload (say, an editor moved it aside
+/// while saving) does not stop being enforced: the reload is refused.
+#[test]
+fn a_policy_missing_on_reload_stays_enforced() {
+    require_root();
+    let ns = Netns::new("missing").unwrap();
+    let bad = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let cg = TestCgroup::new("missing").unwrap();
+    let dir = TempDir::new("missing").unwrap();
+    let file = dir.write("agent.yaml", &policy(&cg, &[])).unwrap();
+    dir.write(
+        "other.yaml",
+        "name: other\ncgroups: [egressd-test.slice/other-missing]\nallow: []\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&ns, &dir.0).unwrap();
+    std::fs::rename(&file, dir.0.join("agent.yaml~")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let mut refused = false;
+    for _ in 0..100 {
+        if daemon
+            .metric("egressd_reloads_total", &[("result", "error")])
+            .unwrap()
+            >= 1.0
+        {
+            refused = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(refused, "dropping a policy was not refused");
+    assert!(daemon
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("no longer in the files")));
+    let out = cg.run(&ns, PROBE, &["tcp", "203.0.113.9:443"]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "error: 1",
+        "the missing policy stopped enforcing"
+    );
+    assert_eq!(bad.count(), 0);
+    let _ = std::fs::remove_dir(
+        egressd::mounts::cgroup2_root()
+            .unwrap()
+            .join("egressd-test.slice/other-missing"),
     );
 }

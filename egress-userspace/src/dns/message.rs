@@ -44,12 +44,32 @@ pub fn question(bytes: &[u8]) -> Result<(Message, Question), MessageError> {
         return Err(MessageError::NotAQuery);
     }
     let q = &msg.queries()[0];
+    let name = normal(q.name());
+    // A label holding a dot (or anything escaped) would print like a name
+    // it is not: `x\.cdn.example` is not below cdn.example.
+    if name.contains('\\') {
+        return Err(MessageError::Malformed);
+    }
     let question = Question {
         id: msg.id(),
-        name: normal(q.name()),
+        name,
         qtype: q.query_type(),
     };
     Ok((msg, question))
+}
+
+/// The query egressd sends upstream for a question: built afresh (lower
+/// case, one question, recursion desired, nothing else), so that nothing
+/// the client put in its query (flags, EDNS options, extra records) goes
+/// out with it.
+pub fn upstream_query(q: &Question) -> Option<Vec<u8>> {
+    use hickory_resolver::proto::op::Query;
+    let name = Name::from_ascii(format!("{}.", q.name)).ok()?;
+    let mut m = Message::new();
+    m.set_id(q.id)
+        .set_recursion_desired(true)
+        .add_query(Query::query(name, q.qtype));
+    m.to_vec().ok()
 }
 
 /// A reply to `query` carrying only a response code (REFUSED, SERVFAIL).

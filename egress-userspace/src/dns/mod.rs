@@ -19,7 +19,7 @@ use hickory_resolver::proto::op::ResponseCode;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
-    sync::mpsc::UnboundedSender,
+    sync::{mpsc::Sender, Semaphore},
 };
 
 use crate::{
@@ -27,7 +27,15 @@ use crate::{
     metrics::Metrics,
     policy::{Mode, Policy},
 };
-use message::{addresses, format_error, question, raw_id, reply_code, Question};
+use message::{addresses, format_error, question, raw_id, reply_code, upstream_query, Question};
+
+/// Queries one proxy answers at once; more wait (UDP) or are not accepted
+/// yet (TCP), so that a flood cannot use up memory or file descriptors.
+const MAX_IN_FLIGHT: usize = 256;
+/// TCP clients one proxy serves at once.
+const MAX_TCP_CLIENTS: usize = 64;
+/// DNS deny events waiting to be written; more are counted as lost.
+pub const EVENT_QUEUE: usize = 4096;
 
 /// How long one upstream may take to answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -115,7 +123,7 @@ pub fn upstreams(policy: &Policy) -> Result<Vec<SocketAddr>> {
 pub struct Proxy {
     pub enforcer: Arc<Mutex<Enforcer>>,
     pub metrics: Arc<Metrics>,
-    pub events: UnboundedSender<DnsEvent>,
+    pub events: Sender<DnsEvent>,
     pub id: u32,
     /// The policy's name, for metrics and events.
     pub name: String,
@@ -136,8 +144,12 @@ impl Proxy {
     }
 
     async fn serve_udp(self: Arc<Self>, sock: Arc<UdpSocket>) {
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut buf = vec![0u8; 65535];
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
@@ -148,18 +160,26 @@ impl Proxy {
                 if let Some(reply) = me.handle(&query, "udp").await {
                     let _ = sock.send_to(&reply, peer).await;
                 }
+                drop(slot);
             });
         }
     }
 
     async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        let slots = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let Ok((conn, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
             let me = self.clone();
-            tokio::spawn(async move { me.serve_tcp_client(conn).await });
+            tokio::spawn(async move {
+                me.serve_tcp_client(conn).await;
+                drop(slot);
+            });
         }
     }
 
@@ -201,7 +221,10 @@ impl Proxy {
             }
         };
         let (rules, audit, upstream) = {
-            let e = self.enforcer.lock().expect("enforcer lock");
+            let e = self
+                .enforcer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let p = e.get(self.id)?;
             (
                 p.policy.host_rules_for(&q.name),
@@ -210,20 +233,30 @@ impl Proxy {
             )
         };
         if rules.is_empty() {
-            let _ = self.events.send(DnsEvent {
+            let sent = self.events.try_send(DnsEvent {
                 policy: self.name.clone(),
                 verdict: if audit { "audited" } else { "denied" },
                 name: q.name.clone(),
                 qtype: q.qtype.to_string(),
                 transport,
             });
+            if sent.is_err() {
+                // The writer is behind: the query is still refused and
+                // counted; only its event is lost, and that is counted too.
+                self.count("event_lost");
+            }
             if !audit {
                 self.count("denied");
                 return Some(reply_code(&query, ResponseCode::Refused));
             }
             self.count("audited");
         }
-        let Some(answer) = forward(&upstream, bytes, &q).await else {
+        let fresh = upstream_query(&q);
+        let answer = match &fresh {
+            Some(fresh) => forward(&upstream, fresh, &q).await,
+            None => None,
+        };
+        let Some(answer) = answer else {
             self.count("error");
             return Some(reply_code(&query, ResponseCode::ServFail));
         };
@@ -231,7 +264,10 @@ impl Proxy {
         if !ips.is_empty() {
             let now = Instant::now();
             let ttl = Duration::from_secs(u64::from(ttl));
-            let mut e = self.enforcer.lock().expect("enforcer lock");
+            let mut e = self
+                .enforcer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for rule in &rules {
                 match e.record(self.id, rule, &q.name, &ips, ttl, now) {
                     Ok(evicted) => self.metrics.dns_evicted(&self.name, evicted),

@@ -167,6 +167,14 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         max_ttl: secs(raw.dns.max_ttl, defaults.max_ttl),
         grace: secs(raw.dns.grace, defaults.grace),
     };
+    let day = Duration::from_secs(86_400);
+    if dns.max_ttl > day || dns.grace > day {
+        return Err(whole(format!(
+            "dns.max_ttl ({}s) and dns.grace ({}s) are at most 86400 (a day)",
+            dns.max_ttl.as_secs(),
+            dns.grace.as_secs()
+        )));
+    }
     if dns.min_ttl.is_zero() || dns.min_ttl > dns.max_ttl {
         return Err(whole(format!(
             "dns.min_ttl ({}s) must be at least 1 and at most dns.max_ttl ({}s)",

@@ -30,6 +30,11 @@ const RELAY_SUFFIXES: &[&str] = &[
     "r2.cloudflarestorage.com",
     "discord.com",
     "telegram.org",
+    // Names that encode any IP address: a wildcard over them opens every address.
+    "nip.io",
+    "sslip.io",
+    "xip.io",
+    "traefik.me",
 ];
 
 /// Cloud instance metadata endpoints (credentials live there).
