@@ -55,6 +55,12 @@ pub fn ensure() -> Result<()> {
             packages.push(pkg);
         }
     }
+    if !on_path("kubernetes-validate") {
+        // Validates the Kubernetes manifests against the API's schemas.
+        let pip = if on_path("pip3") { "pip3" } else { "pip" };
+        eprintln!("xtask: installing kubernetes-validate (PyPI)");
+        run(Command::new(pip).args(["install", "--quiet", "kubernetes-validate"]))?;
+    }
     if !packages.is_empty() {
         if !is_root() || !on_path("apt-get") {
             bail!(
