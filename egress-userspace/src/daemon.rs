@@ -2,6 +2,7 @@
 //! stream events as JSON lines on stdout, serve metrics.
 
 use std::{
+    collections::BTreeMap,
     io::Write,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -18,6 +19,7 @@ use crate::{
     events::{Describer, EventStream},
     governor::Governor,
     kernel::pins,
+    kubernetes,
     metrics::{self, Metrics},
     mounts,
     policy::{
@@ -45,6 +47,101 @@ pub struct RunOptions {
     pub instance: String,
     /// Size of the events ring buffer in bytes (None: the built-in 4 MiB).
     pub ring_bytes: Option<u32>,
+    /// Kubernetes pods, for policies that select pods.
+    pub pods: Option<PodSource>,
+}
+
+/// Where this node's pods are listed (a PodList file kept fresh by the
+/// DaemonSet's sidecar), and where their cgroups are.
+pub struct PodSource {
+    pub file: PathBuf,
+    /// Only pods scheduled on this node (None: every pod in the file).
+    pub node: Option<String>,
+    /// The directory holding `kubepods.slice` or `kubepods`, relative to
+    /// the cgroup2 root (empty: the root itself).
+    pub kubepods_root: PathBuf,
+}
+
+/// The pods last read, and what governs them.
+struct Pods {
+    source: Option<PodSource>,
+    pods: Vec<kubernetes::Pod>,
+    seen: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
+}
+
+impl Pods {
+    /// Reads the pods file again if it changed; a file that cannot be read
+    /// keeps the pods known so far. Returns whether anything changed.
+    fn refresh(&mut self) -> bool {
+        let Some(src) = &self.source else {
+            return false;
+        };
+        let now = stamp(&src.file);
+        if now == self.seen {
+            return false;
+        }
+        self.seen = now;
+        let read = std::fs::read_to_string(&src.file)
+            .map_err(anyhow::Error::from)
+            .and_then(|t| kubernetes::parse_pods(&t, src.node.as_deref()));
+        match read {
+            Ok(pods) => {
+                let changed = pods != self.pods;
+                self.pods = pods;
+                changed
+            }
+            Err(e) => {
+                tracing::warn!(file = %src.file.display(), "reading pods: {e:#}; keeping the pods known so far");
+                false
+            }
+        }
+    }
+
+    /// `base` with each policy's cgroups extended by those of the pods it
+    /// selects (that exist now); and, per policy, the pod cgroups alone.
+    fn expand(
+        &self,
+        base: &[Policy],
+        root: &Path,
+    ) -> (Vec<Policy>, BTreeMap<String, Vec<PathBuf>>) {
+        let map = match &self.source {
+            Some(src) => kubernetes::pod_cgroups(base, &self.pods, root, &src.kubepods_root),
+            None => BTreeMap::new(),
+        };
+        let expanded = base
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p.cgroups
+                    .extend(map.get(&p.name).cloned().unwrap_or_default());
+                p
+            })
+            .collect();
+        (expanded, map)
+    }
+
+    /// Governs the cgroups of the pods each policy selects now, and
+    /// releases those of pods that are gone.
+    fn sync(&self, governor: &mut Governor, base: &[Policy], root: &Path) -> Result<()> {
+        let (expanded, map) = self.expand(base, root);
+        for p in &expanded {
+            let pods = map.get(&p.name).cloned().unwrap_or_default();
+            governor.set_cgroups(&p.name, &p.cgroups, &pods)?;
+        }
+        Ok(())
+    }
+
+    /// Where pod cgroups appear, to watch.
+    fn parents(&self, root: &Path) -> Vec<PathBuf> {
+        match &self.source {
+            Some(src) => kubernetes::pod_parents(&src.kubepods_root)
+                .into_iter()
+                .map(|p| root.join(p))
+                .filter(|p| p.is_dir())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
 }
 
 /// Loads and checks every policy before anything is attached.
@@ -95,18 +192,26 @@ fn stamp(path: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
     out
 }
 
-/// Loads the policy files again and applies them. A file that fails to load
+/// Loads the policy files again and applies them (with the cgroups of the
+/// pods they select); returns the new policies. A file that fails to load
 /// changes nothing: the running policies stay in force.
-async fn reload(governor: &mut Governor, path: &Path, describer: &mut Describer) {
+async fn reload(
+    governor: &mut Governor,
+    path: &Path,
+    describer: &mut Describer,
+    pods: &Pods,
+    root: &Path,
+) -> Option<Vec<Policy>> {
     let policies = match load_policies(path) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("reload refused, the running policies stay in force: {e:#}");
             governor.metrics.reload(false);
-            return;
+            return None;
         }
     };
-    match governor.apply(policies).await {
+    let (expanded, _) = pods.expand(&policies, root);
+    match governor.apply(expanded).await {
         Ok(()) => {
             governor.metrics.reload(true);
             let names = governor
@@ -116,10 +221,15 @@ async fn reload(governor: &mut Governor, path: &Path, describer: &mut Describer)
                 .policy_names();
             describer.policies.extend(names);
             tracing::info!("reloaded");
+            if let Err(e) = pods.sync(governor, &policies, root) {
+                tracing::error!("governing pods: {e:#}");
+            }
+            Some(policies)
         }
         Err(e) => {
             governor.metrics.reload(false);
             tracing::error!("reload failed part-way, some policies may be the old ones: {e:#}");
+            None
         }
     }
 }
@@ -146,9 +256,10 @@ fn notify_systemd(state: &str) {
     }
 }
 
-/// Watches the directories of every governed cgroup (after a reload too).
-fn watch_all(governor: &Governor, watcher: &mut Watcher) {
-    for dir in governor.watched_dirs() {
+/// Watches the directories of every governed cgroup, and those where pod
+/// cgroups appear (after a reload too).
+fn watch_all(governor: &Governor, watcher: &mut Watcher, pod_parents: &[PathBuf]) {
+    for dir in governor.watched_dirs().iter().chain(pod_parents) {
         if let Err(e) = watcher.watch(&dir) {
             tracing::error!(dir = %dir.display(), "cannot watch for recreated cgroups: {e}");
         }
@@ -188,8 +299,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .into());
         }
     }
-    let policies = load_policies(&opts.policy)?;
+    let mut base = load_policies(&opts.policy)?;
+    let root = mounts::cgroup2_root()?;
     let mut seen = stamp(&opts.policy);
+    let mut pods = Pods {
+        source: opts.pods,
+        pods: Vec::new(),
+        seen: Vec::new(),
+    };
+    pods.refresh();
     // Links pinned by an earlier run keep enforcing until the new ones are
     // pinned in a generation of their own; then the old ones are removed.
     let pin_dir = pins::new_generation(&opts.instance)?;
@@ -197,15 +315,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let enforcer = Arc::new(Mutex::new(enforcer));
     let metrics = Arc::new(Metrics::new());
     let (dns_tx, mut dns_rx) = tokio::sync::mpsc::channel::<DnsEvent>(crate::dns::EVENT_QUEUE);
-    let root = mounts::cgroup2_root()?;
     let mut governor = Governor::new(
         enforcer.clone(),
         metrics.clone(),
         dns_tx,
         pin_dir.clone(),
-        root,
+        root.clone(),
     );
-    governor.apply(policies).await?;
+    governor.apply(pods.expand(&base, &root).0).await?;
+    pods.sync(&mut governor, &base, &root)?;
     tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD));
     // Now that the new links are pinned, remove this instance's old ones
     // (also those left by an earlier run that failed half-way).
@@ -257,28 +375,46 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 let _ = feed.send(json);
             }
             changes = watcher.next() => {
-                if let Err(e) = governor.on_changes(&changes.context("reading cgroup changes")?) {
+                let changes = changes.context("reading cgroup changes")?;
+                if let Err(e) = governor.on_changes(&changes) {
                     tracing::error!("{e:#}");
+                }
+                // A pod's cgroup appeared or went: govern the pods selected now.
+                let parents = pods.parents(&root);
+                if changes.iter().any(|c| parents.contains(&c.dir)) {
+                    pods.refresh();
+                    if let Err(e) = pods.sync(&mut governor, &base, &root) {
+                        tracing::error!("governing pods: {e:#}");
+                    }
                 }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
                 seen = stamp(&opts.policy);
-                reload(&mut governor, &opts.policy, &mut describer).await;
-                watch_all(&governor, &mut watcher);
+                if let Some(new) = reload(&mut governor, &opts.policy, &mut describer, &pods, &root).await {
+                    base = new;
+                }
+                watch_all(&governor, &mut watcher, &pods.parents(&root));
             }
             _ = poll.tick() => {
                 if let Err(e) = governor.verify_all() {
                     tracing::error!("checking governed cgroups: {e:#}");
                 }
-                watch_all(&governor, &mut watcher);
+                if pods.refresh() {
+                    if let Err(e) = pods.sync(&mut governor, &base, &root) {
+                        tracing::error!("governing pods: {e:#}");
+                    }
+                }
+                watch_all(&governor, &mut watcher, &pods.parents(&root));
                 let now = stamp(&opts.policy);
                 if now != seen {
                     seen = now;
                     tracing::info!("policy files changed");
-                    reload(&mut governor, &opts.policy, &mut describer).await;
-                    watch_all(&governor, &mut watcher);
+                    if let Some(new) = reload(&mut governor, &opts.policy, &mut describer, &pods, &root).await {
+                        base = new;
+                    }
+                    watch_all(&governor, &mut watcher, &pods.parents(&root));
                 }
             }
         }

@@ -38,6 +38,17 @@ enum Command {
         /// 4 MiB). Counters stay exact when it overflows.
         #[arg(long, value_name = "BYTES")]
         ring_buffer_bytes: Option<u32>,
+        /// Kubernetes: a PodList JSON file of this node's pods (kept fresh by
+        /// the DaemonSet's sidecar), for policies with `pods:` selectors.
+        #[arg(long, value_name = "FILE")]
+        pods_file: Option<PathBuf>,
+        /// Kubernetes: only pods on this node.
+        #[arg(long, env = "NODE_NAME")]
+        node: Option<String>,
+        /// Kubernetes: where kubepods.slice (or kubepods) is, relative to the
+        /// cgroup2 root.
+        #[arg(long, default_value = "")]
+        kubepods_root: PathBuf,
     },
     /// Run one command in a fresh cgroup under a policy; summarise denials.
     Exec {
@@ -155,12 +166,20 @@ fn main() -> ExitCode {
             no_metrics,
             instance,
             ring_buffer_bytes,
+            pods_file,
+            node,
+            kubepods_root,
         } => {
             let opts = daemon::RunOptions {
                 policy,
                 metrics_addr: (!no_metrics).then_some(metrics_addr),
                 instance,
                 ring_bytes: ring_buffer_bytes,
+                pods: pods_file.map(|file| daemon::PodSource {
+                    file,
+                    node,
+                    kubepods_root,
+                }),
             };
             match runtime().block_on(daemon::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -110,6 +110,14 @@ impl TestCgroup {
         Ok(TestCgroup { cgroup, rel })
     }
 
+    /// A cgroup at `rel` below this one, creating it and its parents.
+    pub fn child_path(&self, rel: &str) -> Result<TestCgroup> {
+        let rel = self.rel.join(rel);
+        let cgroup = Cgroup::at(&mounts::cgroup2_root()?, &rel);
+        cgroup.create()?;
+        Ok(TestCgroup { cgroup, rel })
+    }
+
     /// A child cgroup of this one (created).
     pub fn child(&self, name: &str) -> Result<TestCgroup> {
         let rel = self.rel.join(name);

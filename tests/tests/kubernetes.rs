@@ -95,3 +95,139 @@ fn configmap_policies_pass_check() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+mod governed_pods {
+    use std::path::Path;
+
+    use egress_tests::{
+        egressd::{bin, Daemon, TempDir, TestCgroup},
+        listen::Listener,
+        netns::Netns,
+        require_root,
+    };
+
+    const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+
+    fn pod(name: &str, ns: &str, uid: &str, node: &str, qos: &str) -> String {
+        format!(
+            r#"{{"metadata":{{"name":"{name}","namespace":"{ns}","uid":"{uid}","labels":{{"app":"doc-summarizer"}}}},"spec":{{"nodeName":"{node}"}},"status":{{"qosClass":"{qos}"}}}}"#
+        )
+    }
+
+    fn pod_list(pods: &[String]) -> String {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"PodList","items":[{}]}}"#,
+            pods.join(",")
+        )
+    }
+
+    /// A pod's cgroup under the kubepods tree, and one container in it
+    /// (both removed on drop).
+    fn start_pod(kube: &TestCgroup, rel: &str) -> (TestCgroup, TestCgroup) {
+        let pod = kube.child_path(rel).unwrap();
+        let container = pod.child("cri-containerd-0123.scope").unwrap();
+        (container, pod)
+    }
+
+    /// Pods selected by namespace and labels on this node are governed, from
+    /// a synthetic kubepods tree (both cgroup drivers) and a PodList file;
+    /// a pod that starts later is governed when its cgroup appears.
+    #[test]
+    fn selected_pods_are_governed() {
+        require_root();
+        let ns = Netns::new("kube").unwrap();
+        let _l = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+        let kube = TestCgroup::new("kube").unwrap();
+        kube.cgroup.create().unwrap();
+        let (a, b, c, d) = (
+            "0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70",
+            "aa11bb22-2222-4c3b-9a55-2b1c0d9e8f71",
+            "bb11bb22-3333-4c3b-9a55-2b1c0d9e8f72",
+            "cc11bb22-4444-4c3b-9a55-2b1c0d9e8f73",
+        );
+        let tmp = TempDir::new("kube").unwrap();
+        let pods = tmp
+            .write(
+                "pods.json",
+                &pod_list(&[
+                    pod("summarizer", "agents", a, "node-a", "Burstable"),
+                    pod("web", "default", b, "node-a", "BestEffort"),
+                    pod("summarizer-2", "agents", c, "node-a", "Guaranteed"),
+                    pod("elsewhere", "agents", d, "node-b", "Burstable"),
+                ]),
+            )
+            .unwrap();
+        let (a_cg, _a_pod) = start_pod(
+            &kube,
+            &format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+                a.replace('-', "_")
+            ),
+        );
+        let (b_cg, _b_pod) = start_pod(&kube, &format!("kubepods/besteffort/pod{b}"));
+        let (d_cg, _d_pod) = start_pod(
+            &kube,
+            &format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+                d.replace('-', "_")
+            ),
+        );
+        let policy = tmp
+            .write("p.yaml", "name: doc\npods:\n  - namespace: agents\n    labels: {app: doc-summarizer}\nallow: []\n")
+            .unwrap();
+        let kubepods_root = kube.rel_str();
+        let _daemon = Daemon::start_with(
+            &ns,
+            &policy,
+            &[
+                "--pods-file",
+                pods.to_str().unwrap(),
+                "--node",
+                "node-a",
+                "--kubepods-root",
+                &kubepods_root,
+            ],
+        )
+        .unwrap();
+        let probe = |cg: &TestCgroup| {
+            String::from_utf8_lossy(
+                &cg.run(&ns, PROBE, &["tcp", "203.0.113.9:443"])
+                    .unwrap()
+                    .stdout,
+            )
+            .trim()
+            .to_string()
+        };
+        assert_eq!(
+            probe(&a_cg),
+            "error: 1",
+            "a selected pod's container is governed"
+        );
+        assert_eq!(probe(&b_cg), "ok", "another namespace is not selected");
+        assert_eq!(
+            probe(&d_cg),
+            "ok",
+            "a pod on another node is not this egressd's"
+        );
+
+        // summarizer-2 starts now: kubelet creates its cgroup (Guaranteed,
+        // systemd driver).
+        let c_pod = kube
+            .child_path(&format!(
+                "kubepods.slice/kubepods-pod{}.slice",
+                c.replace('-', "_")
+            ))
+            .unwrap();
+        let governed = std::process::Command::new(bin())
+            .args(["governed", "--policy", "doc", "--wait", "3", "--cgroup"])
+            .arg(Path::new(&c_pod.rel_str()))
+            .output()
+            .unwrap();
+        assert!(
+            governed.status.success(),
+            "the new pod was not governed: {governed:?}"
+        );
+        let c_cg = c_pod.child("cri-containerd-4567.scope").unwrap();
+        assert_eq!(probe(&c_cg), "error: 1");
+    }
+}
