@@ -260,7 +260,7 @@ fn notify_systemd(state: &str) {
 /// cgroups appear (after a reload too).
 fn watch_all(governor: &Governor, watcher: &mut Watcher, pod_parents: &[PathBuf]) {
     for dir in governor.watched_dirs().iter().chain(pod_parents) {
-        if let Err(e) = watcher.watch(&dir) {
+        if let Err(e) = watcher.watch(dir) {
             tracing::error!(dir = %dir.display(), "cannot watch for recreated cgroups: {e}");
         }
     }
