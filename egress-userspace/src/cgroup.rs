@@ -92,7 +92,8 @@ impl Cgroup {
         }
     }
 
-    fn all_pids(&self) -> Vec<i32> {
+    /// Pids in this cgroup and every cgroup below it.
+    pub fn all_pids(&self) -> Vec<i32> {
         let mut pids = self.pids().unwrap_or_default();
         if let Ok(dir) = fs::read_dir(&self.path) {
             for e in dir.flatten() {

@@ -37,6 +37,11 @@ struct Running {
     /// Those of them that belong to pods: when one is removed, the pod is
     /// gone; it is released, not created again.
     pod_cgroups: std::collections::HashSet<PathBuf>,
+    /// A DNS proxy inside each pod's network namespace.
+    pod_proxies: HashMap<PathBuf, JoinHandle<()>>,
+    /// The policy's proxy, to serve pods with.
+    dns: Proxy,
+    dns_port: u16,
 }
 
 pub struct Governor {
@@ -117,14 +122,15 @@ impl Governor {
             port = sockets.port,
             "DNS proxy on 127.0.0.1 and ::1"
         );
-        let proxy = Proxy {
+        let dns_port = sockets.port;
+        let dns = Proxy {
             enforcer: self.enforcer.clone(),
             metrics: self.metrics.clone(),
             events: self.dns_events.clone(),
             id,
             name: name.clone(),
-        }
-        .spawn(sockets);
+        };
+        let proxy = dns.clone().spawn(sockets);
         let refreshers = self.refresh(id, &policy).await?;
         self.running.insert(
             name.clone(),
@@ -134,6 +140,9 @@ impl Governor {
                 refreshers,
                 cgroups: HashMap::new(),
                 pod_cgroups: Default::default(),
+                pod_proxies: HashMap::new(),
+                dns,
+                dns_port,
             },
         );
         self.govern_cgroups(&name, &policy.cgroups)
@@ -234,6 +243,21 @@ impl Governor {
             return Ok(());
         };
         r.pod_cgroups = pods.iter().cloned().collect();
+        // DNS inside each pod's own network namespace.
+        r.pod_proxies.retain(|rel, task| {
+            let keep = pods.contains(rel);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for rel in pods {
+            if !r.pod_proxies.contains_key(rel) {
+                let cgroup = Cgroup::at(&self.cgroup_root, rel);
+                let task = tokio::spawn(dns::serve_pod(r.dns.clone(), cgroup, r.dns_port));
+                r.pod_proxies.insert(rel.clone(), task);
+            }
+        }
         self.govern_cgroups(name, wanted)?;
         self.release_cgroups(name, wanted)
     }
@@ -355,6 +379,9 @@ impl Governor {
     pub fn abort_tasks(&mut self) {
         for r in self.running.values_mut() {
             for t in r.proxy.drain(..).chain(r.refreshers.drain(..)) {
+                t.abort();
+            }
+            for (_, t) in r.pod_proxies.drain() {
                 t.abort();
             }
         }

@@ -230,4 +230,97 @@ mod governed_pods {
         let c_cg = c_pod.child("cri-containerd-4567.scope").unwrap();
         assert_eq!(probe(&c_cg), "error: 1");
     }
+
+    /// A pod has a network namespace of its own: its DNS, redirected to
+    /// loopback there, is answered by a proxy egressd opens inside it.
+    #[test]
+    fn pods_resolve_through_a_proxy_in_their_own_namespace() {
+        require_root();
+        let host = Netns::new("khost").unwrap();
+        let podns = Netns::new("kpod").unwrap();
+        let _upstream = egress_tests::dns::DnsServer::start(
+            &host,
+            "198.51.100.53:53",
+            &[
+                ("api.model.test", &["198.51.100.1"], 300),
+                ("secret.attacker.test", &["203.0.113.9"], 300),
+            ],
+        )
+        .unwrap();
+        let kube = TestCgroup::new("kubedns").unwrap();
+        kube.cgroup.create().unwrap();
+        let uid = "dd11bb22-5555-4c3b-9a55-2b1c0d9e8f74";
+        let tmp = TempDir::new("kubedns").unwrap();
+        let pods = tmp
+            .write(
+                "pods.json",
+                &pod_list(&[pod("summarizer", "agents", uid, "node-a", "Burstable")]),
+            )
+            .unwrap();
+        let (container, _pod) = start_pod(&kube, &format!("kubepods/burstable/pod{uid}"));
+        // The pod's sandbox: a process in the pod's cgroup and namespace.
+        let mut sandbox = container
+            .command(&podns, "sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let policy = tmp
+            .write(
+                "p.yaml",
+                "name: doc\npods:\n  - namespace: agents\n    labels: {app: doc-summarizer}\nallow:\n  - host: api.model.test\n    ports: [443]\ndns:\n  upstream: [198.51.100.53]\n",
+            )
+            .unwrap();
+        let kubepods_root = kube.rel_str();
+        let daemon = Daemon::start_with(
+            &host,
+            &policy,
+            &[
+                "--pods-file",
+                pods.to_str().unwrap(),
+                "--node",
+                "node-a",
+                "--kubepods-root",
+                &kubepods_root,
+            ],
+        )
+        .unwrap();
+        let mut ready = false;
+        for _ in 0..100 {
+            if daemon
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("DNS proxy in the pod's network namespace"))
+            {
+                ready = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            ready,
+            "no proxy in the pod's namespace: {:?}",
+            daemon.log.lock().unwrap()
+        );
+        let dig = |name: &str| {
+            let out = container
+                .run(
+                    &podns,
+                    "dig",
+                    &["+time=2", "+tries=1", "@203.0.113.1", name],
+                )
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let ok = dig("api.model.test");
+        assert!(
+            ok.contains("status: NOERROR") && ok.contains("198.51.100.1"),
+            "{ok}"
+        );
+        let refused = dig("secret.attacker.test");
+        assert!(refused.contains("status: REFUSED"), "{refused}");
+        sandbox.kill().unwrap();
+        sandbox.wait().unwrap();
+    }
 }

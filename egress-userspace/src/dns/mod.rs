@@ -118,8 +118,107 @@ pub fn upstreams(policy: &Policy) -> Result<Vec<SocketAddr>> {
     Ok(servers)
 }
 
+/// Binds the proxy's port on loopback inside the network namespace of
+/// process `pid` (a pod's): DNS redirected there by the kernel programs
+/// reaches egressd. `None` when that namespace is egressd's own (served by
+/// the main proxy already).
+pub async fn bind_in_netns(pid: i32, port: u16) -> Result<Option<Sockets>> {
+    let ns = format!("/proc/{pid}/ns/net");
+    let theirs = std::fs::metadata(&ns).with_context(|| format!("reading {ns}"))?;
+    let ours = std::fs::metadata("/proc/self/ns/net")?;
+    use std::os::unix::fs::MetadataExt;
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        return Ok(None);
+    }
+    // setns affects only the calling thread: bind on a thread of our own.
+    let bound = std::thread::spawn(
+        move || -> Result<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)> {
+            let f = std::fs::File::open(&ns).with_context(|| format!("opening {ns}"))?;
+            // SAFETY: setns on this thread only, with a namespace fd we hold.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0
+            {
+                bail!("entering {ns}: {}", std::io::Error::last_os_error());
+            }
+            let (mut udp, mut tcp) = (Vec::new(), Vec::new());
+            for ip in [
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ] {
+                let u = std::net::UdpSocket::bind((ip, port));
+                let t = std::net::TcpListener::bind((ip, port));
+                match (u, t) {
+                    (Ok(u), Ok(t)) => {
+                        u.set_nonblocking(true)?;
+                        t.set_nonblocking(true)?;
+                        udp.push(u);
+                        tcp.push(t);
+                    }
+                    // IPv6 may be off in the pod: its IPv6 DNS then fails (closed).
+                    (Err(e), _) | (_, Err(e)) if ip.is_ipv6() => {
+                        tracing::debug!("no DNS proxy on [::1]:{port} in {ns}: {e}");
+                    }
+                    (Err(e), _) | (_, Err(e)) => bail!("binding 127.0.0.1:{port} in {ns}: {e}"),
+                }
+            }
+            Ok((udp, tcp))
+        },
+    )
+    .join()
+    .map_err(|_| anyhow::anyhow!("the binding thread panicked"))??;
+    let mut s = Sockets {
+        port,
+        udp: Vec::new(),
+        tcp: Vec::new(),
+    };
+    for u in bound.0 {
+        s.udp.push(UdpSocket::from_std(u)?);
+    }
+    for t in bound.1 {
+        s.tcp.push(TcpListener::from_std(t)?);
+    }
+    Ok(Some(s))
+}
+
+/// Aborts tasks when dropped (a task that owns others ends them with it).
+pub struct AbortOnDrop(pub Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Serves DNS inside the network namespace of the pod whose cgroup is
+/// `cgroup`: waits for its first process (the pod's sandbox), binds there,
+/// and serves until aborted.
+pub async fn serve_pod(proxy: Proxy, cgroup: crate::cgroup::Cgroup, port: u16) {
+    let pid = loop {
+        if let Some(pid) = cgroup.all_pids().into_iter().next() {
+            break pid;
+        }
+        if !cgroup.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    match bind_in_netns(pid, port).await {
+        Ok(Some(sockets)) => {
+            tracing::info!(cgroup = %cgroup.path.display(), port, "DNS proxy in the pod's network namespace");
+            let _serving = AbortOnDrop(proxy.spawn(sockets));
+            std::future::pending::<()>().await;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(cgroup = %cgroup.path.display(), "no DNS proxy in the pod's network namespace (its DNS fails closed): {e:#}");
+        }
+    }
+}
+
 /// One policy's proxy. It reads the policy's rules, mode and upstream from
 /// the enforcer on each query, so that a reload applies at once.
+#[derive(Clone)]
 pub struct Proxy {
     pub enforcer: Arc<Mutex<Enforcer>>,
     pub metrics: Arc<Metrics>,
