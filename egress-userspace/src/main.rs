@@ -46,9 +46,9 @@ enum Command {
         #[arg(long, env = "NODE_NAME")]
         node: Option<String>,
         /// Kubernetes: where kubepods.slice (or kubepods) is, relative to the
-        /// cgroup2 root.
-        #[arg(long, default_value = "")]
-        kubepods_root: PathBuf,
+        /// cgroup2 root (default: the root).
+        #[arg(long, value_name = "PATH")]
+        kubepods_root: Option<PathBuf>,
     },
     /// Run one command in a fresh cgroup under a policy; summarise denials.
     Exec {
@@ -178,7 +178,7 @@ fn main() -> ExitCode {
                 pods: pods_file.map(|file| daemon::PodSource {
                     file,
                     node,
-                    kubepods_root,
+                    kubepods_root: kubepods_root.unwrap_or_default(),
                 }),
             };
             match runtime().block_on(daemon::run(opts)) {
