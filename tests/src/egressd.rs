@@ -246,7 +246,9 @@ impl Daemon {
             log,
             ns_fd: ns.fd(),
         };
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        // Large allowlists take a while to load; a daemon that dies ends the
+        // wait at once (its stderr closes).
+        if ready_rx.recv_timeout(Duration::from_secs(300)).is_err() {
             let status = d.child.try_wait()?;
             bail!(
                 "egressd run did not start ({status:?}):\n{}",
@@ -254,6 +256,11 @@ impl Daemon {
             );
         }
         Ok(d)
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn events(&self) -> Vec<Value> {

@@ -18,7 +18,9 @@ tasks:
   build   build the eBPF object and the egressd binary
   lint    rustfmt and clippy (warnings are errors), host crates and eBPF crate
   test    unit tests, then the root integration tests (needs root)
-  demo    play the prompt-injection scenario in a throwaway namespace (needs root)"
+  demo    play the prompt-injection scenario in a throwaway namespace (needs root)
+  bench   measure egressd against no enforcement and nftables; writes
+          BENCHMARKS.md and bench-results.json (needs root; --smoke: tiny sizes)"
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -173,6 +175,47 @@ fn test() -> Result<()> {
     result
 }
 
+/// Builds release binaries and runs the benchmark, writing its results to
+/// the workspace root (or, with --smoke, to target/bench-smoke).
+fn bench(smoke: bool) -> Result<()> {
+    setup::ensure()?;
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "egress-userspace",
+        "--bin",
+        "egressd",
+    ])?;
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "egress-tests",
+        "--bin",
+        "egress-bench",
+    ])?;
+    let out = if smoke {
+        target_dir().join("bench-smoke")
+    } else {
+        ebpf::workspace_root()
+    };
+    let mut cmd = Command::new(target_dir().join("release/egress-bench"));
+    cmd.env("EGRESSD_BIN", target_dir().join("release/egressd"))
+        .arg("run")
+        .arg("--out")
+        .arg(&out);
+    if smoke {
+        cmd.arg("--smoke");
+    }
+    let status = cmd.status().context("running egress-bench")?;
+    if !status.success() {
+        bail!("egress-bench failed ({status})");
+    }
+    println!("results: {}", out.join("BENCHMARKS.md").display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -181,6 +224,9 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("lint") => lint(),
         Some("demo") => require_root("demo").and_then(|_| demo::run(&build()?)),
+        Some("bench") => {
+            require_root("bench").and_then(|_| bench(args.iter().any(|a| a == "--smoke")))
+        }
         _ => {
             eprintln!("{}", usage());
             return ExitCode::from(2);

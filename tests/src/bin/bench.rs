@@ -1,0 +1,678 @@
+//! `egress-bench`: what egressd costs, measured side by side with no
+//! enforcement (the floor) and with nftables, in one run, inside a
+//! throwaway network namespace. Run by `cargo xtask bench` (root).
+//!
+//! `egress-bench run [--smoke] [--out DIR]` measures and writes
+//! BENCHMARKS.md and bench-results.json; `egress-bench client ...` is the
+//! workload, started inside the cgroup under test.
+
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use egress_tests::{
+    dns::DnsServer,
+    egressd::{Daemon, TempDir, TestCgroup},
+    netns::Netns,
+};
+use serde_json::{json, Value};
+
+const TARGET: &str = "198.51.100.1:8080";
+const BULK: &str = "198.51.100.1:8081";
+const DENIED: &str = "203.0.113.9:8080";
+const UPSTREAM: &str = "198.51.100.53:53";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("client") => client(&args[1..]),
+        Some("run") => {
+            let smoke = args.iter().any(|a| a == "--smoke");
+            let out = args
+                .iter()
+                .position(|a| a == "--out")
+                .and_then(|i| args.get(i + 1))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
+            run(smoke, &out)
+        }
+        _ => bail!("usage: egress-bench run [--smoke] [--out DIR] | client ..."),
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+/// The workload, run inside the cgroup under test; prints its measurements.
+fn client(args: &[String]) -> Result<()> {
+    let n = |i: usize| -> Result<u64> { Ok(args.get(i).context("missing count")?.parse()?) };
+    match args.first().map(String::as_str) {
+        Some("tcp") => {
+            let addr: SocketAddr = args[1].parse()?;
+            let count = n(2)?;
+            let t = Instant::now();
+            for _ in 0..count {
+                drop(TcpStream::connect(addr)?);
+            }
+            println!("{}", t.elapsed().as_nanos());
+        }
+        Some("udp") => {
+            let addr: SocketAddr = args[1].parse()?;
+            let count = n(2)?;
+            let t = Instant::now();
+            for _ in 0..count {
+                let s = UdpSocket::bind("0.0.0.0:0")?;
+                s.connect(addr)?;
+            }
+            println!("{}", t.elapsed().as_nanos());
+        }
+        Some("bulk") => {
+            let addr: SocketAddr = args[1].parse()?;
+            let bytes = n(2)?;
+            let buf = vec![7u8; 1 << 16];
+            let mut s = TcpStream::connect(addr)?;
+            let t = Instant::now();
+            let mut sent = 0u64;
+            while sent < bytes {
+                s.write_all(&buf)?;
+                sent += buf.len() as u64;
+            }
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut ack = [0u8; 1];
+            let _ = s.read(&mut ack);
+            println!("{}", t.elapsed().as_nanos());
+        }
+        Some("deny") => {
+            let addr: SocketAddr = args[1].parse()?;
+            let count = n(2)?;
+            let t = Instant::now();
+            let mut refused = 0u64;
+            for _ in 0..count {
+                if TcpStream::connect(addr).is_err() {
+                    refused += 1;
+                }
+            }
+            println!("{} {refused}", t.elapsed().as_nanos());
+        }
+        Some("dns") => {
+            // Sequential A queries for NAME; prints each latency in ns.
+            let server: SocketAddr = args[1].parse()?;
+            let name = &args[2];
+            let count = n(3)?;
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(server)?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut out = String::new();
+            let mut buf = [0u8; 1500];
+            for i in 0..count {
+                let q = query(i as u16, name);
+                let t = Instant::now();
+                s.send(&q)?;
+                s.recv(&mut buf)?;
+                let _ = writeln!(out, "{}", t.elapsed().as_nanos());
+            }
+            print!("{out}");
+        }
+        _ => bail!("client tcp|udp|bulk|deny|dns ..."),
+    }
+    Ok(())
+}
+
+/// A DNS query for `name` (A, recursion desired).
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+// ---------------------------------------------------------------- servers
+
+/// Accepts and closes connections on `addr` (connect cost), and sinks bulk
+/// data on `bulk`, inside `ns`, until the process ends.
+fn serve(ns: &Netns) -> Result<()> {
+    let (a, b): (SocketAddr, SocketAddr) = (TARGET.parse()?, BULK.parse()?);
+    let listener = ns.run(move || listen(a))?;
+    let bulk = ns.run(move || listen(b))?;
+    thread::spawn(move || {
+        for c in listener.incoming() {
+            drop(c);
+        }
+    });
+    thread::spawn(move || {
+        for c in bulk.incoming().flatten() {
+            thread::spawn(move || {
+                let mut c = c;
+                let mut buf = vec![0u8; 1 << 16];
+                while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+                let _ = c.write_all(b"k");
+            });
+        }
+    });
+    // A UDP receiver, so that UDP connect() has a destination that exists.
+    let u: SocketAddr = TARGET.parse()?;
+    let sock = ns.run(move || Ok(UdpSocket::bind(u)?))?;
+    thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while sock.recv(&mut buf).is_ok() {}
+    });
+    Ok(())
+}
+
+/// A TCP listener with a deep accept queue (std's is 128): a burst of
+/// connects must not overflow it, or SYN retransmits (a second each) would
+/// swamp what is measured.
+fn listen(addr: SocketAddr) -> Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        bail!("IPv4 only")
+    };
+    // SAFETY: plain syscalls on a socket we own; sockaddr_in is plain data.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            4,
+        );
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        if libc::bind(fd, (&sin as *const libc::sockaddr_in).cast(), len) != 0
+            || libc::listen(fd, 4096) != 0
+        {
+            bail!("listen on {addr}: {}", std::io::Error::last_os_error());
+        }
+        Ok(TcpListener::from_raw_fd(fd))
+    }
+}
+
+// ---------------------------------------------------------------- measuring
+
+/// Median, min, max of repeated measurements.
+#[derive(Clone, Copy, Debug)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(mut v: Vec<f64>) -> Stat {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Stat {
+        median: v[v.len() / 2],
+        min: v[0],
+        max: v[v.len() - 1],
+    }
+}
+
+fn json_stat(s: Stat) -> Value {
+    json!({"median": s.median, "min": s.min, "max": s.max})
+}
+
+/// Runs the client in `cg` inside `ns`, `reps` times; returns its first
+/// printed number of each run.
+fn measure(cg: &TestCgroup, ns: &Netns, args: &[&str], reps: usize) -> Result<Vec<f64>> {
+    let me = std::env::current_exe()?;
+    let mut out = Vec::new();
+    for _ in 0..reps {
+        let o = cg
+            .command(ns, &me)
+            .arg("client")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !o.status.success() {
+            bail!(
+                "client {args:?} failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let first: f64 = String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .context("no output")?
+            .parse()?;
+        out.push(first);
+    }
+    Ok(out)
+}
+
+/// Connect costs (ns per connect) and bulk throughput (MB/s) in `cg`.
+struct Costs {
+    tcp: Stat,
+    udp: Stat,
+    bulk: Stat,
+}
+
+fn costs(cg: &TestCgroup, ns: &Netns, p: &Params) -> Result<Costs> {
+    let per = |v: Vec<f64>, n: u64| stat(v.into_iter().map(|t| t / n as f64).collect());
+    let tcp = per(
+        measure(cg, ns, &["tcp", TARGET, &p.connects.to_string()], p.reps)?,
+        p.connects,
+    );
+    let udp = per(
+        measure(cg, ns, &["udp", TARGET, &p.connects.to_string()], p.reps)?,
+        p.connects,
+    );
+    let bulk = measure(cg, ns, &["bulk", BULK, &p.bulk_bytes.to_string()], p.reps)?;
+    let bulk = stat(
+        bulk.into_iter()
+            .map(|t| p.bulk_bytes as f64 / (t / 1e9) / 1e6)
+            .collect(),
+    );
+    Ok(Costs { tcp, udp, bulk })
+}
+
+struct Params {
+    reps: usize,
+    connects: u64,
+    bulk_bytes: u64,
+    sizes: Vec<usize>,
+    storm: u64,
+    dns_queries: u64,
+}
+
+// ---------------------------------------------------------------- allowlists
+
+/// `n` allowlist entries, mixed /32 and shorter IPv4 prefixes (documentation
+/// ranges only) and IPv6 /128 and /64..../48 prefixes in 2001:db8::/32; the
+/// benchmark's destinations are among them.
+fn entries(n: usize) -> Vec<String> {
+    let mut v = vec![format!("{}/32", TARGET.split(':').next().unwrap())];
+    'v4: for base in ["198.51.100", "203.0.113"] {
+        for i in 2..=254u32 {
+            if v.len() >= n / 2 {
+                break 'v4;
+            }
+            if format!("{base}.{i}") == DENIED.split(':').next().unwrap() {
+                continue;
+            }
+            v.push(if i % 7 == 0 {
+                format!("{base}.{}/30", i & !3)
+            } else {
+                format!("{base}.{i}/32")
+            });
+        }
+    }
+    let mut i: u64 = 0;
+    while v.len() < n {
+        let (hi, lo) = ((i >> 16) & 0xffff, i & 0xffff);
+        v.push(if i % 10 == 0 {
+            format!("2001:db8:{hi:x}:{lo:x}::/64")
+        } else {
+            format!("2001:db8:{hi:x}:{lo:x}::{:x}/128", i % 9973 + 1)
+        });
+        i += 1;
+    }
+    v.sort();
+    v.dedup();
+    v.truncate(n);
+    v
+}
+
+fn policy_yaml(name: &str, cg: &TestCgroup, entries: &[String]) -> String {
+    let mut s = format!(
+        "name: {name}\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [8080, 8081]\n    protocol: any\n",
+        cg.rel_str()
+    );
+    for e in entries.iter().skip(1) {
+        let _ = writeln!(s, "  - cidr: \"{e}\"\n    ports: [8080]");
+    }
+    s
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// nftables' equivalent: in the namespace's output path, drop what the
+/// cgroup sends unless its destination is in the set.
+fn nft_load(ns: &Netns, cg: &TestCgroup, entries: &[String], tmp: &TempDir) -> Result<Duration> {
+    let level = cg.rel.components().count();
+    let (v4, v6): (Vec<&String>, Vec<&String>) = entries.iter().partition(|e| !e.contains(':'));
+    let mut rules = String::from("flush ruleset\ntable inet bench {\n");
+    let _ = writeln!(
+        rules,
+        "  set allow4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {} }} }}",
+        join(&v4)
+    );
+    if !v6.is_empty() {
+        let _ = writeln!(
+            rules,
+            "  set allow6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {} }} }}",
+            join(&v6)
+        );
+    }
+    let _ = writeln!(
+        rules,
+        "  chain out {{ type filter hook output priority 0; policy accept;"
+    );
+    let path = cg.rel_str();
+    let _ = writeln!(
+        rules,
+        "    socket cgroupv2 level {level} \"{path}\" ip daddr != @allow4 drop"
+    );
+    if v6.is_empty() {
+        let _ = writeln!(
+            rules,
+            "    socket cgroupv2 level {level} \"{path}\" meta nfproto ipv6 drop"
+        );
+    } else {
+        let _ = writeln!(
+            rules,
+            "    socket cgroupv2 level {level} \"{path}\" ip6 daddr != @allow6 drop"
+        );
+    }
+    rules.push_str("  }\n}\n");
+    let file = tmp.write("rules.nft", &rules)?;
+    // nft resolves the cgroup path under /sys/fs/cgroup: mount cgroup2
+    // there, in a mount namespace of its own.
+    let root = egressd::mounts::cgroup2_root()?;
+    let t = Instant::now();
+    let status = ns
+        .command("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {} /sys/fs/cgroup && nft -f {}",
+            root.display(),
+            file.display()
+        ))
+        .status()?;
+    if !status.success() {
+        bail!("nft -f failed");
+    }
+    Ok(t.elapsed())
+}
+
+fn join(v: &[&String]) -> String {
+    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn nft_flush(ns: &Netns) {
+    let _ = ns.command("nft").arg("flush ruleset").status();
+}
+
+// ---------------------------------------------------------------- the run
+
+fn run(smoke: bool, out: &Path) -> Result<()> {
+    let p = if smoke {
+        Params {
+            reps: 3,
+            connects: 500,
+            bulk_bytes: 32 << 20,
+            sizes: vec![10, 1000],
+            storm: 2000,
+            dns_queries: 200,
+        }
+    } else {
+        Params {
+            reps: 5,
+            connects: 20_000,
+            bulk_bytes: 1 << 30,
+            sizes: vec![10, 10_000, 100_000, 1_000_000],
+            storm: 200_000,
+            dns_queries: 5000,
+        }
+    };
+    let started = Instant::now();
+    let ns = Netns::new("bench")?;
+    serve(&ns)?;
+    let _upstream = DnsServer::start(&ns, UPSTREAM, &[("api.model.test", &["198.51.100.1"], 300)])?;
+    let tmp = TempDir::new("bench")?;
+    let mut results = json!({});
+
+    // (a) the floor: a cgroup nothing governs.
+    let floor_cg = TestCgroup::new("floor")?;
+    floor_cg.cgroup.create()?;
+    eprintln!("bench: floor");
+    let floor = costs(&floor_cg, &ns, &p)?;
+    results["floor"] = json!({"tcp_connect_ns": json_stat(floor.tcp), "udp_connect_ns": json_stat(floor.udp), "bulk_mb_s": json_stat(floor.bulk)});
+
+    // (b) egressd and (c) nftables at each size.
+    let mut rows = Vec::new();
+    for &size in &p.sizes {
+        let list = entries(size);
+        let cg = TestCgroup::new("gov")?;
+        let policy = tmp.write("bench.yaml", &policy_yaml("bench", &cg, &list))?;
+        eprintln!("bench: egressd, {size} entries");
+        let t = Instant::now();
+        let daemon = Daemon::start(&ns, &policy)?;
+        let load = t.elapsed();
+        let rss = rss_kib(daemon.pid());
+        let before = daemon.metric("egressd_reloads_total", &[("result", "ok")])?;
+        let t = Instant::now();
+        daemon.signal(libc::SIGHUP);
+        while daemon.metric("egressd_reloads_total", &[("result", "ok")])? <= before {
+            if t.elapsed() > Duration::from_secs(300) {
+                bail!("reload of {size} entries did not finish");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let reload = t.elapsed();
+        let rss_after = rss_kib(daemon.pid());
+        let e = costs(&cg, &ns, &p)?;
+        drop(daemon);
+        drop(cg);
+
+        eprintln!("bench: nftables, {size} entries");
+        let cg = TestCgroup::new("nft")?;
+        cg.cgroup.create()?;
+        let nft_load = nft_load(&ns, &cg, &list, &tmp)?;
+        let n = costs(&cg, &ns, &p)?;
+        nft_flush(&ns);
+        drop(cg);
+        rows.push(json!({
+            "entries": size,
+            "egressd": {"tcp_connect_ns": json_stat(e.tcp), "udp_connect_ns": json_stat(e.udp), "bulk_mb_s": json_stat(e.bulk),
+                        "load_s": load.as_secs_f64(), "reload_s": reload.as_secs_f64(), "rss_mib": rss as f64 / 1024.0, "rss_after_reload_mib": rss_after as f64 / 1024.0},
+            "nftables": {"tcp_connect_ns": json_stat(n.tcp), "udp_connect_ns": json_stat(n.udp), "bulk_mb_s": json_stat(n.bulk), "load_s": nft_load.as_secs_f64()},
+        }));
+    }
+    results["sizes"] = Value::Array(rows);
+
+    // Deny storm: refused connects per second, events through the ring buffer.
+    eprintln!("bench: deny storm");
+    let cg = TestCgroup::new("storm")?;
+    let policy = tmp.write("storm.yaml", &policy_yaml("storm", &cg, &entries(10)))?;
+    let daemon = Daemon::start(&ns, &policy)?;
+    let storm = measure(&cg, &ns, &["deny", DENIED, &p.storm.to_string()], 1)?[0];
+    let denied = daemon.metric(
+        "egressd_egress_attempts_total",
+        &[("policy", "storm"), ("verdict", "denied")],
+    )?;
+    let lost = daemon.metric("egressd_events_lost_total", &[("policy", "storm")])?;
+    let t = Instant::now();
+    let delivered = loop {
+        let d = daemon.events().len() as f64;
+        if d + lost >= p.storm as f64 || t.elapsed() > Duration::from_secs(30) {
+            break d;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let drain = t.elapsed().as_secs_f64() + storm / 1e9;
+    results["deny_storm"] = json!({
+        "attempts": p.storm, "denies_per_s": p.storm as f64 / (storm / 1e9),
+        "counted": denied, "counters_exact": denied == p.storm as f64,
+        "events_delivered": delivered, "events_lost": lost,
+        "events_per_s": delivered / drain,
+    });
+
+    // DNS: through egressd's proxy (redirected) against the upstream directly.
+    eprintln!("bench: DNS");
+    let plain = TestCgroup::new("dnsplain")?;
+    plain.cgroup.create()?;
+    let lat = |cg: &TestCgroup| -> Result<Vec<f64>> {
+        let me = std::env::current_exe()?;
+        let o = cg
+            .command(&ns, &me)
+            .args([
+                "client",
+                "dns",
+                UPSTREAM,
+                "api.model.test",
+                &p.dns_queries.to_string(),
+            ])
+            .output()?;
+        if !o.status.success() {
+            bail!("dns client: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect())
+    };
+    let pct = |mut v: Vec<f64>, q: f64| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[((v.len() - 1) as f64 * q) as usize]
+    };
+    let direct = lat(&plain)?;
+    let proxied = lat(&cg)?;
+    let sum = |v: &[f64]| v.iter().sum::<f64>() / 1e9;
+    results["dns"] = json!({
+        "queries": p.dns_queries,
+        "direct": {"p50_us": pct(direct.clone(), 0.5) / 1e3, "p99_us": pct(direct.clone(), 0.99) / 1e3, "qps_sequential": direct.len() as f64 / sum(&direct)},
+        "proxied": {"p50_us": pct(proxied.clone(), 0.5) / 1e3, "p99_us": pct(proxied.clone(), 0.99) / 1e3, "qps_sequential": proxied.len() as f64 / sum(&proxied)},
+    });
+    drop(daemon);
+
+    results["machine"] = json!({
+        "kernel": String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout).trim(),
+        "cpus": thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())),
+        "smoke": smoke,
+        "duration_s": started.elapsed().as_secs_f64(),
+    });
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("bench-results.json"),
+        serde_json::to_string_pretty(&results)? + "\n",
+    )?;
+    std::fs::write(out.join("BENCHMARKS.md"), report(&results))?;
+    eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- report
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn spread(s: &Value, scale: f64, digits: usize) -> String {
+    format!(
+        "{:.d$} ({:.d$}–{:.d$})",
+        f(&s["median"]) / scale,
+        f(&s["min"]) / scale,
+        f(&s["max"]) / scale,
+        d = digits
+    )
+}
+
+fn ratio(x: &Value, floor: &Value) -> String {
+    format!("{:.3}", f(&x["median"]) / f(&floor["median"]))
+}
+
+fn report(r: &Value) -> String {
+    let mut s = String::from("# egressd benchmarks\n\n");
+    let m = &r["machine"];
+    let _ = writeln!(
+        s,
+        "Machine: {} CPUs ({}), kernel {}. Command: `cargo xtask bench`{}. Whole run: {:.0} s.\n",
+        m["cpus"],
+        m["cpu"].as_str().unwrap_or("?"),
+        m["kernel"].as_str().unwrap_or("?"),
+        if m["smoke"].as_bool() == Some(true) {
+            " --smoke (tiny sizes: numbers not meaningful)"
+        } else {
+            ""
+        },
+        f(&m["duration_s"])
+    );
+    s.push_str("Every figure is the median of the repetitions, with the smallest and largest in brackets, measured in one run inside a throwaway network namespace (loopback); ratios divide by the floor (no enforcement) of the same run. Machine-readable: `bench-results.json`.\n\n");
+    let fl = &r["floor"];
+    s.push_str("## connect() and bulk transfer\n\n");
+    s.push_str("| setup | entries | TCP connect+close µs | ratio | UDP connect µs | ratio | bulk MB/s | ratio |\n|---|---|---|---|---|---|---|---|\n");
+    let _ = writeln!(
+        s,
+        "| no enforcement | – | {} | 1 | {} | 1 | {} | 1 |",
+        spread(&fl["tcp_connect_ns"], 1e3, 2),
+        spread(&fl["udp_connect_ns"], 1e3, 2),
+        spread(&fl["bulk_mb_s"], 1.0, 0)
+    );
+    for row in r["sizes"].as_array().into_iter().flatten() {
+        for who in ["egressd", "nftables"] {
+            let x = &row[who];
+            let _ = writeln!(
+                s,
+                "| {who} | {} | {} | {} | {} | {} | {} | {} |",
+                row["entries"],
+                spread(&x["tcp_connect_ns"], 1e3, 2),
+                ratio(&x["tcp_connect_ns"], &fl["tcp_connect_ns"]),
+                spread(&x["udp_connect_ns"], 1e3, 2),
+                ratio(&x["udp_connect_ns"], &fl["udp_connect_ns"]),
+                spread(&x["bulk_mb_s"], 1.0, 0),
+                ratio(&x["bulk_mb_s"], &fl["bulk_mb_s"]),
+            );
+        }
+    }
+    s.push_str("\n## Loading policies\n\n| entries | egressd start (load) s | egressd reload s | egressd RSS MiB | RSS after reload MiB | nftables load s |\n|---|---|---|---|---|---|\n");
+    for row in r["sizes"].as_array().into_iter().flatten() {
+        let (e, n) = (&row["egressd"], &row["nftables"]);
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} |",
+            row["entries"],
+            f(&e["load_s"]),
+            f(&e["reload_s"]),
+            f(&e["rss_mib"]),
+            f(&e["rss_after_reload_mib"]),
+            f(&n["load_s"])
+        );
+    }
+    let d = &r["deny_storm"];
+    let _ = writeln!(
+        s,
+        "\n## Deny storm\n\n{} refused connects from one process: {:.0} refused connects/s; counters counted {} (exact: {}); {} events delivered ({:.0} events/s), {} lost (counted).",
+        d["attempts"], f(&d["denies_per_s"]), d["counted"], d["counters_exact"], d["events_delivered"], f(&d["events_per_s"]), d["events_lost"]
+    );
+    let dn = &r["dns"];
+    let _ = writeln!(
+        s,
+        "\n## DNS\n\n{} sequential A queries from one client.\n\n| path | p50 µs | p99 µs | queries/s (sequential) |\n|---|---|---|---|\n| upstream directly | {:.0} | {:.0} | {:.0} |\n| through egressd's proxy | {:.0} | {:.0} | {:.0} |\n\nAdded at p50: {:.0} µs.",
+        dn["queries"],
+        f(&dn["direct"]["p50_us"]), f(&dn["direct"]["p99_us"]), f(&dn["direct"]["qps_sequential"]),
+        f(&dn["proxied"]["p50_us"]), f(&dn["proxied"]["p99_us"]), f(&dn["proxied"]["qps_sequential"]),
+        f(&dn["proxied"]["p50_us"]) - f(&dn["direct"]["p50_us"])
+    );
+    s
+}
