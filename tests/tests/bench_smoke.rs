@@ -1,0 +1,34 @@
+//! The benchmark, run at tiny sizes so that it does not rot. Nothing is
+//! timed or compared here: only that every section is measured and written,
+//! and that the deny storm's counters are exact.
+
+use egress_tests::{egressd::TempDir, require_root};
+
+#[test]
+fn bench_runs_at_smoke_size() {
+    require_root();
+    let out = TempDir::new("bench").unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_egress-bench"))
+        .args(["run", "--smoke", "--out"])
+        .arg(&out.0)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report = std::fs::read_to_string(out.0.join("BENCHMARKS.md")).unwrap();
+    for section in [
+        "## connect() and bulk transfer",
+        "## Loading policies",
+        "## Deny storm",
+        "## DNS",
+    ] {
+        assert!(report.contains(section), "{section} missing:\n{report}");
+    }
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.0.join("bench-results.json")).unwrap())
+            .unwrap();
+    assert_eq!(results["deny_storm"]["counters_exact"], true, "{results}");
+    assert!(results["sizes"].as_array().is_some_and(|s| s.len() == 2));
+    assert!(results["dns"]["proxied"]["p50_us"]
+        .as_f64()
+        .is_some_and(|v| v > 0.0));
+}
