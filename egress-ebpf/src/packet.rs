@@ -33,6 +33,17 @@ struct Parsed {
     dest: Dest,
     /// IPv4 options, or an IPv6 routing/hop-by-hop/destination-options header.
     options: bool,
+    /// A TCP segment without SYN: part of a connection whose SYN this
+    /// backstop (and the connect hook) already judged.
+    established: bool,
+}
+
+/// Whether the TCP header at `l4` lacks SYN (None: cannot be read).
+#[inline(always)]
+fn tcp_established(ctx: &SkBuffContext, l4: usize) -> Option<bool> {
+    const SYN: u8 = 0x02;
+    let flags: u8 = ctx.load(l4 + 13).ok()?;
+    Some(flags & SYN == 0)
 }
 
 /// Parses the packet; None when it cannot be parsed (dropped: fail closed).
@@ -51,6 +62,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
         } else {
             0
         };
+        let established = first && !options && proto == 6 && tcp_established(ctx, 20)?;
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&addr4);
         let dest = Dest {
@@ -62,6 +74,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
             proto,
             dest,
             options,
+            established,
         });
     }
     if eth == ETH_P_IPV6 {
@@ -81,6 +94,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
         } else {
             0
         };
+        let established = first && !options && next == 6 && tcp_established(ctx, l4)?;
         let dest = Dest {
             family: AF_INET6,
             addr,
@@ -90,6 +104,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
             proto: next,
             dest,
             options,
+            established,
         });
     }
     None
@@ -99,6 +114,13 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
 #[inline(always)]
 pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     let caller = Caller::Packet(ctx.skb.skb);
+    let parsed = parse(ctx);
+    // The rest of a TCP connection whose SYN was judged (here and by the
+    // connect hook) passes without a policy lookup: the per-packet cost is
+    // what a bulk transfer pays. Options are still refused below.
+    if matches!(&parsed, Some(p) if p.established && !p.options) {
+        return PASS;
+    }
     let (policy, live) = governing(caller);
     let Some(Live {
         table,
@@ -115,7 +137,8 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         proto,
         dest,
         options,
-    }) = parse(ctx)
+        ..
+    }) = parsed
     else {
         let (class, h) = (proto_class::OTHER, hook::PACKET_EGRESS);
         return conclude(
