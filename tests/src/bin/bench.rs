@@ -344,7 +344,7 @@ fn entries(n: usize) -> Vec<String> {
     let mut i: u64 = 0;
     while v.len() < n {
         let (hi, lo) = ((i >> 16) & 0xffff, i & 0xffff);
-        v.push(if i % 10 == 0 {
+        v.push(if i.is_multiple_of(10) {
             format!("2001:db8:{hi:x}:{lo:x}::/64")
         } else {
             format!("2001:db8:{hi:x}:{lo:x}::{:x}/128", i % 9973 + 1)
