@@ -330,15 +330,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     pins::remove_other_generations(&opts.instance, &pin_dir)?;
 
     let mut events = EventStream::new(ring).context("watching the event ring buffer")?;
-    let mut describer = {
-        let e = enforcer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Describer {
-            policies: e.policy_names(),
-            names: e.names.clone(),
-        }
-    };
+    let mut describer = enforcer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .describer();
     if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -38,6 +38,18 @@ pub struct Installed {
     pub cgroups: Vec<(Cgroup, u64)>,
 }
 
+/// What the programs read of a policy: its table, mode and DNS proxy port.
+fn policy_info(policy: &Policy, table: u32, dns_port: u16) -> PolicyInfo {
+    PolicyInfo {
+        table,
+        mode: match policy.mode {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Audit => MODE_AUDIT,
+        },
+        dns_port: u32::from(dns_port),
+    }
+}
+
 pub struct Enforcer {
     kernel: Kernel,
     pub tables: Tables,
@@ -80,6 +92,14 @@ impl Enforcer {
         self.installed.iter_mut().find(|p| p.id == id)
     }
 
+    /// A describer of events with this enforcer's policy names and hostnames.
+    pub fn describer(&self) -> crate::events::Describer {
+        crate::events::Describer {
+            policies: self.policy_names(),
+            names: self.names.clone(),
+        }
+    }
+
     /// Policy id -> name, for reports.
     pub fn policy_names(&self) -> HashMap<u32, String> {
         self.installed
@@ -102,16 +122,8 @@ impl Enforcer {
         let upstream = crate::dns::upstreams(&policy)?;
         let compiled = compile(&policy, &HashMap::new())?;
         let table = self.tables.write_table(&compiled)?;
-        let mode = match policy.mode {
-            Mode::Enforce => MODE_ENFORCE,
-            Mode::Audit => MODE_AUDIT,
-        };
-        let info = PolicyInfo {
-            table,
-            mode,
-            dns_port: u32::from(dns_port),
-        };
-        self.tables.set_policy(id, info)?;
+        self.tables
+            .set_policy(id, policy_info(&policy, table, dns_port))?;
         self.next_id += 1;
         self.installed.push(Installed {
             id,
@@ -143,16 +155,10 @@ impl Enforcer {
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
         let compiled = compile(&policy, &resolved)?;
         let table = self.tables.write_table(&compiled)?;
-        let mode = match policy.mode {
-            Mode::Enforce => MODE_ENFORCE,
-            Mode::Audit => MODE_AUDIT,
-        };
-        let info = PolicyInfo {
-            table,
-            mode,
-            dns_port: u32::from(dns_port),
-        };
-        if let Err(e) = self.tables.set_policy(id, info) {
+        if let Err(e) = self
+            .tables
+            .set_policy(id, policy_info(&policy, table, dns_port))
+        {
             let _ = self.tables.drop_table(table);
             return Err(e);
         }

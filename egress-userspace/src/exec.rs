@@ -301,15 +301,10 @@ async fn run_governed(
     );
     governor.apply(vec![policy]).await?;
     let sweeper = tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD));
-    let describer = {
-        let e = enforcer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Describer {
-            policies: e.policy_names(),
-            names: e.names.clone(),
-        }
-    };
+    let describer = enforcer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .describer();
     let json_out = match &opts.events_json {
         Some(p) => Some(File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => None,

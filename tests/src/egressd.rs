@@ -301,6 +301,17 @@ impl Daemon {
         Ok(sum_samples(&self.metrics()?, name, labels))
     }
 
+    /// Waits (at most 5 s) until a metric reaches `at_least`; says whether it did.
+    pub fn wait_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) -> bool {
+        for _ in 0..100 {
+            if self.metric(name, labels).is_ok_and(|v| v >= at_least) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Sends a signal to the daemon.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill has no memory preconditions.

@@ -153,18 +153,7 @@ fn a_broken_file_on_reload_changes_nothing() {
     )
     .unwrap();
     daemon.signal(libc::SIGHUP);
-    let mut refused = false;
-    for _ in 0..100 {
-        if daemon
-            .metric("egressd_reloads_total", &[("result", "error")])
-            .unwrap()
-            >= 1.0
-        {
-            refused = true;
-            break;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    let refused = daemon.wait_metric("egressd_reloads_total", &[("result", "error")], 1.0);
     assert!(refused, "the broken reload was not counted");
     assert!(daemon
         .log
@@ -255,18 +244,7 @@ fn a_policy_missing_on_reload_stays_enforced() {
     let daemon = Daemon::start(&ns, &dir.0).unwrap();
     std::fs::rename(&file, dir.0.join("agent.yaml~")).unwrap();
     daemon.signal(libc::SIGHUP);
-    let mut refused = false;
-    for _ in 0..100 {
-        if daemon
-            .metric("egressd_reloads_total", &[("result", "error")])
-            .unwrap()
-            >= 1.0
-        {
-            refused = true;
-            break;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    let refused = daemon.wait_metric("egressd_reloads_total", &[("result", "error")], 1.0);
     assert!(refused, "dropping a policy was not refused");
     assert!(daemon
         .log
