@@ -8,6 +8,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use egress_common::{PortRange as KernelRange, MAX_PORT_RANGES, PROTO_BIT_TCP, PROTO_BIT_UDP};
@@ -23,11 +24,11 @@ pub struct PortSpec(pub Vec<KernelRange>);
 pub type V4Prefix = (u32, u8);
 pub type V6Prefix = (u128, u8);
 
-/// What a policy compiles to.
+/// What a policy compiles to. Entries with the same ports share one spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Compiled {
-    pub v4: HashMap<V4Prefix, PortSpec>,
-    pub v6: HashMap<V6Prefix, PortSpec>,
+    pub v4: HashMap<V4Prefix, Arc<PortSpec>>,
+    pub v6: HashMap<V6Prefix, Arc<PortSpec>>,
 }
 
 impl Compiled {
@@ -50,7 +51,7 @@ pub enum CompileError {
     },
 }
 
-/// TCP and UDP ranges at one prefix, before normalising.
+/// TCP and UDP ranges of a set of rules, before normalising.
 #[derive(Default, Clone)]
 struct Ports {
     tcp: Vec<(u16, u16)>,
@@ -67,10 +68,6 @@ impl Ports {
                 self.udp.push((r.lo, r.hi));
             }
         }
-    }
-    fn merge_from(&mut self, other: &Ports) {
-        self.tcp.extend_from_slice(&other.tcp);
-        self.udp.extend_from_slice(&other.udp);
     }
 }
 
@@ -123,8 +120,38 @@ pub fn unmap(net: IpNet) -> IpNet {
     net
 }
 
-/// Adds the ports of every shorter present prefix to each entry.
-fn push_down<A>(entries: &mut HashMap<(A, u8), Ports>, mask: impl Fn(A, u8) -> A)
+/// The rule groups (see `compile`) that allow one prefix, sorted; almost
+/// always one, stored without an allocation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Rules {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Rules {
+    fn slice(&self) -> &[u32] {
+        match self {
+            Rules::One(i) => std::slice::from_ref(i),
+            Rules::Many(v) => v,
+        }
+    }
+
+    fn with(&self, more: &[u32]) -> Rules {
+        let mut v: Vec<u32> = self.slice().iter().chain(more).copied().collect();
+        v.sort_unstable();
+        v.dedup();
+        if v.len() == 1 {
+            Rules::One(v[0])
+        } else {
+            Rules::Many(v)
+        }
+    }
+}
+
+/// Adds, to each entry, the rules of the longest shorter prefix present
+/// that covers it (which already holds those of every shorter one: lengths
+/// are done in increasing order).
+fn push_down<A>(entries: &mut HashMap<(A, u8), Rules>, mask: impl Fn(A, u8) -> A)
 where
     A: Copy + Eq + std::hash::Hash,
 {
@@ -132,12 +159,22 @@ where
     if lengths.len() < 2 {
         return;
     }
-    let snapshot = entries.clone();
-    for ((addr, len), ports) in entries.iter_mut() {
-        for &l in lengths.range(..*len) {
-            if let Some(cover) = snapshot.get(&(mask(*addr, l), l)) {
-                ports.merge_from(cover);
-            }
+    let lengths: Vec<u8> = lengths.into_iter().collect();
+    for (i, &len) in lengths.iter().enumerate().skip(1) {
+        let shorter = &lengths[..i];
+        let updates: Vec<((A, u8), Rules)> = entries
+            .iter()
+            .filter(|(k, _)| k.1 == len)
+            .filter_map(|(&(addr, l), rules)| {
+                shorter.iter().rev().find_map(|&s| {
+                    entries
+                        .get(&(mask(addr, s), s))
+                        .map(|cover| ((addr, l), rules.with(cover.slice())))
+                })
+            })
+            .collect();
+        for (k, r) in updates {
+            entries.insert(k, r);
         }
     }
 }
@@ -163,51 +200,76 @@ pub fn compile(
     policy: &Policy,
     resolved: &HashMap<Host, Vec<IpAddr>>,
 ) -> Result<Compiled, CompileError> {
-    let mut v4: HashMap<(u32, u8), Ports> = HashMap::new();
-    let mut v6: HashMap<(u128, u8), Ports> = HashMap::new();
+    // Rules are grouped by what they allow (protocol and ports): entries
+    // carry group ids, so that a million rules with the same ports share one.
+    let mut groups: Vec<(Protocol, Vec<PortRange>)> = Vec::new();
+    let mut group_ids: HashMap<(Protocol, Vec<PortRange>), u32> = HashMap::new();
+    let mut v4: HashMap<(u32, u8), Rules> = HashMap::new();
+    let mut v6: HashMap<(u128, u8), Rules> = HashMap::new();
     for rule in &policy.rules {
-        let ranges = rule.port_ranges();
-        let targets: Vec<IpNet> = match &rule.dest {
-            Destination::Net(n) => vec![n.0],
-            Destination::Host(h) => resolved
-                .get(h)
-                .map(|ips| ips.iter().map(|ip| IpNet::from(*ip)).collect())
-                .unwrap_or_default(),
+        let sig = (rule.protocol, rule.port_ranges());
+        let i = *group_ids.entry(sig.clone()).or_insert_with(|| {
+            groups.push(sig);
+            groups.len() as u32 - 1
+        });
+        let mut add = |net: IpNet| match unmap(net) {
+            IpNet::V4(n) => {
+                let k = (u32::from(n.network()), n.prefix_len());
+                let r = v4.get(&k).map_or(Rules::One(i), |r| r.with(&[i]));
+                v4.insert(k, r);
+            }
+            IpNet::V6(n) => {
+                let k = (u128::from(n.network()), n.prefix_len());
+                let r = v6.get(&k).map_or(Rules::One(i), |r| r.with(&[i]));
+                v6.insert(k, r);
+            }
         };
-        for net in targets {
-            match unmap(net) {
-                IpNet::V4(n) => v4
-                    .entry((u32::from(n.network()), n.prefix_len()))
-                    .or_default()
-                    .add(rule.protocol, &ranges),
-                IpNet::V6(n) => v6
-                    .entry((u128::from(n.network()), n.prefix_len()))
-                    .or_default()
-                    .add(rule.protocol, &ranges),
+        match &rule.dest {
+            Destination::Net(n) => add(n.0),
+            Destination::List(list) => list.nets.iter().for_each(|n| add(*n)),
+            Destination::Host(h) => {
+                for ip in resolved.get(h).into_iter().flatten() {
+                    add(IpNet::from(*ip));
+                }
             }
         }
     }
     push_down(&mut v4, mask4);
     push_down(&mut v6, mask6);
-    let check = |prefix: String, s: PortSpec| {
-        if s.0.len() > MAX_PORT_RANGES {
-            Err(CompileError::TooManyPortRanges {
-                policy: policy.name.clone(),
-                prefix,
-                count: s.0.len(),
-                max: MAX_PORT_RANGES,
-            })
-        } else {
+    // One port set per distinct set of rules, shared by its entries.
+    let mut specs: HashMap<Rules, Arc<PortSpec>> = HashMap::new();
+    let mut spec_of =
+        |rules: &Rules, prefix: &dyn Fn() -> String| -> Result<Arc<PortSpec>, CompileError> {
+            if let Some(s) = specs.get(rules) {
+                return Ok(s.clone());
+            }
+            let mut ports = Ports::default();
+            for &i in rules.slice() {
+                let (protocol, ranges) = &groups[i as usize];
+                ports.add(*protocol, ranges);
+            }
+            let s = spec(ports);
+            if s.0.len() > MAX_PORT_RANGES {
+                return Err(CompileError::TooManyPortRanges {
+                    policy: policy.name.clone(),
+                    prefix: prefix(),
+                    count: s.0.len(),
+                    max: MAX_PORT_RANGES,
+                });
+            }
+            let s = Arc::new(s);
+            specs.insert(rules.clone(), s.clone());
             Ok(s)
-        }
-    };
+        };
     let mut out = Compiled::default();
-    for ((a, l), p) in v4 {
-        let s = check(format!("{}/{l}", std::net::Ipv4Addr::from(a)), spec(p))?;
+    out.v4.reserve(v4.len());
+    out.v6.reserve(v6.len());
+    for ((a, l), r) in v4 {
+        let s = spec_of(&r, &|| format!("{}/{l}", std::net::Ipv4Addr::from(a)))?;
         out.v4.insert((a, l), s);
     }
-    for ((a, l), p) in v6 {
-        let s = check(format!("{}/{l}", std::net::Ipv6Addr::from(a)), spec(p))?;
+    for ((a, l), r) in v6 {
+        let s = spec_of(&r, &|| format!("{}/{l}", std::net::Ipv6Addr::from(a)))?;
         out.v6.insert((a, l), s);
     }
     Ok(out)

@@ -107,8 +107,9 @@ impl Tables {
             for (k, v) in &old.v6 {
                 held.v6.entry(*k).or_insert_with(|| v.clone());
             }
-            held.v4.values_mut().for_each(|v| v.0.clear());
-            held.v6.values_mut().for_each(|v| v.0.clear());
+            let unknown = std::sync::Arc::new(PortSpec(Vec::new()));
+            held.v4.values_mut().for_each(|v| *v = unknown.clone());
+            held.v6.values_mut().for_each(|v| *v = unknown.clone());
         }
         self.applied.insert(table, held);
         added.and(removed)

@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::{
     fields::{CgroupPath, Name},
-    Destination, DnsSettings, Host, Mode, Net, PodSelector, Policy, PortRange, Protocol, Rule,
+    Destination, DnsSettings, Host, Mode, Net, NetList, PodSelector, Policy, PortRange, Protocol,
+    Rule,
 };
 
 /// A policy that could not be read, with where and why.
@@ -70,26 +71,50 @@ struct RawRuleFields {
     host: Option<Host>,
     cidr: Option<Net>,
     ip: Option<Net>,
+    /// A file of prefixes, one per line, relative to the policy file.
+    cidr_file: Option<PathBuf>,
     ports: Option<Vec<PortRange>>,
     #[serde(default)]
     protocol: Protocol,
 }
 
-impl TryFrom<RawRuleFields> for RawRule {
-    type Error = String;
-    fn try_from(r: RawRuleFields) -> Result<Self, String> {
-        let dest = match (r.host, r.cidr, r.ip) {
-            (Some(h), None, None) => Destination::Host(h),
-            (None, Some(n), None) | (None, None, Some(n)) => Destination::Net(n),
-            (None, None, None) => {
+/// Reads a `cidr_file`: one address or prefix per line; `#` comments and
+/// blank lines are skipped. Errors name the list's file and line.
+fn read_list(path: &Path) -> Result<NetList, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cidr_file: cannot read {}: {e}", path.display()))?;
+    let mut nets = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or("").trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let net: Net = entry
+            .parse()
+            .map_err(|e| format!("cidr_file {}:{}: {e}", path.display(), i + 1))?;
+        nets.push(net.0);
+    }
+    Ok(NetList {
+        file: path.to_path_buf(),
+        nets: std::sync::Arc::new(nets),
+    })
+}
+
+impl RawRule {
+    fn from_fields(r: RawRuleFields, dir: &Path) -> Result<Self, String> {
+        let dest = match (r.host, r.cidr, r.ip, r.cidr_file) {
+            (Some(h), None, None, None) => Destination::Host(h),
+            (None, Some(n), None, None) | (None, None, Some(n), None) => Destination::Net(n),
+            (None, None, None, Some(f)) => Destination::List(read_list(&dir.join(f))?),
+            (None, None, None, None) => {
                 return Err(
-                    "an allow rule needs a destination: `host: NAME`, `cidr: PREFIX` or `ip: ADDRESS`"
+                    "an allow rule needs a destination: `host: NAME`, `cidr: PREFIX`, `ip: ADDRESS` or `cidr_file: PATH`"
                         .into(),
                 )
             }
             _ => {
                 return Err(
-                    "an allow rule has one destination: write `host`, `cidr` or `ip`, not several (split it into two rules)"
+                    "an allow rule has one destination: write `host`, `cidr`, `ip` or `cidr_file`, not several (split it into two rules)"
                         .into(),
                 )
             }
@@ -196,7 +221,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
     let mut rules = Vec::with_capacity(raw.allow.len());
     for (i, fields) in raw.allow.into_iter().enumerate() {
         let line = lines.get(i).copied().unwrap_or(0);
-        let r = RawRule::try_from(fields).map_err(|message| PolicyError {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let r = RawRule::from_fields(fields, dir).map_err(|message| PolicyError {
             file: file.to_path_buf(),
             line,
             column: 0,
@@ -498,6 +524,36 @@ dns:
         assert!(err("mode: audit\n")
             .to_string()
             .contains("missing field `name`"));
+    }
+
+    #[test]
+    fn cidr_file_lists_prefixes_and_names_bad_lines() {
+        let dir = std::env::temp_dir().join(format!("egressd-list-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("ok.txt"),
+            "# mirrors\n203.0.113.0/28\n\n2001:db8::/48  # v6\n198.51.100.7\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("bad.txt"), "203.0.113.0/28\n203.0.113.99/24\n").unwrap();
+        let policy = dir.join("p.yaml");
+        let p = parse(
+            "name: a\nallow:\n  - cidr_file: ok.txt\n    ports: [443]\n",
+            &policy,
+        )
+        .unwrap();
+        let Destination::List(l) = &p.rules[0].dest else {
+            panic!("not a list")
+        };
+        assert_eq!(l.nets.len(), 3);
+        let c = crate::compile::compile(&p, &Default::default()).unwrap();
+        assert_eq!((c.v4.len(), c.v6.len()), (2, 1));
+        let e = parse("name: a\nallow:\n  - cidr_file: bad.txt\n", &policy).unwrap_err();
+        assert!(e.to_string().contains("bad.txt:2:"), "{e}");
+        assert!(e.to_string().contains("203.0.113.0/24"), "{e}");
+        let e = parse("name: a\nallow:\n  - cidr_file: missing.txt\n", &policy).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

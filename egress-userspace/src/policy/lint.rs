@@ -108,6 +108,18 @@ fn rule_warnings(rule: &Rule) -> Vec<String> {
                 }
             }
         }
+        Destination::List(l) => {
+            if let Some(n) = l
+                .nets
+                .iter()
+                .find(|n| crate::compile::unmap(**n).prefix_len() == 0)
+            {
+                out.push(format!(
+                    "{} holds `{n}`, which allows the whole Internet",
+                    l.file.display()
+                ));
+            }
+        }
         Destination::Host(h) => {
             let name = h.as_str();
             if let Some(s) = RELAY_SUFFIXES

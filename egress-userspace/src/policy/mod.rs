@@ -68,6 +68,16 @@ pub enum Destination {
     Host(Host),
     /// An address or a prefix.
     Net(Net),
+    /// Addresses and prefixes from a file, one per line (`cidr_file:`).
+    List(NetList),
+}
+
+/// A list of prefixes read from a file (for allowlists of thousands of
+/// entries, which YAML carries slowly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetList {
+    pub file: PathBuf,
+    pub nets: std::sync::Arc<Vec<ipnet::IpNet>>,
 }
 
 impl std::fmt::Display for Destination {
@@ -75,6 +85,7 @@ impl std::fmt::Display for Destination {
         match self {
             Destination::Host(h) => write!(f, "{h}"),
             Destination::Net(n) => write!(f, "{n}"),
+            Destination::List(l) => write!(f, "{} ({} prefixes)", l.file.display(), l.nets.len()),
         }
     }
 }

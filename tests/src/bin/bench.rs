@@ -357,15 +357,19 @@ fn entries(n: usize) -> Vec<String> {
     v
 }
 
-fn policy_yaml(name: &str, cg: &TestCgroup, entries: &[String]) -> String {
-    let mut s = format!(
-        "name: {name}\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [8080, 8081]\n    protocol: any\n",
+/// A policy allowing the benchmark's destination and `entries` (written to
+/// a `cidr_file` beside the policy, as large allowlists are).
+fn policy_yaml(name: &str, cg: &TestCgroup, entries: &[String], tmp: &TempDir) -> String {
+    let list = entries.iter().skip(1).fold(String::new(), |mut s, e| {
+        let _ = writeln!(s, "{e}");
+        s
+    });
+    let file = format!("{name}.list");
+    tmp.write(&file, &list).expect("writing the list");
+    format!(
+        "name: {name}\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [8080, 8081]\n    protocol: any\n  - cidr_file: {file}\n    ports: [8080]\n",
         cg.rel_str()
-    );
-    for e in entries.iter().skip(1) {
-        let _ = writeln!(s, "  - cidr: \"{e}\"\n    ports: [8080]");
-    }
-    s
+    )
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -497,7 +501,7 @@ fn run(smoke: bool, out: &Path) -> Result<()> {
     for &size in &p.sizes {
         let list = entries(size);
         let cg = TestCgroup::new("gov")?;
-        let policy = tmp.write("bench.yaml", &policy_yaml("bench", &cg, &list))?;
+        let policy = tmp.write("bench.yaml", &policy_yaml("bench", &cg, &list, &tmp))?;
         eprintln!("bench: egressd, {size} entries");
         let t = Instant::now();
         let daemon = Daemon::start(&ns, &policy)?;
@@ -537,7 +541,7 @@ fn run(smoke: bool, out: &Path) -> Result<()> {
     // Deny storm: refused connects per second, events through the ring buffer.
     eprintln!("bench: deny storm");
     let cg = TestCgroup::new("storm")?;
-    let policy = tmp.write("storm.yaml", &policy_yaml("storm", &cg, &entries(10)))?;
+    let policy = tmp.write("storm.yaml", &policy_yaml("storm", &cg, &entries(10), &tmp))?;
     let daemon = Daemon::start(&ns, &policy)?;
     let storm = measure(&cg, &ns, &["deny", DENIED, &p.storm.to_string()], 1)?[0];
     let denied = daemon.metric(
