@@ -121,7 +121,7 @@ impl Enforcer {
         }
         let upstream = crate::dns::upstreams(&policy)?;
         let compiled = compile(&policy, &HashMap::new())?;
-        let table = self.tables.write_table(&compiled)?;
+        let table = self.tables.write_table(compiled)?;
         self.tables
             .set_policy(id, policy_info(&policy, table, dns_port))?;
         self.next_id += 1;
@@ -154,7 +154,7 @@ impl Enforcer {
         });
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
         let compiled = compile(&policy, &resolved)?;
-        let table = self.tables.write_table(&compiled)?;
+        let table = self.tables.write_table(compiled)?;
         if let Err(e) = self
             .tables
             .set_policy(id, policy_info(&policy, table, dns_port))
@@ -222,7 +222,7 @@ impl Enforcer {
         let compiled = compile(&p.policy, &resolved)?;
         p.learned = learned;
         let table = p.table;
-        let result = self.tables.update_table(table, &compiled);
+        let result = self.tables.update_table(table, compiled);
         self.refresh_names();
         result
     }

@@ -81,7 +81,7 @@ impl Tables {
 
     /// Writes `compiled` as a new table and returns its id. Nothing refers to
     /// it until `set_policy` does.
-    pub fn write_table(&mut self, compiled: &Compiled) -> Result<u32> {
+    pub fn write_table(&mut self, compiled: Compiled) -> Result<u32> {
         let table = self.next_table;
         self.next_table += 1;
         self.applied.insert(table, Compiled::default());
@@ -89,14 +89,15 @@ impl Tables {
         Ok(table)
     }
 
-    /// Brings a live table to `compiled`: adds and changes entries first,
+    /// Brings a live table to `compiled` (kept as what the kernel holds: a
+    /// million entries are not copied): adds and changes entries first,
     /// then removes those that are gone (the removals run even when an
     /// addition failed, so nothing stale stays allowed).
-    pub fn update_table(&mut self, table: u32, compiled: &Compiled) -> Result<()> {
+    pub fn update_table(&mut self, table: u32, compiled: Compiled) -> Result<()> {
         let old = self.applied.remove(&table).unwrap_or_default();
-        let added = self.add_entries(table, &old, compiled);
-        let removed = self.remove_entries(table, &old, compiled);
-        let mut held = compiled.clone();
+        let added = self.add_entries(table, &old, &compiled);
+        let removed = self.remove_entries(table, &old, &compiled);
+        let mut held = compiled;
         if added.is_err() {
             // Some of the new entries may be missing and some of the old
             // ones changed: remember everything that may be in the kernel,
