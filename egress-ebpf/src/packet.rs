@@ -38,6 +38,27 @@ struct Parsed {
     established: bool,
 }
 
+/// Whether the packet belongs to a TCP stream socket (not a raw socket).
+#[inline(always)]
+fn from_tcp_socket(ctx: &SkBuffContext) -> bool {
+    // SAFETY: `sk` of the context is readable in cgroup_skb programs; it is
+    // checked for null and made a full socket before its fields are read.
+    unsafe {
+        let sk = core::ptr::read_volatile(core::ptr::addr_of!((*ctx.skb.skb).__bindgen_anon_2.sk));
+        if sk.is_null() {
+            return false;
+        }
+        let full = aya_ebpf::helpers::bpf_sk_fullsock(sk);
+        if full.is_null() {
+            return false;
+        }
+        const SOCK_STREAM: u32 = 1;
+        const IPPROTO_TCP: u32 = 6;
+        core::ptr::read_volatile(core::ptr::addr_of!((*full).type_)) == SOCK_STREAM
+            && core::ptr::read_volatile(core::ptr::addr_of!((*full).protocol)) == IPPROTO_TCP
+    }
+}
+
 /// Whether the TCP header at `l4` lacks SYN (None: cannot be read).
 #[inline(always)]
 fn tcp_established(ctx: &SkBuffContext, l4: usize) -> Option<bool> {
@@ -114,13 +135,6 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
 #[inline(always)]
 pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     let caller = Caller::Packet(ctx.skb.skb);
-    let parsed = parse(ctx);
-    // The rest of a TCP connection whose SYN was judged (here and by the
-    // connect hook) passes without a policy lookup: the per-packet cost is
-    // what a bulk transfer pays. Options are still refused below.
-    if matches!(&parsed, Some(p) if p.established && !p.options) {
-        return PASS;
-    }
     let (policy, live) = governing(caller);
     let Some(Live {
         table,
@@ -133,6 +147,15 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         conclude(caller, policy, false, why, class, h, 0, Dest::NONE);
         return DROP;
     };
+    let parsed = parse(ctx);
+    // The rest of a TCP connection whose SYN was judged (here and by the
+    // connect hook) passes without an allowlist lookup: that per-packet
+    // cost is what a bulk transfer pays. Only for a TCP socket's own
+    // segments: a raw socket (made before its cgroup was governed) could
+    // write SYN-less segments to anywhere. Options are still refused below.
+    if matches!(&parsed, Some(p) if p.established && !p.options) && from_tcp_socket(ctx) {
+        return PASS;
+    }
     let Some(Parsed {
         proto,
         dest,

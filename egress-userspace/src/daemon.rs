@@ -67,6 +67,9 @@ struct Pods {
     source: Option<PodSource>,
     pods: Vec<kubernetes::Pod>,
     seen: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
+    /// Whether the pods file was read once (until then, an earlier run's
+    /// pinned programs must stay: they govern the pods).
+    loaded: bool,
 }
 
 impl Pods {
@@ -86,8 +89,9 @@ impl Pods {
             .and_then(|t| kubernetes::parse_pods(&t, src.node.as_deref()));
         match read {
             Ok(pods) => {
-                let changed = pods != self.pods;
+                let changed = pods != self.pods || !self.loaded;
                 self.pods = pods;
+                self.loaded = true;
                 changed
             }
             Err(e) => {
@@ -121,14 +125,23 @@ impl Pods {
     }
 
     /// Governs the cgroups of the pods each policy selects now, and
-    /// releases those of pods that are gone.
+    /// releases those of pods that are gone; one policy's failure does not
+    /// stop the others (and the next poll tries again).
     fn sync(&self, governor: &mut Governor, base: &[Policy], root: &Path) -> Result<()> {
         let (expanded, map) = self.expand(base, root);
+        let mut first_error = None;
         for p in &expanded {
             let pods = map.get(&p.name).cloned().unwrap_or_default();
-            governor.set_cgroups(&p.name, &p.cgroups, &pods)?;
+            if let Err(e) = governor.set_cgroups(&p.name, &p.cgroups, &pods) {
+                first_error.get_or_insert(e.context(format!("policy `{}`", p.name)));
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether the pods are known (or none are used).
+    fn ready(&self) -> bool {
+        self.source.is_none() || self.loaded
     }
 
     /// Where pod cgroups appear, to watch.
@@ -306,6 +319,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         source: opts.pods,
         pods: Vec::new(),
         seen: Vec::new(),
+        loaded: false,
     };
     pods.refresh();
     // Links pinned by an earlier run keep enforcing until the new ones are
@@ -326,8 +340,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     pods.sync(&mut governor, &base, &root)?;
     tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD));
     // Now that the new links are pinned, remove this instance's old ones
-    // (also those left by an earlier run that failed half-way).
-    pins::remove_other_generations(&opts.instance, &pin_dir)?;
+    // (also those left by an earlier run that failed half-way) - unless the
+    // pods are not known yet: then the old links still govern them.
+    let mut old_generations = true;
+    if pods.ready() {
+        pins::remove_other_generations(&opts.instance, &pin_dir)?;
+        old_generations = false;
+    } else {
+        tracing::warn!(
+            "the pods file cannot be read yet: keeping the previous run's programs until it can"
+        );
+    }
 
     let mut events = EventStream::new(ring).context("watching the event ring buffer")?;
     let mut describer = enforcer
@@ -396,9 +419,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 if let Err(e) = governor.verify_all() {
                     tracing::error!("checking governed cgroups: {e:#}");
                 }
-                if pods.refresh() {
-                    if let Err(e) = pods.sync(&mut governor, &base, &root) {
-                        tracing::error!("governing pods: {e:#}");
+                pods.refresh();
+                if let Err(e) = pods.sync(&mut governor, &base, &root) {
+                    tracing::error!("governing pods: {e:#}");
+                }
+                if old_generations && pods.ready() {
+                    match pins::remove_other_generations(&opts.instance, &pin_dir) {
+                        Ok(()) => old_generations = false,
+                        Err(e) => tracing::error!("removing the previous run's programs: {e:#}"),
                     }
                 }
                 watch_all(&governor, &mut watcher, &pods.parents(&root));

@@ -201,6 +201,9 @@ impl Governor {
             }
             let cgroup = Cgroup::at(&self.cgroup_root, rel);
             if !cgroup.exists() {
+                if r.pod_cgroups.contains(rel) {
+                    continue; // a pod that is gone: nothing to create
+                }
                 tracing::info!(policy = name, cgroup = %cgroup.path.display(), "creating the governed cgroup");
                 cgroup.create()?;
             }
@@ -298,6 +301,9 @@ impl Governor {
                 let wanted: Vec<PathBuf> =
                     r.cgroups.keys().filter(|c| **c != rel).cloned().collect();
                 r.pod_cgroups.remove(&rel);
+                if let Some(proxy) = r.pod_proxies.remove(&rel) {
+                    proxy.abort();
+                }
                 if let Err(e) = self.release_cgroups(&name, &wanted) {
                     first_error.get_or_insert(e);
                 }
@@ -317,12 +323,19 @@ impl Governor {
     /// Governs `rel` again if it was removed (creating it) or recreated.
     fn regovern(&mut self, name: &str, rel: &PathBuf) -> Result<()> {
         let cgroup = Cgroup::at(&self.cgroup_root, rel);
+        let Some(r) = self.running.get_mut(name) else {
+            return Ok(());
+        };
+        let Some(&old_id) = r.cgroups.get(rel) else {
+            return Ok(());
+        };
         if !cgroup.exists() {
+            if r.pod_cgroups.contains(rel) {
+                return Ok(()); // a pod that is gone is released, not recreated
+            }
             cgroup.create()?;
         }
-        let r = self.running.get_mut(name).expect("running");
         let new_id = cgroup.id()?;
-        let old_id = r.cgroups[rel];
         if new_id == old_id {
             return Ok(());
         }

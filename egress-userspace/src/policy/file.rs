@@ -78,20 +78,53 @@ struct RawRuleFields {
     protocol: Protocol,
 }
 
-/// Reads a `cidr_file`: one address or prefix per line; `#` comments and
-/// blank lines are skipped. Errors name the list's file and line.
-fn read_list(path: &Path) -> Result<NetList, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cidr_file: cannot read {}: {e}", path.display()))?;
+/// Largest `cidr_file` read (a million prefixes take about 40 MB).
+const MAX_LIST_BYTES: u64 = 128 << 20;
+
+/// Reads a `cidr_file` of the policy in `dir`: a regular file below that
+/// directory, one address or prefix per line; `#` comments and blank lines
+/// are skipped. Errors name the list's file and line, and do not repeat the
+/// line (the daemon is privileged: its logs must not show another file).
+fn read_list(dir: &Path, rel: &Path) -> Result<NetList, String> {
+    let shown = rel.display();
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!(
+            "cidr_file `{shown}`: write a path relative to the policy's directory, without `..`"
+        ));
+    }
+    let path = dir.join(rel);
+    let (Ok(real), Ok(base)) = (path.canonicalize(), dir.canonicalize()) else {
+        return Err(format!("cidr_file `{shown}`: cannot read it"));
+    };
+    let meta = std::fs::metadata(&real)
+        .map_err(|e| format!("cidr_file `{shown}`: cannot read it: {e}"))?;
+    // Kubernetes ConfigMap volumes hold symbolic links into `..data`, which
+    // is below the directory too.
+    if !real.starts_with(&base) || !meta.is_file() {
+        return Err(format!(
+            "cidr_file `{shown}`: not a regular file below the policy's directory"
+        ));
+    }
+    if meta.len() > MAX_LIST_BYTES {
+        return Err(format!(
+            "cidr_file `{shown}`: larger than {MAX_LIST_BYTES} bytes"
+        ));
+    }
+    let text = std::fs::read_to_string(&real)
+        .map_err(|e| format!("cidr_file `{shown}`: cannot read it: {e}"))?;
     let mut nets = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let entry = line.split('#').next().unwrap_or("").trim();
         if entry.is_empty() {
             continue;
         }
-        let net: Net = entry
-            .parse()
-            .map_err(|e| format!("cidr_file {}:{}: {e}", path.display(), i + 1))?;
+        let net: Net = entry.parse().map_err(|_| {
+            format!("cidr_file {shown}:{}: not an address or prefix in canonical form (like 203.0.113.0/24 or 2001:db8::/32)", i + 1)
+        })?;
         nets.push(net.0);
     }
     Ok(NetList {
@@ -105,7 +138,7 @@ impl RawRule {
         let dest = match (r.host, r.cidr, r.ip, r.cidr_file) {
             (Some(h), None, None, None) => Destination::Host(h),
             (None, Some(n), None, None) | (None, None, Some(n), None) => Destination::Net(n),
-            (None, None, None, Some(f)) => Destination::List(read_list(&dir.join(f))?),
+            (None, None, None, Some(f)) => Destination::List(read_list(dir, &f)?),
             (None, None, None, None) => {
                 return Err(
                     "an allow rule needs a destination: `host: NAME`, `cidr: PREFIX`, `ip: ADDRESS` or `cidr_file: PATH`"
@@ -550,9 +583,20 @@ dns:
         assert_eq!((c.v4.len(), c.v6.len()), (2, 1));
         let e = parse("name: a\nallow:\n  - cidr_file: bad.txt\n", &policy).unwrap_err();
         assert!(e.to_string().contains("bad.txt:2:"), "{e}");
-        assert!(e.to_string().contains("203.0.113.0/24"), "{e}");
+        assert!(
+            !e.to_string().contains("203.0.113.99"),
+            "the line is not repeated: {e}"
+        );
         let e = parse("name: a\nallow:\n  - cidr_file: missing.txt\n", &policy).unwrap_err();
         assert!(e.to_string().contains("cannot read"), "{e}");
+        for outside in ["/etc/hostname", "../ok.txt", "/proc/self/status"] {
+            let e = parse(
+                &format!("name: a\nallow:\n  - cidr_file: {outside}\n"),
+                &policy,
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("relative"), "{outside}: {e}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
