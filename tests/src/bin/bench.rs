@@ -653,6 +653,30 @@ fn ratio(x: &Value, floor: &Value) -> String {
     format!("{:.3}", f(&x["median"]) / f(&floor["median"]))
 }
 
+/// What the figures mean, and where the misses come from (as far as known).
+const NOTES: &str = "
+Notes on this machine and these figures:
+
+- Two virtual CPUs shared by the client, the listener, egressd and the
+  kernel: run-to-run spread is large, bulk transfer most of all (compare the
+  floor's own spread); a ratio below 1 for one size and above for another
+  is noise, not a trend.
+- connect(): egressd runs `cgroup/sock_create` and `connect4` on every
+  connect, and its egress backstop on the SYN; nftables runs one rule per
+  packet and nothing for a UDP connect() (which sends no packet). The cost
+  hardly depends on the number of entries (one longest-prefix lookup).
+- Loading 1M entries: compiling is about 1.2 s; most of the rest is one
+  bpf() syscall per trie entry (batched updates are the next step). The
+  resident memory holds the compiled allowlist (to diff on updates) and the
+  allocator's high-water mark of compiling it.
+- The deny storm is one process making refused connects as fast as it can;
+  events go through the ring buffer to egressd, which writes each as a JSON
+  line to a pipe read by the benchmark: that writer, not the kernel side,
+  bounds events/s. The counters are exact either way.
+- DNS queries/s are sequential from one client (one query in flight): they
+  measure latency, not the proxy's capacity.
+";
+
 /// The issue's goals, each with what this run measured.
 fn goals(r: &Value) -> String {
     let fl = &r["floor"];
@@ -789,6 +813,7 @@ fn report(r: &Value) -> String {
         );
     }
     s.push_str(&goals(r));
+    s.push_str(NOTES);
     let d = &r["deny_storm"];
     let _ = writeln!(
         s,
