@@ -182,7 +182,8 @@ pub async fn print_status(instance: &str, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn request(instance: &str, request: &str) -> Result<String> {
+/// Connects to the daemon's control socket and sends `request`.
+async fn send(instance: &str, request: &str) -> Result<UnixStream> {
     let path = socket_path(instance);
     let mut conn = UnixStream::connect(&path).await.with_context(|| {
         format!(
@@ -191,6 +192,11 @@ async fn request(instance: &str, request: &str) -> Result<String> {
         )
     })?;
     conn.write_all(format!("{request}\n").as_bytes()).await?;
+    Ok(conn)
+}
+
+async fn request(instance: &str, request: &str) -> Result<String> {
+    let mut conn = send(instance, request).await?;
     let mut text = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut text).await?;
     if text.is_empty() {
@@ -201,14 +207,7 @@ async fn request(instance: &str, request: &str) -> Result<String> {
 
 /// The client side of `events`: copies the stream to stdout.
 pub async fn ask(instance: &str, request: &str) -> Result<()> {
-    let path = socket_path(instance);
-    let mut conn = UnixStream::connect(&path).await.with_context(|| {
-        format!(
-            "connecting to {} (is `egressd run --instance {instance}` running, and are you root?)",
-            path.display()
-        )
-    })?;
-    conn.write_all(format!("{request}\n").as_bytes()).await?;
+    let conn = send(instance, request).await?;
     let mut lines = BufReader::new(conn).lines();
     let mut any = false;
     while let Some(line) = lines.next_line().await? {

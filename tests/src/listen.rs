@@ -56,21 +56,7 @@ impl Listener {
     pub fn udp(ns: &Netns, addr: &str) -> Result<Listener> {
         let addr: SocketAddr = addr.parse()?;
         let sock = ns.run(move || Ok(UdpSocket::bind(addr)?))?;
-        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-        let (hits, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (h, s) = (hits.clone(), stop.clone());
-        thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !s.load(Ordering::SeqCst) {
-                if sock.recv_from(&mut buf).is_ok() {
-                    h.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        });
-        Ok(Listener { addr, hits, stop })
+        counting(sock, addr, |_| true)
     }
 
     /// Counts ICMP echo requests addressed to `addr` (an IPv4 address) inside `ns`.
@@ -86,27 +72,9 @@ impl Listener {
         })?;
         // SAFETY: fd is a fresh socket we own.
         let sock = unsafe { <UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-        let (hits, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (h, s) = (hits.clone(), stop.clone());
-        thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !s.load(Ordering::SeqCst) {
-                // An IPv4 header (20 bytes without options), then ICMP type 8.
-                if let Ok(n) = sock.recv(&mut buf) {
-                    if n > 20 && buf[16..20] == ip.octets() && buf[20] == 8 {
-                        h.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }
-        });
-        Ok(Listener {
-            addr: SocketAddr::new(ip.into(), 0),
-            hits,
-            stop,
+        // An IPv4 header (20 bytes without options), then ICMP type 8.
+        counting(sock, SocketAddr::new(ip.into(), 0), move |p| {
+            p.len() > 20 && p[16..20] == ip.octets() && p[20] == 8
         })
     }
 
@@ -135,30 +103,13 @@ impl Listener {
         })?;
         // SAFETY: fd is a fresh socket we own.
         let sock = unsafe { <UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-        let (hits, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (h, s) = (hits.clone(), stop.clone());
-        thread::spawn(move || {
-            let mut buf = [0u8; 65536];
-            while !s.load(Ordering::SeqCst) {
-                let Ok(n) = sock.recv(&mut buf) else { continue };
-                let dst: Option<std::net::IpAddr> = match buf[0] >> 4 {
-                    4 if n >= 20 => Some(<[u8; 4]>::try_from(&buf[16..20]).unwrap().into()),
-                    6 if n >= 40 => Some(<[u8; 16]>::try_from(&buf[24..40]).unwrap().into()),
-                    _ => None,
-                };
-                if dst == Some(ip) {
-                    h.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        });
-        Ok(Listener {
-            addr: SocketAddr::new(ip, 0),
-            hits,
-            stop,
+        counting(sock, SocketAddr::new(ip, 0), move |p| {
+            let dst: Option<std::net::IpAddr> = match p.first().map(|b| b >> 4) {
+                Some(4) if p.len() >= 20 => Some(<[u8; 4]>::try_from(&p[16..20]).unwrap().into()),
+                Some(6) if p.len() >= 40 => Some(<[u8; 16]>::try_from(&p[24..40]).unwrap().into()),
+                _ => None,
+            };
+            dst == Some(ip)
         })
     }
 
@@ -167,6 +118,32 @@ impl Listener {
         thread::sleep(Duration::from_millis(100));
         self.hits.load(Ordering::SeqCst)
     }
+}
+
+/// Counts, on a thread of its own, the messages received on `sock` that
+/// `matches` accepts, until the listener is dropped.
+fn counting(
+    sock: UdpSocket,
+    addr: SocketAddr,
+    matches: impl Fn(&[u8]) -> bool + Send + 'static,
+) -> Result<Listener> {
+    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let (hits, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (h, s) = (hits.clone(), stop.clone());
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while !s.load(Ordering::SeqCst) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                if matches(&buf[..n]) {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    Ok(Listener { addr, hits, stop })
 }
 
 impl Drop for Listener {
