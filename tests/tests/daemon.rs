@@ -235,7 +235,7 @@ fn events_and_exact_counters() {
 fn two_policies_side_by_side() {
     require_root();
     let ns = Netns::new("two").unwrap();
-    let (_a, _b) = (
+    let (la, lb) = (
         Listener::tcp(&ns, "198.51.100.1:443").unwrap(),
         Listener::tcp(&ns, "203.0.113.9:443").unwrap(),
     );
@@ -262,6 +262,8 @@ fn two_policies_side_by_side() {
     assert_eq!(probe(&cga, &ns, "tcp", "203.0.113.9:443"), "error: 1");
     assert_eq!(probe(&cgb, &ns, "tcp", "203.0.113.9:443"), "ok");
     assert_eq!(probe(&cgb, &ns, "tcp", "198.51.100.1:443"), "error: 1");
+    // Each listener got its one allowed connection, nothing more.
+    assert_eq!((la.count(), lb.count()), (1, 1));
     let events = daemon.wait_events(2);
     assert_eq!(events.len(), 2);
     let by = |p: &str| events.iter().find(|e| e["policy"] == p).unwrap()["daddr"].clone();
@@ -665,7 +667,7 @@ fn a_governed_cgroup_removed_and_created_again_stays_governed() {
 fn detach_one_policy() {
     require_root();
     let ns = Netns::new("detach").unwrap();
-    let _l = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
     let (cga, cgb) = (
         TestCgroup::new("da").unwrap(),
         TestCgroup::new("db").unwrap(),
@@ -698,6 +700,7 @@ fn detach_one_policy() {
         "error: 1",
         "pb was detached too"
     );
+    assert_eq!(target.count(), 1, "only pa's connection arrived");
     let again = std::process::Command::new(bin())
         .args(["detach", "--policy", "pa"])
         .output()

@@ -136,7 +136,7 @@ mod governed_pods {
     fn selected_pods_are_governed() {
         require_root();
         let ns = Netns::new("kube").unwrap();
-        let _l = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+        let target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
         let kube = TestCgroup::new("kube").unwrap();
         kube.cgroup.create().unwrap();
         let (a, b, c, d) = (
@@ -229,6 +229,8 @@ mod governed_pods {
         );
         let c_cg = c_pod.child("cri-containerd-4567.scope").unwrap();
         assert_eq!(probe(&c_cg), "error: 1");
+        // Only the two pods no policy selects reached the listener.
+        assert_eq!(target.count(), 2);
     }
 
     /// A pod has a network namespace of its own: its DNS, redirected to

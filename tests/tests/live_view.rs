@@ -23,7 +23,7 @@ const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 fn status_and_live_events() {
     require_root();
     let ns = Netns::new("live").unwrap();
-    let _l = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
     let (cga, cgb) = (
         TestCgroup::new("la").unwrap(),
         TestCgroup::new("lb").unwrap(),
@@ -99,6 +99,8 @@ fn status_and_live_events() {
         .unwrap();
     assert_eq!(b["mode"], "audit");
     assert_eq!(b["audited"], 1);
+    // The audit-mode cgroup's connection arrived, the enforced one's did not.
+    assert_eq!(target.count(), 1);
     let human = Command::new(bin())
         .args(["status", "--instance", &daemon.instance])
         .output()

@@ -141,6 +141,7 @@ fn a_broken_file_on_reload_changes_nothing() {
     require_root();
     let ns = Netns::new("broken").unwrap();
     let _x = Listener::tcp(&ns, "198.51.100.1:443").unwrap();
+    let denied = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
     let cg = TestCgroup::new("broken").unwrap();
     let dir = TempDir::new("broken").unwrap();
     let file = dir
@@ -176,6 +177,7 @@ fn a_broken_file_on_reload_changes_nothing() {
         "error: 1",
         "the broken policy was applied"
     );
+    assert_eq!(denied.count(), 0);
 }
 
 #[test]
