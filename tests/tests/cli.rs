@@ -46,6 +46,23 @@ fn example_policies_pass_check_strictly() {
     assert_eq!(out.lines().count(), examples().len());
 }
 
+/// A policy named without a directory (`egressd check p.yaml`, run where it
+/// is) finds its `cidr_file` beside it.
+#[test]
+fn cidr_file_beside_a_policy_named_without_directory() {
+    let tmp = TempDir::new("bare").unwrap();
+    tmp.write("mirrors.list", "203.0.113.0/28\n").unwrap();
+    let file = tmp.write("p.yaml", "name: p\nallow:\n  - cidr_file: mirrors.list\n").unwrap();
+    let out = Command::new(bin())
+        .arg("check")
+        .arg("p.yaml")
+        .current_dir(file.parent().unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+}
+
 /// Each example policy loads into the kernel and enforces: its model API is
 /// reachable, an exfiltration host is not.
 #[test]

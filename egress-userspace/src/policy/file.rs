@@ -254,7 +254,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
     let mut rules = Vec::with_capacity(raw.allow.len());
     for (i, fields) in raw.allow.into_iter().enumerate() {
         let line = lines.get(i).copied().unwrap_or(0);
-        let dir = file.parent().unwrap_or(Path::new("."));
+        // `p.yaml` has the parent "", which names no directory.
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let r = RawRule::from_fields(fields, dir).map_err(|message| PolicyError {
             file: file.to_path_buf(),
             line,
