@@ -6,9 +6,8 @@
 //! allowing port 80 and a /32 inside it allowing 443 give the /32 both.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     net::IpAddr,
-    sync::Arc,
 };
 
 use egress_common::{PortRange as KernelRange, MAX_PORT_RANGES, PROTO_BIT_TCP, PROTO_BIT_UDP};
@@ -20,15 +19,22 @@ use crate::policy::{Destination, Host, Policy, PortRange, Protocol};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortSpec(pub Vec<KernelRange>);
 
-/// A prefix of one family: address bits (host order) and length.
-pub type V4Prefix = (u32, u8);
-pub type V6Prefix = (u128, u8);
+/// One allow-trie entry: a prefix (address bits in host order, and length)
+/// and the index of its ports in `Compiled::specs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry<A> {
+    pub addr: A,
+    pub len: u8,
+    pub spec: u32,
+}
 
-/// What a policy compiles to. Entries with the same ports share one spec.
+/// What a policy compiles to: entries sorted by prefix, each prefix once.
+/// Entries with the same ports share one spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Compiled {
-    pub v4: HashMap<V4Prefix, Arc<PortSpec>>,
-    pub v6: HashMap<V6Prefix, Arc<PortSpec>>,
+    pub v4: Vec<Entry<u32>>,
+    pub v6: Vec<Entry<u128>>,
+    pub specs: Vec<PortSpec>,
 }
 
 impl Compiled {
@@ -38,6 +44,20 @@ impl Compiled {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The ports of the IPv4 prefix `addr/len`, if it is an entry.
+    pub fn ports_v4(&self, addr: u32, len: u8) -> Option<&PortSpec> {
+        find(&self.v4, addr, len).map(|e| &self.specs[e.spec as usize])
+    }
+    /// The ports of the IPv6 prefix `addr/len`, if it is an entry.
+    pub fn ports_v6(&self, addr: u128, len: u8) -> Option<&PortSpec> {
+        find(&self.v6, addr, len).map(|e| &self.specs[e.spec as usize])
+    }
+}
+
+fn find<A: Ord + Copy>(v: &[Entry<A>], addr: A, len: u8) -> Option<&Entry<A>> {
+    v.binary_search_by(|e| (e.addr, e.len).cmp(&(addr, len)))
+        .ok()
+        .map(|i| &v[i])
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -148,35 +168,43 @@ impl Rules {
     }
 }
 
-/// Adds, to each entry, the rules of the longest shorter prefix present
-/// that covers it (which already holds those of every shorter one: lengths
-/// are done in increasing order).
-fn push_down<A>(entries: &mut HashMap<(A, u8), Rules>, mask: impl Fn(A, u8) -> A)
-where
-    A: Copy + Eq + std::hash::Hash,
-{
-    let lengths: BTreeSet<u8> = entries.keys().map(|k| k.1).collect();
-    if lengths.len() < 2 {
-        return;
-    }
-    let lengths: Vec<u8> = lengths.into_iter().collect();
-    for (i, &len) in lengths.iter().enumerate().skip(1) {
-        let shorter = &lengths[..i];
-        let updates: Vec<((A, u8), Rules)> = entries
-            .iter()
-            .filter(|(k, _)| k.1 == len)
-            .filter_map(|(&(addr, l), rules)| {
-                shorter.iter().rev().find_map(|&s| {
-                    entries
-                        .get(&(mask(addr, s), s))
-                        .map(|cover| ((addr, l), rules.with(cover.slice())))
-                })
-            })
-            .collect();
-        for (k, r) in updates {
-            entries.insert(k, r);
+/// Merges the (prefix, rule group) pairs into one entry per prefix, and
+/// gives each entry the groups of every shorter prefix that covers it.
+/// Sorted by address then length, a prefix comes before every prefix it
+/// covers, and the prefixes covering the current one are a chain on the
+/// stack (a prefix popped covers nothing that comes later).
+fn merge_and_push_down<A: Copy + Ord>(
+    mut pairs: Vec<(A, u8, u32)>,
+    mask: impl Fn(A, u8) -> A,
+) -> Vec<(A, u8, Rules)> {
+    pairs.sort_unstable();
+    let mut out: Vec<(A, u8, Rules)> = Vec::with_capacity(pairs.len());
+    let mut stack: Vec<usize> = Vec::new();
+    for (addr, len, group) in pairs {
+        if let Some(last) = out.last_mut() {
+            if (last.0, last.1) == (addr, len) {
+                // The same prefix from another rule.
+                if !last.2.slice().contains(&group) {
+                    last.2 = last.2.with(&[group]);
+                }
+                continue;
+            }
         }
+        while let Some(&top) = stack.last() {
+            let (a, l, _) = &out[top];
+            if *l <= len && mask(addr, *l) == *a {
+                break;
+            }
+            stack.pop();
+        }
+        let rules = match stack.last() {
+            Some(&cover) if out[cover].2 != Rules::One(group) => out[cover].2.with(&[group]),
+            _ => Rules::One(group),
+        };
+        stack.push(out.len());
+        out.push((addr, len, rules));
     }
+    out
 }
 
 fn mask4(a: u32, l: u8) -> u32 {
@@ -204,25 +232,24 @@ pub fn compile(
     // carry group ids, so that a million rules with the same ports share one.
     let mut groups: Vec<(Protocol, Vec<PortRange>)> = Vec::new();
     let mut group_ids: HashMap<(Protocol, Vec<PortRange>), u32> = HashMap::new();
-    let mut v4: HashMap<(u32, u8), Rules> = HashMap::new();
-    let mut v6: HashMap<(u128, u8), Rules> = HashMap::new();
+    let mut v4: Vec<(u32, u8, u32)> = Vec::new();
+    let mut v6: Vec<(u128, u8, u32)> = Vec::new();
     for rule in &policy.rules {
         let sig = (rule.protocol, rule.port_ranges());
         let i = *group_ids.entry(sig.clone()).or_insert_with(|| {
             groups.push(sig);
             groups.len() as u32 - 1
         });
+        if let Destination::List(list) = &rule.dest {
+            match list.nets.first() {
+                Some(IpNet::V4(_)) => v4.reserve(list.nets.len()),
+                Some(IpNet::V6(_)) => v6.reserve(list.nets.len()),
+                None => {}
+            }
+        }
         let mut add = |net: IpNet| match unmap(net) {
-            IpNet::V4(n) => {
-                let k = (u32::from(n.network()), n.prefix_len());
-                let r = v4.get(&k).map_or(Rules::One(i), |r| r.with(&[i]));
-                v4.insert(k, r);
-            }
-            IpNet::V6(n) => {
-                let k = (u128::from(n.network()), n.prefix_len());
-                let r = v6.get(&k).map_or(Rules::One(i), |r| r.with(&[i]));
-                v6.insert(k, r);
-            }
+            IpNet::V4(n) => v4.push((u32::from(n.network()), n.prefix_len(), i)),
+            IpNet::V6(n) => v6.push((u128::from(n.network()), n.prefix_len(), i)),
         };
         match &rule.dest {
             Destination::Net(n) => add(n.0),
@@ -234,43 +261,59 @@ pub fn compile(
             }
         }
     }
-    push_down(&mut v4, mask4);
-    push_down(&mut v6, mask6);
+    let v4 = merge_and_push_down(v4, mask4);
+    let v6 = merge_and_push_down(v6, mask6);
     // One port set per distinct set of rules, shared by its entries.
-    let mut specs: HashMap<Rules, Arc<PortSpec>> = HashMap::new();
-    let mut spec_of =
-        |rules: &Rules, prefix: &dyn Fn() -> String| -> Result<Arc<PortSpec>, CompileError> {
-            if let Some(s) = specs.get(rules) {
-                return Ok(s.clone());
-            }
-            let mut ports = Ports::default();
-            for &i in rules.slice() {
-                let (protocol, ranges) = &groups[i as usize];
-                ports.add(*protocol, ranges);
-            }
-            let s = spec(ports);
-            if s.0.len() > MAX_PORT_RANGES {
-                return Err(CompileError::TooManyPortRanges {
-                    policy: policy.name.clone(),
-                    prefix: prefix(),
-                    count: s.0.len(),
-                    max: MAX_PORT_RANGES,
-                });
-            }
-            let s = Arc::new(s);
-            specs.insert(rules.clone(), s.clone());
-            Ok(s)
-        };
     let mut out = Compiled::default();
-    out.v4.reserve(v4.len());
-    out.v6.reserve(v6.len());
-    for ((a, l), r) in v4 {
-        let s = spec_of(&r, &|| format!("{}/{l}", std::net::Ipv4Addr::from(a)))?;
-        out.v4.insert((a, l), s);
+    let mut specs: HashMap<Rules, u32> = HashMap::new();
+    let mut last: Option<(Rules, u32)> = None;
+    let mut spec_of = |rules: Rules,
+                       specs_out: &mut Vec<PortSpec>,
+                       prefix: &dyn Fn() -> String|
+     -> Result<u32, CompileError> {
+        // Neighbouring entries mostly share their rules.
+        if let Some((r, s)) = &last {
+            if *r == rules {
+                return Ok(*s);
+            }
+        }
+        let s = match specs.get(&rules) {
+            Some(s) => *s,
+            None => {
+                let mut ports = Ports::default();
+                for &i in rules.slice() {
+                    let (protocol, ranges) = &groups[i as usize];
+                    ports.add(*protocol, ranges);
+                }
+                let spec = spec(ports);
+                if spec.0.len() > MAX_PORT_RANGES {
+                    return Err(CompileError::TooManyPortRanges {
+                        policy: policy.name.clone(),
+                        prefix: prefix(),
+                        count: spec.0.len(),
+                        max: MAX_PORT_RANGES,
+                    });
+                }
+                specs_out.push(spec);
+                let s = specs_out.len() as u32 - 1;
+                specs.insert(rules.clone(), s);
+                s
+            }
+        };
+        last = Some((rules, s));
+        Ok(s)
+    };
+    out.v4.reserve_exact(v4.len());
+    for (addr, len, r) in v4 {
+        let prefix = || format!("{}/{len}", std::net::Ipv4Addr::from(addr));
+        let spec = spec_of(r, &mut out.specs, &prefix)?;
+        out.v4.push(Entry { addr, len, spec });
     }
-    for ((a, l), r) in v6 {
-        let s = spec_of(&r, &|| format!("{}/{l}", std::net::Ipv6Addr::from(a)))?;
-        out.v6.insert((a, l), s);
+    out.v6.reserve_exact(v6.len());
+    for (addr, len, r) in v6 {
+        let prefix = || format!("{}/{len}", std::net::Ipv6Addr::from(addr));
+        let spec = spec_of(r, &mut out.specs, &prefix)?;
+        out.v6.push(Entry { addr, len, spec });
     }
     Ok(out)
 }
@@ -304,8 +347,8 @@ mod tests {
         );
         let c = compile(&p, &HashMap::new()).unwrap();
         let a = u32::from(std::net::Ipv4Addr::new(203, 0, 113, 5));
-        assert_eq!(c.v4[&(a, 32)].0, vec![r(80, 80, TCP), r(443, 443, TCP)]);
-        assert_eq!(c.v4[&(a & 0xffff_ff00, 24)].0, vec![r(80, 80, TCP)]);
+        assert_eq!(c.ports_v4(a, 32).unwrap().0, vec![r(80, 80, TCP), r(443, 443, TCP)]);
+        assert_eq!(c.ports_v4(a & 0xffff_ff00, 24).unwrap().0, vec![r(80, 80, TCP)]);
     }
 
     #[test]
@@ -315,11 +358,11 @@ mod tests {
             "  - cidr: 198.51.100.0/24\n    ports: [53]\n    protocol: udp\n",
         ));
         let c = compile(&p, &HashMap::new()).unwrap();
-        let s = &c.v4.values().next().unwrap().0;
+        let s = &c.specs[c.v4[0].spec as usize].0;
         assert_eq!(s, &vec![r(1000, 3001, TCP), r(53, 53, UDP)]);
         let p = policy("  - cidr: 198.51.100.0/24\n    ports: [53]\n    protocol: any\n");
         let c = compile(&p, &HashMap::new()).unwrap();
-        assert_eq!(c.v4.values().next().unwrap().0, vec![r(53, 53, TCP | UDP)]);
+        assert_eq!(c.specs[c.v4[0].spec as usize].0, vec![r(53, 53, TCP | UDP)]);
     }
 
     #[test]
@@ -337,11 +380,10 @@ mod tests {
         let c = compile(&p, &resolved).unwrap();
         assert_eq!(c.v4.len(), 2);
         assert_eq!(c.v6.len(), 1);
-        assert!(c
-            .v4
-            .contains_key(&(u32::from(std::net::Ipv4Addr::new(198, 51, 100, 9)), 32)));
         assert_eq!(
-            c.v4[&(u32::from(std::net::Ipv4Addr::new(198, 51, 100, 9)), 32)].0,
+            c.ports_v4(u32::from(std::net::Ipv4Addr::new(198, 51, 100, 9)), 32)
+                .unwrap()
+                .0,
             vec![r(1, 65535, TCP)]
         );
         // unresolved: nothing, never everything

@@ -117,3 +117,68 @@ fn sample() -> (Vec<u8>, Vec<u8>) {
         ));
     (q.to_vec().unwrap(), a.to_vec().unwrap())
 }
+
+/// One overlapping IPv4 or IPv6 rule: (IPv6?, last byte, prefix length
+/// within the last byte, port, protocol).
+fn net_rule() -> impl Strategy<Value = (bool, u8, u8, u16, u8)> {
+    (any::<bool>(), any::<u8>(), 0u8..=8, 1u16..=12, 0u8..3)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Each compiled entry allows exactly the ports of every rule whose
+    /// prefix covers it (its own included), and the entries are the rules'
+    /// prefixes, each once.
+    #[test]
+    fn compiled_entries_carry_every_covering_rule(rules in prop::collection::vec(net_rule(), 1..40)) {
+        use egressd::compile::compile;
+        use ipnet::IpNet;
+        use std::collections::BTreeSet;
+        let protos = ["tcp", "udp", "any"];
+        let nets: Vec<IpNet> = rules
+            .iter()
+            .map(|&(v6, byte, bits, _, _)| {
+                let text = if v6 {
+                    format!("2001:db8::{byte:x}/{}", 120 + bits)
+                } else {
+                    format!("203.0.113.{byte}/{}", 24 + bits)
+                };
+                text.parse::<IpNet>().unwrap().trunc()
+            })
+            .collect();
+        let mut yaml = "name: p\nallow:\n".to_string();
+        for (net, &(_, _, _, port, proto)) in nets.iter().zip(&rules) {
+            yaml += &format!("  - cidr: {net}\n    ports: [{port}]\n    protocol: {}\n", protos[proto as usize]);
+        }
+        let policy = parse(&yaml, Path::new("p.yaml")).unwrap();
+        let c = compile(&policy, &Default::default()).unwrap();
+        // (port, TCP?) pairs a compiled spec allows.
+        let allowed = |spec: u32| -> BTreeSet<(u16, bool)> {
+            c.specs[spec as usize].0.iter().flat_map(|r| {
+                (r.lo..=r.hi).flat_map(move |p| {
+                    [(p, true, r.protos & 1 != 0), (p, false, r.protos & 2 != 0)]
+                })
+            }).filter(|t| t.2).map(|(p, tcp, _)| (p, tcp)).collect()
+        };
+        let entries: Vec<(IpNet, u32)> = c.v4.iter()
+            .map(|e| (IpNet::new(std::net::Ipv4Addr::from(e.addr).into(), e.len).unwrap(), e.spec))
+            .chain(c.v6.iter().map(|e| (IpNet::new(std::net::Ipv6Addr::from(e.addr).into(), e.len).unwrap(), e.spec)))
+            .collect();
+        let distinct: BTreeSet<IpNet> = nets.iter().copied().collect();
+        prop_assert_eq!(entries.len(), distinct.len());
+        prop_assert_eq!(entries.iter().map(|e| e.0).collect::<BTreeSet<_>>(), distinct);
+        for (net, spec) in &entries {
+            let mut want = BTreeSet::new();
+            for (rule, &(_, _, _, port, proto)) in nets.iter().zip(&rules) {
+                if rule.contains(net) {
+                    if proto != 1 { want.insert((port, true)); }
+                    if proto != 0 { want.insert((port, false)); }
+                }
+            }
+            prop_assert_eq!(allowed(*spec), want, "{}", net);
+        }
+        for w in c.v4.windows(2) { prop_assert!((w[0].addr, w[0].len) < (w[1].addr, w[1].len)); }
+        for w in c.v6.windows(2) { prop_assert!((w[0].addr, w[0].len) < (w[1].addr, w[1].len)); }
+    }
+}

@@ -1,7 +1,6 @@
 //! Attaching a loaded program to a cgroup with a bpf_link, and pinning the
 //! link, with the bpf(2) syscall directly: aya 0.14 cannot turn every
-//! cgroup link type into a pinnable link (not `cgroup/setsockopt`'s), and
-//! the kernel ABI for these two commands is small and stable.
+//! cgroup link type into a pinnable link (not `cgroup/setsockopt`'s).
 
 use std::{
     ffi::CString,
@@ -28,26 +27,7 @@ pub mod attach_type {
     pub const CGROUP_INET6_GETPEERNAME: u32 = 30;
 }
 
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_LINK_CREATE: libc::c_long = 28;
-
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i64> {
-    // SAFETY: attr is a zero-padded bpf_attr of 128 bytes, which covers
-    // every field of the commands used here.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr) as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
+use super::sys::{bpf, BPF_LINK_CREATE, BPF_OBJ_PIN};
 
 /// Attaches `prog` to the cgroup `cgroup` for `attach_type`. Cgroup links
 /// are always multi-attach: programs of sub-cgroups run in addition to this

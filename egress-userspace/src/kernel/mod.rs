@@ -6,6 +6,7 @@
 pub mod counters;
 pub mod link;
 pub mod pins;
+pub mod sys;
 pub mod tables;
 
 use std::{

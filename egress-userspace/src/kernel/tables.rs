@@ -3,28 +3,38 @@
 //! A policy's prefixes live in the allow tries under a table id. A new or
 //! reloaded policy gets a fresh table, written whole before `POLICIES`
 //! switches to it in one update; the old table is deleted afterwards. Hostname
-//! updates change a live table in place, one entry (an atomic update) at a time.
+//! updates change a live table in place, each entry in one atomic update
+//! (many to a syscall, with the kernel's batch commands).
 
 use std::{
     collections::HashMap as StdHashMap,
+    os::fd::AsFd,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{lpm_trie::Key, MapError};
-use egress_common::{PolicyInfo, PortSet, V4Key, V6Key, MAX_PORTSETS, TABLE_BITS};
+use aya::maps::{IterableMap, MapError};
+use egress_common::{PolicyInfo, PortSet, MAX_PORTSETS, TABLE_BITS};
 
-use super::Maps;
-use crate::compile::{Compiled, PortSpec};
+use super::{sys, Maps};
+use crate::compile::{Compiled, Entry, PortSpec};
 
 /// The kernel maps, and what userspace last wrote into them.
 pub struct Tables {
     pub maps: Maps,
     next_table: u32,
     portsets: StdHashMap<PortSpec, u32>,
-    applied: StdHashMap<u32, Compiled>,
+    applied: StdHashMap<u32, Held>,
     /// Tables no policy refers to any more, and when they may be deleted.
     graveyard: Vec<(Instant, u32)>,
+}
+
+/// What one table holds in the kernel: entries sorted by prefix, their
+/// `spec` a port set id (0 when unknown, which no entry written has).
+#[derive(Default)]
+struct Held {
+    v4: Vec<Entry<u32>>,
+    v6: Vec<Entry<u128>>,
 }
 
 /// How long a table outlives the switch away from it. A program that read
@@ -32,18 +42,106 @@ pub struct Tables {
 /// in it; programs run for microseconds, so this is ample.
 pub const TABLE_GRACE: Duration = Duration::from_secs(1);
 
-fn v4_key(table: u32, addr: u32, len: u8) -> Key<V4Key> {
-    let mut data = [0u8; 8];
-    data[..4].copy_from_slice(&table.to_be_bytes());
-    data[4..].copy_from_slice(&addr.to_be_bytes());
-    Key::new(TABLE_BITS + u32::from(len), data)
+/// An allow-trie key as the kernel lays it out: prefix length, then the
+/// table id and the address, big-endian.
+#[repr(C)]
+struct TrieKey<const N: usize> {
+    prefix_len: u32,
+    data: [u8; N],
 }
 
-fn v6_key(table: u32, addr: u128, len: u8) -> Key<V6Key> {
-    let mut data = [0u8; 20];
-    data[..4].copy_from_slice(&table.to_be_bytes());
-    data[4..].copy_from_slice(&addr.to_be_bytes());
-    Key::new(TABLE_BITS + u32::from(len), data)
+trait Prefix: Copy + Ord {
+    type Key;
+    fn key(table: u32, addr: Self, len: u8) -> Self::Key;
+}
+
+impl Prefix for u32 {
+    type Key = TrieKey<8>;
+    fn key(table: u32, addr: u32, len: u8) -> TrieKey<8> {
+        let mut data = [0u8; 8];
+        data[..4].copy_from_slice(&table.to_be_bytes());
+        data[4..].copy_from_slice(&addr.to_be_bytes());
+        TrieKey {
+            prefix_len: TABLE_BITS + u32::from(len),
+            data,
+        }
+    }
+}
+
+impl Prefix for u128 {
+    type Key = TrieKey<20>;
+    fn key(table: u32, addr: u128, len: u8) -> TrieKey<20> {
+        let mut data = [0u8; 20];
+        data[..4].copy_from_slice(&table.to_be_bytes());
+        data[4..].copy_from_slice(&addr.to_be_bytes());
+        TrieKey {
+            prefix_len: TABLE_BITS + u32::from(len),
+            data,
+        }
+    }
+}
+
+/// What to write (new or changed entries) and what to remove (prefixes
+/// gone) to bring `old` to `new`; both sorted by prefix.
+fn diff<A: Ord + Copy>(old: &[Entry<A>], new: &[Entry<A>]) -> (Vec<Entry<A>>, Vec<Entry<A>>) {
+    let (mut write, mut remove) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        let order = match (old.get(i), new.get(j)) {
+            (Some(o), Some(n)) => (o.addr, o.len).cmp(&(n.addr, n.len)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                remove.push(old[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                write.push(new[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                if old[i].spec != new[j].spec {
+                    write.push(new[j]);
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    (write, remove)
+}
+
+/// Every prefix of `a` and `b`, each once, with the unknown port set.
+fn union_unknown<A: Ord + Copy>(a: &[Entry<A>], b: &[Entry<A>]) -> Vec<Entry<A>> {
+    let mut all: Vec<Entry<A>> = a
+        .iter()
+        .chain(b)
+        .map(|e| Entry { spec: 0, ..*e })
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// `entries` with their spec index replaced by the port set id `ids` gives.
+fn with_ids<A>(entries: Vec<Entry<A>>, ids: &[u32]) -> Vec<Entry<A>> {
+    entries
+        .into_iter()
+        .map(|e| Entry {
+            spec: ids[e.spec as usize],
+            ..e
+        })
+        .collect()
+}
+
+fn values<A>(entries: &[Entry<A>]) -> Vec<u32> {
+    entries.iter().map(|e| e.spec).collect()
+}
+
+fn keys<A: Prefix>(table: u32, entries: &[Entry<A>]) -> Vec<A::Key> {
+    entries.iter().map(|e| A::key(table, e.addr, e.len)).collect()
 }
 
 impl Tables {
@@ -84,84 +182,59 @@ impl Tables {
     pub fn write_table(&mut self, compiled: Compiled) -> Result<u32> {
         let table = self.next_table;
         self.next_table += 1;
-        self.applied.insert(table, Compiled::default());
+        self.applied.insert(table, Held::default());
         self.update_table(table, compiled)?;
         Ok(table)
     }
 
-    /// Brings a live table to `compiled` (kept as what the kernel holds: a
-    /// million entries are not copied): adds and changes entries first,
-    /// then removes those that are gone (the removals run even when an
-    /// addition failed, so nothing stale stays allowed).
+    /// Brings a live table to `compiled`: writes new and changed entries
+    /// first (in prefix order, many per syscall), then removes those that
+    /// are gone (the removals run even when a write failed, so nothing stale
+    /// stays allowed).
     pub fn update_table(&mut self, table: u32, compiled: Compiled) -> Result<()> {
         let old = self.applied.remove(&table).unwrap_or_default();
-        let added = self.add_entries(table, &old, &compiled);
-        let removed = self.remove_entries(table, &old, &compiled);
-        let mut held = compiled;
-        if added.is_err() {
-            // Some of the new entries may be missing and some of the old
-            // ones changed: remember everything that may be in the kernel,
-            // so that the next update removes what it must.
-            for (k, v) in &old.v4 {
-                held.v4.entry(*k).or_insert_with(|| v.clone());
-            }
-            for (k, v) in &old.v6 {
-                held.v6.entry(*k).or_insert_with(|| v.clone());
-            }
-            let unknown = std::sync::Arc::new(PortSpec(Vec::new()));
-            held.v4.values_mut().for_each(|v| *v = unknown.clone());
-            held.v6.values_mut().for_each(|v| *v = unknown.clone());
-        }
-        self.applied.insert(table, held);
-        added.and(removed)
-    }
-
-    fn add_entries(&mut self, table: u32, old: &Compiled, new: &Compiled) -> Result<()> {
-        for (&(addr, len), spec) in &new.v4 {
-            if old.v4.get(&(addr, len)) != Some(spec) {
-                let id = self.portset(spec)?;
-                self.maps
-                    .allow_v4
-                    .insert(&v4_key(table, addr, len), id, 0)
-                    .context("writing an IPv4 allow entry")?;
-            }
-        }
-        for (&(addr, len), spec) in &new.v6 {
-            if old.v6.get(&(addr, len)) != Some(spec) {
-                let id = self.portset(spec)?;
-                self.maps
-                    .allow_v6
-                    .insert(&v6_key(table, addr, len), id, 0)
-                    .context("writing an IPv6 allow entry")?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes the entries of `old` that `new` lacks; keeps going after a
-    /// failure (an entry already absent is not one) and reports the first.
-    fn remove_entries(&mut self, table: u32, old: &Compiled, new: &Compiled) -> Result<()> {
-        let mut first_error: Option<anyhow::Error> = None;
-        let mut note = |r: Result<(), MapError>, what: &str| match r {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+        let ids = compiled
+            .specs
+            .iter()
+            .map(|s| self.portset(s))
+            .collect::<Result<Vec<u32>>>();
+        let ids = match ids {
+            Ok(ids) => ids,
             Err(e) => {
-                first_error
-                    .get_or_insert(anyhow::Error::new(e).context(format!("removing {what}")));
+                self.applied.insert(table, old);
+                return Err(e);
             }
         };
-        for &(addr, len) in old.v4.keys().filter(|k| !new.v4.contains_key(k)) {
-            note(
-                self.maps.allow_v4.remove(&v4_key(table, addr, len)),
-                "an IPv4 allow entry",
-            );
-        }
-        for &(addr, len) in old.v6.keys().filter(|k| !new.v6.contains_key(k)) {
-            note(
-                self.maps.allow_v6.remove(&v6_key(table, addr, len)),
-                "an IPv6 allow entry",
-            );
-        }
-        first_error.map_or(Ok(()), Err)
+        let new = Held {
+            v4: with_ids(compiled.v4, &ids),
+            v6: with_ids(compiled.v6, &ids),
+        };
+        let (write4, remove4) = diff(&old.v4, &new.v4);
+        let (write6, remove6) = diff(&old.v6, &new.v6);
+        let fd4 = self.maps.allow_v4.map().fd().as_fd();
+        let fd6 = self.maps.allow_v6.map().fd().as_fd();
+        let added = sys::update_batch(fd4, &keys(table, &write4), &values(&write4))
+            .context("writing IPv4 allow entries")
+            .and_then(|()| {
+                sys::update_batch(fd6, &keys(table, &write6), &values(&write6))
+                    .context("writing IPv6 allow entries")
+            });
+        let removed = sys::delete_batch(fd4, &keys(table, &remove4))
+            .context("removing IPv4 allow entries")
+            .and(sys::delete_batch(fd6, &keys(table, &remove6)).context("removing IPv6 allow entries"));
+        let held = if added.is_err() {
+            // Some of the new entries may be missing and some of the old
+            // ones changed: remember everything that may be in the kernel,
+            // so that the next update writes or removes what it must.
+            Held {
+                v4: union_unknown(&old.v4, &new.v4),
+                v6: union_unknown(&old.v6, &new.v6),
+            }
+        } else {
+            new
+        };
+        self.applied.insert(table, held);
+        added.and(removed)
     }
 
     /// Schedules a table no policy refers to any more for deletion once
@@ -183,8 +256,9 @@ impl Tables {
 
     /// Deletes a table that no policy refers to, at once.
     pub fn drop_table(&mut self, table: u32) -> Result<()> {
-        let old = self.applied.remove(&table).unwrap_or_default();
-        self.remove_entries(table, &old, &Compiled::default())
+        self.update_table(table, Compiled::default())?;
+        self.applied.remove(&table);
+        Ok(())
     }
 
     /// Entries in a table.
@@ -221,5 +295,28 @@ impl Tables {
             .cgroup_policy
             .insert(cgroup_id, policy, 0)
             .with_context(|| format!("writing cgroup {cgroup_id}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(addr: u32, len: u8, spec: u32) -> Entry<u32> {
+        Entry { addr, len, spec }
+    }
+
+    #[test]
+    fn diff_writes_new_and_changed_and_removes_gone() {
+        let old = [e(1, 32, 1), e(2, 32, 1), e(2 << 8, 24, 2), e(9, 32, 1)];
+        let new = [e(0, 32, 1), e(2, 32, 3), e(2 << 8, 24, 2), e(10, 32, 1)];
+        let (write, remove) = diff(&old, &new);
+        assert_eq!(write, [e(0, 32, 1), e(2, 32, 3), e(10, 32, 1)]);
+        assert_eq!(remove, [e(1, 32, 1), e(9, 32, 1)]);
+        assert_eq!(diff(&new, &new), (vec![], vec![]));
+        assert_eq!(
+            union_unknown(&old[..2], &new[..2]),
+            [e(0, 32, 0), e(1, 32, 0), e(2, 32, 0)]
+        );
     }
 }
