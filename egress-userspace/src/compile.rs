@@ -5,10 +5,7 @@
 //! ports of every shorter prefix that covers it as well as its own: a /24
 //! allowing port 80 and a /32 inside it allowing 443 give the /32 both.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-};
+use std::{collections::HashMap, net::IpAddr};
 
 use egress_common::{PortRange as KernelRange, MAX_PORT_RANGES, PROTO_BIT_TCP, PROTO_BIT_UDP};
 use ipnet::IpNet;
@@ -347,8 +344,14 @@ mod tests {
         );
         let c = compile(&p, &HashMap::new()).unwrap();
         let a = u32::from(std::net::Ipv4Addr::new(203, 0, 113, 5));
-        assert_eq!(c.ports_v4(a, 32).unwrap().0, vec![r(80, 80, TCP), r(443, 443, TCP)]);
-        assert_eq!(c.ports_v4(a & 0xffff_ff00, 24).unwrap().0, vec![r(80, 80, TCP)]);
+        assert_eq!(
+            c.ports_v4(a, 32).unwrap().0,
+            vec![r(80, 80, TCP), r(443, 443, TCP)]
+        );
+        assert_eq!(
+            c.ports_v4(a & 0xffff_ff00, 24).unwrap().0,
+            vec![r(80, 80, TCP)]
+        );
     }
 
     #[test]

@@ -52,7 +52,9 @@ fn example_policies_pass_check_strictly() {
 fn cidr_file_beside_a_policy_named_without_directory() {
     let tmp = TempDir::new("bare").unwrap();
     tmp.write("mirrors.list", "203.0.113.0/28\n").unwrap();
-    let file = tmp.write("p.yaml", "name: p\nallow:\n  - cidr_file: mirrors.list\n").unwrap();
+    let file = tmp
+        .write("p.yaml", "name: p\nallow:\n  - cidr_file: mirrors.list\n")
+        .unwrap();
     let out = Command::new(bin())
         .arg("check")
         .arg("p.yaml")

@@ -115,11 +115,7 @@ fn diff<A: Ord + Copy>(old: &[Entry<A>], new: &[Entry<A>]) -> (Vec<Entry<A>>, Ve
 
 /// Every prefix of `a` and `b`, each once, with the unknown port set.
 fn union_unknown<A: Ord + Copy>(a: &[Entry<A>], b: &[Entry<A>]) -> Vec<Entry<A>> {
-    let mut all: Vec<Entry<A>> = a
-        .iter()
-        .chain(b)
-        .map(|e| Entry { spec: 0, ..*e })
-        .collect();
+    let mut all: Vec<Entry<A>> = a.iter().chain(b).map(|e| Entry { spec: 0, ..*e }).collect();
     all.sort_unstable();
     all.dedup();
     all
@@ -141,7 +137,10 @@ fn values<A>(entries: &[Entry<A>]) -> Vec<u32> {
 }
 
 fn keys<A: Prefix>(table: u32, entries: &[Entry<A>]) -> Vec<A::Key> {
-    entries.iter().map(|e| A::key(table, e.addr, e.len)).collect()
+    entries
+        .iter()
+        .map(|e| A::key(table, e.addr, e.len))
+        .collect()
 }
 
 impl Tables {
@@ -221,7 +220,10 @@ impl Tables {
             });
         let removed = sys::delete_batch(fd4, &keys(table, &remove4))
             .context("removing IPv4 allow entries")
-            .and(sys::delete_batch(fd6, &keys(table, &remove6)).context("removing IPv6 allow entries"));
+            .and(
+                sys::delete_batch(fd6, &keys(table, &remove6))
+                    .context("removing IPv6 allow entries"),
+            );
         let held = if added.is_err() {
             // Some of the new entries may be missing and some of the old
             // ones changed: remember everything that may be in the kernel,
