@@ -291,21 +291,40 @@ fn watch_all(governor: &Governor, watcher: &mut Watcher, pod_parents: &[PathBuf]
     }
 }
 
-/// Writes events as JSON lines on stdout, and to `events` clients.
+/// Writes events as JSON lines on stdout (a batch in one write), and to
+/// `events` clients if any are connected; counts them.
 fn emit(
     batch: Vec<egress_common::Event>,
     describer: &Describer,
     metrics: &Metrics,
     feed: &EventFeed,
 ) {
-    let mut out = std::io::stdout().lock();
-    for e in batch {
-        metrics.event(describer.policy(e.policy_id), e.verdict);
-        let json = describer.json(&e);
-        let _ = writeln!(out, "{json}");
-        let _ = feed.send(json);
+    if batch.is_empty() {
+        return;
     }
-    let _ = out.flush();
+    let time = crate::events::timestamp(std::time::SystemTime::now());
+    let mut out = Vec::with_capacity(batch.len() * 320);
+    // Counted per (policy, verdict), once per batch.
+    let mut counts: Vec<((u32, u8), u64)> = Vec::new();
+    let watched = feed.receiver_count() > 0;
+    for e in &batch {
+        let key = (e.policy_id, e.verdict);
+        match counts.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((key, 1)),
+        }
+        describer.write_line(e, &time, &mut out);
+        if watched {
+            let _ = feed.send(describer.json(e));
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(&out);
+    let _ = stdout.flush();
+    // Counted once written: the count is what reached the output.
+    for ((policy, verdict), n) in counts {
+        metrics.events(describer.policy(policy), verdict, n);
+    }
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {

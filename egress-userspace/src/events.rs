@@ -2,6 +2,7 @@
 //! event as one JSON line.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{SystemTime, UNIX_EPOCH},
@@ -86,12 +87,12 @@ pub fn address(e: &Event) -> Option<IpAddr> {
 }
 
 /// The process name, up to its first NUL.
-pub fn comm(e: &Event) -> String {
+pub fn comm(e: &Event) -> Cow<'_, str> {
     let end = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
-    String::from_utf8_lossy(&e.comm[..end]).into_owned()
+    String::from_utf8_lossy(&e.comm[..end])
 }
 
-pub fn protocol_name(p: u8) -> String {
+pub fn protocol_name(p: u8) -> Cow<'static, str> {
     match p {
         6 => "tcp".into(),
         17 => "udp".into(),
@@ -99,7 +100,7 @@ pub fn protocol_name(p: u8) -> String {
         1 => "icmp".into(),
         58 => "icmpv6".into(),
         255 => "raw".into(),
-        n => format!("ip-proto-{n}"),
+        n => format!("ip-proto-{n}").into(),
     }
 }
 
@@ -177,26 +178,63 @@ impl Describer {
     }
 
     /// One event as a JSON object.
+    /// The event as a JSON object.
     pub fn json(&self, e: &Event) -> serde_json::Value {
-        json!({
-            "time": timestamp(SystemTime::now()),
-            "policy": self.policy(e.policy_id),
-            "verdict": verdict_name(e.verdict),
-            "reason": reason_name(e.reason),
-            "hook": hook_name(e.hook),
-            "family": match e.family { AF_INET => "ipv4", AF_INET6 => "ipv6", _ => "none" },
-            "protocol": protocol_name(e.protocol),
-            "daddr": address(e).map(|a| a.to_string()),
-            "dport": e.port,
-            "host": self.host(e),
-            "pid": e.tgid,
-            "tid": e.pid,
-            "uid": e.uid,
-            "gid": e.gid,
-            "comm": comm(e),
-            "cgroup_id": e.cgroup_id,
-        })
+        serde_json::to_value(self.line(e, &timestamp(SystemTime::now())))
+            .expect("an event line is plain data")
     }
+
+    /// The event as one JSON line appended to `out`, stamped `time`.
+    pub fn write_line(&self, e: &Event, time: &str, out: &mut Vec<u8>) {
+        serde_json::to_writer(&mut *out, &self.line(e, time)).expect("writing to memory");
+        out.push(b'\n');
+    }
+
+    fn line<'a>(&'a self, e: &'a Event, time: &'a str) -> Line<'a> {
+        Line {
+            cgroup_id: e.cgroup_id,
+            comm: comm(e),
+            daddr: address(e),
+            dport: e.port,
+            family: match e.family {
+                AF_INET => "ipv4",
+                AF_INET6 => "ipv6",
+                _ => "none",
+            },
+            gid: e.gid,
+            hook: hook_name(e.hook),
+            host: self.host(e),
+            pid: e.tgid,
+            policy: self.policy(e.policy_id),
+            protocol: protocol_name(e.protocol),
+            reason: reason_name(e.reason),
+            tid: e.pid,
+            time,
+            uid: e.uid,
+            verdict: verdict_name(e.verdict),
+        }
+    }
+}
+
+/// One event line; fields in alphabetical order, as before they were typed.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    cgroup_id: u64,
+    comm: Cow<'a, str>,
+    daddr: Option<IpAddr>,
+    dport: u16,
+    family: &'static str,
+    gid: u32,
+    hook: &'static str,
+    host: Option<String>,
+    pid: u32,
+    policy: &'a str,
+    protocol: Cow<'static, str>,
+    reason: &'static str,
+    tid: u32,
+    time: &'a str,
+    uid: u32,
+    verdict: &'static str,
 }
 
 #[cfg(test)]

@@ -109,7 +109,7 @@ impl Summary {
         let key = (
             format!("{} {dest}", protocol_name(e.protocol)),
             d.host(e).map(|h| format!(" ({h})")).unwrap_or_default(),
-            comm(e),
+            comm(e).into_owned(),
             reason_name(e.reason).to_string(),
         );
         if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {

@@ -114,10 +114,10 @@ impl Metrics {
             .inc_by(n as u64);
     }
 
-    pub fn event(&self, policy: &str, verdict: u8) {
+    pub fn events(&self, policy: &str, verdict: u8, n: u64) {
         self.events
             .with_label_values(&[policy, verdict_name(verdict)])
-            .inc();
+            .inc_by(n);
     }
 
     /// Brings every metric up to date with the kernel and the enforcer.

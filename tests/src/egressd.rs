@@ -194,6 +194,13 @@ impl Daemon {
         Self::start_instance(ns, policy, &unique("test"), extra)
     }
 
+    /// As `start`, with the event lines written to `events` (a file) rather
+    /// than parsed: for floods of events (`events()` stays empty).
+    pub fn start_to_file(ns: &Netns, policy: &Path, events: &Path) -> Result<Daemon> {
+        let file = std::fs::File::create(events)?;
+        Self::spawn(ns, policy, &unique("test"), &[], Some(file))
+    }
+
     /// As `start_with`, under a given pin instance name (a restarted daemon).
     pub fn start_instance(
         ns: &Netns,
@@ -201,7 +208,18 @@ impl Daemon {
         instance: &str,
         extra: &[&str],
     ) -> Result<Daemon> {
+        Self::spawn(ns, policy, instance, extra, None)
+    }
+
+    fn spawn(
+        ns: &Netns,
+        policy: &Path,
+        instance: &str,
+        extra: &[&str],
+        events_file: Option<std::fs::File>,
+    ) -> Result<Daemon> {
         let instance = instance.to_string();
+        let to_file = events_file.is_some();
         let metrics_port = 9469;
         let mut child = ns
             .command(bin())
@@ -212,21 +230,23 @@ impl Daemon {
             .args(["--instance", &instance])
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(events_file.map_or_else(Stdio::piped, Stdio::from))
             .stderr(Stdio::piped())
             .spawn()
             .context("starting egressd run")?;
         let events = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().unwrap();
-        let ev = events.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v: Value =
-                    serde_json::from_str(&line).expect("egressd run prints JSON lines on stdout");
-                ev.lock().unwrap().push(v);
-            }
-        });
+        if !to_file {
+            let stdout = child.stdout.take().unwrap();
+            let ev = events.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let v: Value = serde_json::from_str(&line)
+                        .expect("egressd run prints JSON lines on stdout");
+                    ev.lock().unwrap().push(v);
+                }
+            });
+        }
         let (ready_tx, ready_rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let lg = log.clone();

@@ -41,9 +41,16 @@ fn main() -> Result<()> {
                 .and_then(|i| args.get(i + 1))
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("."));
-            run(smoke, &out)
+            let only = args
+                .iter()
+                .position(|a| a == "--only")
+                .and_then(|i| args.get(i + 1))
+                .cloned();
+            run(smoke, &out, only.as_deref())
         }
-        _ => bail!("usage: egress-bench run [--smoke] [--out DIR] | client ..."),
+        _ => bail!(
+            "usage: egress-bench run [--smoke] [--out DIR] [--only connect|storm|dns] | client ..."
+        ),
     }
 }
 
@@ -100,6 +107,44 @@ fn client(args: &[String]) -> Result<()> {
                 match TcpStream::connect(addr) {
                     Ok(s) => reset_on_close(&s),
                     Err(_) => refused += 1,
+                }
+            }
+            println!("{} {refused}", t.elapsed().as_nanos());
+        }
+        Some("storm") => {
+            // COUNT connects to ADDR, all on one TCP socket: each must be
+            // refused by egressd (EPERM); prints the time and the refusals.
+            let addr: std::net::SocketAddrV4 = args[1].parse()?;
+            let count = n(2)?;
+            // SAFETY: a plain socket call.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            if fd < 0 {
+                bail!("socket: {}", std::io::Error::last_os_error());
+            }
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: addr.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*addr.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let t = Instant::now();
+            let mut refused = 0u64;
+            for _ in 0..count {
+                // SAFETY: a valid socket and address.
+                let rc = unsafe {
+                    libc::connect(
+                        fd,
+                        (&sa as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    )
+                };
+                if rc == 0 {
+                    bail!("a connect to {addr} was let through");
+                }
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+                    refused += 1;
                 }
             }
             println!("{} {refused}", t.elapsed().as_nanos());
@@ -452,7 +497,10 @@ fn nft_flush(ns: &Netns) {
 
 // ---------------------------------------------------------------- the run
 
-fn run(smoke: bool, out: &Path) -> Result<()> {
+/// Runs every section (or, with `only`, one section, printing its results
+/// rather than writing the report).
+fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
+    let want = |section: &str| only.is_none_or(|o| o == section);
     let p = if smoke {
         Params {
             reps: 3,
@@ -468,7 +516,7 @@ fn run(smoke: bool, out: &Path) -> Result<()> {
             connects: 20_000,
             bulk_bytes: 1 << 30,
             sizes: vec![10, 10_000, 100_000, 1_000_000],
-            storm: 200_000,
+            storm: 2_000_000,
             dns_queries: 5000,
         }
     };
@@ -489,132 +537,174 @@ fn run(smoke: bool, out: &Path) -> Result<()> {
     let tmp = TempDir::new("bench")?;
     let mut results = json!({});
 
-    // (a) the floor: a cgroup nothing governs.
-    let floor_cg = TestCgroup::new("floor")?;
-    floor_cg.cgroup.create()?;
-    eprintln!("bench: floor");
-    let floor = costs(&floor_cg, &ns, &p)?;
-    results["floor"] = json!({"tcp_connect_ns": json_stat(floor.tcp), "udp_connect_ns": json_stat(floor.udp), "bulk_mb_s": json_stat(floor.bulk)});
+    if want("connect") {
+        // (a) the floor: a cgroup nothing governs.
+        let floor_cg = TestCgroup::new("floor")?;
+        floor_cg.cgroup.create()?;
+        eprintln!("bench: floor");
+        let floor = costs(&floor_cg, &ns, &p)?;
+        results["floor"] = json!({"tcp_connect_ns": json_stat(floor.tcp), "udp_connect_ns": json_stat(floor.udp), "bulk_mb_s": json_stat(floor.bulk)});
 
-    // (b) egressd and (c) nftables at each size.
-    let mut rows = Vec::new();
-    for &size in &p.sizes {
-        let list = entries(size);
-        let cg = TestCgroup::new("gov")?;
-        let policy = tmp.write("bench.yaml", &policy_yaml("bench", &cg, &list, &tmp))?;
-        eprintln!("bench: egressd, {size} entries");
-        let t = Instant::now();
-        let daemon = Daemon::start(&ns, &policy)?;
-        let load = t.elapsed();
-        let rss = rss_kib(daemon.pid());
-        let before = daemon.metric("egressd_reloads_total", &[("result", "ok")])?;
-        let t = Instant::now();
-        daemon.signal(libc::SIGHUP);
-        while daemon.metric("egressd_reloads_total", &[("result", "ok")])? <= before {
-            if t.elapsed() > Duration::from_secs(300) {
-                bail!("reload of {size} entries did not finish");
+        // (b) egressd and (c) nftables at each size.
+        let mut rows = Vec::new();
+        for &size in &p.sizes {
+            let list = entries(size);
+            let cg = TestCgroup::new("gov")?;
+            let policy = tmp.write("bench.yaml", &policy_yaml("bench", &cg, &list, &tmp))?;
+            eprintln!("bench: egressd, {size} entries");
+            let t = Instant::now();
+            let daemon = Daemon::start(&ns, &policy)?;
+            let load = t.elapsed();
+            let rss = rss_kib(daemon.pid());
+            let before = daemon.metric("egressd_reloads_total", &[("result", "ok")])?;
+            let t = Instant::now();
+            daemon.signal(libc::SIGHUP);
+            while daemon.metric("egressd_reloads_total", &[("result", "ok")])? <= before {
+                if t.elapsed() > Duration::from_secs(300) {
+                    bail!("reload of {size} entries did not finish");
+                }
+                thread::sleep(Duration::from_millis(20));
             }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let reload = t.elapsed();
-        let rss_after = rss_kib(daemon.pid());
-        let e = costs(&cg, &ns, &p)?;
-        drop(daemon);
-        drop(cg);
+            let reload = t.elapsed();
+            let rss_after = rss_kib(daemon.pid());
+            let e = costs(&cg, &ns, &p)?;
+            drop(daemon);
+            drop(cg);
 
-        eprintln!("bench: nftables, {size} entries");
-        let cg = TestCgroup::new("nft")?;
-        cg.cgroup.create()?;
-        let nft_load = nft_load(&ns, &cg, &list, &tmp)?;
-        let n = costs(&cg, &ns, &p)?;
-        nft_flush(&ns);
-        drop(cg);
-        rows.push(json!({
+            eprintln!("bench: nftables, {size} entries");
+            let cg = TestCgroup::new("nft")?;
+            cg.cgroup.create()?;
+            let nft_load = nft_load(&ns, &cg, &list, &tmp)?;
+            let n = costs(&cg, &ns, &p)?;
+            nft_flush(&ns);
+            drop(cg);
+            rows.push(json!({
             "entries": size,
             "egressd": {"tcp_connect_ns": json_stat(e.tcp), "udp_connect_ns": json_stat(e.udp), "bulk_mb_s": json_stat(e.bulk),
                         "load_s": load.as_secs_f64(), "reload_s": reload.as_secs_f64(), "rss_mib": rss as f64 / 1024.0, "rss_after_reload_mib": rss_after as f64 / 1024.0},
             "nftables": {"tcp_connect_ns": json_stat(n.tcp), "udp_connect_ns": json_stat(n.udp), "bulk_mb_s": json_stat(n.bulk), "load_s": nft_load.as_secs_f64()},
         }));
-    }
-    results["sizes"] = Value::Array(rows);
-
-    // Deny storm: refused connects per second, events through the ring buffer.
-    eprintln!("bench: deny storm");
-    let cg = TestCgroup::new("storm")?;
-    let policy = tmp.write("storm.yaml", &policy_yaml("storm", &cg, &entries(10), &tmp))?;
-    let daemon = Daemon::start(&ns, &policy)?;
-    let storm = measure(&cg, &ns, &["deny", DENIED, &p.storm.to_string()], 1)?[0];
-    let denied = daemon.metric(
-        "egressd_egress_attempts_total",
-        &[("policy", "storm"), ("verdict", "denied")],
-    )?;
-    let lost = daemon.metric("egressd_events_lost_total", &[("policy", "storm")])?;
-    let t = Instant::now();
-    let delivered = loop {
-        let d = daemon.events().len() as f64;
-        if d + lost >= p.storm as f64 || t.elapsed() > Duration::from_secs(30) {
-            break d;
         }
-        thread::sleep(Duration::from_millis(50));
-    };
-    let drain = t.elapsed().as_secs_f64() + storm / 1e9;
-    results["deny_storm"] = json!({
-        "attempts": p.storm, "denies_per_s": p.storm as f64 / (storm / 1e9),
-        "counted": denied, "counters_exact": denied == p.storm as f64,
-        "events_delivered": delivered, "events_lost": lost,
-        "events_per_s": delivered / drain,
-    });
+        results["sizes"] = Value::Array(rows);
+    }
 
-    drop(daemon);
-    drop(cg);
+    if want("storm") {
+        // Deny storm: refused connects per second from one process per CPU,
+        // and events per second through the ring buffer to egressd's output.
+        eprintln!("bench: deny storm");
+        let cg = TestCgroup::new("storm")?;
+        let policy = tmp.write("storm.yaml", &policy_yaml("storm", &cg, &entries(10), &tmp))?;
+        let lines = tmp.0.join("storm-events.jsonl");
+        let daemon = Daemon::start_to_file(&ns, &policy, &lines)?;
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let each = p.storm / cpus as u64;
+        let attempts = each * cpus as u64;
+        let me = std::env::current_exe()?;
+        let t = Instant::now();
+        let clients: Vec<_> = (0..cpus)
+            .map(|_| {
+                cg.command(&ns, &me)
+                    .args(["client", "storm", DENIED, &each.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .spawn()
+            })
+            .collect::<std::io::Result<_>>()?;
+        let mut refused = 0u64;
+        for c in clients {
+            let o = c.wait_with_output()?;
+            if !o.status.success() {
+                bail!("storm client failed");
+            }
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            refused += out
+                .split_whitespace()
+                .nth(1)
+                .context("no output")?
+                .parse::<u64>()?;
+        }
+        let storm_s = t.elapsed().as_secs_f64();
+        // Events are counted as egressd takes them off the ring buffer and
+        // writes them out; lost ones (ring buffer full) are counted too.
+        let (delivered, lost) = loop {
+            let d = daemon.metric("egressd_events_total", &[("policy", "storm")])?;
+            let lost = daemon.metric("egressd_events_lost_total", &[("policy", "storm")])?;
+            if d + lost >= attempts as f64 || t.elapsed() > Duration::from_secs(60) {
+                break (d, lost);
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        let drain_s = t.elapsed().as_secs_f64();
+        let denied = daemon.metric(
+            "egressd_egress_attempts_total",
+            &[("policy", "storm"), ("verdict", "denied")],
+        )?;
+        drop(daemon);
+        let written = std::fs::read_to_string(&lines)?.lines().count();
+        results["deny_storm"] = json!({
+            "attempts": attempts, "processes": cpus, "refused": refused,
+            "denies_per_s": attempts as f64 / storm_s,
+            "counted": denied, "counters_exact": denied == attempts as f64 && refused == attempts,
+            "events_delivered": delivered, "events_lost": lost, "event_lines_written": written,
+            "events_per_s": delivered / drain_s,
+        });
+        drop(cg);
+    }
 
-    // DNS: through egressd's proxy (redirected; the name is allowed, so the
-    // proxy asks the upstream) against the upstream directly.
-    eprintln!("bench: DNS");
-    let cg = TestCgroup::new("dns")?;
-    let policy = tmp.write(
+    if want("dns") {
+        // DNS: through egressd's proxy (redirected; the name is allowed, so the
+        // proxy asks the upstream) against the upstream directly.
+        eprintln!("bench: DNS");
+        let cg = TestCgroup::new("dns")?;
+        let policy = tmp.write(
         "dns.yaml",
         &format!(
             "name: dns\ncgroups: [{}]\nallow:\n  - host: api.model.test\n    ports: [8080]\ndns:\n  upstream: [{UPSTREAM}]\n",
             cg.rel_str()
         ),
     )?;
-    let daemon = Daemon::start(&ns, &policy)?;
-    let plain = TestCgroup::new("dnsplain")?;
-    plain.cgroup.create()?;
-    let lat = |cg: &TestCgroup| -> Result<Vec<f64>> {
-        let me = std::env::current_exe()?;
-        let o = cg
-            .command(&ns, &me)
-            .args([
-                "client",
-                "dns",
-                UPSTREAM,
-                "api.model.test",
-                &p.dns_queries.to_string(),
-            ])
-            .output()?;
-        if !o.status.success() {
-            bail!("dns client: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        Ok(String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| l.parse().ok())
-            .collect())
-    };
-    let pct = |mut v: Vec<f64>, q: f64| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[((v.len() - 1) as f64 * q) as usize]
-    };
-    let direct = lat(&plain)?;
-    let proxied = lat(&cg)?;
-    let sum = |v: &[f64]| v.iter().sum::<f64>() / 1e9;
-    results["dns"] = json!({
-        "queries": p.dns_queries,
-        "direct": {"p50_us": pct(direct.clone(), 0.5) / 1e3, "p99_us": pct(direct.clone(), 0.99) / 1e3, "qps_sequential": direct.len() as f64 / sum(&direct)},
-        "proxied": {"p50_us": pct(proxied.clone(), 0.5) / 1e3, "p99_us": pct(proxied.clone(), 0.99) / 1e3, "qps_sequential": proxied.len() as f64 / sum(&proxied)},
-    });
-    drop(daemon);
+        let daemon = Daemon::start(&ns, &policy)?;
+        let plain = TestCgroup::new("dnsplain")?;
+        plain.cgroup.create()?;
+        let lat = |cg: &TestCgroup| -> Result<Vec<f64>> {
+            let me = std::env::current_exe()?;
+            let o = cg
+                .command(&ns, &me)
+                .args([
+                    "client",
+                    "dns",
+                    UPSTREAM,
+                    "api.model.test",
+                    &p.dns_queries.to_string(),
+                ])
+                .output()?;
+            if !o.status.success() {
+                bail!("dns client: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            Ok(String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.parse().ok())
+                .collect())
+        };
+        let pct = |mut v: Vec<f64>, q: f64| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[((v.len() - 1) as f64 * q) as usize]
+        };
+        let direct = lat(&plain)?;
+        let proxied = lat(&cg)?;
+        let sum = |v: &[f64]| v.iter().sum::<f64>() / 1e9;
+        results["dns"] = json!({
+            "queries": p.dns_queries,
+            "direct": {"p50_us": pct(direct.clone(), 0.5) / 1e3, "p99_us": pct(direct.clone(), 0.99) / 1e3, "qps_sequential": direct.len() as f64 / sum(&direct)},
+            "proxied": {"p50_us": pct(proxied.clone(), 0.5) / 1e3, "p99_us": pct(proxied.clone(), 0.99) / 1e3, "qps_sequential": proxied.len() as f64 / sum(&proxied)},
+        });
+        drop(daemon);
+    }
+
+    if only.is_some() {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
 
     results["machine"] = json!({
         "kernel": String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout).trim(),
@@ -817,8 +907,8 @@ fn report(r: &Value) -> String {
     let d = &r["deny_storm"];
     let _ = writeln!(
         s,
-        "\n## Deny storm\n\n{} refused connects from one process: {:.0} refused connects/s; counters counted {} (exact: {}); {} events delivered ({:.0} events/s), {} lost (counted).",
-        d["attempts"], f(&d["denies_per_s"]), d["counted"], d["counters_exact"], d["events_delivered"], f(&d["events_per_s"]), d["events_lost"]
+        "\n## Deny storm\n\n{} connects to a denied address from {} processes (one per CPU), each reusing one socket: {} refused with EPERM, {:.0} refused connects/s. The kernel counters counted {} (exact: {}). egressd took {} events off the ring buffer and wrote them as JSON lines ({} lines in its output), {:.0} events/s from the storm's start to the last line; {} lost (counted).",
+        d["attempts"], d["processes"], d["refused"], f(&d["denies_per_s"]), d["counted"], d["counters_exact"], d["events_delivered"], d["event_lines_written"], f(&d["events_per_s"]), d["events_lost"]
     );
     let dn = &r["dns"];
     let _ = writeln!(
