@@ -23,6 +23,8 @@ pub struct DnsServer {
     pub addr: SocketAddr,
     pub zone: Zone,
     pub asked: Arc<Mutex<Vec<String>>>,
+    /// The id of each query received.
+    pub ids: Arc<Mutex<Vec<u16>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -93,7 +95,8 @@ impl DnsServer {
         sock.set_read_timeout(Some(Duration::from_millis(20)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let asked = Arc::new(Mutex::new(Vec::new()));
-        let (z, s, a) = (zone.clone(), stop.clone(), asked.clone());
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let (z, s, a, i) = (zone.clone(), stop.clone(), asked.clone(), ids.clone());
         thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while !s.load(Ordering::SeqCst) {
@@ -102,6 +105,7 @@ impl DnsServer {
                 };
                 if let Some((name, reply)) = answer(&buf[..n], &z) {
                     a.lock().unwrap().push(name);
+                    i.lock().unwrap().push(u16::from_be_bytes([buf[0], buf[1]]));
                     let _ = sock.send_to(&reply, from);
                 }
             }
@@ -110,6 +114,7 @@ impl DnsServer {
             addr,
             zone,
             asked,
+            ids,
             stop,
         })
     }

@@ -124,6 +124,38 @@ fn exfiltration_by_lookup_is_refused_and_never_forwarded() {
     assert_eq!(status(&r.stdout), "REFUSED");
 }
 
+/// The agent chooses its queries' ids; the proxy must not pass them on to
+/// the upstream, or a spoofer off the path would need to guess only the
+/// proxy's port to have an address of its choosing allowed.
+#[test]
+fn upstream_query_ids_are_the_proxys_not_the_agents() {
+    require_root();
+    let ns = Netns::new("qid").unwrap();
+    let upstream = zone(&ns);
+    let script = r#"python3 -c "
+import socket
+q = bytes.fromhex('42420100000100000000000003617069056d6f64656c04746573740000010001')
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+for _ in range(8):
+    s.sendto(q, ('203.0.113.1', 53))
+    r = s.recv(1500)
+    print(r[:2].hex(), r[3] & 15)
+""#;
+    let r = exec(&ns, ALLOW, &["sh", "-c", script]).unwrap();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines, ["4242 0"; 8], "{}{}", r.stdout, r.stderr);
+    // egressd's own lookups of the allowed names come first.
+    let ids = upstream.ids.lock().unwrap().clone();
+    assert!(ids.len() >= 8, "{ids:?}");
+    let proxied = &ids[ids.len() - 8..];
+    let distinct: std::collections::BTreeSet<u16> = proxied.iter().copied().collect();
+    assert!(
+        distinct.len() > 4 && !proxied.contains(&0x4242),
+        "upstream ids follow the agent's: {ids:x?}"
+    );
+}
+
 #[test]
 fn allowed_names_are_answered_as_if_by_the_server_asked() {
     require_root();

@@ -350,16 +350,25 @@ impl Proxy {
             }
             self.count("audited");
         }
-        let fresh = upstream_query(&q);
-        let answer = match &fresh {
-            Some(fresh) => forward(&upstream, fresh, &q).await,
-            None => None,
-        };
-        let Some(answer) = answer else {
+        // The upstream is asked with an id of our own: the agent chooses
+        // its ids, and a spoofed answer must not need to guess only a port.
+        let Some(id) = random_id() else {
             self.count("error");
             return Some(reply_code(&query, ResponseCode::ServFail));
         };
-        let (_, ips, ttl) = addresses(&q, &answer).ok()?;
+        let up = Question { id, ..q.clone() };
+        let fresh = upstream_query(&up);
+        let answer = match &fresh {
+            Some(fresh) => forward(&upstream, fresh, &up).await,
+            None => None,
+        };
+        let Some(mut answer) = answer else {
+            self.count("error");
+            return Some(reply_code(&query, ResponseCode::ServFail));
+        };
+        let (_, ips, ttl) = addresses(&up, &answer).ok()?;
+        // The client gets its own id back.
+        answer[..2].copy_from_slice(&q.id.to_be_bytes());
         if !ips.is_empty() {
             let now = Instant::now();
             let ttl = Duration::from_secs(u64::from(ttl));
@@ -409,6 +418,14 @@ async fn forward(upstream: &[SocketAddr], query: &[u8], q: &Question) -> Option<
     None
 }
 
+/// A query id from the kernel's random source.
+fn random_id() -> Option<u16> {
+    let mut id = [0u8; 2];
+    // SAFETY: writes at most two bytes into `id`.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    (n == 2).then(|| u16::from_ne_bytes(id))
+}
+
 fn is_truncated(answer: &[u8]) -> bool {
     answer.get(2).is_some_and(|b| b & 0x02 != 0)
 }
@@ -424,12 +441,12 @@ async fn ask_udp(server: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
     let sock = UdpSocket::bind(bind).await.ok()?;
     sock.connect(server).await.ok()?;
     sock.send(query).await.ok()?;
-    let mut buf = vec![0u8; 65535];
-    let n = tokio::time::timeout(UPSTREAM_TIMEOUT, sock.recv(&mut buf))
+    // Room for the largest datagram, not zeroed first (recv_buf fills it).
+    let mut buf = Vec::with_capacity(65535);
+    tokio::time::timeout(UPSTREAM_TIMEOUT, sock.recv_buf(&mut buf))
         .await
         .ok()?
         .ok()?;
-    buf.truncate(n);
     Some(buf)
 }
 

@@ -149,6 +149,35 @@ fn client(args: &[String]) -> Result<()> {
             }
             println!("{} {refused}", t.elapsed().as_nanos());
         }
+        Some("dnsflood") => {
+            // COUNT A queries for NAME with WINDOW in flight at once;
+            // prints the time and how many were answered.
+            let server: SocketAddr = args[1].parse()?;
+            let name = &args[2];
+            let count = n(3)?;
+            let window = n(4)?;
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(server)?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut buf = [0u8; 1500];
+            let t = Instant::now();
+            let (mut sent, mut answered) = (0u64, 0u64);
+            while sent < count.min(window) {
+                s.send(&query(sent as u16, name))?;
+                sent += 1;
+            }
+            while answered < sent {
+                if s.recv(&mut buf).is_err() {
+                    break; // timed out: the rest are unanswered
+                }
+                answered += 1;
+                if sent < count {
+                    s.send(&query(sent as u16, name))?;
+                    sent += 1;
+                }
+            }
+            println!("{} {answered}", t.elapsed().as_nanos());
+        }
         Some("dns") => {
             // Sequential A queries for NAME; prints each latency in ns.
             let server: SocketAddr = args[1].parse()?;
@@ -168,7 +197,7 @@ fn client(args: &[String]) -> Result<()> {
             }
             print!("{out}");
         }
-        _ => bail!("client tcp|udp|bulk|deny|dns ..."),
+        _ => bail!("client tcp|udp|bulk|deny|storm|dns|dnsflood ..."),
     }
     Ok(())
 }
@@ -329,6 +358,24 @@ fn measure(cg: &TestCgroup, ns: &Netns, args: &[&str], reps: usize) -> Result<Ve
     Ok(out)
 }
 
+/// Runs the client once in `cg` inside `ns`; returns what it printed.
+fn client_output(cg: &TestCgroup, ns: &Netns, args: &[&str]) -> Result<String> {
+    let me = std::env::current_exe()?;
+    let o = cg
+        .command(ns, &me)
+        .arg("client")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    if !o.status.success() {
+        bail!(
+            "client {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
 /// Connect costs (ns per connect) and bulk throughput (MB/s) in `cg`.
 struct Costs {
     tcp: Stat,
@@ -362,7 +409,11 @@ struct Params {
     sizes: Vec<usize>,
     storm: u64,
     dns_queries: u64,
+    dns_flood: u64,
 }
+
+/// DNS queries one client keeps in flight when measuring queries/s.
+const DNS_WINDOW: u64 = 64;
 
 // ---------------------------------------------------------------- allowlists
 
@@ -509,6 +560,7 @@ fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
             sizes: vec![10, 1000],
             storm: 2000,
             dns_queries: 200,
+            dns_flood: 2000,
         }
     } else {
         Params {
@@ -518,6 +570,7 @@ fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
             sizes: vec![10, 10_000, 100_000, 1_000_000],
             storm: 2_000_000,
             dns_queries: 5000,
+            dns_flood: 100_000,
         }
     };
     let started = Instant::now();
@@ -693,8 +746,34 @@ fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
         let direct = lat(&plain)?;
         let proxied = lat(&cg)?;
         let sum = |v: &[f64]| v.iter().sum::<f64>() / 1e9;
+        // Throughput: DNS_WINDOW queries in flight from one client.
+        let flood = |cg: &TestCgroup| -> Result<Stat> {
+            let args = [
+                "dnsflood",
+                UPSTREAM,
+                "api.model.test",
+                &p.dns_flood.to_string(),
+                &DNS_WINDOW.to_string(),
+            ];
+            let mut qps = Vec::new();
+            for _ in 0..p.reps {
+                let o = client_output(cg, &ns, &args)?;
+                let mut w = o
+                    .split_whitespace()
+                    .map(|x| x.parse::<f64>().unwrap_or(0.0));
+                let (ns_taken, answered) = (w.next().unwrap_or(0.0), w.next().unwrap_or(0.0));
+                if answered < p.dns_flood as f64 {
+                    bail!("DNS flood: {answered} of {} queries answered", p.dns_flood);
+                }
+                qps.push(answered / (ns_taken / 1e9));
+            }
+            Ok(stat(qps))
+        };
+        let direct_qps = flood(&plain)?;
+        let proxied_qps = flood(&cg)?;
         results["dns"] = json!({
-            "queries": p.dns_queries,
+            "queries": p.dns_queries, "flood_queries": p.dns_flood, "window": DNS_WINDOW,
+            "direct_qps": json_stat(direct_qps), "proxied_qps": json_stat(proxied_qps),
             "direct": {"p50_us": pct(direct.clone(), 0.5) / 1e3, "p99_us": pct(direct.clone(), 0.99) / 1e3, "qps_sequential": direct.len() as f64 / sum(&direct)},
             "proxied": {"p50_us": pct(proxied.clone(), 0.5) / 1e3, "p99_us": pct(proxied.clone(), 0.99) / 1e3, "qps_sequential": proxied.len() as f64 / sum(&proxied)},
         });
