@@ -376,6 +376,94 @@ fn client_output(cg: &TestCgroup, ns: &Netns, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
+/// Name, total run time (ns) and run count of each loaded egressd program
+/// (`egress_*`), read with the bpf(2) syscall (bpf_prog_info).
+fn program_stats() -> Vec<(String, u64, u64)> {
+    const GET_NEXT_ID: i64 = 11;
+    const GET_FD_BY_ID: i64 = 13;
+    const GET_INFO_BY_FD: i64 = 15;
+    let bpf = |cmd: i64, attr: &mut [u64; 16]| -> i64 {
+        // SAFETY: a zero-padded bpf_attr covering the fields these commands use.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128) }
+    };
+    let mut out = Vec::new();
+    let mut id = 0u32;
+    loop {
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(id); // start_id
+        if bpf(GET_NEXT_ID, &mut attr) < 0 {
+            break;
+        }
+        id = (attr[0] >> 32) as u32; // next_id
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(id); // prog_id
+        let fd = bpf(GET_FD_BY_ID, &mut attr);
+        if fd < 0 {
+            continue;
+        }
+        let mut info = [0u64; 32];
+        let mut attr = [0u64; 16];
+        // struct { u32 bpf_fd; u32 info_len; u64 info; }
+        attr[0] = fd as u64 | ((std::mem::size_of_val(&info) as u64) << 32);
+        attr[1] = info.as_mut_ptr() as u64;
+        let ok = bpf(GET_INFO_BY_FD, &mut attr) == 0;
+        // SAFETY: a descriptor the kernel gave us.
+        unsafe { libc::close(fd as i32) };
+        if !ok {
+            continue;
+        }
+        // bpf_prog_info: name[16] at byte 64, run_time_ns at 192, run_cnt at 200.
+        let bytes: Vec<u8> = info.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let name = String::from_utf8_lossy(&bytes[64..80])
+            .trim_end_matches('\0')
+            .to_string();
+        if name.starts_with("egress_") {
+            out.push((name, info[24], info[25]));
+        }
+    }
+    out
+}
+
+/// Per TCP connect+close and per UDP connect(): the in-kernel time of each
+/// egressd program (ns, summed over its runs) and how often it ran.
+fn program_costs(cg: &TestCgroup, ns: &Netns, p: &Params) -> Result<Value> {
+    let knob = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(knob).unwrap_or_default();
+    std::fs::write(knob, "1").context("enabling BPF run-time statistics")?;
+    let mut result = json!({});
+    for (kind, target) in [("tcp", TARGET), ("udp", TARGET)] {
+        let sum = || {
+            let mut m = std::collections::BTreeMap::<String, (u64, u64)>::new();
+            for (name, t, c) in program_stats() {
+                let e = m.entry(name).or_default();
+                *e = (e.0 + t, e.1 + c);
+            }
+            m
+        };
+        let start = sum();
+        let ran = measure(cg, ns, &[kind, target, &p.connects.to_string()], 1);
+        let end = sum();
+        let mut per = serde_json::Map::new();
+        let mut total = 0.0;
+        for (name, (t1, c1)) in &end {
+            let (t0, c0) = start.get(name).copied().unwrap_or_default();
+            let (t, c) = (t1.saturating_sub(t0), c1.saturating_sub(c0));
+            if c > 0 {
+                let ns_per = t as f64 / p.connects as f64;
+                total += ns_per;
+                per.insert(
+                    name.clone(),
+                    json!({"ns_per_connect": ns_per, "runs_per_connect": c as f64 / p.connects as f64}),
+                );
+            }
+        }
+        ran?;
+        result[kind] = json!({"total_ns_per_connect": total, "programs": per});
+    }
+    let _ = std::fs::write(knob, before.trim());
+    Ok(result)
+}
+
 /// Connect costs (ns per connect) and bulk throughput (MB/s) in `cg`.
 struct Costs {
     tcp: Stat,
@@ -621,6 +709,14 @@ fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
             let reload = t.elapsed();
             let rss_after = rss_kib(daemon.pid());
             let e = costs(&cg, &ns, &p)?;
+            // Where the added time goes: the kernel's run time of each
+            // program, over one more pass with BPF statistics on (they add
+            // a clock read per run, so the timed passes above run without).
+            let programs = if size == *p.sizes.last().unwrap() {
+                program_costs(&cg, &ns, &p)?
+            } else {
+                Value::Null
+            };
             drop(daemon);
             drop(cg);
 
@@ -634,6 +730,7 @@ fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
             rows.push(json!({
             "entries": size,
             "egressd": {"tcp_connect_ns": json_stat(e.tcp), "udp_connect_ns": json_stat(e.udp), "bulk_mb_s": json_stat(e.bulk),
+                        "programs": programs,
                         "load_s": load.as_secs_f64(), "reload_s": reload.as_secs_f64(), "rss_mib": rss as f64 / 1024.0, "rss_after_reload_mib": rss_after as f64 / 1024.0},
             "nftables": {"tcp_connect_ns": json_stat(n.tcp), "udp_connect_ns": json_stat(n.udp), "bulk_mb_s": json_stat(n.bulk), "load_s": nft_load.as_secs_f64()},
         }));
