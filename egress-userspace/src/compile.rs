@@ -225,94 +225,231 @@ pub fn compile(
     policy: &Policy,
     resolved: &HashMap<Host, Vec<IpAddr>>,
 ) -> Result<Compiled, CompileError> {
-    // Rules are grouped by what they allow (protocol and ports): entries
-    // carry group ids, so that a million rules with the same ports share one.
-    let mut groups: Vec<(Protocol, Vec<PortRange>)> = Vec::new();
-    let mut group_ids: HashMap<(Protocol, Vec<PortRange>), u32> = HashMap::new();
-    let mut v4: Vec<(u32, u8, u32)> = Vec::new();
-    let mut v6: Vec<(u128, u8, u32)> = Vec::new();
-    for rule in &policy.rules {
-        let sig = (rule.protocol, rule.port_ranges());
-        let i = *group_ids.entry(sig.clone()).or_insert_with(|| {
-            groups.push(sig);
-            groups.len() as u32 - 1
-        });
-        if let Destination::List(list) = &rule.dest {
-            match list.nets.first() {
-                Some(IpNet::V4(_)) => v4.reserve(list.nets.len()),
-                Some(IpNet::V6(_)) => v6.reserve(list.nets.len()),
-                None => {}
+    Plan::new(policy).compile(resolved)
+}
+
+/// A policy's prefix rules, merged and pushed down once (they change only
+/// on reload). `compile` adds the current addresses of its hostnames, in
+/// one pass over the entries: a DNS answer with a new address under a
+/// policy of a million prefixes does not sort them again.
+pub struct Plan {
+    name: String,
+    /// Rules are grouped by what they allow (protocol and ports): entries
+    /// carry group ids, so that a million rules with the same ports share one.
+    groups: Vec<(Protocol, Vec<PortRange>)>,
+    /// Each host rule, with its group.
+    hosts: Vec<(Host, u32)>,
+    v4: Vec<(u32, u8, Rules)>,
+    v6: Vec<(u128, u8, Rules)>,
+    /// The prefix lengths present, longest first.
+    lengths4: Vec<u8>,
+    lengths6: Vec<u8>,
+}
+
+impl Plan {
+    pub fn new(policy: &Policy) -> Plan {
+        let mut groups: Vec<(Protocol, Vec<PortRange>)> = Vec::new();
+        let mut group_ids: HashMap<(Protocol, Vec<PortRange>), u32> = HashMap::new();
+        let mut hosts = Vec::new();
+        let mut v4: Vec<(u32, u8, u32)> = Vec::new();
+        let mut v6: Vec<(u128, u8, u32)> = Vec::new();
+        for rule in &policy.rules {
+            let sig = (rule.protocol, rule.port_ranges());
+            let i = *group_ids.entry(sig.clone()).or_insert_with(|| {
+                groups.push(sig);
+                groups.len() as u32 - 1
+            });
+            if let Destination::List(list) = &rule.dest {
+                match list.nets.first() {
+                    Some(IpNet::V4(_)) => v4.reserve(list.nets.len()),
+                    Some(IpNet::V6(_)) => v6.reserve(list.nets.len()),
+                    None => {}
+                }
+            }
+            let mut add = |net: IpNet| match unmap(net) {
+                IpNet::V4(n) => v4.push((u32::from(n.network()), n.prefix_len(), i)),
+                IpNet::V6(n) => v6.push((u128::from(n.network()), n.prefix_len(), i)),
+            };
+            match &rule.dest {
+                Destination::Net(n) => add(n.0),
+                Destination::List(list) => list.nets.iter().for_each(|n| add(*n)),
+                Destination::Host(h) => hosts.push((h.clone(), i)),
             }
         }
-        let mut add = |net: IpNet| match unmap(net) {
-            IpNet::V4(n) => v4.push((u32::from(n.network()), n.prefix_len(), i)),
-            IpNet::V6(n) => v6.push((u128::from(n.network()), n.prefix_len(), i)),
+        let v4 = merge_and_push_down(v4, mask4);
+        let v6 = merge_and_push_down(v6, mask6);
+        let lengths = |l: &mut dyn Iterator<Item = u8>| {
+            let mut l: Vec<u8> = l.collect::<std::collections::BTreeSet<u8>>().into_iter().collect();
+            l.reverse();
+            l
         };
-        match &rule.dest {
-            Destination::Net(n) => add(n.0),
-            Destination::List(list) => list.nets.iter().for_each(|n| add(*n)),
-            Destination::Host(h) => {
-                for ip in resolved.get(h).into_iter().flatten() {
-                    add(IpNet::from(*ip));
+        Plan {
+            name: policy.name.clone(),
+            groups,
+            hosts,
+            lengths4: lengths(&mut v4.iter().map(|e| e.1)),
+            lengths6: lengths(&mut v6.iter().map(|e| e.1)),
+            v4,
+            v6,
+        }
+    }
+
+    /// The allowlist with the hostnames' addresses `resolved` gives.
+    pub fn compile(&self, resolved: &HashMap<Host, Vec<IpAddr>>) -> Result<Compiled, CompileError> {
+        let (mut l4, mut l6) = (Vec::new(), Vec::new());
+        for (host, group) in &self.hosts {
+            for ip in resolved.get(host).into_iter().flatten() {
+                match unmap(IpNet::from(*ip)) {
+                    IpNet::V4(n) => l4.push((u32::from(n.network()), n.prefix_len(), *group)),
+                    IpNet::V6(n) => l6.push((u128::from(n.network()), n.prefix_len(), *group)),
                 }
             }
         }
+        let l4 = covered(learned(l4), &self.v4, &self.lengths4, mask4);
+        let l6 = covered(learned(l6), &self.v6, &self.lengths6, mask6);
+        let mut specs = Specs::new(self);
+        let mut out = Compiled::default();
+        out.v4.reserve_exact(self.v4.len() + l4.len());
+        for (addr, len, r) in in_order(&self.v4, &l4) {
+            let prefix = || format!("{}/{len}", std::net::Ipv4Addr::from(addr));
+            let spec = specs.of(r, &mut out.specs, &prefix)?;
+            out.v4.push(Entry { addr, len, spec });
+        }
+        out.v6.reserve_exact(self.v6.len() + l6.len());
+        for (addr, len, r) in in_order(&self.v6, &l6) {
+            let prefix = || format!("{}/{len}", std::net::Ipv6Addr::from(addr));
+            let spec = specs.of(r, &mut out.specs, &prefix)?;
+            out.v6.push(Entry { addr, len, spec });
+        }
+        Ok(out)
     }
-    let v4 = merge_and_push_down(v4, mask4);
-    let v6 = merge_and_push_down(v6, mask6);
-    // One port set per distinct set of rules, shared by its entries.
-    let mut out = Compiled::default();
-    let mut specs: HashMap<Rules, u32> = HashMap::new();
-    let mut last: Option<(Rules, u32)> = None;
-    let mut spec_of = |rules: Rules,
-                       specs_out: &mut Vec<PortSpec>,
-                       prefix: &dyn Fn() -> String|
-     -> Result<u32, CompileError> {
-        // Neighbouring entries mostly share their rules.
-        if let Some((r, s)) = &last {
-            if *r == rules {
+}
+
+/// Learned host addresses as entries, one per address with all its groups.
+fn learned<A: Copy + Ord>(mut pairs: Vec<(A, u8, u32)>) -> Vec<(A, u8, Rules)> {
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut out: Vec<(A, u8, Rules)> = Vec::with_capacity(pairs.len());
+    for (addr, len, group) in pairs {
+        match out.last_mut() {
+            Some(last) if (last.0, last.1) == (addr, len) => last.2 = last.2.with(&[group]),
+            _ => out.push((addr, len, Rules::One(group))),
+        }
+    }
+    out
+}
+
+/// Gives each learned entry the groups of the longest prefix rule covering
+/// it (its own prefix included), which already holds those of every shorter
+/// one. Learned entries are whole addresses: they cover no prefix rule.
+fn covered<A: Copy + Ord>(
+    mut learned: Vec<(A, u8, Rules)>,
+    prefixes: &[(A, u8, Rules)],
+    lengths: &[u8],
+    mask: impl Fn(A, u8) -> A,
+) -> Vec<(A, u8, Rules)> {
+    for (addr, len, rules) in &mut learned {
+        let cover = lengths.iter().filter(|l| **l <= *len).find_map(|&l| {
+            let key = (mask(*addr, l), l);
+            prefixes
+                .binary_search_by(|e| (e.0, e.1).cmp(&key))
+                .ok()
+                .map(|i| &prefixes[i].2)
+        });
+        if let Some(c) = cover {
+            *rules = rules.with(c.slice());
+        }
+    }
+    learned
+}
+
+/// The prefix entries and the learned ones in prefix order; a learned
+/// address that is also a prefix entry comes once, as learned (it holds
+/// the prefix entry's groups: see `covered`).
+fn in_order<'a, A: Copy + Ord>(
+    prefixes: &'a [(A, u8, Rules)],
+    learned: &'a [(A, u8, Rules)],
+) -> impl Iterator<Item = (A, u8, &'a Rules)> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let p = prefixes.get(i).map(|e| (e.0, e.1));
+        let l = learned.get(j).map(|e| (e.0, e.1));
+        let take_learned = match (p, l) {
+            (None, None) => return None,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(p), Some(l)) => {
+                if p == l {
+                    i += 1;
+                }
+                l <= p
+            }
+        };
+        let e = if take_learned {
+            j += 1;
+            &learned[j - 1]
+        } else {
+            i += 1;
+            &prefixes[i - 1]
+        };
+        Some((e.0, e.1, &e.2))
+    })
+}
+
+/// One port set per distinct set of rule groups, shared by its entries.
+struct Specs<'a> {
+    plan: &'a Plan,
+    ids: HashMap<Rules, u32>,
+    /// The last answer: neighbouring entries mostly share their groups.
+    last: Option<(Rules, u32)>,
+}
+
+impl<'a> Specs<'a> {
+    fn new(plan: &'a Plan) -> Specs<'a> {
+        Specs {
+            plan,
+            ids: HashMap::new(),
+            last: None,
+        }
+    }
+
+    fn of(
+        &mut self,
+        rules: &Rules,
+        specs: &mut Vec<PortSpec>,
+        prefix: &dyn Fn() -> String,
+    ) -> Result<u32, CompileError> {
+        if let Some((r, s)) = &self.last {
+            if r == rules {
                 return Ok(*s);
             }
         }
-        let s = match specs.get(&rules) {
+        let s = match self.ids.get(rules) {
             Some(s) => *s,
             None => {
                 let mut ports = Ports::default();
                 for &i in rules.slice() {
-                    let (protocol, ranges) = &groups[i as usize];
+                    let (protocol, ranges) = &self.plan.groups[i as usize];
                     ports.add(*protocol, ranges);
                 }
                 let spec = spec(ports);
                 if spec.0.len() > MAX_PORT_RANGES {
                     return Err(CompileError::TooManyPortRanges {
-                        policy: policy.name.clone(),
+                        policy: self.plan.name.clone(),
                         prefix: prefix(),
                         count: spec.0.len(),
                         max: MAX_PORT_RANGES,
                     });
                 }
-                specs_out.push(spec);
-                let s = specs_out.len() as u32 - 1;
-                specs.insert(rules.clone(), s);
+                specs.push(spec);
+                let s = specs.len() as u32 - 1;
+                self.ids.insert(rules.clone(), s);
                 s
             }
         };
-        last = Some((rules, s));
+        self.last = Some((rules.clone(), s));
         Ok(s)
-    };
-    out.v4.reserve_exact(v4.len());
-    for (addr, len, r) in v4 {
-        let prefix = || format!("{}/{len}", std::net::Ipv4Addr::from(addr));
-        let spec = spec_of(r, &mut out.specs, &prefix)?;
-        out.v4.push(Entry { addr, len, spec });
     }
-    out.v6.reserve_exact(v6.len());
-    for (addr, len, r) in v6 {
-        let prefix = || format!("{}/{len}", std::net::Ipv6Addr::from(addr));
-        let spec = spec_of(r, &mut out.specs, &prefix)?;
-        out.v6.push(Entry { addr, len, spec });
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use egress_common::{PolicyInfo, MAX_POLICIES, MODE_AUDIT, MODE_ENFORCE};
 
 use crate::{
     cgroup::Cgroup,
-    compile::compile,
+    compile::Plan,
     kernel::{counters, tables::Tables, Attachment, Kernel},
     learned::Addresses,
     policy::{Host, Mode, Policy},
@@ -27,6 +27,9 @@ pub type Names = Arc<RwLock<HashMap<IpAddr, String>>>;
 pub struct Installed {
     pub id: u32,
     pub policy: Policy,
+    /// The policy's prefix rules, compiled once; host addresses are added
+    /// on each change.
+    pub plan: Plan,
     pub table: u32,
     /// Port of the policy's DNS proxy on loopback (0: none).
     pub dns_port: u16,
@@ -120,7 +123,8 @@ impl Enforcer {
             );
         }
         let upstream = crate::dns::upstreams(&policy)?;
-        let compiled = compile(&policy, &HashMap::new())?;
+        let plan = Plan::new(&policy);
+        let compiled = plan.compile(&HashMap::new())?;
         let table = self.tables.write_table(compiled)?;
         self.tables
             .set_policy(id, policy_info(&policy, table, dns_port))?;
@@ -128,6 +132,7 @@ impl Enforcer {
         self.installed.push(Installed {
             id,
             policy,
+            plan,
             table,
             dns_port,
             upstream,
@@ -153,7 +158,8 @@ impl Enforcer {
                 .any(|r| matches!(&r.dest, crate::policy::Destination::Host(x) if x == h))
         });
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
-        let compiled = compile(&policy, &resolved)?;
+        let plan = Plan::new(&policy);
+        let compiled = plan.compile(&resolved)?;
         let table = self.tables.write_table(compiled)?;
         if let Err(e) = self
             .tables
@@ -165,6 +171,7 @@ impl Enforcer {
         let p = self.get_mut(id).expect("checked");
         let old = std::mem::replace(&mut p.table, table);
         p.policy = policy;
+        p.plan = plan;
         p.learned = learned;
         p.upstream = upstream;
         self.refresh_names();
@@ -219,7 +226,7 @@ impl Enforcer {
     fn apply(&mut self, id: u32, learned: HashMap<Host, Addresses>) -> Result<()> {
         let p = self.get_mut(id).context("no such policy")?;
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
-        let compiled = compile(&p.policy, &resolved)?;
+        let compiled = p.plan.compile(&resolved)?;
         p.learned = learned;
         let table = p.table;
         let result = self.tables.update_table(table, compiled);

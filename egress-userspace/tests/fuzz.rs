@@ -127,14 +127,19 @@ fn net_rule() -> impl Strategy<Value = (bool, u8, u8, u16, u8)> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
 
-    /// Each compiled entry allows exactly the ports of every rule whose
-    /// prefix covers it (its own included), and the entries are the rules'
-    /// prefixes, each once.
+    /// Each compiled entry allows exactly the ports of every rule that
+    /// covers it: a prefix rule its prefix is inside (its own included), a
+    /// host rule one of whose addresses it is. The entries are the rules'
+    /// prefixes and the hosts' addresses, each once.
     #[test]
-    fn compiled_entries_carry_every_covering_rule(rules in prop::collection::vec(net_rule(), 1..40)) {
+    fn compiled_entries_carry_every_covering_rule(
+        rules in prop::collection::vec(net_rule(), 0..40),
+        host_ports in prop::collection::vec((1u16..=12, 0u8..3), 0..4),
+        answers in prop::collection::vec((0usize..4, any::<bool>(), any::<u8>()), 0..12),
+    ) {
         use egressd::compile::compile;
         use ipnet::IpNet;
-        use std::collections::BTreeSet;
+        use std::collections::{BTreeSet, HashMap};
         let protos = ["tcp", "udp", "any"];
         let nets: Vec<IpNet> = rules
             .iter()
@@ -151,8 +156,21 @@ proptest! {
         for (net, &(_, _, _, port, proto)) in nets.iter().zip(&rules) {
             yaml += &format!("  - cidr: {net}\n    ports: [{port}]\n    protocol: {}\n", protos[proto as usize]);
         }
+        for (i, &(port, proto)) in host_ports.iter().enumerate() {
+            yaml += &format!("  - host: h{i}.test\n    ports: [{port}]\n    protocol: {}\n", protos[proto as usize]);
+        }
+        // Each host's addresses, as the resolver would give them.
+        let mut resolved: HashMap<egressd::policy::Host, Vec<IpAddr>> = HashMap::new();
+        let mut host_ips: Vec<Vec<IpAddr>> = vec![Vec::new(); host_ports.len()];
+        for &(h, v6, byte) in &answers {
+            if host_ports.is_empty() { break; }
+            let h = h % host_ports.len();
+            let ip: IpAddr = if v6 { format!("2001:db8::{byte:x}") } else { format!("203.0.113.{byte}") }.parse().unwrap();
+            host_ips[h].push(ip);
+            resolved.entry(format!("h{h}.test").parse().unwrap()).or_default().push(ip);
+        }
         let policy = parse(&yaml, Path::new("p.yaml")).unwrap();
-        let c = compile(&policy, &Default::default()).unwrap();
+        let c = compile(&policy, &resolved).unwrap();
         // (port, TCP?) pairs a compiled spec allows.
         let allowed = |spec: u32| -> BTreeSet<(u16, bool)> {
             c.specs[spec as usize].0.iter().flat_map(|r| {
@@ -161,19 +179,29 @@ proptest! {
                 })
             }).filter(|t| t.2).map(|(p, tcp, _)| (p, tcp)).collect()
         };
+        let add = |want: &mut BTreeSet<(u16, bool)>, port: u16, proto: u8| {
+            if proto != 1 { want.insert((port, true)); }
+            if proto != 0 { want.insert((port, false)); }
+        };
         let entries: Vec<(IpNet, u32)> = c.v4.iter()
             .map(|e| (IpNet::new(std::net::Ipv4Addr::from(e.addr).into(), e.len).unwrap(), e.spec))
             .chain(c.v6.iter().map(|e| (IpNet::new(std::net::Ipv6Addr::from(e.addr).into(), e.len).unwrap(), e.spec)))
             .collect();
-        let distinct: BTreeSet<IpNet> = nets.iter().copied().collect();
+        let distinct: BTreeSet<IpNet> = nets.iter().copied()
+            .chain(host_ips.iter().flatten().map(|ip| IpNet::from(*ip)))
+            .collect();
         prop_assert_eq!(entries.len(), distinct.len());
         prop_assert_eq!(entries.iter().map(|e| e.0).collect::<BTreeSet<_>>(), distinct);
         for (net, spec) in &entries {
             let mut want = BTreeSet::new();
             for (rule, &(_, _, _, port, proto)) in nets.iter().zip(&rules) {
                 if rule.contains(net) {
-                    if proto != 1 { want.insert((port, true)); }
-                    if proto != 0 { want.insert((port, false)); }
+                    add(&mut want, port, proto);
+                }
+            }
+            for (ips, &(port, proto)) in host_ips.iter().zip(&host_ports) {
+                if ips.iter().any(|ip| IpNet::from(*ip) == *net) {
+                    add(&mut want, port, proto);
                 }
             }
             prop_assert_eq!(allowed(*spec), want, "{}", net);

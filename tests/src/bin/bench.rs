@@ -376,6 +376,21 @@ fn client_output(cg: &TestCgroup, ns: &Netns, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
+/// How long a DNS answer takes through egressd's proxy when it carries an
+/// address not yet allowed (egressd adds it to the allowlist before it
+/// answers), in ms: the upstream's answer changes before each query.
+fn learn_latency(cg: &TestCgroup, ns: &Netns, upstream: &DnsServer, p: &Params) -> Result<Stat> {
+    let mut ms = Vec::new();
+    for i in 0..p.reps * 4 {
+        let ip = format!("198.51.100.{}", 100 + i);
+        upstream.set(NEW_NAME, &[&ip], 300);
+        let out = client_output(cg, ns, &["dns", UPSTREAM, NEW_NAME, "1"])?;
+        let t: f64 = out.trim().parse().context("dns client output")?;
+        ms.push(t / 1e6);
+    }
+    Ok(stat(ms))
+}
+
 /// Name, total run time (ns) and run count of each loaded egressd program
 /// (`egress_*`), read with the bpf(2) syscall (bpf_prog_info).
 fn program_stats() -> Vec<(String, u64, u64)> {
@@ -500,6 +515,9 @@ struct Params {
     dns_flood: u64,
 }
 
+/// A name the bench policy allows whose answer changes during the run.
+const NEW_NAME: &str = "rotating.cdn.test";
+
 /// DNS queries one client keeps in flight when measuring queries/s.
 const DNS_WINDOW: u64 = 64;
 
@@ -551,7 +569,7 @@ fn policy_yaml(name: &str, cg: &TestCgroup, entries: &[String], tmp: &TempDir) -
     let file = format!("{name}.list");
     tmp.write(&file, &list).expect("writing the list");
     format!(
-        "name: {name}\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [8080, 8081]\n    protocol: any\n  - cidr_file: {file}\n    ports: [8080]\n",
+        "name: {name}\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [8080, 8081]\n    protocol: any\n  - cidr_file: {file}\n    ports: [8080]\n  - host: {NEW_NAME}\n    ports: [443]\ndns:\n  upstream: [{UPSTREAM}]\n",
         cg.rel_str()
     )
 }
@@ -674,7 +692,14 @@ fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
         ])
         .status();
     serve(&ns)?;
-    let _upstream = DnsServer::start(&ns, UPSTREAM, &[("api.model.test", &["198.51.100.1"], 300)])?;
+    let upstream = DnsServer::start(
+        &ns,
+        UPSTREAM,
+        &[
+            ("api.model.test", &["198.51.100.1"], 300),
+            (NEW_NAME, &["198.51.100.200"], 300),
+        ],
+    )?;
     let tmp = TempDir::new("bench")?;
     let mut results = json!({});
 
@@ -708,6 +733,7 @@ fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
             }
             let reload = t.elapsed();
             let rss_after = rss_kib(daemon.pid());
+            let learn = learn_latency(&cg, &ns, &upstream, &p)?;
             let e = costs(&cg, &ns, &p)?;
             // Where the added time goes: the kernel's run time of each
             // program, over one more pass with BPF statistics on (they add
@@ -731,6 +757,7 @@ fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
             "entries": size,
             "egressd": {"tcp_connect_ns": json_stat(e.tcp), "udp_connect_ns": json_stat(e.udp), "bulk_mb_s": json_stat(e.bulk),
                         "programs": programs,
+                        "new_address_ms": json_stat(learn),
                         "load_s": load.as_secs_f64(), "reload_s": reload.as_secs_f64(), "rss_mib": rss as f64 / 1024.0, "rss_after_reload_mib": rss_after as f64 / 1024.0},
             "nftables": {"tcp_connect_ns": json_stat(n.tcp), "udp_connect_ns": json_stat(n.udp), "bulk_mb_s": json_stat(n.bulk), "load_s": nft_load.as_secs_f64()},
         }));
