@@ -220,18 +220,19 @@ fn mask6(a: u128, l: u8) -> u128 {
     }
 }
 
-/// Compiles `policy`, with `resolved` giving the current addresses of its hostnames.
+/// Compiles `policy`, with `resolved` giving the current addresses of its
+/// hostnames: every entry, as one list.
 pub fn compile(
     policy: &Policy,
     resolved: &HashMap<Host, Vec<IpAddr>>,
 ) -> Result<Compiled, CompileError> {
-    Plan::new(policy).compile(resolved)
+    Plan::new(policy)?.compile(resolved)
 }
 
-/// A policy's prefix rules, merged and pushed down once (they change only
-/// on reload). `compile` adds the current addresses of its hostnames, in
-/// one pass over the entries: a DNS answer with a new address under a
-/// policy of a million prefixes does not sort them again.
+/// A policy's prefix rules, compiled once (they change only on reload);
+/// `learned` compiles its hostnames' current addresses against them, in
+/// time that grows with the addresses, not with the prefixes: a DNS answer
+/// under a policy of a million prefixes does not compile them again.
 pub struct Plan {
     name: String,
     /// Rules are grouped by what they allow (protocol and ports): entries
@@ -239,15 +240,17 @@ pub struct Plan {
     groups: Vec<(Protocol, Vec<PortRange>)>,
     /// Each host rule, with its group.
     hosts: Vec<(Host, u32)>,
-    v4: Vec<(u32, u8, Rules)>,
-    v6: Vec<(u128, u8, Rules)>,
+    /// The prefix rules' entries.
+    pub prefixes: Compiled,
+    /// The groups behind each spec of `prefixes` (same index).
+    sets: Vec<Rules>,
     /// The prefix lengths present, longest first.
     lengths4: Vec<u8>,
     lengths6: Vec<u8>,
 }
 
 impl Plan {
-    pub fn new(policy: &Policy) -> Plan {
+    pub fn new(policy: &Policy) -> Result<Plan, CompileError> {
         let mut groups: Vec<(Protocol, Vec<PortRange>)> = Vec::new();
         let mut group_ids: HashMap<(Protocol, Vec<PortRange>), u32> = HashMap::new();
         let mut hosts = Vec::new();
@@ -278,24 +281,27 @@ impl Plan {
         }
         let v4 = merge_and_push_down(v4, mask4);
         let v6 = merge_and_push_down(v6, mask6);
+        let mut specs = Specs::new(&policy.name, &groups);
+        let prefixes = specs.entries(v4, v6)?;
         let lengths = |l: &mut dyn Iterator<Item = u8>| {
-            let mut l: Vec<u8> = l.collect::<std::collections::BTreeSet<u8>>().into_iter().collect();
-            l.reverse();
-            l
+            let set: std::collections::BTreeSet<u8> = l.collect();
+            set.into_iter().rev().collect::<Vec<u8>>()
         };
-        Plan {
+        Ok(Plan {
             name: policy.name.clone(),
+            lengths4: lengths(&mut prefixes.v4.iter().map(|e| e.len)),
+            lengths6: lengths(&mut prefixes.v6.iter().map(|e| e.len)),
+            sets: specs.sets,
             groups,
             hosts,
-            lengths4: lengths(&mut v4.iter().map(|e| e.1)),
-            lengths6: lengths(&mut v6.iter().map(|e| e.1)),
-            v4,
-            v6,
-        }
+            prefixes,
+        })
     }
 
-    /// The allowlist with the hostnames' addresses `resolved` gives.
-    pub fn compile(&self, resolved: &HashMap<Host, Vec<IpAddr>>) -> Result<Compiled, CompileError> {
+    /// Entries for the addresses `resolved` gives the hostnames: each with
+    /// the ports of its host rules and of the prefix rules covering it. An
+    /// address that is also a prefix entry replaces that entry.
+    pub fn learned(&self, resolved: &HashMap<Host, Vec<IpAddr>>) -> Result<Compiled, CompileError> {
         let (mut l4, mut l6) = (Vec::new(), Vec::new());
         for (host, group) in &self.hosts {
             for ip in resolved.get(host).into_iter().flatten() {
@@ -305,24 +311,63 @@ impl Plan {
                 }
             }
         }
-        let l4 = covered(learned(l4), &self.v4, &self.lengths4, mask4);
-        let l6 = covered(learned(l6), &self.v6, &self.lengths6, mask6);
-        let mut specs = Specs::new(self);
-        let mut out = Compiled::default();
-        out.v4.reserve_exact(self.v4.len() + l4.len());
-        for (addr, len, r) in in_order(&self.v4, &l4) {
-            let prefix = || format!("{}/{len}", std::net::Ipv4Addr::from(addr));
-            let spec = specs.of(r, &mut out.specs, &prefix)?;
-            out.v4.push(Entry { addr, len, spec });
-        }
-        out.v6.reserve_exact(self.v6.len() + l6.len());
-        for (addr, len, r) in in_order(&self.v6, &l6) {
-            let prefix = || format!("{}/{len}", std::net::Ipv6Addr::from(addr));
-            let spec = specs.of(r, &mut out.specs, &prefix)?;
-            out.v6.push(Entry { addr, len, spec });
-        }
-        Ok(out)
+        let cover4 = |a, l| self.cover(&self.prefixes.v4, &self.lengths4, mask4, a, l);
+        let cover6 = |a, l| self.cover(&self.prefixes.v6, &self.lengths6, mask6, a, l);
+        let l4 = covered(learned(l4), cover4);
+        let l6 = covered(learned(l6), cover6);
+        Specs::new(&self.name, &self.groups).entries(l4, l6)
     }
+
+    /// The groups of the longest prefix entry covering `addr/len` (its own
+    /// prefix included), which holds those of every shorter one.
+    fn cover<A: Copy + Ord>(
+        &self,
+        prefixes: &[Entry<A>],
+        lengths: &[u8],
+        mask: fn(A, u8) -> A,
+        addr: A,
+        len: u8,
+    ) -> Option<&Rules> {
+        lengths
+            .iter()
+            .filter(|l| **l <= len)
+            .find_map(|&l| find(prefixes, mask(addr, l), l).map(|e| &self.sets[e.spec as usize]))
+    }
+
+    /// Every entry: the prefix entries with the learned ones merged in.
+    pub fn compile(&self, resolved: &HashMap<Host, Vec<IpAddr>>) -> Result<Compiled, CompileError> {
+        let learned = self.learned(resolved)?;
+        let base = self.prefixes.specs.len() as u32;
+        let mut specs = self.prefixes.specs.clone();
+        specs.extend(learned.specs.iter().cloned());
+        Ok(Compiled {
+            v4: in_order(&self.prefixes.v4, &shifted(&learned.v4, base)),
+            v6: in_order(&self.prefixes.v6, &shifted(&learned.v6, base)),
+            specs,
+        })
+    }
+}
+
+fn shifted<A: Copy>(v: &[Entry<A>], by: u32) -> Vec<Entry<A>> {
+    v.iter()
+        .map(|e| Entry {
+            spec: e.spec + by,
+            ..*e
+        })
+        .collect()
+}
+
+/// `prefixes` and `learned` merged in prefix order; on the same prefix,
+/// the learned entry.
+fn in_order<A: Copy + Ord>(prefixes: &[Entry<A>], learned: &[Entry<A>]) -> Vec<Entry<A>> {
+    let mut out: Vec<Entry<A>> = learned.to_vec();
+    out.extend(
+        prefixes
+            .iter()
+            .filter(|p| find(learned, p.addr, p.len).is_none()),
+    );
+    out.sort_unstable_by_key(|e| (e.addr, e.len));
+    out
 }
 
 /// Learned host addresses as entries, one per address with all its groups.
@@ -339,115 +384,100 @@ fn learned<A: Copy + Ord>(mut pairs: Vec<(A, u8, u32)>) -> Vec<(A, u8, Rules)> {
     out
 }
 
-/// Gives each learned entry the groups of the longest prefix rule covering
-/// it (its own prefix included), which already holds those of every shorter
-/// one. Learned entries are whole addresses: they cover no prefix rule.
-fn covered<A: Copy + Ord>(
+/// Gives each learned entry the groups `cover` finds for it (learned
+/// entries are whole addresses: they cover no prefix entry).
+fn covered<'a, A: Copy + Ord>(
     mut learned: Vec<(A, u8, Rules)>,
-    prefixes: &[(A, u8, Rules)],
-    lengths: &[u8],
-    mask: impl Fn(A, u8) -> A,
+    cover: impl Fn(A, u8) -> Option<&'a Rules>,
 ) -> Vec<(A, u8, Rules)> {
     for (addr, len, rules) in &mut learned {
-        let cover = lengths.iter().filter(|l| **l <= *len).find_map(|&l| {
-            let key = (mask(*addr, l), l);
-            prefixes
-                .binary_search_by(|e| (e.0, e.1).cmp(&key))
-                .ok()
-                .map(|i| &prefixes[i].2)
-        });
-        if let Some(c) = cover {
+        if let Some(c) = cover(*addr, *len) {
             *rules = rules.with(c.slice());
         }
     }
     learned
 }
 
-/// The prefix entries and the learned ones in prefix order; a learned
-/// address that is also a prefix entry comes once, as learned (it holds
-/// the prefix entry's groups: see `covered`).
-fn in_order<'a, A: Copy + Ord>(
-    prefixes: &'a [(A, u8, Rules)],
-    learned: &'a [(A, u8, Rules)],
-) -> impl Iterator<Item = (A, u8, &'a Rules)> + 'a {
-    let (mut i, mut j) = (0, 0);
-    std::iter::from_fn(move || {
-        let p = prefixes.get(i).map(|e| (e.0, e.1));
-        let l = learned.get(j).map(|e| (e.0, e.1));
-        let take_learned = match (p, l) {
-            (None, None) => return None,
-            (Some(_), None) => false,
-            (None, Some(_)) => true,
-            (Some(p), Some(l)) => {
-                if p == l {
-                    i += 1;
-                }
-                l <= p
-            }
-        };
-        let e = if take_learned {
-            j += 1;
-            &learned[j - 1]
-        } else {
-            i += 1;
-            &prefixes[i - 1]
-        };
-        Some((e.0, e.1, &e.2))
-    })
-}
-
 /// One port set per distinct set of rule groups, shared by its entries.
 struct Specs<'a> {
-    plan: &'a Plan,
+    policy: &'a str,
+    groups: &'a [(Protocol, Vec<PortRange>)],
     ids: HashMap<Rules, u32>,
+    /// The groups behind each spec.
+    sets: Vec<Rules>,
     /// The last answer: neighbouring entries mostly share their groups.
     last: Option<(Rules, u32)>,
 }
 
 impl<'a> Specs<'a> {
-    fn new(plan: &'a Plan) -> Specs<'a> {
+    fn new(policy: &'a str, groups: &'a [(Protocol, Vec<PortRange>)]) -> Specs<'a> {
         Specs {
-            plan,
+            policy,
+            groups,
             ids: HashMap::new(),
+            sets: Vec::new(),
             last: None,
         }
     }
 
+    /// The entries, each with the index of its ports in the specs made.
+    fn entries(
+        &mut self,
+        v4: Vec<(u32, u8, Rules)>,
+        v6: Vec<(u128, u8, Rules)>,
+    ) -> Result<Compiled, CompileError> {
+        let mut out = Compiled::default();
+        out.v4.reserve_exact(v4.len());
+        for (addr, len, r) in v4 {
+            let prefix = || format!("{}/{len}", std::net::Ipv4Addr::from(addr));
+            let spec = self.of(r, &mut out.specs, &prefix)?;
+            out.v4.push(Entry { addr, len, spec });
+        }
+        out.v6.reserve_exact(v6.len());
+        for (addr, len, r) in v6 {
+            let prefix = || format!("{}/{len}", std::net::Ipv6Addr::from(addr));
+            let spec = self.of(r, &mut out.specs, &prefix)?;
+            out.v6.push(Entry { addr, len, spec });
+        }
+        Ok(out)
+    }
+
     fn of(
         &mut self,
-        rules: &Rules,
+        rules: Rules,
         specs: &mut Vec<PortSpec>,
         prefix: &dyn Fn() -> String,
     ) -> Result<u32, CompileError> {
         if let Some((r, s)) = &self.last {
-            if r == rules {
+            if *r == rules {
                 return Ok(*s);
             }
         }
-        let s = match self.ids.get(rules) {
+        let s = match self.ids.get(&rules) {
             Some(s) => *s,
             None => {
                 let mut ports = Ports::default();
                 for &i in rules.slice() {
-                    let (protocol, ranges) = &self.plan.groups[i as usize];
+                    let (protocol, ranges) = &self.groups[i as usize];
                     ports.add(*protocol, ranges);
                 }
                 let spec = spec(ports);
                 if spec.0.len() > MAX_PORT_RANGES {
                     return Err(CompileError::TooManyPortRanges {
-                        policy: self.plan.name.clone(),
+                        policy: self.policy.to_string(),
                         prefix: prefix(),
                         count: spec.0.len(),
                         max: MAX_PORT_RANGES,
                     });
                 }
                 specs.push(spec);
+                self.sets.push(rules.clone());
                 let s = specs.len() as u32 - 1;
                 self.ids.insert(rules.clone(), s);
                 s
             }
         };
-        self.last = Some((rules.clone(), s));
+        self.last = Some((rules, s));
         Ok(s)
     }
 }

@@ -29,7 +29,7 @@ pub struct Installed {
     pub policy: Policy,
     /// The policy's prefix rules, compiled once; host addresses are added
     /// on each change.
-    pub plan: Plan,
+    pub plan: Arc<Plan>,
     pub table: u32,
     /// Port of the policy's DNS proxy on loopback (0: none).
     pub dns_port: u16,
@@ -123,9 +123,9 @@ impl Enforcer {
             );
         }
         let upstream = crate::dns::upstreams(&policy)?;
-        let plan = Plan::new(&policy);
-        let compiled = plan.compile(&HashMap::new())?;
-        let table = self.tables.write_table(compiled)?;
+        let plan = Arc::new(Plan::new(&policy)?);
+        let learned = plan.learned(&HashMap::new())?;
+        let table = self.tables.write_table(plan.clone(), learned)?;
         self.tables
             .set_policy(id, policy_info(&policy, table, dns_port))?;
         self.next_id += 1;
@@ -158,9 +158,9 @@ impl Enforcer {
                 .any(|r| matches!(&r.dest, crate::policy::Destination::Host(x) if x == h))
         });
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
-        let plan = Plan::new(&policy);
-        let compiled = plan.compile(&resolved)?;
-        let table = self.tables.write_table(compiled)?;
+        let plan = Arc::new(Plan::new(&policy)?);
+        let entries = plan.learned(&resolved)?;
+        let table = self.tables.write_table(plan.clone(), entries)?;
         if let Err(e) = self
             .tables
             .set_policy(id, policy_info(&policy, table, dns_port))
@@ -226,10 +226,10 @@ impl Enforcer {
     fn apply(&mut self, id: u32, learned: HashMap<Host, Addresses>) -> Result<()> {
         let p = self.get_mut(id).context("no such policy")?;
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
-        let compiled = p.plan.compile(&resolved)?;
+        let entries = p.plan.learned(&resolved)?;
         p.learned = learned;
         let table = p.table;
-        let result = self.tables.update_table(table, compiled);
+        let result = self.tables.update_learned(table, entries);
         self.refresh_names();
         result
     }

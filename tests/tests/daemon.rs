@@ -96,6 +96,54 @@ fn hostname_rule_follows_dns_answers_and_ttls() {
     );
 }
 
+/// A hostname that resolves to an address an `ip` rule allows too: while
+/// learned, the address allows both rules' ports; once the name moves and
+/// the address expires, the `ip` rule's port stays allowed, the host's not.
+#[test]
+fn a_learned_address_that_is_also_a_prefix_rule_gives_it_back() {
+    require_root();
+    let ns = Netns::new("overlap").unwrap();
+    let dns = DnsServer::start(
+        &ns,
+        "198.51.100.53:53",
+        &[("api.model.test", &["198.51.100.1"], 1)],
+    )
+    .unwrap();
+    let (web, api) = (
+        Listener::tcp(&ns, "198.51.100.1:80").unwrap(),
+        Listener::tcp(&ns, "198.51.100.1:443").unwrap(),
+    );
+    let cg = TestCgroup::new("overlap").unwrap();
+    let dir = TempDir::new("overlap").unwrap();
+    let policy = dir
+        .write(
+            "p.yaml",
+            &format!(
+                "name: overlap\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [80]\n  - host: api.model.test\n    ports: [443]\ndns:\n  upstream: [198.51.100.53]\n  min_ttl: 1\n  grace: 1\n",
+                cg.rel_str()
+            ),
+        )
+        .unwrap();
+    let _daemon = Daemon::start(&ns, &policy).unwrap();
+    assert_eq!(probe(&cg, &ns, "tcp", "198.51.100.1:443"), "ok");
+    assert_eq!(probe(&cg, &ns, "tcp", "198.51.100.1:80"), "ok");
+    dns.set("api.model.test", &["198.51.100.2"], 1);
+    assert!(
+        eventually(8, || probe(&cg, &ns, "tcp", "198.51.100.1:443")
+            == "error: 1"),
+        "the learned address stayed allowed past TTL + grace"
+    );
+    let reached = api.count();
+    assert_eq!(probe(&cg, &ns, "tcp", "198.51.100.1:443"), "error: 1");
+    assert_eq!(
+        api.count(),
+        reached,
+        "the listener received the refused connect"
+    );
+    assert_eq!(probe(&cg, &ns, "tcp", "198.51.100.1:80"), "ok");
+    assert_eq!(web.count(), 2);
+}
+
 #[test]
 fn failed_lookups_keep_known_addresses_and_are_counted() {
     require_root();

@@ -2,13 +2,15 @@
 //!
 //! A policy's prefixes live in the allow tries under a table id. A new or
 //! reloaded policy gets a fresh table, written whole before `POLICIES`
-//! switches to it in one update; the old table is deleted afterwards. Hostname
-//! updates change a live table in place, each entry in one atomic update
-//! (many to a syscall, with the kernel's batch commands).
+//! switches to it in one update; the old table is deleted afterwards.
+//! Hostname updates change only the learned addresses of a live table, in
+//! place, each entry in one atomic update (many to a syscall, with the
+//! kernel's batch commands).
 
 use std::{
     collections::HashMap as StdHashMap,
     os::fd::AsFd,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,7 +19,7 @@ use aya::maps::{IterableMap, MapError};
 use egress_common::{PolicyInfo, PortSet, MAX_PORTSETS, TABLE_BITS};
 
 use super::{sys, Maps};
-use crate::compile::{Compiled, Entry, PortSpec};
+use crate::compile::{Compiled, Entry, Plan, PortSpec};
 
 /// The kernel maps, and what userspace last wrote into them.
 pub struct Tables {
@@ -29,10 +31,15 @@ pub struct Tables {
     graveyard: Vec<(Instant, u32)>,
 }
 
-/// What one table holds in the kernel: entries sorted by prefix, their
-/// `spec` a port set id (0 when unknown, which no entry written has).
-#[derive(Default)]
+/// What one table holds in the kernel: the plan's prefix entries, and
+/// learned addresses on top (an address that is also a prefix entry
+/// replaces it while learned).
 struct Held {
+    plan: Arc<Plan>,
+    /// The port set id of each spec of the plan's prefix entries.
+    prefix_ids: Vec<u32>,
+    /// The learned entries written, sorted, their `spec` a port set id (0
+    /// when unknown, which no entry written has).
     v4: Vec<Entry<u32>>,
     v6: Vec<Entry<u128>>,
 }
@@ -136,6 +143,60 @@ fn values<A>(entries: &[Entry<A>]) -> Vec<u32> {
     entries.iter().map(|e| e.spec).collect()
 }
 
+/// Writes the entries of `a` and `b` (port set ids as values).
+fn write_both<A: Prefix>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    table: u32,
+    a: &[Entry<A>],
+    b: &[Entry<A>],
+) -> std::io::Result<()> {
+    let all: Vec<Entry<A>> = a.iter().chain(b).copied().collect();
+    sys::update_batch(fd, &keys(table, &all), &values(&all))
+}
+
+/// The values of prefix entries: the port set id of each one's spec.
+fn values_of<A>(entries: &[Entry<A>], ids: &[u32]) -> Vec<u32> {
+    entries.iter().map(|e| ids[e.spec as usize]).collect()
+}
+
+/// The learned entries whose address is not also a prefix entry.
+fn extra<A: Ord + Copy>(learned: &[Entry<A>], prefixes: &[Entry<A>]) -> Vec<Entry<A>> {
+    learned
+        .iter()
+        .filter(|e| find(prefixes, e).is_none())
+        .copied()
+        .collect()
+}
+
+/// The prefix entry with `e`'s prefix, if any.
+fn find<'a, A: Ord + Copy>(prefixes: &'a [Entry<A>], e: &Entry<A>) -> Option<&'a Entry<A>> {
+    prefixes
+        .binary_search_by(|p| (p.addr, p.len).cmp(&(e.addr, e.len)))
+        .ok()
+        .map(|i| &prefixes[i])
+}
+
+/// Splits learned entries that are gone into those that give a prefix
+/// entry back (with its port set id) and those to delete.
+fn restore<A: Ord + Copy>(
+    gone: Vec<Entry<A>>,
+    prefixes: &[Entry<A>],
+    prefix_ids: &[u32],
+) -> (Vec<Entry<A>>, Vec<Entry<A>>) {
+    let mut back = Vec::new();
+    let mut delete = Vec::new();
+    for e in gone {
+        match find(prefixes, &e) {
+            Some(p) => back.push(Entry {
+                spec: prefix_ids[p.spec as usize],
+                ..e
+            }),
+            None => delete.push(e),
+        }
+    }
+    (back, delete)
+}
+
 fn keys<A: Prefix>(table: u32, entries: &[Entry<A>]) -> Vec<A::Key> {
     entries
         .iter()
@@ -176,47 +237,79 @@ impl Tables {
         Ok(id)
     }
 
-    /// Writes `compiled` as a new table and returns its id. Nothing refers to
-    /// it until `set_policy` does.
-    pub fn write_table(&mut self, compiled: Compiled) -> Result<u32> {
+    /// Writes `plan`'s prefix entries and the `learned` ones as a new table
+    /// and returns its id. Nothing refers to it until `set_policy` does.
+    /// On failure, what was written is deleted.
+    pub fn write_table(&mut self, plan: Arc<Plan>, learned: Compiled) -> Result<u32> {
         let table = self.next_table;
         self.next_table += 1;
-        self.applied.insert(table, Held::default());
-        self.update_table(table, compiled)?;
+        let written = self.write_prefixes(table, plan);
+        let written = written.and_then(|()| self.update_learned(table, learned));
+        if let Err(e) = written {
+            let _ = self.drop_table(table);
+            return Err(e);
+        }
         Ok(table)
     }
 
-    /// Brings a live table to `compiled`: writes new and changed entries
-    /// first (in prefix order, many per syscall), then removes those that
-    /// are gone (the removals run even when a write failed, so nothing stale
-    /// stays allowed).
-    pub fn update_table(&mut self, table: u32, compiled: Compiled) -> Result<()> {
-        let old = self.applied.remove(&table).unwrap_or_default();
-        let ids = compiled
+    fn write_prefixes(&mut self, table: u32, plan: Arc<Plan>) -> Result<()> {
+        let ids = plan
+            .prefixes
             .specs
             .iter()
             .map(|s| self.portset(s))
             .collect::<Result<Vec<u32>>>();
-        let ids = match ids {
-            Ok(ids) => ids,
-            Err(e) => {
-                self.applied.insert(table, old);
-                return Err(e);
-            }
-        };
-        let new = Held {
-            v4: with_ids(compiled.v4, &ids),
-            v6: with_ids(compiled.v6, &ids),
-        };
-        let (write4, remove4) = diff(&old.v4, &new.v4);
-        let (write6, remove6) = diff(&old.v6, &new.v6);
-        let fd4 = self.maps.allow_v4.map().fd().as_fd();
-        let fd6 = self.maps.allow_v6.map().fd().as_fd();
-        let added = sys::update_batch(fd4, &keys(table, &write4), &values(&write4))
+        // Held first: if writing fails part-way, `drop_table` knows what
+        // may be in the kernel.
+        self.applied.insert(
+            table,
+            Held {
+                plan: plan.clone(),
+                prefix_ids: ids.as_ref().map_or(Vec::new(), Clone::clone),
+                v4: Vec::new(),
+                v6: Vec::new(),
+            },
+        );
+        let ids = ids?;
+        let p = &plan.prefixes;
+        let (fd4, fd6) = self.fds();
+        sys::update_batch(fd4, &keys(table, &p.v4), &values_of(&p.v4, &ids))
+            .context("writing IPv4 allow entries")?;
+        sys::update_batch(fd6, &keys(table, &p.v6), &values_of(&p.v6, &ids))
+            .context("writing IPv6 allow entries")?;
+        Ok(())
+    }
+
+    fn fds(&self) -> (std::os::fd::BorrowedFd<'_>, std::os::fd::BorrowedFd<'_>) {
+        (
+            self.maps.allow_v4.map().fd().as_fd(),
+            self.maps.allow_v6.map().fd().as_fd(),
+        )
+    }
+
+    /// Brings the learned addresses of a live table to `learned`: writes
+    /// new and changed entries first, then removes those that are gone (an
+    /// address that is also a prefix entry gets that entry back). The
+    /// removals run even when a write failed, so nothing stale stays allowed.
+    pub fn update_learned(&mut self, table: u32, learned: Compiled) -> Result<()> {
+        let ids = learned
+            .specs
+            .iter()
+            .map(|s| self.portset(s))
+            .collect::<Result<Vec<u32>>>()?;
+        let held = self.applied.get(&table).context("no such table")?;
+        let new4 = with_ids(learned.v4, &ids);
+        let new6 = with_ids(learned.v6, &ids);
+        let (write4, gone4) = diff(&held.v4, &new4);
+        let (write6, gone6) = diff(&held.v6, &new6);
+        let p = &held.plan.prefixes;
+        let (restore4, remove4) = restore(gone4, &p.v4, &held.prefix_ids);
+        let (restore6, remove6) = restore(gone6, &p.v6, &held.prefix_ids);
+        let (fd4, fd6) = self.fds();
+        let added = write_both(fd4, table, &write4, &restore4)
             .context("writing IPv4 allow entries")
             .and_then(|()| {
-                sys::update_batch(fd6, &keys(table, &write6), &values(&write6))
-                    .context("writing IPv6 allow entries")
+                write_both(fd6, table, &write6, &restore6).context("writing IPv6 allow entries")
             });
         let removed = sys::delete_batch(fd4, &keys(table, &remove4))
             .context("removing IPv4 allow entries")
@@ -224,18 +317,17 @@ impl Tables {
                 sys::delete_batch(fd6, &keys(table, &remove6))
                     .context("removing IPv6 allow entries"),
             );
-        let held = if added.is_err() {
+        let held = self.applied.get_mut(&table).expect("checked");
+        if added.is_err() {
             // Some of the new entries may be missing and some of the old
             // ones changed: remember everything that may be in the kernel,
             // so that the next update writes or removes what it must.
-            Held {
-                v4: union_unknown(&old.v4, &new.v4),
-                v6: union_unknown(&old.v6, &new.v6),
-            }
+            held.v4 = union_unknown(&held.v4, &new4);
+            held.v6 = union_unknown(&held.v6, &new6);
         } else {
-            new
-        };
-        self.applied.insert(table, held);
+            held.v4 = new4;
+            held.v6 = new6;
+        }
         added.and(removed)
     }
 
@@ -258,16 +350,33 @@ impl Tables {
 
     /// Deletes a table that no policy refers to, at once.
     pub fn drop_table(&mut self, table: u32) -> Result<()> {
-        self.update_table(table, Compiled::default())?;
-        self.applied.remove(&table);
-        Ok(())
+        let Some(held) = self.applied.remove(&table) else {
+            return Ok(());
+        };
+        let p = &held.plan.prefixes;
+        let (fd4, fd6) = self.fds();
+        sys::delete_batch(fd4, &keys(table, &p.v4))
+            .and(sys::delete_batch(fd6, &keys(table, &p.v6)))
+            .and(sys::delete_batch(
+                fd4,
+                &keys(table, &extra(&held.v4, &p.v4)),
+            ))
+            .and(sys::delete_batch(
+                fd6,
+                &keys(table, &extra(&held.v6, &p.v6)),
+            ))
+            .with_context(|| format!("deleting table {table}"))
     }
 
     /// Entries in a table.
     pub fn table_len(&self, table: u32) -> (usize, usize) {
-        self.applied
-            .get(&table)
-            .map_or((0, 0), |c| (c.v4.len(), c.v6.len()))
+        self.applied.get(&table).map_or((0, 0), |h| {
+            let p = &h.plan.prefixes;
+            (
+                p.v4.len() + extra(&h.v4, &p.v4).len(),
+                p.v6.len() + extra(&h.v6, &p.v6).len(),
+            )
+        })
     }
 
     /// Points a policy at a table, with a mode (one atomic map update).

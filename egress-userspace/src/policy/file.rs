@@ -368,7 +368,7 @@ pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
 /// Compiles `policy` with no hostname resolved, to find what only
 /// compilation can (too many port ranges on one prefix).
 pub fn compiles(policy: &Policy, file: &Path) -> Result<(), PolicyError> {
-    crate::compile::compile(policy, &Default::default())
+    crate::compile::Plan::new(policy)
         .map(drop)
         .map_err(|e| PolicyError {
             file: file.to_path_buf(),
