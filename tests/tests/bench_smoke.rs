@@ -18,6 +18,7 @@ fn bench_runs_at_smoke_size() {
     for section in [
         "## connect() and bulk transfer",
         "## Loading policies",
+        "## Where connect()'s time goes",
         "## Deny storm",
         "## DNS",
     ] {
@@ -31,4 +32,21 @@ fn bench_runs_at_smoke_size() {
     assert!(results["dns"]["proxied"]["p50_us"]
         .as_f64()
         .is_some_and(|v| v > 0.0));
+    assert!(results["dns"]["proxied_qps"]["median"]
+        .as_f64()
+        .is_some_and(|v| v > 0.0));
+    // Every refused connect was refused by egressd (EPERM), and every
+    // event egressd counted as written is a line in its output.
+    let storm = &results["deny_storm"];
+    assert_eq!(storm["refused"], storm["attempts"], "{storm}");
+    assert_eq!(
+        storm["event_lines_written"].as_f64(),
+        storm["events_delivered"].as_f64(),
+        "{storm}"
+    );
+    let programs = &results["sizes"][1]["egressd"]["programs"]["tcp"]["programs"];
+    assert!(
+        programs["egress_connect4"]["runs_per_connect"].as_f64() == Some(1.0),
+        "{programs}"
+    );
 }
