@@ -129,6 +129,7 @@ impl Governor {
             events: self.dns_events.clone(),
             id,
             name: name.clone(),
+            exchanger: Default::default(),
         };
         let proxy = dns.clone().spawn(sockets);
         let refreshers = self.refresh(id, &policy).await?;

@@ -7,6 +7,7 @@
 //! answers into the policy's allowlist, and only then replies.
 
 pub mod message;
+pub mod upstream;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -28,6 +29,7 @@ use crate::{
     policy::{Mode, Policy},
 };
 use message::{addresses, format_error, question, raw_id, reply_code, upstream_query, Question};
+use upstream::Exchanger;
 
 /// Queries one proxy answers at once; more wait (UDP) or are not accepted
 /// yet (TCP), so that a flood cannot use up memory or file descriptors.
@@ -226,6 +228,8 @@ pub struct Proxy {
     pub id: u32,
     /// The policy's name, for metrics and events.
     pub name: String,
+    /// Where queries to the upstream go out.
+    pub exchanger: Arc<Exchanger>,
 }
 
 impl Proxy {
@@ -359,7 +363,7 @@ impl Proxy {
         let up = Question { id, ..q.clone() };
         let fresh = upstream_query(&up);
         let answer = match &fresh {
-            Some(fresh) => forward(&upstream, fresh, &up).await,
+            Some(fresh) => forward(&self.exchanger, &upstream, fresh, &up).await,
             None => None,
         };
         let Some(mut answer) = answer else {
@@ -401,9 +405,14 @@ impl Proxy {
 
 /// Asks each upstream in turn, over UDP (whatever the client used); a
 /// truncated answer is asked again over TCP.
-async fn forward(upstream: &[SocketAddr], query: &[u8], q: &Question) -> Option<Vec<u8>> {
+async fn forward(
+    exchanger: &Exchanger,
+    upstream: &[SocketAddr],
+    query: &[u8],
+    q: &Question,
+) -> Option<Vec<u8>> {
     for server in upstream {
-        let answer = match ask_udp(*server, query).await {
+        let answer = match exchanger.ask(*server, query, UPSTREAM_TIMEOUT).await {
             Some(a) if is_truncated(&a) => ask_tcp(*server, query).await,
             other => other,
         };
@@ -428,26 +437,6 @@ fn random_id() -> Option<u16> {
 
 fn is_truncated(answer: &[u8]) -> bool {
     answer.get(2).is_some_and(|b| b & 0x02 != 0)
-}
-
-async fn ask_udp(server: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
-    let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .ok()?;
-    let sock = UdpSocket::bind(bind).await.ok()?;
-    sock.connect(server).await.ok()?;
-    sock.send(query).await.ok()?;
-    // Room for the largest datagram, not zeroed first (recv_buf fills it).
-    let mut buf = Vec::with_capacity(65535);
-    tokio::time::timeout(UPSTREAM_TIMEOUT, sock.recv_buf(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    Some(buf)
 }
 
 async fn ask_tcp(server: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {

@@ -995,8 +995,9 @@ Notes on this machine and these figures:
   fills and events are lost; every loss is counted, and the kernel
   counters stay exact. egressd writes each batch of events in one write.
 - DNS: one client with 64 queries in flight; the client, the upstream
-  server and egressd share the two CPUs. Each forwarded query uses a
-  fresh upstream socket and a random query id.
+  server and egressd share the two CPUs. Forwarded queries share upstream
+  sockets (each takes at most 100 queries within a second, then a new one
+  on a new random port does) and carry random query ids of egressd's own.
 ";
 
 /// Where connect()'s added time goes, from BPF run-time statistics.
