@@ -283,6 +283,12 @@ impl Plan {
         let v6 = merge_and_push_down(v6, mask6);
         let mut specs = Specs::new(&policy.name, &groups);
         let prefixes = specs.entries(v4, v6)?;
+        // A host rule's own ports must fit one entry (with those of the
+        // prefixes that will cover its addresses, only known when answered).
+        for (host, group) in &hosts {
+            let prefix = || host.to_string();
+            Specs::new(&policy.name, &groups).of(Rules::One(*group), &mut Vec::new(), &prefix)?;
+        }
         let lengths = |l: &mut dyn Iterator<Item = u8>| {
             let set: std::collections::BTreeSet<u8> = l.collect();
             set.into_iter().rev().collect::<Vec<u8>>()
@@ -569,6 +575,15 @@ mod tests {
         ));
         assert!(matches!(
             compile(&p, &HashMap::new()),
+            Err(CompileError::TooManyPortRanges { count: 17, .. })
+        ));
+        // A host rule's too, before any address is known.
+        let p = policy(&format!(
+            "  - host: api.model.test\n    ports: [{}]\n",
+            ports.join(", ")
+        ));
+        assert!(matches!(
+            Plan::new(&p),
             Err(CompileError::TooManyPortRanges { count: 17, .. })
         ));
     }

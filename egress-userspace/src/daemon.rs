@@ -291,8 +291,12 @@ fn watch_all(governor: &Governor, watcher: &mut Watcher, pod_parents: &[PathBuf]
     }
 }
 
-/// Writes events as JSON lines on stdout (a batch in one write), and to
-/// `events` clients if any are connected; counts them.
+/// Events written to stdout in one write.
+const EVENTS_PER_WRITE: usize = 4096;
+
+/// Writes events as JSON lines on stdout (up to `EVENTS_PER_WRITE` in one
+/// write), and to `events` clients if any are connected; counts them.
+/// Events read together share their time (when egressd read them).
 fn emit(
     batch: Vec<egress_common::Event>,
     describer: &Describer,
@@ -303,28 +307,33 @@ fn emit(
         return;
     }
     let time = crate::events::timestamp(std::time::SystemTime::now());
-    let mut out = Vec::with_capacity(batch.len() * 320);
-    // Counted per (policy, verdict), once per batch.
-    let mut counts: Vec<((u32, u8), u64)> = Vec::new();
     let watched = feed.receiver_count() > 0;
-    for e in &batch {
-        let key = (e.policy_id, e.verdict);
-        match counts.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((key, 1)),
-        }
-        describer.write_line(e, &time, &mut out);
-        if watched {
-            let _ = feed.send(describer.json(e));
-        }
-    }
+    let mut out = Vec::with_capacity(batch.len().min(EVENTS_PER_WRITE) * 320);
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(&out);
-    let _ = stdout.flush();
-    // Counted once written: the count is what reached the output.
-    for ((policy, verdict), n) in counts {
-        metrics.events(describer.policy(policy), verdict, n);
+    for chunk in batch.chunks(EVENTS_PER_WRITE) {
+        // Counted per (policy, verdict), once per chunk.
+        let mut counts: Vec<((u32, u8), u64)> = Vec::new();
+        out.clear();
+        for e in chunk {
+            let key = (e.policy_id, e.verdict);
+            match counts.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((key, 1)),
+            }
+            describer.write_line(e, &time, &mut out);
+            if watched {
+                let _ = feed.send(describer.json(e));
+            }
+        }
+        // A failed write (stdout closed) loses the lines, not the count:
+        // the kernel counters and this count say what was taken off the
+        // ring buffer.
+        let _ = stdout.write_all(&out);
+        for ((policy, verdict), n) in counts {
+            metrics.events(describer.policy(policy), verdict, n);
+        }
     }
+    let _ = stdout.flush();
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {

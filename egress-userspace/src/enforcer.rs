@@ -37,6 +37,9 @@ pub struct Installed {
     pub upstream: Vec<std::net::SocketAddr>,
     /// Addresses learned for each host rule (exact or wildcard).
     pub learned: HashMap<Host, Addresses>,
+    /// The last update of the table's learned entries failed (it failed
+    /// closed): the next answer or sweep writes them again.
+    pub stale: bool,
     /// Governed cgroups: path and id.
     pub cgroups: Vec<(Cgroup, u64)>,
 }
@@ -137,6 +140,7 @@ impl Enforcer {
             dns_port,
             upstream,
             learned: HashMap::new(),
+            stale: false,
             cgroups: Vec::new(),
         });
         Ok(id)
@@ -230,6 +234,7 @@ impl Enforcer {
         p.learned = learned;
         let table = p.table;
         let result = self.tables.update_learned(table, entries);
+        self.get_mut(id).expect("checked").stale = result.is_err();
         self.refresh_names();
         result
     }
@@ -254,7 +259,7 @@ impl Enforcer {
         // An answer's TTL counts up to the policy's max_ttl, no longer.
         let ttl = ttl.min(p.policy.dns.max_ttl);
         let evicted = entry.record(now, name, ips, ttl, p.policy.dns.grace);
-        if before.as_ref() == Some(&entry.ips()) {
+        if before.as_ref() == Some(&entry.ips()) && !p.stale {
             // Same addresses: only deadlines moved.
             self.get_mut(id).expect("checked").learned = learned;
             return Ok(evicted);
@@ -268,8 +273,10 @@ impl Enforcer {
     pub fn expire(&mut self, now: Instant) -> Result<()> {
         let mut first_error = self.tables.bury(now).err();
         for id in self.installed.iter().map(|p| p.id).collect::<Vec<_>>() {
-            let mut learned = self.get(id).expect("listed").learned.clone();
-            let mut changed = false;
+            let p = self.get(id).expect("listed");
+            let mut learned = p.learned.clone();
+            // A failed update is retried on every sweep.
+            let mut changed = p.stale;
             for a in learned.values_mut() {
                 changed |= a.expire(now);
             }

@@ -63,11 +63,14 @@ impl Exchanger {
         let (id, answer) = shared.wait()?;
         let mut wire = query.to_vec();
         wire[..2].copy_from_slice(&id.to_be_bytes());
-        let sent = shared.sock.send(&wire).await.is_ok();
-        let answer = match sent {
-            true => tokio::time::timeout(timeout, answer).await.ok()?.ok(),
-            false => None,
+        let answer = match shared.sock.send(&wire).await {
+            Ok(_) => tokio::time::timeout(timeout, answer)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
         };
+        // Answered, timed out or failed: the id is free again.
         lock(&shared.state).waiting.remove(&id);
         let mut answer = answer?;
         answer[..2].copy_from_slice(&own_id);
@@ -143,7 +146,9 @@ async fn read(sock: Arc<UdpSocket>, shared: Weak<Shared>) {
             }
             Ok(_) => {}
             // The upstream refused (ICMP port unreachable): the queries
-            // waiting on this socket fail now rather than at their timeout.
+            // waiting on this socket fail now rather than at their timeout
+            // (unless a send on the socket took the error first: then that
+            // query fails, and the others wait out their timeout).
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 lock(&shared.state).waiting.clear();
             }

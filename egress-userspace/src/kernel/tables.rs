@@ -8,8 +8,8 @@
 //! kernel's batch commands).
 
 use std::{
-    collections::HashMap as StdHashMap,
-    os::fd::AsFd,
+    collections::{BTreeMap, HashMap as StdHashMap},
+    os::fd::{AsFd, BorrowedFd},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -120,14 +120,6 @@ fn diff<A: Ord + Copy>(old: &[Entry<A>], new: &[Entry<A>]) -> (Vec<Entry<A>>, Ve
     (write, remove)
 }
 
-/// Every prefix of `a` and `b`, each once, with the unknown port set.
-fn union_unknown<A: Ord + Copy>(a: &[Entry<A>], b: &[Entry<A>]) -> Vec<Entry<A>> {
-    let mut all: Vec<Entry<A>> = a.iter().chain(b).map(|e| Entry { spec: 0, ..*e }).collect();
-    all.sort_unstable();
-    all.dedup();
-    all
-}
-
 /// `entries` with their spec index replaced by the port set id `ids` gives.
 fn with_ids<A>(entries: Vec<Entry<A>>, ids: &[u32]) -> Vec<Entry<A>> {
     entries
@@ -141,17 +133,6 @@ fn with_ids<A>(entries: Vec<Entry<A>>, ids: &[u32]) -> Vec<Entry<A>> {
 
 fn values<A>(entries: &[Entry<A>]) -> Vec<u32> {
     entries.iter().map(|e| e.spec).collect()
-}
-
-/// Writes the entries of `a` and `b` (port set ids as values).
-fn write_both<A: Prefix>(
-    fd: std::os::fd::BorrowedFd<'_>,
-    table: u32,
-    a: &[Entry<A>],
-    b: &[Entry<A>],
-) -> std::io::Result<()> {
-    let all: Vec<Entry<A>> = a.iter().chain(b).copied().collect();
-    sys::update_batch(fd, &keys(table, &all), &values(&all))
 }
 
 /// The values of prefix entries: the port set id of each one's spec.
@@ -176,32 +157,94 @@ fn find<'a, A: Ord + Copy>(prefixes: &'a [Entry<A>], e: &Entry<A>) -> Option<&'a
         .map(|i| &prefixes[i])
 }
 
-/// Splits learned entries that are gone into those that give a prefix
-/// entry back (with its port set id) and those to delete.
-fn restore<A: Ord + Copy>(
-    gone: Vec<Entry<A>>,
-    prefixes: &[Entry<A>],
-    prefix_ids: &[u32],
-) -> (Vec<Entry<A>>, Vec<Entry<A>>) {
-    let mut back = Vec::new();
-    let mut delete = Vec::new();
-    for e in gone {
-        match find(prefixes, &e) {
-            Some(p) => back.push(Entry {
-                spec: prefix_ids[p.spec as usize],
-                ..e
-            }),
-            None => delete.push(e),
-        }
-    }
-    (back, delete)
-}
-
 fn keys<A: Prefix>(table: u32, entries: &[Entry<A>]) -> Vec<A::Key> {
     entries
         .iter()
         .map(|e| A::key(table, e.addr, e.len))
         .collect()
+}
+
+/// `entries` less those without a port set (id 0).
+fn writable<A>(entries: Vec<Entry<A>>) -> Vec<Entry<A>> {
+    entries.into_iter().filter(|e| e.spec != 0).collect()
+}
+
+/// Brings one family's learned entries in the kernel from `held` to `new`
+/// (both sorted, with port set ids), failing closed: what is taken away
+/// goes first (deletes, and prefix entries given back where a learned
+/// address was also one), then what is added or changed; an entry that
+/// cannot be written or given back is deleted. Returns what the kernel may
+/// hold now (spec 0 where it is not known: the next update writes or
+/// removes it again), and the first error.
+fn sync_learned<A: Prefix>(
+    fd: BorrowedFd<'_>,
+    table: u32,
+    held: &[Entry<A>],
+    new: &[Entry<A>],
+    prefixes: &[Entry<A>],
+    prefix_ids: &[u32],
+) -> (Vec<Entry<A>>, Option<anyhow::Error>) {
+    let (write, gone) = diff(held, new);
+    let mut now: BTreeMap<(A, u8), u32> = new.iter().map(|e| ((e.addr, e.len), e.spec)).collect();
+    let mut first: Option<anyhow::Error> = None;
+    let unknown = |now: &mut BTreeMap<(A, u8), u32>, e: &Entry<A>| {
+        now.insert((e.addr, e.len), 0);
+    };
+    // Taken away: a learned address that was also a prefix entry gets the
+    // prefix entry back; the others are deleted.
+    let (back, delete): (Vec<Entry<A>>, Vec<Entry<A>>) =
+        gone.into_iter().partition(|e| find(prefixes, e).is_some());
+    let back: Vec<Entry<A>> = back
+        .into_iter()
+        .map(|e| Entry {
+            spec: prefix_ids[find(prefixes, &e).expect("partitioned").spec as usize],
+            ..e
+        })
+        .collect();
+    if let Err(f) = sys::delete_each(fd, &keys(table, &delete)) {
+        f.indices
+            .iter()
+            .for_each(|&i| unknown(&mut now, &delete[i]));
+        first.get_or_insert(anyhow::Error::new(f).context("removing learned allow entries"));
+    }
+    let failed_back = write_or_delete(fd, table, &back, &mut first);
+    // Given back or not, the prefix entry's address is not known to hold
+    // its prefix's ports until a write succeeds: retry next time.
+    failed_back.iter().for_each(|e| unknown(&mut now, e));
+    // Added and changed: an entry that cannot be written is deleted; one
+    // whose address is a prefix entry is then retried next time.
+    for e in write_or_delete(fd, table, &write, &mut first) {
+        if find(prefixes, &e).is_some() || e.spec == 0 {
+            unknown(&mut now, &e);
+        } else {
+            now.remove(&(e.addr, e.len));
+        }
+    }
+    let now = now
+        .into_iter()
+        .map(|((addr, len), spec)| Entry { addr, len, spec })
+        .collect();
+    (now, first)
+}
+
+/// Writes `entries`; each that fails is deleted instead (fail closed).
+/// Returns those that failed, with spec 0 for those whose delete failed too.
+fn write_or_delete<A: Prefix>(
+    fd: BorrowedFd<'_>,
+    table: u32,
+    entries: &[Entry<A>],
+    first: &mut Option<anyhow::Error>,
+) -> Vec<Entry<A>> {
+    let Err(f) = sys::update_each(fd, &keys(table, entries), &values(entries)) else {
+        return Vec::new();
+    };
+    let failed: Vec<Entry<A>> = f.indices.iter().map(|&i| entries[i]).collect();
+    first.get_or_insert(anyhow::Error::new(f).context("writing allow entries"));
+    let mut out = failed.clone();
+    if let Err(d) = sys::delete_each(fd, &keys(table, &failed)) {
+        d.indices.iter().for_each(|&i| out[i].spec = 0);
+    }
+    out
 }
 
 impl Tables {
@@ -273,62 +316,49 @@ impl Tables {
         let ids = ids?;
         let p = &plan.prefixes;
         let (fd4, fd6) = self.fds();
-        sys::update_batch(fd4, &keys(table, &p.v4), &values_of(&p.v4, &ids))
+        sys::update_each(fd4, &keys(table, &p.v4), &values_of(&p.v4, &ids))
             .context("writing IPv4 allow entries")?;
-        sys::update_batch(fd6, &keys(table, &p.v6), &values_of(&p.v6, &ids))
+        sys::update_each(fd6, &keys(table, &p.v6), &values_of(&p.v6, &ids))
             .context("writing IPv6 allow entries")?;
         Ok(())
     }
 
-    fn fds(&self) -> (std::os::fd::BorrowedFd<'_>, std::os::fd::BorrowedFd<'_>) {
+    fn fds(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
         (
             self.maps.allow_v4.map().fd().as_fd(),
             self.maps.allow_v6.map().fd().as_fd(),
         )
     }
 
-    /// Brings the learned addresses of a live table to `learned`: writes
-    /// new and changed entries first, then removes those that are gone (an
-    /// address that is also a prefix entry gets that entry back). The
-    /// removals run even when a write failed, so nothing stale stays allowed.
+    /// Brings the learned addresses of a live table to `learned` (see
+    /// `sync_learned`). An entry whose port set cannot be made is not
+    /// written (fail closed).
     pub fn update_learned(&mut self, table: u32, learned: Compiled) -> Result<()> {
-        let ids = learned
+        let mut first: Option<anyhow::Error> = None;
+        let ids: Vec<u32> = learned
             .specs
             .iter()
-            .map(|s| self.portset(s))
-            .collect::<Result<Vec<u32>>>()?;
+            .map(|s| {
+                self.portset(s).unwrap_or_else(|e| {
+                    first.get_or_insert(e);
+                    0
+                })
+            })
+            .collect();
+        let new4 = writable(with_ids(learned.v4, &ids));
+        let new6 = writable(with_ids(learned.v6, &ids));
         let held = self.applied.get(&table).context("no such table")?;
-        let new4 = with_ids(learned.v4, &ids);
-        let new6 = with_ids(learned.v6, &ids);
-        let (write4, gone4) = diff(&held.v4, &new4);
-        let (write6, gone6) = diff(&held.v6, &new6);
         let p = &held.plan.prefixes;
-        let (restore4, remove4) = restore(gone4, &p.v4, &held.prefix_ids);
-        let (restore6, remove6) = restore(gone6, &p.v6, &held.prefix_ids);
         let (fd4, fd6) = self.fds();
-        let added = write_both(fd4, table, &write4, &restore4)
-            .context("writing IPv4 allow entries")
-            .and_then(|()| {
-                write_both(fd6, table, &write6, &restore6).context("writing IPv6 allow entries")
-            });
-        let removed = sys::delete_batch(fd4, &keys(table, &remove4))
-            .context("removing IPv4 allow entries")
-            .and(
-                sys::delete_batch(fd6, &keys(table, &remove6))
-                    .context("removing IPv6 allow entries"),
-            );
+        let (now4, e4) = sync_learned(fd4, table, &held.v4, &new4, &p.v4, &held.prefix_ids);
+        let (now6, e6) = sync_learned(fd6, table, &held.v6, &new6, &p.v6, &held.prefix_ids);
         let held = self.applied.get_mut(&table).expect("checked");
-        if added.is_err() {
-            // Some of the new entries may be missing and some of the old
-            // ones changed: remember everything that may be in the kernel,
-            // so that the next update writes or removes what it must.
-            held.v4 = union_unknown(&held.v4, &new4);
-            held.v6 = union_unknown(&held.v6, &new6);
-        } else {
-            held.v4 = new4;
-            held.v6 = new6;
+        held.v4 = now4;
+        held.v6 = now6;
+        match first.or(e4).or(e6) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        added.and(removed)
     }
 
     /// Schedules a table no policy refers to any more for deletion once
@@ -355,16 +385,12 @@ impl Tables {
         };
         let p = &held.plan.prefixes;
         let (fd4, fd6) = self.fds();
-        sys::delete_batch(fd4, &keys(table, &p.v4))
-            .and(sys::delete_batch(fd6, &keys(table, &p.v6)))
-            .and(sys::delete_batch(
-                fd4,
-                &keys(table, &extra(&held.v4, &p.v4)),
-            ))
-            .and(sys::delete_batch(
-                fd6,
-                &keys(table, &extra(&held.v6, &p.v6)),
-            ))
+        // No policy refers to the table: what fails to be deleted allows
+        // nothing, and only takes room in the tries.
+        sys::delete_each(fd4, &keys(table, &p.v4))
+            .and(sys::delete_each(fd6, &keys(table, &p.v6)))
+            .and(sys::delete_each(fd4, &keys(table, &extra(&held.v4, &p.v4))))
+            .and(sys::delete_each(fd6, &keys(table, &extra(&held.v6, &p.v6))))
             .with_context(|| format!("deleting table {table}"))
     }
 
@@ -417,6 +443,40 @@ mod tests {
         Entry { addr, len, spec }
     }
 
+    /// The port set id the trie gives 203.0.113.`last` in table 1.
+    fn at(fd: BorrowedFd<'_>, last: u8) -> Option<u32> {
+        sys::tests::lookup(fd, u32::key(1, u32::from_be_bytes([203, 0, 113, last]), 32))
+    }
+
+    fn host(last: u8, spec: u32) -> Entry<u32> {
+        e(u32::from_be_bytes([203, 0, 113, last]), 32, spec)
+    }
+
+    #[test]
+    fn learned_entries_fail_closed_when_the_trie_is_full() {
+        use std::os::fd::AsFd;
+        let map = sys::tests::lpm_trie(12, 3);
+        let fd = map.as_fd();
+        // The prefix entry 203.0.113.1 (port set 7) is in the table.
+        let prefixes = [host(1, 0)];
+        sys::update_each(fd, &keys(1, &prefixes), &[7u32]).unwrap();
+        // Four learned addresses, one of them the prefix entry's: the trie
+        // holds three entries, so the fourth cannot be written.
+        let new = [host(1, 9), host(2, 9), host(3, 9), host(4, 9)];
+        let (now, err) = sync_learned(fd, 1, &[], &new, &prefixes, &[7]);
+        assert!(err.is_some());
+        assert_eq!(now, [host(1, 9), host(2, 9), host(3, 9)]);
+        assert_eq!(
+            [at(fd, 1), at(fd, 2), at(fd, 3), at(fd, 4)],
+            [Some(9), Some(9), Some(9), None]
+        );
+        // All gone: the prefix entry gets its own ports back.
+        let (now, err) = sync_learned(fd, 1, &now, &[], &prefixes, &[7]);
+        assert!(err.is_none(), "{err:?}");
+        assert!(now.is_empty());
+        assert_eq!([at(fd, 1), at(fd, 2), at(fd, 3)], [Some(7), None, None]);
+    }
+
     #[test]
     fn diff_writes_new_and_changed_and_removes_gone() {
         let old = [e(1, 32, 1), e(2, 32, 1), e(2 << 8, 24, 2), e(9, 32, 1)];
@@ -425,9 +485,5 @@ mod tests {
         assert_eq!(write, [e(0, 32, 1), e(2, 32, 3), e(10, 32, 1)]);
         assert_eq!(remove, [e(1, 32, 1), e(9, 32, 1)]);
         assert_eq!(diff(&new, &new), (vec![], vec![]));
-        assert_eq!(
-            union_unknown(&old[..2], &new[..2]),
-            [e(0, 32, 0), e(1, 32, 0), e(2, 32, 0)]
-        );
     }
 }

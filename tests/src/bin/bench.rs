@@ -154,8 +154,15 @@ fn client(args: &[String]) -> Result<()> {
                 sent += 1;
             }
             while answered < sent {
-                if s.recv(&mut buf).is_err() {
+                let Ok(n) = s.recv(&mut buf) else {
                     break; // timed out: the rest are unanswered
+                };
+                // Only a NOERROR answer with a record counts.
+                if n < 12 || buf[3] & 0x0f != 0 || buf[6..8] == [0, 0] {
+                    bail!(
+                        "DNS flood: an answer that is not one ({:02x?})",
+                        &buf[..n.min(12)]
+                    );
                 }
                 answered += 1;
                 if sent < count {
@@ -432,6 +439,13 @@ fn program_costs(cg: &TestCgroup, ns: &Netns, p: &Params) -> Result<Value> {
     let knob = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(knob).unwrap_or_default();
     std::fs::write(knob, "1").context("enabling BPF run-time statistics")?;
+    let result = program_passes(cg, ns, p);
+    // Put back, whatever happened.
+    let _ = std::fs::write(knob, before.trim());
+    result
+}
+
+fn program_passes(cg: &TestCgroup, ns: &Netns, p: &Params) -> Result<Value> {
     let mut result = json!({});
     for (kind, target) in [("tcp", TARGET), ("udp", TARGET)] {
         let sum = || {
@@ -462,7 +476,6 @@ fn program_costs(cg: &TestCgroup, ns: &Netns, p: &Params) -> Result<Value> {
         ran?;
         result[kind] = json!({"total_ns_per_connect": total, "programs": per});
     }
-    let _ = std::fs::write(knob, before.trim());
     Ok(result)
 }
 
@@ -991,9 +1004,10 @@ Notes on this machine and these figures:
   list as parsed; the reload figure includes the old table, kept for a
   second's grace.
 - Deny storm: one process per CPU reuses one socket for refused
-  connect()s. The producers outrun any reader, so the 4 MiB ring buffer
-  fills and events are lost; every loss is counted, and the kernel
-  counters stay exact. egressd writes each batch of events in one write.
+  connect()s, at about three times the rate egressd can write events, so
+  the 4 MiB ring buffer fills and most events are lost: every loss is
+  counted, and the kernel counters stay exact. egressd writes up to 4096
+  events in one write.
 - DNS: one client with 64 queries in flight; the client, the upstream
   server and egressd share the two CPUs. Forwarded queries share upstream
   sockets (each takes at most 100 queries within a second, then a new one
@@ -1068,9 +1082,15 @@ fn goals(r: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "| 0 % on bulk transfer | floor ÷ egressd {:.3} (spread above) | {} |",
+        "| 0 % on bulk transfer | floor ÷ egressd {:.3} ({:.3}–{:.3}) | {} |",
         bulk,
-        yes(bulk <= 1.01)
+        f(&big["egressd"]["bulk_ratio"]["min"]),
+        f(&big["egressd"]["bulk_ratio"]["max"]),
+        if bulk <= 1.01 {
+            "met at the median; within noise"
+        } else {
+            "**not met**"
+        }
     );
     let _ = writeln!(
         s,
@@ -1097,12 +1117,14 @@ fn goals(r: &Value) -> String {
         f(&big["egressd"]["rss_mib"]),
         yes(f(&big["egressd"]["rss_mib"]) <= 100.0)
     );
-    let eps = f(&r["deny_storm"]["events_per_s"]);
+    let d = &r["deny_storm"];
+    let eps = f(&d["events_per_s"]);
     let _ = writeln!(
         s,
-        "| ≥ 500k deny events/s, exact counters | {eps:.0} events/s; exact: {} | {} |",
-        r["deny_storm"]["counters_exact"],
-        yes(eps >= 500_000.0 && r["deny_storm"]["counters_exact"] == true)
+        "| ≥ 500k deny events/s, exact counters | {eps:.0} events/s written; counters exact: {}; {:.0} % of the storm's events lost, all counted | {} |",
+        d["counters_exact"],
+        100.0 * f(&d["events_lost"]) / f(&d["attempts"]),
+        yes(eps >= 500_000.0 && d["counters_exact"] == true)
     );
     s
 }
