@@ -39,10 +39,13 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// Wire id -> the query waiting for that answer.
-    waiting: HashMap<u16, oneshot::Sender<Vec<u8>>>,
+    /// Wire id -> the query waiting for that answer (its turn number, to
+    /// tell it from a later query given the same id once it was freed).
+    waiting: HashMap<u16, (u32, oneshot::Sender<Vec<u8>>)>,
     /// Queries this socket has taken.
     taken: u32,
+    /// Turns given out (see `waiting`).
+    turns: u32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -60,7 +63,7 @@ impl Exchanger {
     ) -> Option<Vec<u8>> {
         let own_id = [*query.first()?, *query.get(1)?];
         let shared = self.socket(server).await?;
-        let (id, answer) = shared.wait()?;
+        let (id, turn, answer) = shared.wait()?;
         let mut wire = query.to_vec();
         wire[..2].copy_from_slice(&id.to_be_bytes());
         let answer = match shared.sock.send(&wire).await {
@@ -70,8 +73,13 @@ impl Exchanger {
                 .and_then(Result::ok),
             Err(_) => None,
         };
-        // Answered, timed out or failed: the id is free again.
-        lock(&shared.state).waiting.remove(&id);
+        // Answered, timed out or failed: the id is free again (unless it
+        // was freed already and another query has it now).
+        let mut state = lock(&shared.state);
+        if state.waiting.get(&id).is_some_and(|w| w.0 == turn) {
+            state.waiting.remove(&id);
+        }
+        drop(state);
         let mut answer = answer?;
         answer[..2].copy_from_slice(&own_id);
         Some(answer)
@@ -111,9 +119,9 @@ impl Shared {
         }))
     }
 
-    /// A random wire id no query on this socket waits for, and where its
-    /// answer will arrive.
-    fn wait(&self) -> Option<(u16, oneshot::Receiver<Vec<u8>>)> {
+    /// A random wire id no query on this socket waits for, the query's
+    /// turn, and where its answer will arrive.
+    fn wait(&self) -> Option<(u16, u32, oneshot::Receiver<Vec<u8>>)> {
         let mut state = lock(&self.state);
         let id = loop {
             let id = super::random_id()?;
@@ -122,8 +130,10 @@ impl Shared {
             }
         };
         let (tx, rx) = oneshot::channel();
-        state.waiting.insert(id, tx);
-        Some((id, rx))
+        state.turns += 1;
+        let turn = state.turns;
+        state.waiting.insert(id, (turn, tx));
+        Some((id, turn, rx))
     }
 }
 
@@ -140,7 +150,7 @@ async fn read(sock: Arc<UdpSocket>, shared: Weak<Shared>) {
         match got {
             Ok(_) if buf.len() >= 2 => {
                 let id = u16::from_be_bytes([buf[0], buf[1]]);
-                if let Some(tx) = lock(&shared.state).waiting.remove(&id) {
+                if let Some((_, tx)) = lock(&shared.state).waiting.remove(&id) {
                     let _ = tx.send(buf.clone());
                 }
             }
@@ -207,6 +217,40 @@ mod tests {
         assert_eq!(a.await.unwrap(), Some(vec![0, 7, 1, 0]));
         assert_eq!(b.await.unwrap(), Some(vec![0, 7, 2, 0]));
         assert_eq!(c.await.unwrap(), None);
+    }
+
+    /// Many queries at once, over rotating sockets: each gets its own
+    /// answer. (An answered query once freed its id after the reader had,
+    /// and could free a later query's: that query then failed.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_queries_at_once_each_get_their_answer() {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                let (n, from) = sock.recv_from(&mut buf).await.unwrap();
+                let _ = sock.send_to(&buf[..n], from).await;
+            }
+        });
+        let ex = Arc::new(Exchanger::default());
+        let slots = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut queries = Vec::new();
+        for i in 0..30_000u32 {
+            let slot = slots.clone().acquire_owned().await.unwrap();
+            let ex = ex.clone();
+            queries.push(tokio::spawn(async move {
+                let q = [(i >> 8) as u8, i as u8, (i >> 16) as u8, 0];
+                let a = ex.ask(server, &q, Duration::from_secs(2)).await;
+                drop(slot);
+                a.as_deref() == Some(&q[..])
+            }));
+        }
+        let mut wrong = 0;
+        for q in queries {
+            wrong += usize::from(!q.await.unwrap());
+        }
+        assert_eq!(wrong, 0);
     }
 
     #[tokio::test]

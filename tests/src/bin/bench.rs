@@ -928,7 +928,10 @@ fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
             Ok(stat(qps))
         };
         let direct_qps = flood(&plain)?;
-        let proxied_qps = flood(&cg)?;
+        let proxied_qps = flood(&cg).map_err(|e| {
+            let log = daemon.log.lock().map(|l| l.join("\n")).unwrap_or_default();
+            e.context(format!("egressd's log:\n{log}"))
+        })?;
         results["dns"] = json!({
             "queries": p.dns_queries, "flood_queries": p.dns_flood, "window": DNS_WINDOW,
             "direct_qps": json_stat(direct_qps), "proxied_qps": json_stat(proxied_qps),
