@@ -18,7 +18,7 @@ fn bench_runs_at_smoke_size() {
     for section in [
         "## connect() and bulk transfer",
         "## Loading policies",
-        "## Where connect()'s time goes",
+        "## Where the time goes",
         "## Deny storm",
         "## DNS",
     ] {
@@ -46,7 +46,7 @@ fn bench_runs_at_smoke_size() {
     );
     let programs = &results["sizes"][1]["egressd"]["programs"]["tcp"]["programs"];
     assert!(
-        programs["egress_connect4"]["runs_per_connect"].as_f64() == Some(1.0),
+        programs["egress_connect4"]["runs_per_unit"].as_f64() == Some(1.0),
         "{programs}"
     );
 }

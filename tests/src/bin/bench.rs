@@ -447,7 +447,15 @@ fn program_costs(cg: &TestCgroup, ns: &Netns, p: &Params) -> Result<Value> {
 
 fn program_passes(cg: &TestCgroup, ns: &Netns, p: &Params) -> Result<Value> {
     let mut result = json!({});
-    for (kind, target) in [("tcp", TARGET), ("udp", TARGET)] {
+    let connects = p.connects.to_string();
+    let bytes = p.bulk_bytes.to_string();
+    // (kind, client arguments, how many units it does: connects, or MB).
+    let passes: [(&str, [&str; 3], f64); 3] = [
+        ("tcp", ["tcp", TARGET, &connects], p.connects as f64),
+        ("udp", ["udp", TARGET, &connects], p.connects as f64),
+        ("bulk", ["bulk", BULK, &bytes], p.bulk_bytes as f64 / 1e6),
+    ];
+    for (kind, args, units) in passes {
         let sum = || {
             let mut m = std::collections::BTreeMap::<String, (u64, u64)>::new();
             for (name, t, c) in program_stats() {
@@ -457,7 +465,7 @@ fn program_passes(cg: &TestCgroup, ns: &Netns, p: &Params) -> Result<Value> {
             m
         };
         let start = sum();
-        let ran = measure(cg, ns, &[kind, target, &p.connects.to_string()], 1);
+        let ran = measure(cg, ns, &args, 1);
         let end = sum();
         let mut per = serde_json::Map::new();
         let mut total = 0.0;
@@ -465,16 +473,16 @@ fn program_passes(cg: &TestCgroup, ns: &Netns, p: &Params) -> Result<Value> {
             let (t0, c0) = start.get(name).copied().unwrap_or_default();
             let (t, c) = (t1.saturating_sub(t0), c1.saturating_sub(c0));
             if c > 0 {
-                let ns_per = t as f64 / p.connects as f64;
+                let ns_per = t as f64 / units;
                 total += ns_per;
                 per.insert(
                     name.clone(),
-                    json!({"ns_per_connect": ns_per, "runs_per_connect": c as f64 / p.connects as f64}),
+                    json!({"ns_per_unit": ns_per, "runs_per_unit": c as f64 / units}),
                 );
             }
         }
         ran?;
-        result[kind] = json!({"total_ns_per_connect": total, "programs": per});
+        result[kind] = json!({"total_ns_per_unit": total, "programs": per});
     }
     Ok(result)
 }
@@ -1019,31 +1027,45 @@ Notes on this machine and these figures:
   on a new random port does) and carry random query ids of egressd's own.
 ";
 
-/// Where connect()'s added time goes, from BPF run-time statistics.
+/// Where connect()'s and bulk transfer's added time goes, from BPF
+/// run-time statistics.
 fn programs(r: &Value) -> String {
     let Some(big) = r["sizes"].as_array().and_then(|s| s.last()) else {
         return String::new();
     };
     let pr = &big["egressd"]["programs"];
     let mut s = format!(
-        "\n## Where connect()'s time goes ({} entries)\n\nThe kernel's run time of each egressd program (BPF statistics, `kernel.bpf_stats_enabled`, on for one extra pass of {} connects; they add two clock reads to each run, about 60 ns here, which an empty program also shows).\n\n| connect | program | runs per connect | ns per connect |\n|---|---|---|---|\n",
+        "\n## Where the time goes ({} entries)\n\nThe kernel's run time of each egressd program (BPF statistics, `kernel.bpf_stats_enabled`, on for one extra pass of {} connects of each kind and one bulk transfer; they add two clock reads to each run, about 60 ns here, which an empty program also shows).\n\n| workload | program | runs | ns |\n|---|---|---|---|\n",
         big["entries"], r["connects"]
     );
-    for kind in ["tcp", "udp"] {
+    for (kind, unit) in [
+        ("tcp", "per connect"),
+        ("udp", "per connect"),
+        ("bulk", "per MB"),
+    ] {
         for (name, v) in pr[kind]["programs"].as_object().into_iter().flatten() {
             let _ = writeln!(
                 s,
-                "| {kind} | {name} | {:.1} | {:.0} |",
-                f(&v["runs_per_connect"]),
-                f(&v["ns_per_connect"])
+                "| {kind} | {name} | {:.1} {unit} | {:.0} {unit} |",
+                f(&v["runs_per_unit"]),
+                f(&v["ns_per_unit"])
             );
         }
         let _ = writeln!(
             s,
-            "| {kind} | all | | {:.0} |",
-            f(&pr[kind]["total_ns_per_connect"])
+            "| {kind} | all | | {:.0} {unit} |",
+            f(&pr[kind]["total_ns_per_unit"])
         );
     }
+    // A MB of the floor's bulk transfer takes 1e9 / (MB/s) ns.
+    let floor_ns_per_mb = 1e9 / f(&big["egressd"]["floor_bulk_mb_s"]["median"]);
+    let _ = writeln!(
+        s,
+        "\nBulk transfer: egressd's programs take {:.0} ns of each MB, which the floor moves in {:.0} ns: {:.2} % of the transfer's time, an upper bound on what egressd costs it (the throughput ratios above are lost in this machine's noise).",
+        f(&pr["bulk"]["total_ns_per_unit"]),
+        floor_ns_per_mb,
+        100.0 * f(&pr["bulk"]["total_ns_per_unit"]) / floor_ns_per_mb
+    );
     s
 }
 
@@ -1063,6 +1085,10 @@ fn goals(r: &Value) -> String {
         ratio_of("nftables", "udp_connect_ratio"),
     );
     let bulk = ratio_of("egressd", "bulk_ratio");
+    let share = 100.0
+        * f(&big["egressd"]["programs"]["bulk"]["total_ns_per_unit"])
+        * f(&big["egressd"]["floor_bulk_mb_s"]["median"])
+        / 1e9;
     let dns_added = f(&r["dns"]["proxied"]["p50_us"]) - f(&r["dns"]["direct"]["p50_us"]);
     let yes = |ok: bool| if ok { "met" } else { "**not met**" };
     let mut s = format!(
@@ -1087,12 +1113,12 @@ fn goals(r: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "| 0 % on bulk transfer | floor ÷ egressd {:.3} ({:.3}–{:.3}) | {} |",
+        "| 0 % on bulk transfer | egressd's programs take {share:.2} % of the transfer's time (an upper bound); throughput floor ÷ egressd {:.3} ({:.3}–{:.3}), noise | {} |",
         bulk,
         f(&big["egressd"]["bulk_ratio"]["min"]),
         f(&big["egressd"]["bulk_ratio"]["max"]),
-        if bulk <= 1.01 {
-            "met at the median; within noise"
+        if share < 1.0 {
+            "within 1 %, not 0"
         } else {
             "**not met**"
         }
