@@ -62,29 +62,28 @@ trait Prefix: Copy + Ord {
     fn key(table: u32, addr: Self, len: u8) -> Self::Key;
 }
 
+/// The key of `addr` (big-endian bytes) / `len` in `table`.
+fn trie_key<const N: usize>(table: u32, addr: &[u8], len: u8) -> TrieKey<N> {
+    let mut data = [0u8; N];
+    data[..4].copy_from_slice(&table.to_be_bytes());
+    data[4..].copy_from_slice(addr);
+    TrieKey {
+        prefix_len: TABLE_BITS + u32::from(len),
+        data,
+    }
+}
+
 impl Prefix for u32 {
     type Key = TrieKey<8>;
     fn key(table: u32, addr: u32, len: u8) -> TrieKey<8> {
-        let mut data = [0u8; 8];
-        data[..4].copy_from_slice(&table.to_be_bytes());
-        data[4..].copy_from_slice(&addr.to_be_bytes());
-        TrieKey {
-            prefix_len: TABLE_BITS + u32::from(len),
-            data,
-        }
+        trie_key(table, &addr.to_be_bytes(), len)
     }
 }
 
 impl Prefix for u128 {
     type Key = TrieKey<20>;
     fn key(table: u32, addr: u128, len: u8) -> TrieKey<20> {
-        let mut data = [0u8; 20];
-        data[..4].copy_from_slice(&table.to_be_bytes());
-        data[4..].copy_from_slice(&addr.to_be_bytes());
-        TrieKey {
-            prefix_len: TABLE_BITS + u32::from(len),
-            data,
-        }
+        trie_key(table, &addr.to_be_bytes(), len)
     }
 }
 

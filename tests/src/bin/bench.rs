@@ -327,29 +327,15 @@ fn json_stat(s: Stat) -> Value {
 /// Runs the client in `cg` inside `ns`, `reps` times; returns its first
 /// printed number of each run.
 fn measure(cg: &TestCgroup, ns: &Netns, args: &[&str], reps: usize) -> Result<Vec<f64>> {
-    let me = std::env::current_exe()?;
-    let mut out = Vec::new();
-    for _ in 0..reps {
-        let o = cg
-            .command(ns, &me)
-            .arg("client")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !o.status.success() {
-            bail!(
-                "client {args:?} failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        let first: f64 = String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .next()
-            .context("no output")?
-            .parse()?;
-        out.push(first);
-    }
-    Ok(out)
+    (0..reps)
+        .map(|_| {
+            Ok(client_output(cg, ns, args)?
+                .split_whitespace()
+                .next()
+                .context("no output")?
+                .parse()?)
+        })
+        .collect()
 }
 
 /// Runs the client once in `cg` inside `ns`; returns what it printed.
