@@ -177,6 +177,8 @@ impl Enforcer {
         p.policy = policy;
         p.plan = plan;
         p.learned = learned;
+        // The new table holds every learned address (or the reload failed).
+        p.stale = false;
         p.upstream = upstream;
         self.refresh_names();
         self.tables.retire_table(old, Instant::now());
