@@ -158,16 +158,29 @@ impl HostRefresh {
     }
 }
 
-/// Removes expired addresses every `period`, forever.
+/// Removes expired addresses every `period`, forever (and retries a
+/// failed update of learned addresses). An error that repeats is logged
+/// once, and again when it clears.
 pub async fn sweep(enforcer: Arc<Mutex<Enforcer>>, period: Duration) {
+    let mut failing: Option<String> = None;
     loop {
         tokio::time::sleep(period).await;
         let result = enforcer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .expire(std::time::Instant::now());
-        if let Err(e) = result {
-            tracing::error!("removing expired addresses: {e:#}");
+        match result {
+            Err(e) => {
+                let e = format!("{e:#}");
+                if failing.as_ref() != Some(&e) {
+                    tracing::error!("removing expired addresses: {e} (retried every sweep)");
+                }
+                failing = Some(e);
+            }
+            Ok(()) if failing.take().is_some() => {
+                tracing::info!("learned addresses are up to date again");
+            }
+            Ok(()) => {}
         }
     }
 }
