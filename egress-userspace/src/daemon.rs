@@ -252,8 +252,9 @@ async fn reload(
             Some(policies)
         }
         Err(e) => {
-            governor.metrics.reload(false);
+            // Logged before counted: whoever sees the count finds the log.
             tracing::error!("reload failed part-way, some policies may be the old ones: {e:#}");
+            governor.metrics.reload(false);
             None
         }
     }
@@ -337,6 +338,8 @@ fn emit(
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
+    // A SIGHUP while starting is a reload once started, not the end.
+    let mut hup = signal(SignalKind::hangup())?;
     if !valid_instance(&opts.instance) {
         return Err(crate::exec::UsageError(format!(
             "--instance `{}`: use letters, digits, `.`, `_` and `-`",
@@ -409,13 +412,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let listener = control::bind(&control_path)?;
     tokio::spawn(control::serve(listener, enforcer.clone(), feed.clone()));
     release_freed_memory();
+    // Handled before egressd says it is ready: a signal sent right after
+    // (systemd's reload, a test's SIGHUP) must not find the default action,
+    // which ends the process.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let policies: Vec<String> = describer.policies.values().cloned().collect();
     tracing::info!(policies = ?policies, control = %control_path.display(), "enforcing");
     notify_systemd("READY=1");
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let mut poll = tokio::time::interval(POLL_PERIOD);
     let mut watcher = Watcher::new().context("watching governed cgroups (inotify)")?;
     for dir in governor.watched_dirs() {

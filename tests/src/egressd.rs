@@ -298,6 +298,18 @@ impl Daemon {
         self.events()
     }
 
+    /// Waits (at most 5 s) until a line of egressd's log (read from its
+    /// stderr by another thread) satisfies `f`; says whether one did.
+    pub fn wait_log(&self, f: impl Fn(&str) -> bool) -> bool {
+        for _ in 0..100 {
+            if self.log.lock().unwrap().iter().any(|l| f(l)) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// The Prometheus text from the metrics endpoint.
     pub fn metrics(&self) -> Result<String> {
         let (fd, port) = (self.ns_fd, self.metrics_port);

@@ -156,12 +156,10 @@ fn a_broken_file_on_reload_changes_nothing() {
     daemon.signal(libc::SIGHUP);
     let refused = daemon.wait_metric("egressd_reloads_total", &[("result", "error")], 1.0);
     assert!(refused, "the broken reload was not counted");
-    assert!(daemon
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("reload refused") && l.contains("unknown field `port`")));
+    assert!(
+        daemon.wait_log(|l| l.contains("reload refused") && l.contains("unknown field `port`")),
+        "the refusal was not logged"
+    );
     let probe = |a: &str| {
         String::from_utf8_lossy(&cg.run(&ns, PROBE, &["tcp", a]).unwrap().stdout)
             .trim()
@@ -248,12 +246,10 @@ fn a_policy_missing_on_reload_stays_enforced() {
     daemon.signal(libc::SIGHUP);
     let refused = daemon.wait_metric("egressd_reloads_total", &[("result", "error")], 1.0);
     assert!(refused, "dropping a policy was not refused");
-    assert!(daemon
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("no longer in the files")));
+    assert!(
+        daemon.wait_log(|l| l.contains("no longer in the files")),
+        "the refusal was not logged"
+    );
     let out = cg.run(&ns, PROBE, &["tcp", "203.0.113.9:443"]).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
