@@ -45,10 +45,6 @@ impl Compiled {
     pub fn ports_v4(&self, addr: u32, len: u8) -> Option<&PortSpec> {
         find(&self.v4, addr, len).map(|e| &self.specs[e.spec as usize])
     }
-    /// The ports of the IPv6 prefix `addr/len`, if it is an entry.
-    pub fn ports_v6(&self, addr: u128, len: u8) -> Option<&PortSpec> {
-        find(&self.v6, addr, len).map(|e| &self.specs[e.spec as usize])
-    }
 }
 
 fn find<A: Ord + Copy>(v: &[Entry<A>], addr: A, len: u8) -> Option<&Entry<A>> {
