@@ -354,25 +354,20 @@ impl Proxy {
             }
             self.count("audited");
         }
-        // The upstream is asked with an id of our own: the agent chooses
-        // its ids, and a spoofed answer must not need to guess only a port.
-        let Some(id) = random_id() else {
-            self.count("error");
-            return Some(reply_code(&query, ResponseCode::ServFail));
-        };
-        let up = Question { id, ..q.clone() };
-        let fresh = upstream_query(&up);
+        // On the wire to the upstream the query carries a random id of
+        // egressd's own (the agent chooses its ids, and a spoofed answer
+        // must not need to guess only a port); the answer comes back with
+        // the client's id (see `upstream` and `ask_tcp`).
+        let fresh = upstream_query(&q);
         let answer = match &fresh {
-            Some(fresh) => forward(&self.exchanger, &upstream, fresh, &up).await,
+            Some(fresh) => forward(&self.exchanger, &upstream, fresh, &q).await,
             None => None,
         };
-        let Some(mut answer) = answer else {
+        let Some(answer) = answer else {
             self.count("error");
             return Some(reply_code(&query, ResponseCode::ServFail));
         };
-        let (_, ips, ttl) = addresses(&up, &answer).ok()?;
-        // The client gets its own id back.
-        answer[..2].copy_from_slice(&q.id.to_be_bytes());
+        let (_, ips, ttl) = addresses(&q, &answer).ok()?;
         if !ips.is_empty() {
             let now = Instant::now();
             let ttl = Duration::from_secs(u64::from(ttl));
@@ -439,18 +434,29 @@ fn is_truncated(answer: &[u8]) -> bool {
     answer.get(2).is_some_and(|b| b & 0x02 != 0)
 }
 
+/// Asks over TCP with a random id of egressd's own; the answer is returned
+/// with the query's id.
 async fn ask_tcp(server: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    let own_id = [*query.first()?, *query.get(1)?];
+    let id = random_id()?.to_be_bytes();
+    let mut wire = query.to_vec();
+    wire[..2].copy_from_slice(&id);
     let exchange = async {
         let mut conn = TcpStream::connect(server).await?;
-        conn.write_u16(query.len() as u16).await?;
-        conn.write_all(query).await?;
+        conn.write_u16(wire.len() as u16).await?;
+        conn.write_all(&wire).await?;
         let len = conn.read_u16().await? as usize;
         let mut buf = vec![0u8; len];
         conn.read_exact(&mut buf).await?;
         Ok::<_, std::io::Error>(buf)
     };
-    tokio::time::timeout(UPSTREAM_TIMEOUT, exchange)
+    let mut answer = tokio::time::timeout(UPSTREAM_TIMEOUT, exchange)
         .await
         .ok()?
-        .ok()
+        .ok()?;
+    if answer.get(..2)? != id {
+        return None;
+    }
+    answer[..2].copy_from_slice(&own_id);
+    Some(answer)
 }
