@@ -260,13 +260,21 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
         eprintln!("egressd: warning: the command runs as root, and root can leave its cgroup or detach egressd: use --user");
     }
     let audit = policy.mode == Mode::Audit;
+    // Handlers before anything is made: a signal that comes early is
+    // forwarded to the command once it runs, and everything is cleaned up;
+    // without them it would end egressd and leave its cgroup and pins.
+    let signals = Signals {
+        int: signal(SignalKind::interrupt())?,
+        term: signal(SignalKind::terminate())?,
+        hup: signal(SignalKind::hangup())?,
+    };
     let instance = format!("exec-{}", std::process::id());
     let root = mounts::cgroup2_root()?;
     let cgroup_rel = PathBuf::from("egressd.exec").join(&instance);
     let cgroup = Cgroup::at(&root, &cgroup_rel);
     cgroup.create()?;
     let pin_dir = pins::instance_dir(&instance)?;
-    let result = run_governed(policy, &cgroup_rel, &pin_dir, &opts, user).await;
+    let result = run_governed(policy, &cgroup_rel, &pin_dir, &opts, user, signals).await;
     // Clean up whatever happened: no process left, no pin, no cgroup; each
     // step is tried even if an earlier one failed.
     let killed = cgroup.kill_all(Duration::from_secs(5));
@@ -278,12 +286,20 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
     Ok(exit_code(status))
 }
 
+/// The signals `exec` forwards to its command.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
 async fn run_governed(
     mut policy: Policy,
     cgroup_rel: &std::path::Path,
     pin_dir: &std::path::Path,
     opts: &ExecOptions,
     user: Option<(u32, u32)>,
+    signals: Signals,
 ) -> Result<(std::process::ExitStatus, Summary)> {
     let (enforcer, ring) = Enforcer::load(None)?;
     let enforcer = Arc::new(Mutex::new(enforcer));
@@ -316,11 +332,13 @@ async fn run_governed(
         describer,
     };
 
+    let Signals {
+        mut int,
+        mut term,
+        mut hup,
+    } = signals;
     let mut child = spawn_in(&cgroup, &opts.command, user)?;
     let pid = child.id().context("child has no pid")? as i32;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let forward = |sig: i32| {
         // SAFETY: kill has no memory preconditions; pid is our child's.
         unsafe { libc::kill(pid, sig) };

@@ -60,7 +60,45 @@ impl Drop for TempDir {
     }
 }
 
+/// A copy of a program in a fresh directory that every user can reach, for
+/// a test that runs it as another user: the checkout itself may sit below a
+/// directory only root can enter (root's home, `mktemp -d`). Removed on drop.
+pub struct ReachableCopy {
+    dir: TempDir,
+    pub path: PathBuf,
+}
+
+impl ReachableCopy {
+    pub fn new(program: &Path) -> Result<ReachableCopy> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("reachable")?;
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755))?;
+        for a in dir.0.ancestors().skip(1) {
+            let mode = std::fs::metadata(a)?.permissions().mode();
+            if mode & 0o001 == 0 {
+                bail!(
+                    "{} (mode {mode:o}) is not searchable by other users: set TMPDIR to a directory they can reach",
+                    a.display()
+                );
+            }
+        }
+        let name = program
+            .file_name()
+            .context("a program path ends in a name")?;
+        let path = dir.0.join(name);
+        std::fs::copy(program, &path).with_context(|| format!("copying {}", program.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(ReachableCopy { dir, path })
+    }
+
+    /// The directory the copy is in.
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+}
+
 /// What one `egressd exec` did.
+#[derive(Debug)]
 pub struct ExecResult {
     pub code: Option<i32>,
     pub stdout: String,
@@ -173,10 +211,28 @@ impl Drop for TestCgroup {
     }
 }
 
+/// What a daemon instance leaves behind when it is killed: its pins in
+/// bpffs and its control socket under `/run/egressd`. Dropping this removes
+/// both, so a test that fails half-way leaves no enforcement and no socket.
+pub struct Instance(pub String);
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = Command::new(bin())
+            .args(["detach", "--instance", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_file(egressd::control::socket_path(&self.0));
+    }
+}
+
 /// `egressd run`, in a namespace, with its event lines collected.
 pub struct Daemon {
     child: Child,
     pub instance: String,
+    /// `None` once `kill` handed the leftovers to the caller.
+    leftovers: Option<Instance>,
     pub metrics_port: u16,
     events: Arc<Mutex<Vec<Value>>>,
     pub log: Arc<Mutex<Vec<String>>>,
@@ -260,6 +316,7 @@ impl Daemon {
         });
         let mut d = Daemon {
             child,
+            leftovers: Some(Instance(instance.clone())),
             instance,
             metrics_port,
             events,
@@ -350,14 +407,15 @@ impl Daemon {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
-    /// SIGKILL, then waits: no clean-up by the daemon, no detach.
-    pub fn kill(mut self) -> Result<String> {
+    /// SIGKILL, then waits: no clean-up by the daemon, no detach. The pins
+    /// stay until the returned guard is dropped.
+    pub fn kill(mut self) -> Result<Instance> {
         self.child.kill()?;
         self.child.wait()?;
-        let instance = self.instance.clone();
-        // Skip Drop's detach: the pins must stay.
-        self.instance.clear();
-        Ok(instance)
+        Ok(self
+            .leftovers
+            .take()
+            .expect("a live daemon has its leftovers"))
     }
 
     /// SIGTERM, then waits; returns the exit code.
@@ -378,11 +436,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !self.instance.is_empty() {
-            let _ = Command::new(bin())
-                .args(["detach", "--instance", &self.instance])
-                .status();
-        }
+        // `leftovers` drops after this: detach and the socket's removal.
     }
 }
 

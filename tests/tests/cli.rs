@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::Command};
 
 use egress_tests::{
     dns::DnsServer,
-    egressd::{bin, exec, TempDir},
+    egressd::{bin, exec, ReachableCopy, TempDir},
     listen::Listener,
     netns::Netns,
     require_root,
@@ -267,6 +267,55 @@ fn exec_cleans_up_on_sigint() {
     assert!(!pins.exists(), "the exec pins were left behind");
 }
 
+/// SIGINT at any moment of `exec`'s start, even before the command runs,
+/// leaves no cgroup and no pins behind (before the handlers were installed
+/// first, one sent while the command started ended egressd at once).
+#[test]
+fn exec_cleans_up_on_an_early_sigint() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root();
+    let ns = Netns::new("early").unwrap();
+    for delay_ms in [0, 1, 2, 4, 8, 12, 16, 24, 32, 48, 64] {
+        let mut child = ns
+            .command(bin())
+            .args(["exec", "--allow", "198.51.100.1:443", "--", "sleep", "30"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let instance = format!("exec-{}", child.id());
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().unwrap();
+        assert!(
+            status.code() == Some(130) || status.signal() == Some(libc::SIGINT),
+            "after {delay_ms} ms: {status:?}"
+        );
+        let cgroup = egressd::mounts::cgroup2_root()
+            .unwrap()
+            .join("egressd.exec")
+            .join(&instance);
+        let pins = egressd::kernel::pins::instance_dir(&instance).unwrap();
+        let left = (cgroup.exists(), pins.exists());
+        // Leave nothing for the next test, whatever the assertion says.
+        if left.0 {
+            let _ = egressd::cgroup::Cgroup {
+                path: cgroup.clone(),
+            }
+            .kill_all(std::time::Duration::from_secs(2));
+            let _ = std::fs::remove_dir(&cgroup);
+        }
+        let _ = Command::new(bin())
+            .args(["detach", "--instance", &instance])
+            .status();
+        assert_eq!(
+            left,
+            (false, false),
+            "after {delay_ms} ms: (cgroup, pins) left behind"
+        );
+    }
+}
+
 #[test]
 fn detach_refuses_a_path_as_instance() {
     for bad in ["/", "..", "a/b", ""] {
@@ -279,16 +328,19 @@ fn detach_refuses_a_path_as_instance() {
 }
 
 /// `exec --user`: the command runs unprivileged, cannot move itself out of
-/// its cgroup, and is still governed.
+/// its cgroup, and is still governed. The probe is a copy that `nobody` can
+/// run wherever the checkout is.
 #[test]
 fn exec_as_an_unprivileged_user_cannot_escape() {
     require_root();
     let ns = Netns::new("user").unwrap();
     let bad = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let probe = ReachableCopy::new(std::path::Path::new(PROBE)).unwrap();
     let root = egressd::mounts::cgroup2_root().unwrap();
     let escape = format!(
-        "id -u; echo $$ > {}/cgroup.procs 2>/dev/null && echo escaped || echo stayed; {PROBE} tcp 203.0.113.9:443",
-        root.display()
+        "id -u; echo $$ > {}/cgroup.procs 2>/dev/null && echo escaped || echo stayed; {} tcp 203.0.113.9:443",
+        root.display(),
+        probe.path.display()
     );
     let r = exec(
         &ns,
@@ -297,7 +349,27 @@ fn exec_as_an_unprivileged_user_cannot_escape() {
     )
     .unwrap();
     let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(lines, ["65534", "stayed", "error: 1"], "{}", r.stderr);
+    assert_eq!(
+        lines.first(),
+        Some(&"65534"),
+        "the command did not run as nobody: {r:?}"
+    );
+    assert_eq!(
+        lines.get(1),
+        Some(&"stayed"),
+        "the command left its cgroup: {r:?}"
+    );
+    assert!(
+        lines
+            .get(2)
+            .is_some_and(|l| l.starts_with("error:") || *l == "ok"),
+        "the probe did not run as nobody: {r:?}"
+    );
+    assert_eq!(
+        lines.get(2),
+        Some(&"error: 1"),
+        "nobody's connect was not refused: {r:?}"
+    );
     assert_eq!(bad.count(), 0);
     assert!(!r.stderr.contains("runs as root"), "{}", r.stderr);
     let out = Command::new(bin())

@@ -628,7 +628,7 @@ print(ok, failed, refused, leaked)
     thread::sleep(Duration::from_millis(700));
     let instance = first.kill().unwrap();
     thread::sleep(Duration::from_millis(700));
-    let second = Daemon::start_instance(&ns, &policy, &instance, &[]).unwrap();
+    let second = Daemon::start_instance(&ns, &policy, &instance.0, &[]).unwrap();
     let out = probe.wait_with_output().unwrap();
     let counts: Vec<u64> = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
@@ -654,7 +654,7 @@ print(ok, failed, refused, leaked)
         .map(|e| e.file_name())
         .filter(|n| {
             n.to_string_lossy()
-                .starts_with(&format!("{instance}.stale"))
+                .starts_with(&format!("{}.stale", instance.0))
         })
         .collect();
     assert!(

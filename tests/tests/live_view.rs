@@ -11,7 +11,7 @@ use std::{
 };
 
 use egress_tests::{
-    egressd::{bin, Daemon, TempDir, TestCgroup},
+    egressd::{bin, Daemon, ReachableCopy, TempDir, TestCgroup},
     listen::Listener,
     netns::Netns,
     require_root,
@@ -124,7 +124,9 @@ fn only_root_may_ask() {
         )
         .unwrap();
     let daemon = Daemon::start(&ns, &policy).unwrap();
-    let mut cmd = Command::new(bin());
+    // A copy `nobody` can run wherever the checkout is.
+    let egressd = ReachableCopy::new(&bin()).unwrap();
+    let mut cmd = Command::new(&egressd.path);
     cmd.args(["status", "--instance", &daemon.instance]);
     // SAFETY: setgid/setuid between fork and exec.
     unsafe {
@@ -135,7 +137,16 @@ fn only_root_may_ask() {
             Ok(())
         });
     }
-    let out = cmd.output().unwrap();
+    let out = cmd.output().expect("egressd runs as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "nobody read the status: {out:?}");
     assert!(out.stdout.is_empty());
+    // egressd itself ran and was refused at the control socket.
+    assert!(
+        stderr.contains(&format!(
+            "connecting to /run/egressd/{}.sock",
+            daemon.instance
+        )) && stderr.contains("Permission denied"),
+        "egressd did not run as nobody, or failed otherwise: {stderr}"
+    );
 }
