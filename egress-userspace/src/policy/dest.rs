@@ -40,7 +40,13 @@ pub fn parse_allow(s: &str) -> Result<Rule, String> {
     let dest = if dest.parse::<IpAddr>().is_ok() || dest.contains('/') {
         Destination::Net(dest.parse::<Net>().map_err(|e| format!("`{s}`: {e}"))?)
     } else {
-        Destination::Host(dest.parse::<Host>().map_err(|e| format!("`{s}`: {e}"))?)
+        let host = dest.parse::<Host>().map_err(|e| format!("`{s}`: {e}"))?;
+        if let Some(suffix) = host.over_shared_suffix() {
+            return Err(format!(
+                "`{s}`: a wildcard over {suffix}, a shared domain where anyone can create a name of their own: name the host, or write the rule in a policy file with `public_suffix: intended`"
+            ));
+        }
+        Destination::Host(host)
     };
     Ok(Rule {
         dest,
@@ -107,6 +113,13 @@ mod tests {
             .contains("out of range"));
         assert!(parse_allow("[2001:db8::1]").unwrap_err().contains("]:"));
         assert!(parse_allow("*.test:443").unwrap_err().contains("wildcard"));
+        assert!(parse_allow("*.co.uk:443")
+            .unwrap_err()
+            .contains("public suffix"));
+        assert!(parse_allow("*.github.io:443")
+            .unwrap_err()
+            .contains("public_suffix: intended"));
+        assert!(parse_allow("*.pages.example.co.uk:443").is_ok());
         assert_eq!(
             parse_allow("*.x.test:443").unwrap().dest.to_string(),
             "*.x.test"

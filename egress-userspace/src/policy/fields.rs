@@ -201,6 +201,14 @@ impl Host {
         self.wildcard
     }
 
+    /// For a wildcard over a private-section public suffix (`*.github.io`),
+    /// the suffix: anyone can create a name below it. A wildcard over an
+    /// ICANN suffix never parses.
+    pub fn over_shared_suffix(&self) -> Option<&str> {
+        (self.wildcard && super::suffix::wildcard_opens(&self.name).is_some())
+            .then_some(self.name.as_str())
+    }
+
     /// Does a queried name (lower case, no trailing dot) fall under this rule?
     pub fn matches(&self, qname: &str) -> bool {
         if self.wildcard {
@@ -275,6 +283,11 @@ impl FromStr for Host {
             if !name.contains('.') {
                 return Err(format!(
                     "`{s}` is a wildcard over a top-level domain: it would allow most of the Internet; name the domain (e.g. *.cdn.example.com)"
+                ));
+            }
+            if super::suffix::wildcard_opens(&name) == Some(super::suffix::Section::Icann) {
+                return Err(format!(
+                    "`{s}` is a wildcard over a public suffix, where anyone can register a domain: it would allow every company's names and any an attacker registers; name the domain (e.g. *.cdn.example.{name})"
                 ));
             }
             return Ok(Host {

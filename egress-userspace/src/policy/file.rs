@@ -76,6 +76,16 @@ struct RawRuleFields {
     ports: Option<Vec<PortRange>>,
     #[serde(default)]
     protocol: Protocol,
+    /// `public_suffix: intended`: a wildcard directly over a shared public
+    /// suffix (`*.github.io`) is meant, knowing anyone can make names there.
+    public_suffix: Option<Intended>,
+}
+
+/// The one value of an explicit opt-in.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Intended {
+    Intended,
 }
 
 /// Largest `cidr_file` read (a million prefixes take about 40 MB).
@@ -152,6 +162,23 @@ impl RawRule {
                 )
             }
         };
+        let shared = match &dest {
+            Destination::Host(h) => h.over_shared_suffix(),
+            _ => None,
+        };
+        match (shared, r.public_suffix) {
+            (Some(suffix), None) => {
+                return Err(format!(
+                    "`*.{suffix}` is a wildcard over {suffix}, a shared domain where anyone can create a name of their own (a site, an app, a bucket): an attacker can make one and receive what the agent sends. Name the host (e.g. `host: yours.{suffix}`), or, if every name under it is really meant, add `public_suffix: intended` to this rule"
+                ))
+            }
+            (None, Some(Intended::Intended)) => {
+                return Err(format!(
+                    "`public_suffix: intended` is only for a wildcard directly over a shared public suffix (like *.github.io), and `{dest}` is not one: remove it"
+                ))
+            }
+            _ => {}
+        }
         if r.ports.as_ref().is_some_and(|p| p.is_empty()) {
             return Err(
                 "`ports: []` allows nothing: list ports, or leave `ports` out to allow every port"

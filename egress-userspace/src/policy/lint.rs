@@ -5,8 +5,13 @@ use ipnet::IpNet;
 
 use super::{Destination, Policy, Rule};
 
-/// Names that relay whatever they are sent: paste sites, request bins,
-/// webhook and tunnelling services, whole cloud storage domains.
+/// Services that relay or store whatever they are sent, which the Public
+/// Suffix List does not cover (it lists only domains below which users get
+/// names of their own; see `super::suffix`): paste sites, request bins,
+/// webhook endpoints, tunnels that serve from one name, chat bots' APIs,
+/// and names that encode any IP address. Kept by hand from these services'
+/// own documentation. The two storage domains the list does carry stay
+/// here so that a wildcard *above* them (`*.amazonaws.com`) is caught too.
 const RELAY_SUFFIXES: &[&str] = &[
     "pastebin.com",
     "paste.ee",
@@ -17,10 +22,6 @@ const RELAY_SUFFIXES: &[&str] = &[
     "pipedream.net",
     "hooks.slack.com",
     "hooks.zapier.com",
-    "ngrok.io",
-    "ngrok-free.app",
-    "ngrok.app",
-    "trycloudflare.com",
     "loca.lt",
     "serveo.net",
     "transfer.sh",
@@ -129,6 +130,22 @@ fn rule_warnings(rule: &Rule) -> Vec<String> {
                 out.push(format!(
                     "`{name}` is under {s}, a service that relays or stores whatever it is sent: an attacker can read it there"
                 ));
+            } else if let Some(s) = RELAY_SUFFIXES
+                .iter()
+                .find(|s| h.is_wildcard() && s.ends_with(&format!(".{name}")))
+            {
+                out.push(format!(
+                    "`{h}` covers {s}, a service that relays or stores whatever it is sent: an attacker can read it there"
+                ));
+            }
+            if let Some(s) = h.over_shared_suffix() {
+                out.push(format!(
+                    "`{h}` allows every name under {s}, where anyone can create one (`public_suffix: intended`): an attacker's name there receives what the agent sends"
+                ));
+            } else if let Some(s) = super::suffix::private_suffix_above(name) {
+                out.push(format!(
+                    "`{h}` is under {s}, a shared domain where users create names of their own: `{name}` belongs to whoever created it, not to {s}'s operator"
+                ));
             }
         }
     }
@@ -177,5 +194,72 @@ mod tests {
         assert!(warnings("  - cidr: 10.0.0.0/8\n    ports: [80]\n")[0].contains("private range"));
         assert!(warnings("  - host: api.model.test\n")[0].contains("every port"));
         assert!(warnings("  - host: api.model.test\n    ports: [443]\n").is_empty());
+    }
+
+    fn error(allow: &str) -> String {
+        parse(&format!("name: a\nallow:\n{allow}"), Path::new("p.yaml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn wildcards_over_public_suffixes() {
+        // The ICANN section: an error, with no way around it.
+        for w in ["*.co.uk", "*.com.au", "*.com"] {
+            let e = error(&format!("  - host: \"{w}\"\n    ports: [443]\n"));
+            assert!(e.contains("p.yaml:3:"), "{e}");
+            assert!(
+                e.contains("top-level domain") || e.contains("public suffix"),
+                "{e}"
+            );
+            let e = error(&format!(
+                "  - host: \"{w}\"\n    ports: [443]\n    public_suffix: intended\n"
+            ));
+            assert!(
+                e.contains("top-level domain") || e.contains("public suffix"),
+                "{e}"
+            );
+        }
+        // The private section: an error unless the rule says it is meant.
+        for w in [
+            "*.github.io",
+            "*.herokuapp.com",
+            "*.vercel.app",
+            "*.workers.dev",
+            "*.s3.amazonaws.com",
+            "*.compute.amazonaws.com",
+        ] {
+            let e = error(&format!("  - host: \"{w}\"\n    ports: [443]\n"));
+            assert!(e.contains("anyone can create a name"), "{w}: {e}");
+            assert!(e.contains("public_suffix: intended"), "{w}: {e}");
+            let opted = warnings(&format!(
+                "  - host: \"{w}\"\n    ports: [443]\n    public_suffix: intended\n"
+            ));
+            assert!(
+                opted.iter().any(|m| m.contains("anyone can create one")),
+                "{w}: {opted:?}"
+            );
+        }
+        // An opt-in where none is needed is a mistake, not a no-op.
+        let e = error(
+            "  - host: \"*.cdn.example.co.uk\"\n    ports: [443]\n    public_suffix: intended\n",
+        );
+        assert!(e.contains("remove it"), "{e}");
+        assert!(warnings("  - host: \"*.cdn.example.co.uk\"\n    ports: [443]\n").is_empty());
+    }
+
+    #[test]
+    fn names_under_shared_suffixes_and_above_relays() {
+        let w = warnings("  - host: someone.github.io\n    ports: [443]\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("belongs to whoever created it"), "{w:?}");
+        let w = warnings("  - host: \"*.site.netlify.app\"\n    ports: [443]\n");
+        assert!(w[0].contains("belongs to whoever created it"), "{w:?}");
+        let w = warnings("  - host: \"*.amazonaws.com\"\n    ports: [443]\n");
+        assert!(
+            w.iter().any(|m| m.contains("covers s3.amazonaws.com")),
+            "{w:?}"
+        );
+        assert!(warnings("  - host: github.io\n    ports: [443]\n").is_empty());
     }
 }

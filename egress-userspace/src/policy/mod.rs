@@ -3,12 +3,14 @@
 //! A policy file goes parse (`file`), then validate (the field types here
 //! check themselves as they are read, so every error carries its line), then
 //! compile (`crate::compile`). `dest` parses `egressd exec --allow` options
-//! into the same rules; `lint` finds allowed-but-dangerous destinations.
+//! into the same rules; `lint` finds allowed-but-dangerous destinations;
+//! `suffix` knows the public suffixes, below which anyone can make a name.
 
 pub mod dest;
 pub mod fields;
 pub mod file;
 pub mod lint;
+pub mod suffix;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
