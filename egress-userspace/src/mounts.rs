@@ -57,18 +57,19 @@ pub fn parse_mountinfo(info: &str, fstype: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-fn mount(fstype: &str, target: &Path) -> Result<()> {
+fn mount(fstype: &str, target: &Path, data: &str) -> Result<()> {
     fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     let src = CString::new(fstype).expect("no NUL");
     let tgt = CString::new(target.as_os_str().as_bytes()).context("mount path has a NUL")?;
-    // SAFETY: valid NUL-terminated strings; no data argument.
+    let data = CString::new(data).expect("no NUL");
+    // SAFETY: valid NUL-terminated strings.
     let rc = unsafe {
         libc::mount(
             src.as_ptr(),
             tgt.as_ptr(),
             src.as_ptr(),
             0,
-            std::ptr::null(),
+            data.as_ptr().cast(),
         )
     };
     if rc != 0 {
@@ -87,19 +88,22 @@ pub fn cgroup2_root() -> Result<PathBuf> {
         return Ok(p);
     }
     let target = Path::new(FALLBACK_CGROUP2);
-    mount("cgroup2", target).context(
+    mount("cgroup2", target, "").context(
         "no cgroup2 filesystem is mounted, and mounting one failed (egressd needs cgroup v2)",
     )?;
     Ok(target.to_path_buf())
 }
 
-/// The bpffs mount point, mounting bpffs at /sys/fs/bpf if none is mounted.
+/// The bpffs mount point, mounting bpffs (mode 0700) at /sys/fs/bpf if none
+/// is mounted.
 pub fn bpffs_root() -> Result<PathBuf> {
     if let Some(p) = mount_points("bpf")?.into_iter().next() {
         return Ok(p);
     }
     let target = Path::new(DEFAULT_BPFFS);
-    mount("bpf", target).context("no bpf filesystem is mounted, and mounting one failed")?;
+    // Only root may create pins in it (bpffs' own default is 1777).
+    mount("bpf", target, "mode=0700")
+        .context("no bpf filesystem is mounted, and mounting one failed")?;
     Ok(target.to_path_buf())
 }
 

@@ -196,7 +196,7 @@ impl Kernel {
 impl Attachment {
     /// Pins each link as `dir/<program>`, so it outlives this process.
     pub fn pin(self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        pins::make_dirs(dir)?;
         for (name, link) in self.links {
             let path = dir.join(name);
             link::pin(link.as_fd(), &path)

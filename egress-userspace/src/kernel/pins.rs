@@ -6,18 +6,98 @@
 //! `exec-<pid>/<program>` for one `egressd exec`. A pinned link keeps
 //! enforcing after egressd exits; removing the pin detaches it.
 
+//!
+//! bpffs is often writable by every user, so nothing there is trusted:
+//! `<bpffs>/egressd` is made by root with mode 0700, and every directory on
+//! the way to a pin is checked with lstat (a real directory, owned by root)
+//! before egressd writes below it or removes it. A planted symbolic link,
+//! or a directory someone else made, is refused with an error that says
+//! what to remove; nothing is followed, deleted or unpinned through it.
+
 use std::{
-    fs,
+    fs::{self, DirBuilder, Metadata},
+    io::ErrorKind,
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::mounts;
 
-/// `<bpffs>/egressd`, mounting bpffs if needed.
+/// `<bpffs>/egressd`, mounting bpffs if needed, made (mode 0700) if missing
+/// and checked: a real directory owned by root, which only root can write.
 pub fn root() -> Result<PathBuf> {
-    Ok(mounts::bpffs_root()?.join("egressd"))
+    let root = mounts::bpffs_root()?.join("egressd");
+    make_dir(&root)?;
+    let meta = checked_dir(&root)?;
+    if meta.mode() & 0o077 != 0 {
+        // An older egressd's; what others may have put below it is checked
+        // on the way to each pin.
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private (mode 0700)", root.display()))?;
+    }
+    Ok(root)
+}
+
+/// Makes one directory, mode 0700, unless something is there already.
+fn make_dir(dir: &Path) -> Result<()> {
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != ErrorKind::AlreadyExists => {
+            Err(e).with_context(|| format!("creating {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// lstat of `path`, which must be a real directory owned by root.
+fn checked_dir(path: &Path) -> Result<Metadata> {
+    let meta = fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    planted(path, &meta, true)?;
+    Ok(meta)
+}
+
+/// Refuses what egressd did not make: a link, a directory or pin owned by
+/// another user, or (where a directory is due) anything else.
+fn planted(path: &Path, meta: &Metadata, want_dir: bool) -> Result<()> {
+    let shown = path.display();
+    if meta.file_type().is_symlink() {
+        bail!("{shown} is a symbolic link, which egressd never makes in bpffs: someone planted it; remove it (rm {shown}) and retry. Nothing was followed or removed");
+    }
+    if meta.uid() != 0 {
+        bail!("{shown} is owned by uid {}, not root: egressd did not make it; remove it and retry. Nothing was followed or removed", meta.uid());
+    }
+    if want_dir && !meta.is_dir() {
+        bail!("{shown} is not a directory: egressd did not make it; remove it and retry");
+    }
+    Ok(())
+}
+
+/// Checks every directory from `<bpffs>/egressd` down to `dir` (which must
+/// be below it), making the missing ones when `make` is set.
+fn walk_to(dir: &Path, make: bool) -> Result<bool> {
+    let root = root()?;
+    let rel = dir
+        .strip_prefix(&root)
+        .with_context(|| format!("{} is not below {}", dir.display(), root.display()))?;
+    let mut cur = root;
+    for part in rel.components() {
+        cur.push(part);
+        if make {
+            make_dir(&cur)?;
+        }
+        match fs::symlink_metadata(&cur) {
+            Err(e) if e.kind() == ErrorKind::NotFound && !make => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", cur.display())),
+            Ok(meta) => planted(&cur, &meta, true)?,
+        }
+    }
+    Ok(true)
+}
+
+/// Makes `dir` below `<bpffs>/egressd`, and its parents, checking each.
+pub fn make_dirs(dir: &Path) -> Result<()> {
+    walk_to(dir, true).map(|_| ())
 }
 
 /// The pin directory of one instance.
@@ -25,15 +105,38 @@ pub fn instance_dir(instance: &str) -> Result<PathBuf> {
     Ok(root()?.join(instance))
 }
 
-/// Removes every pin under `dir` (detaching those links) and the directories.
+/// Removes every pin under `dir` (detaching those links) and the
+/// directories. The whole tree is checked first: if anything in it, or on
+/// the way to it, was planted, nothing is removed.
 pub fn remove_tree(dir: &Path) -> Result<()> {
-    if !dir.exists() {
+    if !walk_to(dir, false)? {
         return Ok(());
     }
+    check_tree(dir)?;
+    remove_checked(dir)
+}
+
+/// Every entry below `dir` is a root-owned directory or pin, never a link.
+fn check_tree(dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            remove_tree(&path)?;
+        let entry = entry?;
+        let path = entry.path();
+        let meta =
+            fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        planted(&path, &meta, false)?;
+        if meta.is_dir() {
+            check_tree(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_checked(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            remove_checked(&path)?;
         } else {
             fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
         }
@@ -55,7 +158,7 @@ pub fn new_generation(instance: &str) -> Result<PathBuf> {
 /// Removes every generation of `instance` but `keep`.
 pub fn remove_other_generations(instance: &str, keep: &Path) -> Result<()> {
     let dir = instance_dir(instance)?;
-    if !dir.exists() {
+    if !walk_to(&dir, false)? {
         return Ok(());
     }
     for entry in fs::read_dir(&dir)?.flatten() {
@@ -71,24 +174,26 @@ pub fn remove_other_generations(instance: &str, keep: &Path) -> Result<()> {
 /// Returns how many policy directories were removed.
 pub fn remove_policy(instance: Option<&str>, policy: &str) -> Result<usize> {
     let root = root()?;
-    if !root.exists() {
-        return Ok(0);
-    }
     let instances: Vec<PathBuf> = match instance {
         Some(i) => vec![instance_dir(i)?],
         None => fs::read_dir(&root)?.flatten().map(|e| e.path()).collect(),
     };
     let mut removed = 0;
-    for dir in instances.iter().filter(|d| d.is_dir()) {
+    for dir in instances {
+        if !walk_to(&dir, false)? {
+            continue;
+        }
         let mut candidates = vec![dir.join(policy)];
-        for entry in fs::read_dir(dir)?.flatten() {
+        for entry in fs::read_dir(&dir)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with("gen-") {
                 candidates.push(entry.path().join(policy));
             }
         }
-        for c in candidates.into_iter().filter(|c| c.is_dir()) {
-            remove_tree(&c)?;
-            removed += 1;
+        for c in candidates {
+            if walk_to(&c, false)? {
+                remove_tree(&c)?;
+                removed += 1;
+            }
         }
     }
     Ok(removed)
