@@ -25,6 +25,7 @@ use crate::{
     events::{address, comm, protocol_name, Describer, EventStream},
     governor::Governor,
     kernel::{counters::reason_name, pins},
+    landlock,
     metrics::Metrics,
     mounts,
     policy::{dest::parse_allow, file::load_file, DnsSettings, Mode, Policy},
@@ -206,10 +207,16 @@ fn spawn_in(
 ) -> Result<tokio::process::Child> {
     let procs = procs_file(cgroup)?;
     let fd = procs.as_raw_fd();
+    let domain = landlock::Domain::prepare().context("preparing the command's Landlock domain")?;
+    if domain.is_none() {
+        eprintln!("egressd: warning: Landlock is not available on this kernel (5.13+, with `landlock` among the LSMs): the command can ptrace or pidfd_getfd processes of its uid outside its cgroup and send through their sockets");
+    }
+    let ruleset = domain.as_ref().map(landlock::Domain::raw_fd);
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
     // SAFETY: the closure only makes async-signal-safe system calls
-    // (write, setgroups, setgid, setuid, prctl) with data prepared before
+    // (write, setgroups, setgid, setuid, prctl, landlock_restrict_self)
+    // with data prepared before
     // the fork, and touches no allocator.
     unsafe {
         cmd.pre_exec(move || {
@@ -228,13 +235,19 @@ fn spawn_in(
                 check(libc::setgid(gid))?;
                 check(libc::setuid(uid))?;
             }
-            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            // No taking over processes outside the cgroup (see `landlock`).
+            match ruleset {
+                Some(fd) => landlock::enter(fd),
+                None => Ok(()),
+            }
         });
     }
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {:?}", command[0]))?;
     drop(procs);
+    drop(domain);
     Ok(child)
 }
 

@@ -20,6 +20,7 @@ pub mod governed;
 pub mod governor;
 pub mod kernel;
 pub mod kubernetes;
+pub mod landlock;
 pub mod learned;
 pub mod metrics;
 pub mod mounts;
