@@ -44,6 +44,43 @@ impl Cgroup {
             .with_context(|| format!("creating cgroup {}", self.path.display()))
     }
 
+    /// Refuses a cgroup with a delegated ancestor: one whose directory or
+    /// `cgroup.procs` a non-root uid may write (systemd delegates
+    /// `user@UID.service` and `Delegate=` units so). A process of that uid
+    /// could make a sibling cgroup there and move itself out of this one.
+    /// The ancestors from the cgroup2 mount `root` to the parent are
+    /// checked; this cgroup may be delegated itself (its sub-cgroups are
+    /// governed too).
+    pub fn check_not_delegated(&self, root: &Path) -> Result<()> {
+        let Some(parent) = self.path.parent() else {
+            return Ok(());
+        };
+        for dir in parent.ancestors().take_while(|a| a.starts_with(root)) {
+            for path in [dir.to_path_buf(), dir.join("cgroup.procs")] {
+                let meta =
+                    fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+                let mode = meta.mode();
+                let writer = if mode & 0o002 != 0 {
+                    Some("every user".to_string())
+                } else if mode & 0o020 != 0 && meta.gid() != 0 {
+                    Some(format!("group {}", meta.gid()))
+                } else if mode & 0o200 != 0 && meta.uid() != 0 {
+                    Some(format!("uid {}", meta.uid()))
+                } else {
+                    None
+                };
+                if let Some(writer) = writer {
+                    bail!(
+                        "{} is writable by {writer} (a delegated cgroup): a process of theirs can make a cgroup beside {} and move out of it, ungoverned. Govern a cgroup with no delegated ancestor, or the delegated cgroup itself",
+                        path.display(),
+                        self.path.display()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Opens the directory, for attaching programs.
     pub fn open(&self) -> Result<fs::File> {
         fs::File::open(&self.path)

@@ -68,6 +68,7 @@ pub fn check(rel: &Path, policy: &str) -> Result<PathBuf> {
             .into_iter()
             .any(|d| kernel::program_names().all(|p| d.join(p).exists()));
         if complete {
+            cgroup.check_not_delegated(&root)?;
             return Ok(c);
         }
         // Governed by another policy here? Then not by this one.

@@ -208,6 +208,7 @@ impl Governor {
                 tracing::info!(policy = name, cgroup = %cgroup.path.display(), "creating the governed cgroup");
                 cgroup.create()?;
             }
+            cgroup.check_not_delegated(&self.cgroup_root)?;
             let attachment = e.govern(r.id, &cgroup)?;
             let cgroup_id = cgroup.id()?;
             attachment.pin(&self.pin_dir.join(name).join(cgroup_id.to_string()))?;
@@ -340,6 +341,7 @@ impl Governor {
         if new_id == old_id {
             return Ok(());
         }
+        cgroup.check_not_delegated(&self.cgroup_root)?;
         let mut e = self.enforcer.lock().expect("enforcer lock");
         let attachment = e.govern(r.id, &cgroup)?;
         attachment.pin(&self.pin_dir.join(name).join(new_id.to_string()))?;

@@ -4,10 +4,15 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
 };
 
-use egress_tests::{egressd::exec, listen::Listener, netns::Netns, require_root};
+use egress_tests::{
+    egressd::{bin, exec, Daemon, TempDir, TestCgroup},
+    listen::Listener,
+    netns::Netns,
+    require_root,
+};
 
 /// Debian's Python, which any user can run (`python3` on PATH may be a
 /// shim in root's home).
@@ -119,4 +124,57 @@ fn exec_cannot_reach_an_abstract_unix_socket_outside() {
         deputy.0.try_wait().unwrap().is_none(),
         "the deputy was reached"
     );
+}
+
+/// A governed cgroup whose parent is delegated to the agent's uid (as
+/// systemd delegates `user@UID.service`): the agent could make a sibling
+/// cgroup there and move out. `run` refuses to govern it, and `governed`
+/// says no when the delegation comes later.
+#[test]
+fn a_cgroup_with_a_delegated_ancestor_is_refused() {
+    use std::os::unix::fs::chown;
+    require_root();
+    let ns = Netns::new("deleg").unwrap();
+    let parent = TestCgroup::new("deleg").unwrap();
+    parent.cgroup.create().unwrap();
+    let agent = parent.child("agent").unwrap();
+    let dir = TempDir::new("deleg").unwrap();
+    let policy = dir
+        .write(
+            "p.yaml",
+            &format!("name: p\ncgroups: [{}]\nallow: []\n", agent.rel_str()),
+        )
+        .unwrap();
+    let delegate = |uid: u32| {
+        for p in [
+            parent.cgroup.path.clone(),
+            parent.cgroup.path.join("cgroup.procs"),
+        ] {
+            chown(&p, Some(uid), Some(uid)).unwrap();
+        }
+    };
+    delegate(65534);
+    let err = Daemon::start(&ns, &policy)
+        .err()
+        .expect("egressd governed below a delegated cgroup");
+    assert!(err.to_string().contains("writable by uid 65534"), "{err:#}");
+
+    // Governed while not delegated; delegated afterwards.
+    delegate(0);
+    let _daemon = Daemon::start(&ns, &policy).unwrap();
+    let governed = |rel: &str| {
+        Command::new(bin())
+            .args(["governed", "--policy", "p", "--cgroup", rel])
+            .output()
+            .unwrap()
+    };
+    assert!(governed(&agent.rel_str()).status.success());
+    delegate(65534);
+    let out = governed(&agent.rel_str());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("delegated"),
+        "{out:?}"
+    );
+    delegate(0);
 }
