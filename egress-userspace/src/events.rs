@@ -169,11 +169,12 @@ impl Describer {
             "time": timestamp(SystemTime::now()),
             "policy": e.policy,
             "verdict": e.verdict,
-            "reason": "dns_name_not_allowed",
+            "reason": e.reason,
             "hook": "dns",
             "protocol": e.transport,
             "qname": e.name,
             "qtype": e.qtype,
+            "refused_addresses": e.refused.iter().map(|(ip, why)| json!({"address": ip.to_string(), "why": why})).collect::<Vec<_>>(),
         })
     }
 

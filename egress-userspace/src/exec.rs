@@ -131,7 +131,7 @@ impl Summary {
             format!("dns {} {}", e.qtype, e.name),
             String::new(),
             "a resolver query".to_string(),
-            "dns_name_not_allowed".to_string(),
+            e.reason.to_string(),
         );
         if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
             self.overflow += 1;

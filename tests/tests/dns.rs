@@ -23,6 +23,9 @@ fn zone(ns: &Netns) -> DnsServer {
             ("api.model.test", &["198.51.100.1", "2001:db8::1"], 300),
             ("img.cdn.test", &["198.51.100.2"], 300),
             ("secret-data.attacker.test", &["203.0.113.9"], 300),
+            // Records that whoever writes *.cdn.test could publish.
+            ("rebind.cdn.test", &["127.0.0.1"], 300),
+            ("meta.cdn.test", &["169.254.169.254"], 300),
         ],
     )
     .unwrap()
@@ -307,4 +310,84 @@ fn upstream_down_fails_closed_and_is_counted() {
     );
     let events = daemon.wait_events(1);
     assert_eq!(events[0]["qname"], "exfil.attacker.test");
+}
+
+/// A wildcard's records can be written by others: an answer of loopback or
+/// the metadata address must not make it reachable (a rebinding pivot to a
+/// local service). The name resolves, its address stays refused, and the
+/// event says why. A listener on loopback proves it.
+#[test]
+fn answers_of_special_addresses_are_not_learned() {
+    require_root();
+    let ns = Netns::new("rebind").unwrap();
+    let _upstream = zone(&ns);
+    let local = Listener::tcp(&ns, "127.0.0.1:443").unwrap();
+    let tmp = TempDir::new("rebind").unwrap();
+    let script = r#"python3 -c "
+import socket
+for name in ('rebind.cdn.test', 'meta.cdn.test'):
+    ip = socket.getaddrinfo(name, 443, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    try:
+        socket.create_connection((ip, 443), timeout=2).close(); print(ip, 'connected')
+    except PermissionError:
+        print(ip, 'refused')
+    except OSError as e:
+        print(ip, 'error', e.errno)
+""#;
+    let r = run(&ns, &with_resolv_conf(&tmp, "203.0.113.1", script));
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["127.0.0.1 refused", "169.254.169.254 refused"],
+        "{r:?}"
+    );
+    assert_eq!(
+        local.count(),
+        0,
+        "the loopback listener was reached through DNS"
+    );
+    let why: Vec<(String, String)> = r
+        .events
+        .iter()
+        .filter(|e| e["reason"] == "dns_answer_not_allowed")
+        .map(|e| {
+            (
+                e["qname"].as_str().unwrap().to_string(),
+                e["refused_addresses"][0]["why"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(why.len(), 2, "{:?}", r.events);
+    assert!(
+        why[0].1.contains("loopback") && why[1].1.contains("link-local"),
+        "{why:?}"
+    );
+}
+
+/// TXT (or NULL, or MX) queries for an allowed name carry data, not
+/// addresses: refused, never forwarded, with an event.
+#[test]
+fn only_address_query_types_are_forwarded() {
+    require_root();
+    let ns = Netns::new("qtype").unwrap();
+    let upstream = zone(&ns);
+    let r = dig(&ns, "@203.0.113.1 TXT leak-1234.cdn.test");
+    assert_eq!(status(&r.stdout), "REFUSED", "{r:?}");
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e["reason"] == "dns_type_not_allowed" && e["qtype"] == "TXT"),
+        "{:?}",
+        r.events
+    );
+    assert!(
+        !upstream.asked().iter().any(|q| q.contains("leak-1234")),
+        "the upstream saw {:?}",
+        upstream.asked()
+    );
+    let r = dig(&ns, "@203.0.113.1 A img.cdn.test");
+    assert_eq!(status(&r.stdout), "NOERROR", "{r:?}");
 }

@@ -6,6 +6,7 @@
 //! For allowed names it asks the upstream resolver, writes the A/AAAA
 //! answers into the policy's allowlist, and only then replies.
 
+pub mod answers;
 pub mod message;
 pub mod upstream;
 
@@ -49,9 +50,14 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct DnsEvent {
     pub policy: String,
     pub verdict: &'static str,
+    /// `dns_name_not_allowed`, `dns_type_not_allowed` or
+    /// `dns_answer_not_allowed`.
+    pub reason: &'static str,
     pub name: String,
     pub qtype: String,
     pub transport: &'static str,
+    /// For `dns_answer_not_allowed`: the addresses not learned, and why.
+    pub refused: Vec<(std::net::IpAddr, &'static str)>,
 }
 
 /// The proxy's sockets, all on one port, before it knows its policy id.
@@ -314,6 +320,31 @@ impl Proxy {
         self.metrics.dns_query(&self.name, verdict);
     }
 
+    /// Sends a deny (or audit) event for query `q`.
+    fn report(
+        &self,
+        q: &Question,
+        transport: &'static str,
+        audit: bool,
+        reason: &'static str,
+        refused: Vec<(std::net::IpAddr, &'static str)>,
+    ) {
+        let sent = self.events.try_send(DnsEvent {
+            policy: self.name.clone(),
+            verdict: if audit { "audited" } else { "denied" },
+            reason,
+            name: q.name.clone(),
+            qtype: q.qtype.to_string(),
+            transport,
+            refused,
+        });
+        if sent.is_err() {
+            // The writer is behind: the query is still judged and counted;
+            // only its event is lost, and that is counted too.
+            self.count("event_lost");
+        }
+    }
+
     /// Answers one query: the reply to send, if any.
     pub async fn handle(&self, bytes: &[u8], transport: &'static str) -> Option<Vec<u8>> {
         let (query, q) = match question(bytes) {
@@ -335,19 +366,16 @@ impl Proxy {
                 p.upstream.clone(),
             )
         };
-        if rules.is_empty() {
-            let sent = self.events.try_send(DnsEvent {
-                policy: self.name.clone(),
-                verdict: if audit { "audited" } else { "denied" },
-                name: q.name.clone(),
-                qtype: q.qtype.to_string(),
-                transport,
-            });
-            if sent.is_err() {
-                // The writer is behind: the query is still refused and
-                // counted; only its event is lost, and that is counted too.
-                self.count("event_lost");
-            }
+        let reason = if rules.is_empty() {
+            Some("dns_name_not_allowed")
+        } else if !answers::type_allowed(q.qtype) {
+            // TXT, NULL and the like carry data, not addresses.
+            Some("dns_type_not_allowed")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.report(&q, transport, audit, reason, Vec::new());
             if !audit {
                 self.count("denied");
                 return Some(reply_code(&query, ResponseCode::Refused));
@@ -368,6 +396,7 @@ impl Proxy {
             return Some(reply_code(&query, ResponseCode::ServFail));
         };
         let (_, ips, ttl) = addresses(&q, &answer).ok()?;
+        let mut refused = Vec::new();
         if !ips.is_empty() {
             let now = Instant::now();
             let ttl = Duration::from_secs(u64::from(ttl));
@@ -375,7 +404,15 @@ impl Proxy {
                 .enforcer
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for rule in &rules {
+            // Special addresses are not learned: the kernel refuses a
+            // connect to them, and the event says why (audit learns them,
+            // and reports).
+            let (mut ips, special) = answers::screen(&e.get(self.id)?.policy, ips);
+            if audit {
+                ips.extend(special.iter().map(|(ip, _)| *ip));
+            }
+            refused = special;
+            for rule in rules.iter().filter(|_| !ips.is_empty()) {
                 match e.record(self.id, rule, &q.name, &ips, ttl, now) {
                     Ok(evicted) => self.metrics.dns_evicted(&self.name, evicted),
                     Err(err) => {
@@ -390,6 +427,9 @@ impl Proxy {
                     }
                 }
             }
+        }
+        if !refused.is_empty() {
+            self.report(&q, transport, audit, "dns_answer_not_allowed", refused);
         }
         if !rules.is_empty() {
             self.count("allowed");

@@ -202,6 +202,15 @@ struct RawDns {
     min_ttl: Option<u64>,
     max_ttl: Option<u64>,
     grace: Option<u64>,
+    /// `allow` or `refuse` (default) private addresses in DNS answers.
+    private_answers: Option<Answers>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Answers {
+    Allow,
+    Refuse,
 }
 
 /// A resolver address, `IP` or `IP:PORT` (`[IPv6]:PORT`).
@@ -251,6 +260,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         min_ttl: secs(raw.dns.min_ttl, defaults.min_ttl),
         max_ttl: secs(raw.dns.max_ttl, defaults.max_ttl),
         grace: secs(raw.dns.grace, defaults.grace),
+        private_answers: raw.dns.private_answers == Some(Answers::Allow),
     };
     let day = Duration::from_secs(86_400);
     if dns.max_ttl > day || dns.grace > day {

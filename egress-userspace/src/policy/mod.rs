@@ -115,6 +115,9 @@ pub struct DnsSettings {
     /// How long an address stays allowed after its TTL ran out without it
     /// being seen again (clients cache answers past their TTL).
     pub grace: Duration,
+    /// Whether a DNS answer may make private addresses (10/8, 172.16/12,
+    /// 192.168/16, 100.64/10, fc00::/7) reachable; default no.
+    pub private_answers: bool,
 }
 
 impl Default for DnsSettings {
@@ -124,6 +127,7 @@ impl Default for DnsSettings {
             min_ttl: Duration::from_secs(5),
             max_ttl: Duration::from_secs(3600),
             grace: Duration::from_secs(300),
+            private_answers: false,
         }
     }
 }
@@ -148,6 +152,19 @@ impl Policy {
 
 impl Policy {
     /// The host rules a queried name falls under, once each.
+    /// Does an `ip`, `cidr` or `cidr_file` rule cover `ip` (any port)?
+    pub fn net_rule_covers(&self, ip: std::net::IpAddr) -> bool {
+        let ip = crate::compile::unmap(ipnet::IpNet::from(ip)).addr();
+        self.rules.iter().any(|r| match &r.dest {
+            Destination::Net(n) => crate::compile::unmap(n.0).contains(&ip),
+            Destination::List(l) => l
+                .nets
+                .iter()
+                .any(|n| crate::compile::unmap(*n).contains(&ip)),
+            Destination::Host(_) => false,
+        })
+    }
+
     pub fn host_rules_for(&self, qname: &str) -> Vec<Host> {
         let mut hosts: Vec<Host> = self
             .rules
