@@ -285,8 +285,10 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
     let root = mounts::cgroup2_root()?;
     let cgroup_rel = PathBuf::from("egressd.exec").join(&instance);
     let cgroup = Cgroup::at(&root, &cgroup_rel);
-    cgroup.create()?;
+    // The pin root is checked before anything is made (a planted one is
+    // refused, and must leave no cgroup behind).
     let pin_dir = pins::instance_dir(&instance)?;
+    cgroup.create()?;
     let result = run_governed(policy, &cgroup_rel, &pin_dir, &opts, user, signals).await;
     // Clean up whatever happened: no process left, no pin, no cgroup; each
     // step is tried even if an earlier one failed.

@@ -33,6 +33,21 @@ fn victim() -> (TempDir, PathBuf) {
     (dir, file)
 }
 
+/// Runs `egressd detach ARGS`, which must fail; returns its stderr.
+fn detach_refused(args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .arg("detach")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "detach {args:?} followed a planted link: {stderr}"
+    );
+    stderr
+}
+
 /// `detach` never deletes through a link planted in the pin tree: not one
 /// in place of an instance directory, nor one below a real one.
 #[test]
@@ -43,12 +58,7 @@ fn detach_refuses_a_planted_link() {
     let instance = format!("test-plant-{}", std::process::id());
     let planted = Planted(root.join(&instance));
     symlink(&victim_dir.0, &planted.0).unwrap();
-    let out = Command::new(bin())
-        .args(["detach", "--instance", &instance])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "detach followed the link: {stderr}");
+    let stderr = detach_refused(&["--instance", &instance]);
     assert!(stderr.contains("symbolic link"), "{stderr}");
     assert!(
         precious.exists(),
@@ -60,21 +70,12 @@ fn detach_refuses_a_planted_link() {
     let planted = Planted(root.join(&instance));
     std::fs::create_dir(&planted.0).unwrap();
     symlink(&victim_dir.0, planted.0.join("gen-1")).unwrap();
-    let out = Command::new(bin())
-        .args(["detach", "--instance", &instance])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "detach followed the link: {stderr}");
+    detach_refused(&["--instance", &instance]);
     assert!(
         precious.exists(),
         "detach deleted a file through a planted link"
     );
-    let out = Command::new(bin())
-        .args(["detach", "--instance", &instance, "--policy", "p"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    detach_refused(&["--instance", &instance, "--policy", "p"]);
     assert!(
         precious.exists(),
         "detach --policy deleted through a planted link"
@@ -113,11 +114,15 @@ fn a_planted_pin_root_is_refused() {
              exec {} exec --allow 198.51.100.1:443 -- true",
             bin().display()
         );
-        let out = ns
+        let child = ns
             .command("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),
@@ -129,5 +134,11 @@ fn a_planted_pin_root_is_refused() {
             1,
             "{plant}: egressd wrote into the planted directory"
         );
+        // unshare and sh exec in turn: egressd has the child's pid.
+        let cgroup = egressd::mounts::cgroup2_root()
+            .unwrap()
+            .join("egressd.exec")
+            .join(format!("exec-{pid}"));
+        assert!(!cgroup.exists(), "{plant}: a refused exec left its cgroup");
     }
 }

@@ -24,12 +24,43 @@ pub fn type_allowed(t: RecordType) -> bool {
 /// no DNS answer should make reachable unless a policy's `ip` or `cidr`
 /// rule names it.
 pub fn special(ip: IpAddr, refuse_private: bool) -> Option<&'static str> {
+    if METADATA.contains(&ip) {
+        return Some("a cloud metadata service");
+    }
     match ip {
         IpAddr::V4(v4) => special4(v4, refuse_private),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => special4(v4, refuse_private),
             None => special6(v6, refuse_private),
         },
+    }
+}
+
+/// Metadata services outside link-local space (AWS over IPv6, Alibaba),
+/// refused even where private answers are allowed.
+const METADATA: &[IpAddr] = &[
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+];
+
+/// The IPv4 address an IPv6 one carries, where the packet may end up at
+/// it: IPv4-mapped and -compatible, NAT64 (64:ff9b::/96, 64:ff9b:1::/48)
+/// and 6to4 (2002::/16).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let last = |a: u16, b: u16| Ipv4Addr::new((a >> 8) as u8, a as u8, (b >> 8) as u8, b as u8);
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        Some(v4)
+    } else if s[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified() {
+        Some(last(s[6], s[7]))
+    } else if (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+    {
+        Some(last(s[6], s[7]))
+    } else if s[0] == 0x2002 {
+        Some(last(s[1], s[2]))
+    } else {
+        None
     }
 }
 
@@ -60,7 +91,7 @@ fn special6(ip: Ipv6Addr, refuse_private: bool) -> Option<&'static str> {
         Some("unspecified")
     } else if ip.is_multicast() {
         Some("multicast or broadcast")
-    } else if refuse_private && first & 0xfe00 == 0xfc00 {
+    } else if refuse_private && (first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfec0) {
         Some("private")
     } else {
         None
@@ -107,9 +138,17 @@ mod tests {
             "ff02::1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:7f00:1::1",
+            "fd00:ec2::254",
+            "100.100.100.200",
         ] {
             assert!(special(ip(s), false).is_some(), "{s}");
         }
+        assert_eq!(special(ip("64:ff9b::a00:1"), true), Some("private"));
+        assert_eq!(special(ip("fec0::1"), true), Some("private"));
         for s in [
             "10.1.2.3",
             "172.16.0.1",

@@ -407,7 +407,11 @@ impl Proxy {
             // Special addresses are not learned: the kernel refuses a
             // connect to them, and the event says why (audit learns them,
             // and reports).
-            let (mut ips, special) = answers::screen(&e.get(self.id)?.policy, ips);
+            // The mode as screened: a reload during the upstream's answer
+            // must not learn special addresses into an enforcing table.
+            let policy = &e.get(self.id)?.policy;
+            let audit = policy.mode == Mode::Audit;
+            let (mut ips, special) = answers::screen(policy, ips);
             if audit {
                 ips.extend(special.iter().map(|(ip, _)| *ip));
             }

@@ -70,6 +70,9 @@ fn planted(path: &Path, meta: &Metadata, want_dir: bool) -> Result<()> {
     if want_dir && !meta.is_dir() {
         bail!("{shown} is not a directory: egressd did not make it; remove it and retry");
     }
+    if meta.is_dir() && meta.mode() & 0o022 != 0 && !path.ends_with("egressd") {
+        bail!("{shown} (mode {:o}) can be written by others: egressd makes its directories 0700; remove it and retry", meta.mode() & 0o7777);
+    }
     Ok(())
 }
 
