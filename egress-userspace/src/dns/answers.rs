@@ -49,13 +49,12 @@ const METADATA: &[IpAddr] = &[
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
     let last = |a: u16, b: u16| Ipv4Addr::new((a >> 8) as u8, a as u8, (b >> 8) as u8, b as u8);
+    let compatible = s[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified();
+    let nat64 =
+        s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1);
     if let Some(v4) = ip.to_ipv4_mapped() {
         Some(v4)
-    } else if s[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified() {
-        Some(last(s[6], s[7]))
-    } else if (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
-        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
-    {
+    } else if compatible || nat64 {
         Some(last(s[6], s[7]))
     } else if s[0] == 0x2002 {
         Some(last(s[1], s[2]))
