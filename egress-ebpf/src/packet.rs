@@ -36,6 +36,9 @@ struct Parsed {
     /// A TCP segment without SYN: part of a connection whose SYN this
     /// backstop (and the connect hook) already judged.
     established: bool,
+    /// A fragment after the first: it carries no ports (its first
+    /// fragment's were judged). Port 0 in a first fragment is port 0.
+    later_fragment: bool,
 }
 
 /// Whether the packet belongs to a TCP stream socket (not a raw socket).
@@ -116,6 +119,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
             dest,
             options,
             established,
+            later_fragment: !first,
         });
     }
     if eth == ETH_P_IPV6 {
@@ -146,6 +150,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
             dest,
             options,
             established,
+            later_fragment: !first,
         });
     }
     None
@@ -180,6 +185,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         proto,
         dest,
         options,
+        later_fragment,
         ..
     }) = parsed
     else {
@@ -199,7 +205,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     if class != proto_class::OTHER && !options && dns::is_proxy(&dest, dns_port) {
         return PASS;
     }
-    let fragment_without_ports = dest.port == 0 && class != proto_class::OTHER;
+    let fragment_without_ports = later_fragment && class != proto_class::OTHER;
     let why = if options {
         reason::IP_OPTIONS
     } else if class == proto_class::OTHER {

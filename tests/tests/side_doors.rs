@@ -290,3 +290,30 @@ fn udp_connected_then_sendto_with_unspec_family() {
     assert_eq!(r.stdout.trim(), "ok", "{}", r.stderr);
     assert_eq!(good.count(), 1);
 }
+
+/// UDP-Lite never meets the connect hook (the kernel has no pre-connect
+/// for it), so a connected UDP-Lite socket is judged by the backstop alone.
+/// Port 0 to an allowed address (only port 443 is) must not pass as "a
+/// fragment without ports": the capture on the path sees nothing.
+#[test]
+fn udplite_to_port_zero_of_an_allowed_address() {
+    require_root();
+    let ns = Netns::new("udplite").unwrap();
+    for (family, addr) in [("AF_INET", "198.51.100.1"), ("AF_INET6", "2001:db8::1")] {
+        let seen = Listener::capture(&ns, addr).unwrap();
+        let script = format!(
+            "import socket\n\
+             s = socket.socket(socket.{family}, socket.SOCK_DGRAM, 136)\n\
+             s.connect(('{addr}', 0))\n\
+             try:\n    s.send(b'secret'); print('sent')\n\
+             except PermissionError: print('refused')"
+        );
+        let r = exec(&ns, ALLOW, &["python3", "-c", &script]).unwrap();
+        assert_eq!(r.stdout.trim(), "refused", "{family}: {r:?}");
+        assert_eq!(
+            seen.count(),
+            0,
+            "{family}: a UDP-Lite datagram reached port 0"
+        );
+    }
+}
