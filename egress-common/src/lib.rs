@@ -23,6 +23,8 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     /// `LruHashMap<u64 socket cookie, DnsOrigin>`.
     pub const DNS_ORIGIN: &str = "DNS_ORIGIN";
+    /// `LruHashMap<u64 socket cookie, u8>`: TCP sockets whose peer was judged.
+    pub const JUDGED: &str = "JUDGED";
     /// `Array<u64>` of settings, indexed by `crate::config`.
     pub const CONFIG: &str = "CONFIG";
 }
@@ -96,6 +98,9 @@ pub struct DnsOrigin {
 
 /// Proxied DNS sockets remembered (an LRU map: old ones fall out).
 pub const MAX_DNS_SOCKETS: u32 = 65536;
+/// TCP sockets remembered as judged (an LRU map: the least recently used
+/// go first, and are judged again on their next segment).
+pub const MAX_JUDGED_SOCKETS: u32 = 65536;
 
 /// Data part of an IPv4 allow-trie key: table id (big endian), then the address.
 /// The trie's prefix length counts the 32 table bits too.

@@ -8,6 +8,7 @@
 
 mod dest;
 mod dns;
+mod judged;
 mod maps;
 mod packet;
 mod verdict;

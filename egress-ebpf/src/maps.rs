@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use egress_common::{
     DnsOrigin, PolicyInfo, PortSet, V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES, MAX_ALLOW_ENTRIES,
-    MAX_CGROUPS, MAX_DNS_SOCKETS, MAX_POLICIES, MAX_PORTSETS,
+    MAX_CGROUPS, MAX_DNS_SOCKETS, MAX_JUDGED_SOCKETS, MAX_POLICIES, MAX_PORTSETS,
 };
 
 /// Cgroup id -> policy id, for each governed cgroup. Written by userspace when
@@ -51,6 +51,13 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map(name = "DNS_ORIGIN")]
 pub static DNS_ORIGIN: LruHashMap<u64, DnsOrigin> =
     LruHashMap::with_max_entries(MAX_DNS_SOCKETS, 0);
+
+/// Socket cookie -> 1, for TCP sockets whose peer was judged allowed (see
+/// `judged`). Written by the connect programs and the backstop, read by the
+/// backstop. Least recently used entries go first: an evicted socket is
+/// judged again on its next segment (slower, never more open).
+#[map(name = "JUDGED")]
+pub static JUDGED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_JUDGED_SOCKETS, 0);
 
 /// Settings written by userspace at load, read by the programs; see
 /// `egress_common::config`.

@@ -11,7 +11,7 @@ use egress_common::{hook, proto_class, reason, AF_INET, AF_INET6};
 
 use crate::{
     dest::Dest,
-    dns,
+    dns, judged,
     verdict::{check, class_of, conclude, governing, Caller, Live},
 };
 
@@ -173,13 +173,19 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         return DROP;
     };
     let parsed = parse(ctx);
-    // The rest of a TCP connection whose SYN was judged (here and by the
-    // connect hook) passes without an allowlist lookup: that per-packet
-    // cost is what a bulk transfer pays. Only for a TCP socket's own
-    // segments: a raw socket (made before its cgroup was governed) could
-    // write SYN-less segments to anywhere. Options are still refused below.
+    // The rest of a TCP connection whose peer was judged (by the connect
+    // hook, or here) passes with one lookup and no allowlist lookup: that
+    // per-packet cost is what a bulk transfer pays. Only for a TCP
+    // socket's own segments: a raw socket (made before its cgroup was
+    // governed) could write SYN-less segments to anywhere. A socket never
+    // judged (an accepted one) is judged below by its peer, and marked once
+    // its peer passes. Options are still refused below.
+    let mut stream = 0;
     if matches!(&parsed, Some(p) if p.established && !p.options) && from_tcp_socket(ctx) {
-        return PASS;
+        stream = judged::packet_cookie(ctx);
+        if judged::is_judged(stream) {
+            return PASS;
+        }
     }
     let Some(Parsed {
         proto,
@@ -212,10 +218,18 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         reason::PROTOCOL
     } else {
         match check(table, if fragment_without_ports { 0 } else { bit }, &dest) {
-            reason::NONE => return PASS,
+            reason::NONE => {
+                judged::mark(stream);
+                return PASS;
+            }
             // In audit mode the socket call was already reported; do not
-            // report (and count) every packet of the connection again.
-            _ if audit => return PASS,
+            // report (and count) every packet of the connection again. An
+            // unjudged stream made no such call: it is reported once.
+            _ if audit && stream == 0 => return PASS,
+            _ if audit => {
+                judged::mark(stream);
+                reason::PACKET
+            }
             _ => reason::PACKET,
         }
     };

@@ -260,7 +260,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
     } else {
         check(table, proto_bit, &dest)
     };
-    conclude(
+    let ret = conclude(
         caller,
         policy,
         audit,
@@ -269,7 +269,11 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         hook,
         protocol as u8,
         dest,
-    )
+    );
+    if ret == RET_ALLOW && class == proto_class::TCP {
+        crate::judged::mark_connect(ctx);
+    }
+    ret
 }
 
 /// Judges the creation of an IPv4 or IPv6 socket. Only TCP (and MPTCP)

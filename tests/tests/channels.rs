@@ -178,3 +178,91 @@ fn a_cgroup_with_a_delegated_ancestor_is_refused() {
     );
     delegate(0);
 }
+
+/// Inbound: the agent listens, and a peer the policy does not allow
+/// connects in. The backstop drops the SYN-ACKs it sees, so the listen
+/// queue fills and SYN cookies answer for the agent, with SYN-ACKs that
+/// belong to no socket (no cgroup program sees them). The peer completes
+/// the handshake; what the agent then writes on the accepted socket must
+/// not reach it: an accepted socket was never judged, so its segments are.
+#[test]
+fn an_accepted_connection_from_a_peer_not_allowed_gets_nothing() {
+    require_root();
+    let ns = Netns::new("inbound").unwrap();
+    // 2: every SYN-ACK is a cookie (the handshake always completes, unseen);
+    // 1 (the default): cookies once the listen queue is full.
+    for (cookies, family, agent_addr, peer_addr) in [
+        ("2", "AF_INET", "198.51.100.1", "203.0.113.9"),
+        ("2", "AF_INET6", "2001:db8::1", "2001:db8::53"),
+        ("1", "AF_INET", "198.51.100.1", "203.0.113.9"),
+    ] {
+        let set = ns
+            .command("sysctl")
+            .args(["-qw", &format!("net.ipv4.tcp_syncookies={cookies}")])
+            .status()
+            .unwrap();
+        assert!(set.success());
+        let agent = format!(
+            "import socket, time\n\
+             s = socket.socket(socket.{family}, socket.SOCK_STREAM)\n\
+             s.bind(('{agent_addr}', 8080)); s.listen(1); s.settimeout(0.5)\n\
+             print('listening', flush=True)\n\
+             end = time.time() + 12\n\
+             while time.time() < end:\n\
+             \x20   try:\n\
+             \x20       c, _ = s.accept()\n\
+             \x20   except socket.timeout:\n\
+             \x20       continue\n\
+             \x20   try:\n\
+             \x20       c.sendall(b'secret'); print('wrote', flush=True)\n\
+             \x20   except OSError as e:\n\
+             \x20       print('refused', e.errno, flush=True)\n"
+        );
+        let mut child = ns
+            .command(bin())
+            .args([
+                "exec",
+                "--allow",
+                "198.51.100.1:443",
+                "--allow",
+                "[2001:db8::1]:443",
+                "--",
+            ])
+            .args([PYTHON, "-c", &agent])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "listening");
+        let peer = format!(
+            "import socket\n\
+             got = 0; connected = 0\n\
+             for i in range(5):\n\
+             \x20   s = socket.socket(socket.{family}, socket.SOCK_STREAM)\n\
+             \x20   s.bind(('{peer_addr}', 0)); s.settimeout(1)\n\
+             \x20   try:\n\
+             \x20       s.connect(('{agent_addr}', 8080)); connected += 1\n\
+             \x20       got += len(s.recv(100))\n\
+             \x20   except OSError:\n\
+             \x20       pass\n\
+             print(connected, got)"
+        );
+        let peer = ns.command(PYTHON).args(["-c", &peer]).output().unwrap();
+        // SIGINT, which exec forwards, then cleans up after.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let _ = child.wait();
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        let counts = String::from_utf8_lossy(&peer.stdout).trim().to_string();
+        let got = counts.split_whitespace().nth(1).unwrap_or("?").to_string();
+        assert_eq!(
+            got, "0",
+            "{family}, syncookies {cookies}: the peer received the agent's data (connected, bytes: {counts}); agent: {rest}"
+        );
+    }
+}
