@@ -18,7 +18,7 @@ use crate::maps::JUDGED;
 pub fn mark_connect(ctx: &SockAddrContext) {
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = JUDGED.insert(&cookie, &1, 0);
+    let _ = JUDGED.insert(cookie, 1, 0);
 }
 
 /// The cookie of the socket a packet belongs to (0 when it has none).
@@ -32,13 +32,13 @@ pub fn packet_cookie(ctx: &SkBuffContext) -> u64 {
 #[inline(always)]
 pub fn is_judged(cookie: u64) -> bool {
     // SAFETY: the value is a plain u8 owned by the map.
-    cookie != 0 && unsafe { JUDGED.get(&cookie) }.is_some()
+    cookie != 0 && unsafe { JUDGED.get(cookie) }.is_some()
 }
 
 /// Marks the socket with `cookie` (its peer passed the backstop).
 #[inline(always)]
 pub fn mark(cookie: u64) {
     if cookie != 0 {
-        let _ = JUDGED.insert(&cookie, &1, 0);
+        let _ = JUDGED.insert(cookie, 1, 0);
     }
 }

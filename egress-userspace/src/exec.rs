@@ -29,7 +29,7 @@ use crate::{
     metrics::Metrics,
     mounts,
     policy::{dest::parse_allow, file::load_file, DnsSettings, Mode, Policy},
-    resolve,
+    resolve, seccomp,
 };
 
 /// A mistake in how `exec` was called (exit status 2).
@@ -45,6 +45,10 @@ pub struct ExecOptions {
     pub events_json: Option<PathBuf>,
     /// Run the command as this user (name or uid), with its primary group.
     pub user: Option<String>,
+    /// Socket families to open beyond IP, UNIX and netlink (`--allow-family`).
+    pub families: Vec<String>,
+    /// Let the command use io_uring (`--allow-io-uring`).
+    pub io_uring: bool,
     pub command: Vec<OsString>,
 }
 
@@ -70,6 +74,7 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
                 pods: Vec::new(),
                 rules,
                 dns: DnsSettings::default(),
+                channels: Default::default(),
                 source: "command line".into(),
             }
         }
@@ -81,6 +86,13 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
     if let Some(r) = opts.resolver {
         policy.dns.upstream = vec![r];
     }
+    for f in &opts.families {
+        let family = f
+            .parse()
+            .map_err(|e| UsageError(format!("--allow-family {e}")))?;
+        policy.channels.families.push(family);
+    }
+    policy.channels.io_uring |= opts.io_uring;
     Ok(policy)
 }
 
@@ -204,6 +216,7 @@ fn spawn_in(
     cgroup: &Cgroup,
     command: &[OsString],
     user: Option<(u32, u32)>,
+    filter: seccomp::Filter,
 ) -> Result<tokio::process::Child> {
     let procs = procs_file(cgroup)?;
     let fd = procs.as_raw_fd();
@@ -215,7 +228,8 @@ fn spawn_in(
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
     // SAFETY: the closure only makes async-signal-safe system calls
-    // (write, setgroups, setgid, setuid, prctl, landlock_restrict_self)
+    // (write, setgroups, setgid, setuid, prctl, landlock_restrict_self,
+    // seccomp through prctl)
     // with data prepared before
     // the fork, and touches no allocator.
     unsafe {
@@ -237,10 +251,13 @@ fn spawn_in(
             }
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
             // No taking over processes outside the cgroup (see `landlock`).
-            match ruleset {
-                Some(fd) => landlock::enter(fd),
-                None => Ok(()),
+            if let Some(fd) = ruleset {
+                landlock::enter(fd)?;
             }
+            // No sockets of families no hook sees (see `seccomp`). Last:
+            // the filter would refuse nothing the steps above need, but
+            // it applies to this process from here on.
+            filter.apply()
         });
     }
     let child = cmd
@@ -322,6 +339,7 @@ async fn run_governed(
     let (dns_tx, mut dns_rx) = tokio::sync::mpsc::channel::<DnsEvent>(crate::dns::EVENT_QUEUE);
     let root = mounts::cgroup2_root()?;
     let cgroup = Cgroup::at(&root, cgroup_rel);
+    let filter = seccomp::Filter::new(&policy.channels);
     policy.cgroups = vec![cgroup_rel.to_path_buf()];
     let mut governor = Governor::new(
         enforcer.clone(),
@@ -352,7 +370,7 @@ async fn run_governed(
         mut term,
         mut hup,
     } = signals;
-    let mut child = spawn_in(&cgroup, &opts.command, user)?;
+    let mut child = spawn_in(&cgroup, &opts.command, user, filter)?;
     let pid = child.id().context("child has no pid")? as i32;
     let forward = |sig: i32| {
         // SAFETY: kill has no memory preconditions; pid is our child's.

@@ -26,4 +26,5 @@ pub mod metrics;
 pub mod mounts;
 pub mod policy;
 pub mod resolve;
+pub mod seccomp;
 pub mod watch;

@@ -72,6 +72,14 @@ enum Command {
         /// without the privileges to leave its cgroup.
         #[arg(long, short, value_name = "USER")]
         user: Option<String>,
+        /// Let the command make sockets of this family too (vsock, packet,
+        /// ...); IP, UNIX and netlink sockets are always allowed. Repeatable.
+        #[arg(long, value_name = "FAMILY")]
+        allow_family: Vec<String>,
+        /// Let the command use io_uring (which can make sockets out of the
+        /// family filter's sight).
+        #[arg(long)]
+        allow_io_uring: bool,
         /// The command and its arguments (after --).
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
@@ -193,6 +201,8 @@ fn main() -> ExitCode {
             resolver,
             events_json,
             user,
+            allow_family,
+            allow_io_uring,
             command,
         } => {
             let opts = exec::ExecOptions {
@@ -202,6 +212,8 @@ fn main() -> ExitCode {
                 resolver,
                 events_json,
                 user,
+                families: allow_family,
+                io_uring: allow_io_uring,
                 command,
             };
             match runtime().block_on(exec::exec(opts)) {

@@ -266,3 +266,69 @@ fn an_accepted_connection_from_a_peer_not_allowed_gets_nothing() {
         );
     }
 }
+
+/// Socket families that no cgroup program sees are refused under `exec`
+/// unless named: AF_PACKET (root has CAP_NET_RAW, and writes frames past
+/// every hook: a capture on the path sees nothing), AF_VSOCK (this host has
+/// no vsock loopback, so the test proves the socket cannot be made) and
+/// AF_XDP. io_uring, which makes sockets out of the filter's sight, is
+/// refused too. `--allow-family vsock` opens that family alone.
+#[test]
+fn exec_refuses_socket_families_no_policy_names() {
+    require_root();
+    let ns = Netns::new("family").unwrap();
+    let seen = Listener::capture(&ns, "203.0.113.9").unwrap();
+    let script = "import ctypes, socket, struct\n\
+        def try_make(name, *args):\n\
+        \x20   try:\n\
+        \x20       s = socket.socket(*args); print(name, 'made'); return s\n\
+        \x20   except OSError as e:\n\
+        \x20       print(name, 'refused', e.errno)\n\
+        p = try_make('packet', socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))\n\
+        if p:\n\
+        \x20   hdr = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 28, 0, 0, 64, 17, 0, socket.inet_aton('203.0.113.1'), socket.inet_aton('203.0.113.9'))\n\
+        \x20   p.sendto(hdr + struct.pack('!HHHH', 9, 9, 8, 0), ('lo', 0x0800))\n\
+        try_make('vsock', socket.AF_VSOCK, socket.SOCK_STREAM)\n\
+        try_make('xdp', 44, socket.SOCK_RAW)\n\
+        try_make('unix', socket.AF_UNIX, socket.SOCK_STREAM)\n\
+        try_make('netlink', socket.AF_NETLINK, socket.SOCK_RAW, 0)\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        params = ctypes.create_string_buffer(120)\n\
+        fd = libc.syscall(425, 4, params)\n\
+        print('io_uring', 'made' if fd >= 0 else 'refused %d' % ctypes.get_errno())";
+    let r = exec(
+        &ns,
+        &["--allow", "198.51.100.1:443"],
+        &[PYTHON, "-c", script],
+    )
+    .unwrap();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "packet refused 97",
+            "vsock refused 97",
+            "xdp refused 97",
+            "unix made",
+            "netlink made",
+            "io_uring refused 38",
+        ],
+        "{r:?}"
+    );
+    assert_eq!(
+        seen.count(),
+        0,
+        "a frame written on an AF_PACKET socket left"
+    );
+    let r = exec(
+        &ns,
+        &["--allow", "198.51.100.1:443", "--allow-family", "vsock"],
+        &[
+            PYTHON,
+            "-c",
+            "import socket\nsocket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\nprint('made')",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.stdout.trim(), "made", "{r:?}");
+}

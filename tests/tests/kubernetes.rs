@@ -1,6 +1,7 @@
 //! Kubernetes: the manifests in deploy/kubernetes validate against the
-//! Kubernetes schemas (kubernetes-validate, from PyPI), and the policies in
-//! the ConfigMap pass `egressd check`.
+//! Kubernetes schemas (kubernetes-validate, from PyPI), the policies in
+//! the ConfigMap pass `egressd check`, and the agents' seccomp profile
+//! refuses the socket families `exec` refuses.
 
 use std::{path::PathBuf, process::Command};
 
@@ -15,6 +16,49 @@ fn manifests() -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+/// The pod seccomp profile (OCI format, for `seccompProfile: Localhost`)
+/// refuses `socket` and `socketpair` for every family but those egressd's
+/// own `exec` filter leaves open, and io_uring, read as a runtime reads
+/// it: a rule's argument comparisons all hold, any matching rule applies.
+#[test]
+fn the_agent_seccomp_profile_refuses_what_exec_refuses() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/seccomp/egressd-agent.json");
+    let profile: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ALLOW");
+    let rules = profile["syscalls"].as_array().unwrap();
+    let errno_for = |call: &str, arg0: u64| -> Option<u64> {
+        rules.iter().find_map(|r| {
+            let named = r["names"].as_array().unwrap().iter().any(|n| n == call);
+            let holds = r["args"].as_array().map_or(true, |args| {
+                args.iter().all(|a| {
+                    assert_eq!(a["index"], 0);
+                    let v = a["value"].as_u64().unwrap();
+                    match a["op"].as_str().unwrap() {
+                        "SCMP_CMP_EQ" => arg0 == v,
+                        "SCMP_CMP_GE" => arg0 >= v,
+                        op => panic!("unexpected comparison {op}"),
+                    }
+                })
+            });
+            (named && holds && r["action"] == "SCMP_ACT_ERRNO")
+                .then(|| r["errnoRet"].as_u64().unwrap())
+        })
+    };
+    for call in ["socket", "socketpair"] {
+        for family in 0..=u64::from(u16::MAX) {
+            let open = egressd::seccomp::ALWAYS_OPEN.contains(&(family as i32));
+            let refused = errno_for(call, family);
+            assert_eq!(refused.is_none(), open, "{call}({family})");
+            if !open {
+                assert_eq!(refused, Some(libc::EAFNOSUPPORT as u64));
+            }
+        }
+    }
+    assert_eq!(errno_for("io_uring_setup", 0), Some(libc::ENOSYS as u64));
 }
 
 #[test]

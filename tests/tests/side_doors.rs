@@ -11,8 +11,10 @@ use egress_tests::{
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 
-/// What the agent is allowed: one IPv4 and one IPv6 address, port 443, TCP and UDP.
+/// What the agent is allowed: one IPv4 and one IPv6 address, port 443, TCP
+/// and UDP; and io_uring, whose connect and sendmsg the hooks must judge.
 const ALLOW: &[&str] = &[
+    "--allow-io-uring",
     "--allow",
     "198.51.100.1:443",
     "--allow",

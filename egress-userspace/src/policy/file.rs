@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 use super::{
     fields::{CgroupPath, Name},
-    Destination, DnsSettings, Host, Mode, Net, NetList, PodSelector, Policy, PortRange, Protocol,
-    Rule,
+    Channels, Destination, DnsSettings, Family, Host, Mode, Net, NetList, PodSelector, Policy,
+    PortRange, Protocol, Rule,
 };
 
 /// A policy that could not be read, with where and why.
@@ -57,6 +57,18 @@ struct RawPolicy {
     allow: Vec<RawRuleFields>,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    channels: RawChannels,
+}
+
+/// `channels:`: what the policy opens beyond IP destinations.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawChannels {
+    #[serde(default)]
+    families: Vec<Family>,
+    /// `allow` or `refuse` (default).
+    io_uring: Option<Answers>,
 }
 
 struct RawRule {
@@ -316,6 +328,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         pods: raw.pods,
         rules,
         dns,
+        channels: Channels {
+            families: raw.channels.families,
+            io_uring: raw.channels.io_uring == Some(Answers::Allow),
+        },
         source: file.display().to_string(),
     })
 }

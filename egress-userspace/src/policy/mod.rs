@@ -14,7 +14,7 @@ pub mod suffix;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-pub use fields::{Host, Mode, Net, PortRange, Protocol};
+pub use fields::{Family, Host, Mode, Net, PortRange, Protocol};
 
 /// A validated policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +27,21 @@ pub struct Policy {
     pub pods: Vec<PodSelector>,
     pub rules: Vec<Rule>,
     pub dns: DnsSettings,
+    /// Channels beyond IP destinations that the policy opens.
+    pub channels: Channels,
     /// Where the policy came from (a file path, or "command line").
     pub source: String,
+}
+
+/// Channels a policy opens beyond its IP destinations (`channels:`); all
+/// closed by default. `exec` enforces them with a seccomp filter (see
+/// `crate::seccomp`); `run` cannot, for processes it does not start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Channels {
+    /// Socket families beyond AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK.
+    pub families: Vec<fields::Family>,
+    /// io_uring, which can make sockets out of a seccomp filter's sight.
+    pub io_uring: bool,
 }
 
 /// Pods a policy governs: those in `namespace` (`*`: any) carrying every

@@ -1,0 +1,151 @@
+//! The seccomp filter `egressd exec` puts on its command: socket families
+//! that no cgroup program sees are refused unless the policy names them.
+//!
+//! The kernel runs the cgroup `sock_create` program only for IPv4 and IPv6
+//! sockets. A socket of another family (AF_VSOCK reaches the hypervisor's
+//! host from a VM; AF_PACKET and AF_XDP write frames; AF_TIPC, AF_RDS, ...)
+//! passes no hook of egressd's at all, so `socket()` and `socketpair()`
+//! fail with `EAFNOSUPPORT` for every family but AF_UNIX, AF_INET,
+//! AF_INET6, AF_NETLINK and those the policy's `channels.families` lists.
+//! io_uring can make sockets without the `socket()` system call (Linux
+//! 5.19), out of a filter's sight, so `io_uring_setup` fails with `ENOSYS`
+//! unless the policy allows io_uring. System calls of another ABI (32-bit
+//! or x32, where `socketcall` hides the family) fail with `ENOSYS`.
+
+use crate::policy::Channels;
+
+/// Families always open: IP sockets are judged by destination in the
+/// kernel; UNIX and netlink sockets stay on this host.
+pub const ALWAYS_OPEN: [i32; 4] = [
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
+
+/// `struct sock_filter`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Insn {
+    code: u16,
+    jt: u8,
+    jf: u8,
+    k: u32,
+}
+
+/// A compiled filter, made before the fork and applied in the child.
+#[derive(Clone)]
+pub struct Filter {
+    insns: Vec<Insn>,
+}
+
+const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+const RET_ALLOW: u32 = 0x7fff_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+
+// Offsets in `struct seccomp_data`.
+const NR: u32 = 0;
+const ARCH: u32 = 4;
+const ARG0_LOW: u32 = 16;
+
+#[cfg(target_arch = "x86_64")]
+mod arch {
+    pub const AUDIT_ARCH: u32 = 0xc000_003e;
+    pub const SOCKET: u32 = 41;
+    pub const SOCKETPAIR: u32 = 53;
+    pub const IO_URING_SETUP: u32 = 425;
+    /// x32 system calls carry this bit (same audit arch).
+    pub const FOREIGN_NR: u32 = 0x4000_0000;
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arch {
+    pub const AUDIT_ARCH: u32 = 0xc000_00b7;
+    pub const SOCKET: u32 = 198;
+    pub const SOCKETPAIR: u32 = 199;
+    pub const IO_URING_SETUP: u32 = 425;
+    /// No other ABI shares aarch64's audit arch.
+    pub const FOREIGN_NR: u32 = u32::MAX;
+}
+
+fn stmt(code: u16, k: u32) -> Insn {
+    Insn {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> Insn {
+    Insn { code, jt, jf, k }
+}
+
+impl Filter {
+    /// The filter for a policy's channels.
+    pub fn new(channels: &Channels) -> Filter {
+        let mut families: Vec<u32> = ALWAYS_OPEN
+            .iter()
+            .map(|f| *f as u32)
+            .chain(channels.families.iter().map(|f| u32::from(f.number())))
+            .collect();
+        families.sort_unstable();
+        families.dedup();
+        let errno = |e: i32| stmt(RET_K, RET_ERRNO | e as u32);
+        let mut p = vec![
+            stmt(LD_W_ABS, ARCH),
+            // Another ABI: refuse every call (its socketcall hides the family).
+            jump(JEQ_K, arch::AUDIT_ARCH, 1, 0),
+            errno(libc::ENOSYS),
+            stmt(LD_W_ABS, NR),
+            jump(JGE_K, arch::FOREIGN_NR, 0, 1),
+            errno(libc::ENOSYS),
+        ];
+        if !channels.io_uring {
+            p.push(jump(JEQ_K, arch::IO_URING_SETUP, 0, 1));
+            p.push(errno(libc::ENOSYS));
+        }
+        // socket or socketpair: on to the family check; else allowed.
+        p.push(jump(JEQ_K, arch::SOCKET, 2, 0));
+        p.push(jump(JEQ_K, arch::SOCKETPAIR, 1, 0));
+        p.push(stmt(RET_K, RET_ALLOW));
+        p.push(stmt(LD_W_ABS, ARG0_LOW));
+        // Each allowed family jumps to the ALLOW after the last check.
+        let n = families.len();
+        for (i, f) in families.iter().enumerate() {
+            p.push(jump(JEQ_K, *f, (n - i) as u8, 0));
+        }
+        p.push(errno(libc::EAFNOSUPPORT));
+        p.push(stmt(RET_K, RET_ALLOW));
+        Filter { insns: p }
+    }
+
+    /// Installs the filter on the calling thread: in the child between
+    /// fork and exec, after `PR_SET_NO_NEW_PRIVS`. Async-signal-safe.
+    pub fn apply(&self) -> std::io::Result<()> {
+        #[repr(C)]
+        struct Prog {
+            len: u16,
+            filter: *const Insn,
+        }
+        let prog = Prog {
+            len: self.insns.len() as u16,
+            filter: self.insns.as_ptr(),
+        };
+        // SAFETY: prog points at instructions that live as long as self.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &prog as *const Prog,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
