@@ -33,7 +33,7 @@ fn the_agent_seccomp_profile_refuses_what_exec_refuses() {
     let errno_for = |call: &str, arg0: u64| -> Option<u64> {
         rules.iter().find_map(|r| {
             let named = r["names"].as_array().unwrap().iter().any(|n| n == call);
-            let holds = r["args"].as_array().map_or(true, |args| {
+            let holds = r["args"].as_array().is_none_or(|args| {
                 args.iter().all(|a| {
                     assert_eq!(a["index"], 0);
                     let v = a["value"].as_u64().unwrap();
