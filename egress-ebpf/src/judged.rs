@@ -7,18 +7,24 @@
 
 use aya_ebpf::{
     helpers::bpf_get_socket_cookie,
-    programs::{SkBuffContext, SockAddrContext},
+    programs::{SkBuffContext, SockAddrContext, SockContext},
     EbpfContext,
 };
 
 use crate::maps::JUDGED;
 
-/// Marks the socket of a connect the hook allowed.
+/// The peer was allowed.
+pub const ALLOWED: u8 = 1;
+/// The peer was not allowed, in audit mode (reported once): passes only
+/// while the policy is still in audit mode.
+pub const AUDITED: u8 = 2;
+
+/// Marks the socket of a connect the hook let through as `state`.
 #[inline(always)]
-pub fn mark_connect(ctx: &SockAddrContext) {
+pub fn mark_connect(ctx: &SockAddrContext, state: u8) {
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = JUDGED.insert(cookie, 1, 0);
+    let _ = JUDGED.insert(cookie, state, 0);
 }
 
 /// The cookie of the socket a packet belongs to (0 when it has none).
@@ -28,17 +34,38 @@ pub fn packet_cookie(ctx: &SkBuffContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
-/// Whether the socket with `cookie` was judged.
+/// Whether the socket with `cookie` passes without a lookup: its peer was
+/// allowed, or (while `audit`) reported.
 #[inline(always)]
-pub fn is_judged(cookie: u64) -> bool {
+pub fn passes(cookie: u64, audit: bool) -> bool {
+    if cookie == 0 {
+        return false;
+    }
     // SAFETY: the value is a plain u8 owned by the map.
-    cookie != 0 && unsafe { JUDGED.get(cookie) }.is_some()
+    match unsafe { JUDGED.get(cookie) } {
+        Some(&ALLOWED) => true,
+        Some(&AUDITED) => audit,
+        _ => false,
+    }
 }
 
-/// Marks the socket with `cookie` (its peer passed the backstop).
+/// Marks the socket with `cookie` as `state`.
 #[inline(always)]
-pub fn mark(cookie: u64) {
+pub fn mark(cookie: u64, state: u8) {
     if cookie != 0 {
-        let _ = JUDGED.insert(cookie, 1, 0);
+        let _ = JUDGED.insert(cookie, state, 0);
+    }
+}
+
+/// Forgets a socket as it is released (only TCP sockets are remembered).
+#[inline(always)]
+pub fn forget(ctx: &SockContext) {
+    const IPPROTO_TCP: u32 = 6;
+    // SAFETY: ctx points at the kernel's bpf_sock; protocol is readable.
+    let protocol = unsafe { core::ptr::read_volatile(&(*ctx.sock).protocol) };
+    if protocol == IPPROTO_TCP {
+        // SAFETY: the helper takes the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let _ = JUDGED.remove(cookie);
     }
 }

@@ -96,6 +96,13 @@ pub fn egress_setsockopt(ctx: SockoptContext) -> i32 {
     verdict::judge_option(level, optname)
 }
 
+/// A socket closing: forgets whether its peer was judged (see `judged`).
+#[cgroup_sock(sock_release)]
+pub fn egress_sock_release(ctx: SockContext) -> i32 {
+    judged::forget(&ctx);
+    1
+}
+
 /// Every packet a governed socket sends: the backstop (see `packet`).
 #[cgroup_skb(egress)]
 pub fn egress_packet(ctx: SkBuffContext) -> i32 {

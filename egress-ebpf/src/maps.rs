@@ -52,12 +52,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 pub static DNS_ORIGIN: LruHashMap<u64, DnsOrigin> =
     LruHashMap::with_max_entries(MAX_DNS_SOCKETS, 0);
 
-/// Socket cookie -> 1, for TCP sockets whose peer was judged allowed (see
-/// `judged`). Written by the connect programs and the backstop, read by the
-/// backstop. Least recently used entries go first: an evicted socket is
-/// judged again on its next segment (slower, never more open).
+/// Socket cookie -> `judged::ALLOWED` or `judged::AUDITED`, for TCP sockets
+/// whose peer was judged (see `judged`). Written by the connect programs
+/// and the backstop, read by the backstop, emptied by the sock_release
+/// program as sockets close. When it is full a socket is not remembered,
+/// and each of its segments is judged: slower, never more open. (An LRU
+/// map would evict on every insert once full: a microsecond per connect.)
 #[map(name = "JUDGED")]
-pub static JUDGED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_JUDGED_SOCKETS, 0);
+pub static JUDGED: HashMap<u64, u8> = HashMap::with_max_entries(MAX_JUDGED_SOCKETS, 0);
 
 /// Settings written by userspace at load, read by the programs; see
 /// `egress_common::config`.

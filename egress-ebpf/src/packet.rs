@@ -183,7 +183,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     let mut stream = 0;
     if matches!(&parsed, Some(p) if p.established && !p.options) && from_tcp_socket(ctx) {
         stream = judged::packet_cookie(ctx);
-        if judged::is_judged(stream) {
+        if judged::passes(stream, audit) {
             return PASS;
         }
     }
@@ -219,7 +219,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     } else {
         match check(table, if fragment_without_ports { 0 } else { bit }, &dest) {
             reason::NONE => {
-                judged::mark(stream);
+                judged::mark(stream, judged::ALLOWED);
                 return PASS;
             }
             // In audit mode the socket call was already reported; do not
@@ -227,7 +227,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
             // unjudged stream made no such call: it is reported once.
             _ if audit && stream == 0 => return PASS,
             _ if audit => {
-                judged::mark(stream);
+                judged::mark(stream, judged::AUDITED);
                 reason::PACKET
             }
             _ => reason::PACKET,

@@ -161,6 +161,16 @@ impl Enforcer {
                 .iter()
                 .any(|r| matches!(&r.dest, crate::policy::Destination::Host(x) if x == h))
         });
+        // What audit learned, or `dns.private_answers: allow` let in, is
+        // judged again by the new policy: special addresses do not carry
+        // over into an enforcing table.
+        if policy.mode != crate::policy::Mode::Audit {
+            for (host, addresses) in learned.iter_mut() {
+                let hosts = std::slice::from_ref(host);
+                addresses
+                    .retain(|ip| crate::policy::special::refused(&policy, hosts, *ip).is_none());
+            }
+        }
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
         let plan = Arc::new(Plan::new(&policy)?);
         let entries = plan.learned(&resolved)?;

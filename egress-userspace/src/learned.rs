@@ -62,6 +62,11 @@ impl Addresses {
         self.until.len() != before
     }
 
+    /// Keeps only the addresses `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&IpAddr) -> bool) {
+        self.until.retain(|ip, _| keep(ip));
+    }
+
     /// The addresses, sorted.
     pub fn ips(&self) -> Vec<IpAddr> {
         let mut ips: Vec<IpAddr> = self.until.keys().copied().collect();

@@ -7,10 +7,13 @@
 //! passes no hook of egressd's at all, so `socket()` and `socketpair()`
 //! fail with `EAFNOSUPPORT` for every family but AF_UNIX, AF_INET,
 //! AF_INET6, AF_NETLINK and those the policy's `channels.families` lists.
-//! io_uring can make sockets without the `socket()` system call (Linux
-//! 5.19), out of a filter's sight, so `io_uring_setup` fails with `ENOSYS`
-//! unless the policy allows io_uring. System calls of another ABI (32-bit
-//! or x32, where `socketcall` hides the family) fail with `ENOSYS`.
+//! `socket(AF_INET, SOCK_PACKET, ...)` is the old spelling of a packet
+//! socket (the kernel makes it AF_PACKET), so it is refused as AF_PACKET
+//! is. io_uring can make sockets without the `socket()` system call (Linux
+//! 5.19), out of a filter's sight, so its system calls fail with `ENOSYS`
+//! unless the policy allows io_uring (a ring passed in from outside is
+//! useless too). System calls of another ABI (32-bit or x32, where
+//! `socketcall` hides the family) fail with `ENOSYS`.
 
 use crate::policy::Channels;
 
@@ -40,6 +43,7 @@ pub struct Filter {
 }
 
 const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
 const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
 const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
 const RET_K: u16 = 0x06; // BPF_RET | BPF_K
@@ -50,13 +54,18 @@ const RET_ERRNO: u32 = 0x0005_0000;
 const NR: u32 = 0;
 const ARCH: u32 = 4;
 const ARG0_LOW: u32 = 16;
+const ARG1_LOW: u32 = 24;
+/// `SOCK_PACKET`, in the low bits of `socket()`'s type (the rest are flags).
+const SOCK_PACKET: u32 = 10;
+const SOCK_TYPE_MASK: u32 = 0xf;
 
 #[cfg(target_arch = "x86_64")]
 mod arch {
     pub const AUDIT_ARCH: u32 = 0xc000_003e;
     pub const SOCKET: u32 = 41;
     pub const SOCKETPAIR: u32 = 53;
-    pub const IO_URING_SETUP: u32 = 425;
+    /// io_uring_setup, io_uring_enter and io_uring_register.
+    pub const IO_URING: [u32; 3] = [425, 426, 427];
     /// x32 system calls carry this bit (same audit arch).
     pub const FOREIGN_NR: u32 = 0x4000_0000;
 }
@@ -66,7 +75,8 @@ mod arch {
     pub const AUDIT_ARCH: u32 = 0xc000_00b7;
     pub const SOCKET: u32 = 198;
     pub const SOCKETPAIR: u32 = 199;
-    pub const IO_URING_SETUP: u32 = 425;
+    /// io_uring_setup, io_uring_enter and io_uring_register.
+    pub const IO_URING: [u32; 3] = [425, 426, 427];
     /// No other ABI shares aarch64's audit arch.
     pub const FOREIGN_NR: u32 = u32::MAX;
 }
@@ -105,8 +115,22 @@ impl Filter {
             errno(libc::ENOSYS),
         ];
         if !channels.io_uring {
-            p.push(jump(JEQ_K, arch::IO_URING_SETUP, 0, 1));
-            p.push(errno(libc::ENOSYS));
+            for nr in arch::IO_URING {
+                p.push(jump(JEQ_K, nr, 0, 1));
+                p.push(errno(libc::ENOSYS));
+            }
+        }
+        let packet_open = families.contains(&(libc::AF_PACKET as u32));
+        if !packet_open {
+            // socket(AF_INET, SOCK_PACKET): a packet socket by another name.
+            p.push(jump(JEQ_K, arch::SOCKET, 0, 6));
+            p.push(stmt(LD_W_ABS, ARG0_LOW));
+            p.push(jump(JEQ_K, libc::AF_INET as u32, 0, 4));
+            p.push(stmt(LD_W_ABS, ARG1_LOW));
+            p.push(stmt(AND_K, SOCK_TYPE_MASK));
+            p.push(jump(JEQ_K, SOCK_PACKET, 0, 1));
+            p.push(errno(libc::EAFNOSUPPORT));
+            p.push(stmt(LD_W_ABS, NR));
         }
         // socket or socketpair: on to the family check; else allowed.
         p.push(jump(JEQ_K, arch::SOCKET, 2, 0));

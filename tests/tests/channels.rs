@@ -288,6 +288,7 @@ fn exec_refuses_socket_families_no_policy_names() {
         if p:\n\
         \x20   hdr = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 28, 0, 0, 64, 17, 0, socket.inet_aton('203.0.113.1'), socket.inet_aton('203.0.113.9'))\n\
         \x20   p.sendto(hdr + struct.pack('!HHHH', 9, 9, 8, 0), ('lo', 0x0800))\n\
+        try_make('sock_packet', socket.AF_INET, 10, socket.htons(3))\n\
         try_make('vsock', socket.AF_VSOCK, socket.SOCK_STREAM)\n\
         try_make('xdp', 44, socket.SOCK_RAW)\n\
         try_make('unix', socket.AF_UNIX, socket.SOCK_STREAM)\n\
@@ -307,6 +308,7 @@ fn exec_refuses_socket_families_no_policy_names() {
         lines,
         [
             "packet refused 97",
+            "sock_packet refused 97",
             "vsock refused 97",
             "xdp refused 97",
             "unix made",

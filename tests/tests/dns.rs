@@ -391,3 +391,49 @@ fn only_address_query_types_are_forwarded() {
     let r = dig(&ns, "@203.0.113.1 A img.cdn.test");
     assert_eq!(status(&r.stdout), "NOERROR", "{r:?}");
 }
+
+/// What audit mode learned is judged again when the policy starts to
+/// enforce: an answer of loopback, learned (and reported) in audit, must
+/// not stay reachable after the reload to enforce.
+#[test]
+fn special_addresses_learned_in_audit_do_not_carry_into_enforce() {
+    require_root();
+    let ns = Netns::new("carry").unwrap();
+    let _upstream = zone(&ns);
+    let local = Listener::tcp(&ns, "127.0.0.1:443").unwrap();
+    let cg = TestCgroup::new("carry").unwrap();
+    let dir = TempDir::new("carry").unwrap();
+    let text = |mode: &str| {
+        format!(
+            "name: p\nmode: {mode}\ncgroups: [{}]\nallow:\n  - host: \"*.cdn.test\"\n    ports: [443]\ndns:\n  upstream: [{UPSTREAM}]\n",
+            cg.rel_str()
+        )
+    };
+    let policy = dir.write("p.yaml", &text("audit")).unwrap();
+    let daemon = Daemon::start(&ns, &policy).unwrap();
+    let out = cg
+        .run(
+            &ns,
+            "dig",
+            &[
+                "+time=3",
+                "+tries=1",
+                "+short",
+                "@203.0.113.1",
+                "rebind.cdn.test",
+            ],
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "127.0.0.1");
+    dir.write("p.yaml.tmp", &text("enforce")).unwrap();
+    std::fs::rename(dir.0.join("p.yaml.tmp"), &policy).unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert!(daemon.wait_log(|l| l.contains("reloaded")), "no reload");
+    let out = cg.run(&ns, PROBE, &["tcp", "127.0.0.1:443"]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "error: 1",
+        "loopback learned in audit stayed allowed under enforce"
+    );
+    assert_eq!(local.count(), 0);
+}

@@ -30,16 +30,17 @@ fn the_agent_seccomp_profile_refuses_what_exec_refuses() {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(profile["defaultAction"], "SCMP_ACT_ALLOW");
     let rules = profile["syscalls"].as_array().unwrap();
-    let errno_for = |call: &str, arg0: u64| -> Option<u64> {
+    let errno_for = |call: &str, args: [u64; 2]| -> Option<u64> {
         rules.iter().find_map(|r| {
             let named = r["names"].as_array().unwrap().iter().any(|n| n == call);
-            let holds = r["args"].as_array().is_none_or(|args| {
-                args.iter().all(|a| {
-                    assert_eq!(a["index"], 0);
-                    let v = a["value"].as_u64().unwrap();
-                    match a["op"].as_str().unwrap() {
-                        "SCMP_CMP_EQ" => arg0 == v,
-                        "SCMP_CMP_GE" => arg0 >= v,
+            let holds = r["args"].as_array().is_none_or(|conds| {
+                conds.iter().all(|c| {
+                    let arg = args[c["index"].as_u64().unwrap() as usize];
+                    let v = c["value"].as_u64().unwrap();
+                    match c["op"].as_str().unwrap() {
+                        "SCMP_CMP_EQ" => arg == v,
+                        "SCMP_CMP_GE" => arg >= v,
+                        "SCMP_CMP_MASKED_EQ" => arg & v == c["valueTwo"].as_u64().unwrap(),
                         op => panic!("unexpected comparison {op}"),
                     }
                 })
@@ -48,17 +49,32 @@ fn the_agent_seccomp_profile_refuses_what_exec_refuses() {
                 .then(|| r["errnoRet"].as_u64().unwrap())
         })
     };
+    const SOCK_PACKET: u64 = 10;
+    let cloexec = libc::SOCK_CLOEXEC as u64;
     for call in ["socket", "socketpair"] {
-        for family in 0..=u64::from(u16::MAX) {
-            let open = egressd::seccomp::ALWAYS_OPEN.contains(&(family as i32));
-            let refused = errno_for(call, family);
-            assert_eq!(refused.is_none(), open, "{call}({family})");
-            if !open {
-                assert_eq!(refused, Some(libc::EAFNOSUPPORT as u64));
+        for family in (0..=255).chain([1000, u64::from(u16::MAX), u64::from(u32::MAX)]) {
+            for kind in [1, 2, 3, 2 | cloexec] {
+                let open = egressd::seccomp::ALWAYS_OPEN.contains(&(family as i32));
+                let refused = errno_for(call, [family, kind]);
+                assert_eq!(refused.is_none(), open, "{call}({family}, {kind})");
+                if !open {
+                    assert_eq!(refused, Some(libc::EAFNOSUPPORT as u64));
+                }
             }
         }
     }
-    assert_eq!(errno_for("io_uring_setup", 0), Some(libc::ENOSYS as u64));
+    // The old spelling of a packet socket.
+    for kind in [SOCK_PACKET, SOCK_PACKET | cloexec] {
+        let refused = errno_for("socket", [libc::AF_INET as u64, kind]);
+        assert_eq!(
+            refused,
+            Some(libc::EAFNOSUPPORT as u64),
+            "socket(AF_INET, {kind})"
+        );
+    }
+    for call in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+        assert_eq!(errno_for(call, [0, 0]), Some(libc::ENOSYS as u64), "{call}");
+    }
 }
 
 #[test]

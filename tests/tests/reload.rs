@@ -263,3 +263,81 @@ fn a_policy_missing_on_reload_stays_enforced() {
             .join("egressd-test.slice/other-missing"),
     );
 }
+
+/// A connection audit mode let through (to a destination the policy does
+/// not allow) is judged again once a reload makes the policy enforce: what
+/// the agent writes on it afterwards does not arrive. A byte-counting
+/// listener proves it.
+#[test]
+fn a_connection_audit_let_through_is_cut_when_the_policy_enforces() {
+    use std::io::{BufRead, BufReader, Write};
+    require_root();
+    let ns = Netns::new("auditcut").unwrap();
+    let cg = TestCgroup::new("auditcut").unwrap();
+    let dir = TempDir::new("auditcut").unwrap();
+    let text = |mode: &str| {
+        format!(
+            "name: p\nmode: {mode}\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [443]\n",
+            cg.rel_str()
+        )
+    };
+    let policy = dir.write("p.yaml", &text("audit")).unwrap();
+    let daemon = Daemon::start(&ns, &policy).unwrap();
+    // The receiving end, outside the cgroup: counts the bytes it gets.
+    let mut sink = ns
+        .command("python3")
+        .args([
+            "-c",
+            "import socket\n\
+             s = socket.socket(); s.bind(('203.0.113.9', 443)); s.listen(1)\n\
+             print('ready', flush=True)\n\
+             c, _ = s.accept(); c.settimeout(3); n = 0\n\
+             try:\n    while True:\n        d = c.recv(100)\n        if not d: break\n        n += len(d)\n\
+             except OSError: pass\n\
+             print(n, flush=True)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sink_out = BufReader::new(sink.stdout.take().unwrap());
+    let mut line = String::new();
+    sink_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let mut agent = cg
+        .command(&ns, "python3")
+        .args([
+            "-c",
+            "import socket, sys\n\
+             c = socket.create_connection(('203.0.113.9', 443), timeout=2)\n\
+             c.sendall(b'a'); print('first', flush=True)\n\
+             sys.stdin.readline()\n\
+             try:\n    c.sendall(b'secret'); print('second', flush=True)\n\
+             except OSError as e: print('refused', e.errno, flush=True)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut agent_out = BufReader::new(agent.stdout.take().unwrap());
+    line.clear();
+    agent_out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "first",
+        "audit mode let the connection through"
+    );
+    dir.write("p.yaml.tmp", &text("enforce")).unwrap();
+    std::fs::rename(dir.0.join("p.yaml.tmp"), &policy).unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert!(daemon.wait_log(|l| l.contains("reloaded")), "no reload");
+    agent.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let _ = agent.wait_with_output();
+    line.clear();
+    sink_out.read_line(&mut line).unwrap();
+    let _ = sink.wait();
+    assert_eq!(
+        line.trim(),
+        "1",
+        "bytes written after the policy began to enforce arrived"
+    );
+}

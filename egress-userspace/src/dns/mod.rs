@@ -411,7 +411,7 @@ impl Proxy {
             // must not learn special addresses into an enforcing table.
             let policy = &e.get(self.id)?.policy;
             let audit = policy.mode == Mode::Audit;
-            let (mut ips, special) = answers::screen(policy, ips);
+            let (mut ips, special) = answers::screen(policy, &rules, ips);
             if audit {
                 ips.extend(special.iter().map(|(ip, _)| *ip));
             }

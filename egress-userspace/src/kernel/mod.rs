@@ -41,7 +41,7 @@ enum Kind {
 /// Every program with its kind and attach type, in attach order: socket
 /// creation and options first, so that no raw socket or source route can be
 /// set up while the others are being attached.
-const PROGRAMS: [(&str, Kind, u32); 11] = {
+const PROGRAMS: [(&str, Kind, u32); 12] = {
     use attach_type as a;
     use program_names as p;
     [
@@ -56,6 +56,7 @@ const PROGRAMS: [(&str, Kind, u32); 11] = {
         (p::RECVMSG6, Kind::SockAddr, a::CGROUP_UDP6_RECVMSG),
         (p::GETPEERNAME4, Kind::SockAddr, a::CGROUP_INET4_GETPEERNAME),
         (p::GETPEERNAME6, Kind::SockAddr, a::CGROUP_INET6_GETPEERNAME),
+        (p::SOCK_RELEASE, Kind::Sock, a::CGROUP_INET_SOCK_RELEASE),
     ]
 };
 

@@ -10,6 +10,7 @@ pub mod dest;
 pub mod fields;
 pub mod file;
 pub mod lint;
+pub mod special;
 pub mod suffix;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -164,19 +165,44 @@ impl Policy {
 }
 
 impl Policy {
-    /// The host rules a queried name falls under, once each.
-    /// Does an `ip`, `cidr` or `cidr_file` rule cover `ip` (any port)?
-    pub fn net_rule_covers(&self, ip: std::net::IpAddr) -> bool {
-        let ip = crate::compile::unmap(ipnet::IpNet::from(ip)).addr();
-        self.rules.iter().any(|r| match &r.dest {
-            Destination::Net(n) => crate::compile::unmap(n.0).contains(&ip),
-            Destination::List(l) => l
-                .nets
-                .iter()
-                .any(|n| crate::compile::unmap(*n).contains(&ip)),
-            Destination::Host(_) => false,
-        })
+    /// Do the policy's `ip`, `cidr` and `cidr_file` rules allow `ip` on
+    /// every port and protocol its rules for `host` allow? Then a DNS
+    /// answer of `ip` for `host` opens nothing the policy does not already
+    /// allow. (Each of the host rule's port ranges must lie within one
+    /// range of one covering rule: a cautious reading.)
+    pub fn net_rules_cover(&self, ip: std::net::IpAddr, host: &Host) -> bool {
+        use crate::compile::unmap;
+        let ip = unmap(ipnet::IpNet::from(ip)).addr();
+        let covering: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| match &r.dest {
+                Destination::Net(n) => unmap(n.0).contains(&ip),
+                Destination::List(l) => l.nets.iter().any(|n| unmap(*n).contains(&ip)),
+                Destination::Host(_) => false,
+            })
+            .collect();
+        let mut host_rules = self
+            .rules
+            .iter()
+            .filter(|r| matches!(&r.dest, Destination::Host(h) if h == host))
+            .peekable();
+        host_rules.peek().is_some()
+            && host_rules.all(|hr| {
+                let bits = hr.protocol.bits();
+                hr.port_ranges().iter().all(|want| {
+                    covering.iter().any(|nr| {
+                        nr.protocol.bits() & bits == bits
+                            && nr
+                                .port_ranges()
+                                .iter()
+                                .any(|have| have.lo <= want.lo && want.hi <= have.hi)
+                    })
+                })
+            })
     }
+
+    /// The host rules a queried name falls under, once each.
 
     pub fn host_rules_for(&self, qname: &str) -> Vec<Host> {
         let mut hosts: Vec<Host> = self
