@@ -203,7 +203,6 @@ impl Policy {
     }
 
     /// The host rules a queried name falls under, once each.
-
     pub fn host_rules_for(&self, qname: &str) -> Vec<Host> {
         let mut hosts: Vec<Host> = self
             .rules
