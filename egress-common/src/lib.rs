@@ -23,8 +23,8 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     /// `LruHashMap<u64 socket cookie, DnsOrigin>`.
     pub const DNS_ORIGIN: &str = "DNS_ORIGIN";
-    /// `HashMap<u64 socket cookie, u8>`: TCP sockets whose peer was judged.
-    pub const JUDGED: &str = "JUDGED";
+    /// `LruHashMap<u64 socket cookie, u8>`: TCP sockets whose peer no hook judged.
+    pub const UNJUDGED: &str = "UNJUDGED";
     /// `Array<u64>` of settings, indexed by `crate::config`.
     pub const CONFIG: &str = "CONFIG";
 }
@@ -42,7 +42,7 @@ pub mod program_names {
     pub const GETPEERNAME4: &str = "egress_getpeername4";
     pub const GETPEERNAME6: &str = "egress_getpeername6";
     pub const PACKET_EGRESS: &str = "egress_packet";
-    pub const SOCK_RELEASE: &str = "egress_sock_release";
+    pub const SOCK_OPS: &str = "egress_sock_ops";
 }
 
 /// Policy ids run from 1 to `MAX_POLICIES - 1`; 0 means "no policy found".
@@ -99,9 +99,9 @@ pub struct DnsOrigin {
 
 /// Proxied DNS sockets remembered (an LRU map: old ones fall out).
 pub const MAX_DNS_SOCKETS: u32 = 65536;
-/// Open TCP sockets remembered as judged. Past this many, a socket is not
-/// remembered and each of its segments is judged (slower, never more open).
-pub const MAX_JUDGED_SOCKETS: u32 = 65536;
+/// TCP sockets remembered as not judged (accepted ones, and connects audit
+/// mode let through). An LRU map: closed sockets' entries go first.
+pub const MAX_UNJUDGED_SOCKETS: u32 = 262144;
 
 /// Data part of an IPv4 allow-trie key: table id (big endian), then the address.
 /// The trie's prefix length counts the 32 table bits too.

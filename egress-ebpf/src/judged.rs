@@ -1,30 +1,46 @@
-//! Sockets whose peer was judged: a TCP socket the connect hook allowed, or
-//! one whose peer the backstop found allowed. Their later segments (no SYN)
-//! pass the backstop with this one lookup. A TCP socket that was never
-//! judged (an accepted one, whose handshake a SYN cookie may have answered
-//! where no program could see it) has each segment judged by its peer
-//! until one passes.
+//! TCP sockets whose peer no hook judged: accepted ones. A connected socket
+//! had its destination judged by the connect hook (and its SYN by the
+//! backstop), so its later segments (no SYN) pass the backstop with one
+//! lookup that finds nothing here. An accepted socket's handshake may have
+//! been answered by a SYN cookie where no program could see it, so the
+//! `sock_ops` program puts it here when it is established, and each of its
+//! segments is judged by its peer until one passes. A connect that audit
+//! mode let through (a destination not allowed) is put here too, so that
+//! it is judged again once the policy enforces.
 
 use aya_ebpf::{
     helpers::bpf_get_socket_cookie,
-    programs::{SkBuffContext, SockAddrContext, SockContext},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
 
-use crate::maps::JUDGED;
+use crate::maps::UNJUDGED;
 
-/// The peer was allowed.
-pub const ALLOWED: u8 = 1;
-/// The peer was not allowed, in audit mode (reported once): passes only
-/// while the policy is still in audit mode.
+/// Accepted: its peer was never judged.
+pub const ACCEPTED: u8 = 1;
+/// Let through by audit mode: passes only while the policy audits.
 pub const AUDITED: u8 = 2;
 
-/// Marks the socket of a connect the hook let through as `state`.
+/// `BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB`: an accepted connection is
+/// established (also one a SYN cookie or TCP Fast Open completed).
+const PASSIVE_ESTABLISHED: u32 = 5;
+
+/// The sock_ops program: remembers accepted sockets.
 #[inline(always)]
-pub fn mark_connect(ctx: &SockAddrContext, state: u8) {
+pub fn on_sock_op(ctx: &SockOpsContext) {
+    if ctx.op() == PASSIVE_ESTABLISHED {
+        // SAFETY: the helper takes the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let _ = UNJUDGED.insert(cookie, ACCEPTED, 0);
+    }
+}
+
+/// Remembers the socket of a connect audit mode let through.
+#[inline(always)]
+pub fn audited_connect(ctx: &SockAddrContext) {
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = JUDGED.insert(cookie, state, 0);
+    let _ = UNJUDGED.insert(cookie, AUDITED, 0);
 }
 
 /// The cookie of the socket a packet belongs to (0 when it has none).
@@ -34,38 +50,22 @@ pub fn packet_cookie(ctx: &SkBuffContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
-/// Whether the socket with `cookie` passes without a lookup: its peer was
-/// allowed, or (while `audit`) reported.
+/// What is known of the socket with `cookie`: `None` for one whose peer
+/// was judged (connected, or accepted from a peer that passed).
 #[inline(always)]
-pub fn passes(cookie: u64, audit: bool) -> bool {
-    if cookie == 0 {
-        return false;
-    }
+pub fn state(cookie: u64) -> Option<u8> {
     // SAFETY: the value is a plain u8 owned by the map.
-    match unsafe { JUDGED.get(cookie) } {
-        Some(&ALLOWED) => true,
-        Some(&AUDITED) => audit,
-        _ => false,
-    }
+    unsafe { UNJUDGED.get(cookie) }.copied()
 }
 
-/// Marks the socket with `cookie` as `state`.
+/// The socket's peer passed: its later segments take the cheap path.
 #[inline(always)]
-pub fn mark(cookie: u64, state: u8) {
-    if cookie != 0 {
-        let _ = JUDGED.insert(cookie, state, 0);
-    }
+pub fn judged(cookie: u64) {
+    let _ = UNJUDGED.remove(cookie);
 }
 
-/// Forgets a socket as it is released (only TCP sockets are remembered).
+/// The socket's peer did not pass, in audit mode: reported once.
 #[inline(always)]
-pub fn forget(ctx: &SockContext) {
-    const IPPROTO_TCP: u32 = 6;
-    // SAFETY: ctx points at the kernel's bpf_sock; protocol is readable.
-    let protocol = unsafe { core::ptr::read_volatile(&(*ctx.sock).protocol) };
-    if protocol == IPPROTO_TCP {
-        // SAFETY: the helper takes the program's own context.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        let _ = JUDGED.remove(cookie);
-    }
+pub fn audited(cookie: u64) {
+    let _ = UNJUDGED.insert(cookie, AUDITED, 0);
 }

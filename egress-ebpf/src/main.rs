@@ -14,8 +14,8 @@ mod packet;
 mod verdict;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt},
-    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
 };
 use egress_common::hook;
 
@@ -96,10 +96,11 @@ pub fn egress_setsockopt(ctx: SockoptContext) -> i32 {
     verdict::judge_option(level, optname)
 }
 
-/// A socket closing: forgets whether its peer was judged (see `judged`).
-#[cgroup_sock(sock_release)]
-pub fn egress_sock_release(ctx: SockContext) -> i32 {
-    judged::forget(&ctx);
+/// TCP events: remembers accepted sockets, whose peer no hook judged (see
+/// `judged`).
+#[sock_ops]
+pub fn egress_sock_ops(ctx: SockOpsContext) -> u32 {
+    judged::on_sock_op(&ctx);
     1
 }
 

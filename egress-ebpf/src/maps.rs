@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use egress_common::{
     DnsOrigin, PolicyInfo, PortSet, V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES, MAX_ALLOW_ENTRIES,
-    MAX_CGROUPS, MAX_DNS_SOCKETS, MAX_JUDGED_SOCKETS, MAX_POLICIES, MAX_PORTSETS,
+    MAX_CGROUPS, MAX_DNS_SOCKETS, MAX_POLICIES, MAX_PORTSETS, MAX_UNJUDGED_SOCKETS,
 };
 
 /// Cgroup id -> policy id, for each governed cgroup. Written by userspace when
@@ -52,14 +52,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 pub static DNS_ORIGIN: LruHashMap<u64, DnsOrigin> =
     LruHashMap::with_max_entries(MAX_DNS_SOCKETS, 0);
 
-/// Socket cookie -> `judged::ALLOWED` or `judged::AUDITED`, for TCP sockets
-/// whose peer was judged (see `judged`). Written by the connect programs
-/// and the backstop, read by the backstop, emptied by the sock_release
-/// program as sockets close. When it is full a socket is not remembered,
-/// and each of its segments is judged: slower, never more open. (An LRU
-/// map would evict on every insert once full: a microsecond per connect.)
-#[map(name = "JUDGED")]
-pub static JUDGED: HashMap<u64, u8> = HashMap::with_max_entries(MAX_JUDGED_SOCKETS, 0);
+/// Socket cookie -> `judged::ACCEPTED` or `judged::AUDITED`, for TCP
+/// sockets whose peer no hook judged (see `judged`). Written by the
+/// sock_ops program (accepted sockets), the connect programs (audit) and
+/// the backstop, read by the backstop. Least recently used entries go
+/// first: closed sockets' entries, never looked up again, before those of
+/// sockets still sending (each segment looks its socket up).
+#[map(name = "UNJUDGED")]
+pub static UNJUDGED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_UNJUDGED_SOCKETS, 0);
 
 /// Settings written by userspace at load, read by the programs; see
 /// `egress_common::config`.

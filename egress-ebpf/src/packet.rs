@@ -174,17 +174,20 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     };
     let parsed = parse(ctx);
     // The rest of a TCP connection whose peer was judged (by the connect
-    // hook, or here) passes with one lookup and no allowlist lookup: that
-    // per-packet cost is what a bulk transfer pays. Only for a TCP
-    // socket's own segments: a raw socket (made before its cgroup was
-    // governed) could write SYN-less segments to anywhere. A socket never
-    // judged (an accepted one) is judged below by its peer, and marked once
-    // its peer passes. Options are still refused below.
+    // hook, or here) passes with one lookup that finds nothing, and no
+    // allowlist lookup: that per-packet cost is what a bulk transfer pays.
+    // Only for a TCP socket's own segments: a raw socket (made before its
+    // cgroup was governed) could write SYN-less segments to anywhere. A
+    // socket whose peer no hook judged (an accepted one) is judged below,
+    // and takes the cheap path once its peer passes. Options are still
+    // refused below.
     let mut stream = 0;
     if matches!(&parsed, Some(p) if p.established && !p.options) && from_tcp_socket(ctx) {
-        stream = judged::packet_cookie(ctx);
-        if judged::passes(stream, audit) {
-            return PASS;
+        let cookie = judged::packet_cookie(ctx);
+        match judged::state(cookie) {
+            None => return PASS,
+            Some(judged::AUDITED) if audit => return PASS,
+            Some(_) => stream = cookie,
         }
     }
     let Some(Parsed {
@@ -219,7 +222,9 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     } else {
         match check(table, if fragment_without_ports { 0 } else { bit }, &dest) {
             reason::NONE => {
-                judged::mark(stream, judged::ALLOWED);
+                if stream != 0 {
+                    judged::judged(stream);
+                }
                 return PASS;
             }
             // In audit mode the socket call was already reported; do not
@@ -227,7 +232,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
             // unjudged stream made no such call: it is reported once.
             _ if audit && stream == 0 => return PASS,
             _ if audit => {
-                judged::mark(stream, judged::AUDITED);
+                judged::audited(stream);
                 reason::PACKET
             }
             _ => reason::PACKET,

@@ -273,13 +273,8 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
     // A connect audit mode let through (reported here) passes the
     // backstop only while the policy audits: once it enforces, the
     // connection's segments are judged again.
-    if ret == RET_ALLOW && class == proto_class::TCP {
-        let state = if why == reason::NONE {
-            crate::judged::ALLOWED
-        } else {
-            crate::judged::AUDITED
-        };
-        crate::judged::mark_connect(ctx, state);
+    if why != reason::NONE && ret == RET_ALLOW && class == proto_class::TCP {
+        crate::judged::audited_connect(ctx);
     }
     ret
 }

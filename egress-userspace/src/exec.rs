@@ -191,6 +191,32 @@ fn procs_file(cgroup: &Cgroup) -> Result<File> {
         .with_context(|| format!("opening {}/cgroup.procs", cgroup.path.display()))
 }
 
+/// How many processes run with `uid` as their real or effective uid.
+fn processes_of(uid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .is_some_and(|ids| {
+                    ids.split_whitespace()
+                        .take(2)
+                        .any(|id| id == uid.to_string())
+                })
+        })
+        .count()
+}
+
 /// The user (and group) the command runs as: a name or a numeric id.
 pub fn lookup_user(spec: &str) -> Result<(u32, u32), UsageError> {
     let c = std::ffi::CString::new(spec).map_err(|_| UsageError(format!("--user {spec:?}")))?;
@@ -222,7 +248,16 @@ fn spawn_in(
     let fd = procs.as_raw_fd();
     let domain = landlock::Domain::prepare().context("preparing the command's Landlock domain")?;
     if domain.is_none() {
-        eprintln!("egressd: warning: Landlock is not available on this kernel (5.13+, with `landlock` among the LSMs): the command can ptrace or pidfd_getfd processes of its uid outside its cgroup and send through their sockets");
+        let others = user.map_or(0, |(uid, _)| processes_of(uid));
+        eprintln!(
+            "egressd: warning: {}: the command can ptrace or pidfd_getfd processes of its uid outside its cgroup and send through their sockets{}",
+            landlock::missing(),
+            if others > 0 {
+                format!(" (that uid has {others} such process(es) now: use a uid of its own)")
+            } else {
+                String::new()
+            }
+        );
     }
     let ruleset = domain.as_ref().map(landlock::Domain::raw_fd);
     let mut cmd = tokio::process::Command::new(&command[0]);

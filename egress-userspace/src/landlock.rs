@@ -64,6 +64,14 @@ fn abi() -> Option<i64> {
     (v > 0).then_some(v)
 }
 
+/// Why there is no domain here, for `exec`'s warning.
+pub fn missing() -> &'static str {
+    match abi() {
+        None => "Landlock is not available here (Linux 5.13 or later, with `landlock` among the LSMs)",
+        Some(_) => "this kernel's Landlock is too old (ABI 1, Linux 5.13 to 5.18: a domain there would refuse renames across directories)",
+    }
+}
+
 impl Domain {
     /// The ruleset for this kernel, or `None` without Landlock (ABI 1 is
     /// skipped: there a domain always refuses renames across directories).

@@ -25,8 +25,7 @@ pub mod attach_type {
     pub const CGROUP_SETSOCKOPT: u32 = 22;
     pub const CGROUP_INET4_GETPEERNAME: u32 = 29;
     pub const CGROUP_INET6_GETPEERNAME: u32 = 30;
-    /// Linux 5.9.
-    pub const CGROUP_INET_SOCK_RELEASE: u32 = 34;
+    pub const CGROUP_SOCK_OPS: u32 = 3;
 }
 
 use super::sys::{bpf, BPF_LINK_CREATE, BPF_OBJ_PIN};

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt},
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, SockOps},
     Ebpf,
 };
 use egress_common::{map_names, program_names, PolicyInfo, PortSet, V4Key, V6Key};
@@ -36,6 +36,7 @@ enum Kind {
     Sock,
     Sockopt,
     Skb,
+    SockOps,
 }
 
 /// Every program with its kind and attach type, in attach order: socket
@@ -47,6 +48,8 @@ const PROGRAMS: [(&str, Kind, u32); 12] = {
     [
         (p::SOCK_CREATE, Kind::Sock, a::CGROUP_INET_SOCK_CREATE),
         (p::SETSOCKOPT, Kind::Sockopt, a::CGROUP_SETSOCKOPT),
+        // Before the backstop: an accepted socket is known to it as such.
+        (p::SOCK_OPS, Kind::SockOps, a::CGROUP_SOCK_OPS),
         (p::PACKET_EGRESS, Kind::Skb, a::CGROUP_INET_EGRESS),
         (p::CONNECT4, Kind::SockAddr, a::CGROUP_INET4_CONNECT),
         (p::CONNECT6, Kind::SockAddr, a::CGROUP_INET6_CONNECT),
@@ -56,7 +59,6 @@ const PROGRAMS: [(&str, Kind, u32); 12] = {
         (p::RECVMSG6, Kind::SockAddr, a::CGROUP_UDP6_RECVMSG),
         (p::GETPEERNAME4, Kind::SockAddr, a::CGROUP_INET4_GETPEERNAME),
         (p::GETPEERNAME6, Kind::SockAddr, a::CGROUP_INET6_GETPEERNAME),
-        (p::SOCK_RELEASE, Kind::Sock, a::CGROUP_INET_SOCK_RELEASE),
     ]
 };
 
@@ -136,6 +138,7 @@ impl Kernel {
                 Kind::Sock => <&mut CgroupSock>::try_from(prog).and_then(|p| p.load()),
                 Kind::Sockopt => <&mut CgroupSockopt>::try_from(prog).and_then(|p| p.load()),
                 Kind::Skb => <&mut CgroupSkb>::try_from(prog).and_then(|p| p.load()),
+                Kind::SockOps => <&mut SockOps>::try_from(prog).and_then(|p| p.load()),
             };
             loaded.map_err(|source| KernelError::Load { name, source })?;
         }
