@@ -982,14 +982,17 @@ Notes on this machine and these figures:
   each repetition with its own floor takes out slow drift, not the noise
   of one repetition: read a ratio together with its spread.
 - connect(): the section above shows where egressd's time goes. A TCP
-  connect+close runs `sock_create`, `connect4` and, on each of its
-  packets (SYN, ACK, RST here), the egress backstop; the benchmark's
-  client also sets SO_LINGER, which runs `setsockopt`. About 60 ns of
-  each run is the statistics' own clock reads. The backstop reads headers
-  straight from the packet; its SYN check is a second allowlist lookup
-  (defence in depth: it checks the packet's real destination), its other
-  packets take a fast path. What is left is about 0.6 µs per TCP
-  connect+close and 0.2 µs per UDP connect(): 2 to 3 % of a loopback
+  connect+close runs `sock_create`, `connect4`, `sock_ops` (on five TCP
+  events; it remembers accepted sockets, whose peer no hook judged) and,
+  on each of its packets (SYN, ACK, RST here), the egress backstop; the
+  benchmark's client also sets SO_LINGER, which runs `setsockopt`. About
+  60 ns of each run is the statistics' own clock reads. The backstop
+  reads headers straight from the packet; its SYN check is a second
+  allowlist lookup (defence in depth: it checks the packet's real
+  destination), its other packets take a fast path: one lookup of the
+  socket's cookie among the accepted sockets, which finds nothing for a
+  connected one. What is left is about 1 µs per TCP connect+close and
+  0.2 µs per UDP connect(): 2 to 5 % of a loopback
   connect, which takes 7 to 30 µs, and well under 1 % of any connect
   that leaves the machine. The cost hardly depends on the number of
   entries (one longest-prefix lookup). nftables runs its chain on every
