@@ -43,6 +43,8 @@ pub mod program_names {
     pub const GETPEERNAME6: &str = "egress_getpeername6";
     pub const PACKET_EGRESS: &str = "egress_packet";
     pub const SOCK_OPS: &str = "egress_sock_ops";
+    pub const BIND4: &str = "egress_bind4";
+    pub const BIND6: &str = "egress_bind6";
 }
 
 /// Policy ids run from 1 to `MAX_POLICIES - 1`; 0 means "no policy found".
@@ -82,6 +84,9 @@ pub struct PolicyInfo {
     pub table: u32,
     pub mode: u32,
     pub dns_port: u32,
+    /// Port set of the ports the policy lets its processes listen on
+    /// (bind to a port on an address other than loopback); 0: none.
+    pub listen_set: u32,
 }
 
 /// The destination a redirected DNS socket asked for, by socket cookie, so
@@ -156,6 +161,8 @@ pub mod hook {
     pub const SETSOCKOPT: u8 = 6;
     /// The cgroup_skb egress backstop.
     pub const PACKET_EGRESS: u8 = 7;
+    pub const BIND4: u8 = 8;
+    pub const BIND6: u8 = 9;
 }
 
 /// Verdicts, as counted and reported.
@@ -200,7 +207,10 @@ pub mod reason {
     pub const PACKET: u8 = 8;
     /// Loopback of a network namespace other than egressd's.
     pub const OTHER_NETNS_LOOPBACK: u8 = 9;
-    pub const COUNT: u32 = 10;
+    /// A bind to a port on an address other than loopback (a listening
+    /// socket others could reach) that no `listen` rule allows.
+    pub const LISTEN: u8 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Counter slots per policy: one per (verdict, protocol class, reason), then
@@ -271,6 +281,6 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<Event>() == 72);
 const _: () = assert!(core::mem::size_of::<PortRange>() == 8);
 const _: () = assert!(core::mem::size_of::<PortSet>() == 4 + 8 * MAX_PORT_RANGES);
-const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 12);
+const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 16);
 const _: () = assert!(core::mem::size_of::<DnsOrigin>() == 20);
 const _: () = assert!(LOST_SLOT < COUNTERS_PER_POLICY);

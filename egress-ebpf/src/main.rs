@@ -45,6 +45,19 @@ pub fn egress_sendmsg6(ctx: SockAddrContext) -> i32 {
     verdict::judge(&ctx, hook::SENDMSG6, dest::from_send6(&ctx))
 }
 
+/// bind() with an IPv4 address: a port on an address other than loopback
+/// (a socket others could reach) only where a `listen` rule allows it.
+#[cgroup_sock_addr(bind4)]
+pub fn egress_bind4(ctx: SockAddrContext) -> i32 {
+    verdict::judge_bind(&ctx, hook::BIND4, dest::from_user4(&ctx))
+}
+
+/// As `bind4`, for IPv6 addresses; `::ffff:a.b.c.d` is judged as IPv4.
+#[cgroup_sock_addr(bind6)]
+pub fn egress_bind6(ctx: SockAddrContext) -> i32 {
+    verdict::judge_bind(&ctx, hook::BIND6, dest::from_user6(&ctx))
+}
+
 /// UDP replies: a redirected DNS socket sees the server it asked, not the proxy.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn egress_recvmsg4(ctx: SockAddrContext) -> i32 {

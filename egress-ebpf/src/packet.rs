@@ -165,6 +165,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         table,
         audit,
         dns_port,
+        ..
     }) = live
     else {
         let why = reason::NO_POLICY;

@@ -114,24 +114,38 @@ pub fn check(table: u32, proto_bit: u8, dest: &Dest) -> u8 {
     let Some(set_id) = set_id else {
         return reason::NO_RULE;
     };
-    let Some(set) = PORTSETS.get(set_id) else {
-        return reason::PORT;
-    };
     if proto_bit == 0 {
-        return reason::NONE;
+        return if PORTSETS.get(set_id).is_some() {
+            reason::NONE
+        } else {
+            reason::PORT
+        };
     }
+    if in_portset(set_id, proto_bit, dest.port) {
+        reason::NONE
+    } else {
+        reason::PORT
+    }
+}
+
+/// Whether port set `set_id` holds `port` for protocol `proto_bit`.
+#[inline(always)]
+fn in_portset(set_id: u32, proto_bit: u8, port: u16) -> bool {
+    let Some(set) = PORTSETS.get(set_id) else {
+        return false;
+    };
     let mut i = 0;
     while i < MAX_PORT_RANGES {
         if i as u32 >= set.count {
             break;
         }
         let r = &set.ranges[i];
-        if r.protos & proto_bit != 0 && dest.port >= r.lo && dest.port <= r.hi {
-            return reason::NONE;
+        if r.protos & proto_bit != 0 && port >= r.lo && port <= r.hi {
+            return true;
         }
         i += 1;
     }
-    reason::PORT
+    false
 }
 
 /// The policy governing the caller and its live table and mode: `None`
@@ -149,6 +163,7 @@ pub fn governing(caller: Caller) -> (u32, Option<Live>) {
                 table: info.table,
                 audit: info.mode == MODE_AUDIT,
                 dns_port: info.dns_port,
+                listen_set: info.listen_set,
             }),
         ),
         _ => (policy, None),
@@ -161,6 +176,7 @@ pub struct Live {
     pub table: u32,
     pub audit: bool,
     pub dns_port: u32,
+    pub listen_set: u32,
 }
 
 /// Counts an attempt and, unless allowed, reports it; returns the program's
@@ -226,6 +242,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         table,
         audit,
         dns_port,
+        ..
     }) = live
     else {
         let why = reason::NO_POLICY;
@@ -391,4 +408,53 @@ fn report(caller: Caller, policy: u32, hook: u8, v: u8, why: u8, protocol: u8, d
         _pad: [0; 5],
     });
     entry.submit(0);
+}
+
+/// Judges a bind(): port 0 (the kernel picks one: a client binding before
+/// it connects) and loopback addresses pass; a port on any other address,
+/// the unspecified one included, makes a socket others could reach, and
+/// needs a `listen` rule for that port and protocol. Peers that connect in
+/// are judged by the backstop like any destination.
+#[inline(always)]
+pub fn judge_bind(ctx: &SockAddrContext, hook: u8, local: Dest) -> i32 {
+    // SAFETY: ctx points at the kernel's bpf_sock_addr.
+    let protocol = unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).protocol) };
+    let (class, proto_bit) = class_of(protocol);
+    let caller = Caller::Task;
+    let (policy, live) = governing(caller);
+    let Some(Live {
+        audit, listen_set, ..
+    }) = live
+    else {
+        return conclude(
+            caller,
+            policy,
+            false,
+            reason::NO_POLICY,
+            class,
+            hook,
+            protocol as u8,
+            local,
+        );
+    };
+    if local.port == 0 || is_loopback(&local) {
+        return RET_ALLOW;
+    }
+    let why = if class == proto_class::OTHER {
+        reason::PROTOCOL
+    } else if listen_set != 0 && in_portset(listen_set, proto_bit, local.port) {
+        reason::NONE
+    } else {
+        reason::LISTEN
+    };
+    conclude(
+        caller,
+        policy,
+        audit,
+        why,
+        class,
+        hook,
+        protocol as u8,
+        local,
+    )
 }

@@ -119,6 +119,28 @@ fn spec(ports: Ports) -> PortSpec {
     PortSpec(out)
 }
 
+/// The ports a policy's `listen` rules allow, ready for the kernel; `None`
+/// when it has none.
+pub fn listen_spec(policy: &Policy) -> Result<Option<PortSpec>, CompileError> {
+    if policy.listen.is_empty() {
+        return Ok(None);
+    }
+    let mut ports = Ports::default();
+    for l in &policy.listen {
+        ports.add(l.protocol, &l.ports);
+    }
+    let spec = spec(ports);
+    if spec.0.len() > MAX_PORT_RANGES {
+        return Err(CompileError::TooManyPortRanges {
+            policy: policy.name.clone(),
+            prefix: "listen".into(),
+            count: spec.0.len(),
+            max: MAX_PORT_RANGES,
+        });
+    }
+    Ok(Some(spec))
+}
+
 /// IPv4-mapped IPv6 prefixes (`::ffff:0:0/96` and inside) are IPv4.
 pub fn unmap(net: IpNet) -> IpNet {
     if let IpNet::V6(v6) = net {

@@ -45,7 +45,7 @@ pub struct Installed {
 }
 
 /// What the programs read of a policy: its table, mode and DNS proxy port.
-fn policy_info(policy: &Policy, table: u32, dns_port: u16) -> PolicyInfo {
+fn policy_info(policy: &Policy, table: u32, dns_port: u16, listen_set: u32) -> PolicyInfo {
     PolicyInfo {
         table,
         mode: match policy.mode {
@@ -53,6 +53,7 @@ fn policy_info(policy: &Policy, table: u32, dns_port: u16) -> PolicyInfo {
             Mode::Audit => MODE_AUDIT,
         },
         dns_port: u32::from(dns_port),
+        listen_set,
     }
 }
 
@@ -128,9 +129,11 @@ impl Enforcer {
         let upstream = crate::dns::upstreams(&policy)?;
         let plan = Arc::new(Plan::new(&policy)?);
         let learned = plan.learned(&HashMap::new())?;
+        let listen = crate::compile::listen_spec(&policy)?;
+        let listen_set = self.tables.listen_set(listen.as_ref())?;
         let table = self.tables.write_table(plan.clone(), learned)?;
         self.tables
-            .set_policy(id, policy_info(&policy, table, dns_port))?;
+            .set_policy(id, policy_info(&policy, table, dns_port, listen_set))?;
         self.next_id += 1;
         self.installed.push(Installed {
             id,
@@ -174,10 +177,12 @@ impl Enforcer {
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
         let plan = Arc::new(Plan::new(&policy)?);
         let entries = plan.learned(&resolved)?;
+        let listen = crate::compile::listen_spec(&policy)?;
+        let listen_set = self.tables.listen_set(listen.as_ref())?;
         let table = self.tables.write_table(plan.clone(), entries)?;
         if let Err(e) = self
             .tables
-            .set_policy(id, policy_info(&policy, table, dns_port))
+            .set_policy(id, policy_info(&policy, table, dns_port, listen_set))
         {
             let _ = self.tables.drop_table(table);
             return Err(e);

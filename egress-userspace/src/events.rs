@@ -113,6 +113,8 @@ fn hook_name(h: u8) -> &'static str {
         hook::SOCK_CREATE => "sock_create",
         hook::SETSOCKOPT => "setsockopt",
         hook::PACKET_EGRESS => "packet_egress",
+        hook::BIND4 => "bind4",
+        hook::BIND6 => "bind6",
         _ => "unknown",
     }
 }

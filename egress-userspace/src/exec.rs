@@ -28,7 +28,7 @@ use crate::{
     landlock,
     metrics::Metrics,
     mounts,
-    policy::{dest::parse_allow, file::load_file, DnsSettings, Mode, Policy},
+    policy::{dest::parse_allow, file::load_file, DnsSettings, Mode, Policy, Protocol},
     resolve, seccomp,
 };
 
@@ -49,6 +49,8 @@ pub struct ExecOptions {
     pub families: Vec<String>,
     /// Let the command use io_uring (`--allow-io-uring`).
     pub io_uring: bool,
+    /// Ports the command may listen on (`--listen PORT[/udp|/any]`).
+    pub listen: Vec<String>,
     pub command: Vec<OsString>,
 }
 
@@ -74,6 +76,7 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
                 pods: Vec::new(),
                 rules,
                 dns: DnsSettings::default(),
+                listen: Vec::new(),
                 channels: Default::default(),
                 source: "command line".into(),
             }
@@ -93,6 +96,23 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
         policy.channels.families.push(family);
     }
     policy.channels.io_uring |= opts.io_uring;
+    for l in &opts.listen {
+        let (port, protocol) = match l.rsplit_once('/') {
+            Some((p, proto)) => (
+                p,
+                proto
+                    .parse()
+                    .map_err(|e| UsageError(format!("--listen {l}: {e}")))?,
+            ),
+            None => (l.as_str(), Protocol::Tcp),
+        };
+        let ports = vec![port
+            .parse()
+            .map_err(|e| UsageError(format!("--listen {l}: {e}")))?];
+        policy
+            .listen
+            .push(crate::policy::Listen { ports, protocol });
+    }
     Ok(policy)
 }
 

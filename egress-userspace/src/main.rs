@@ -80,6 +80,10 @@ enum Command {
         /// family filter's sight).
         #[arg(long)]
         allow_io_uring: bool,
+        /// Let the command listen on PORT (LOW-HIGH; add /udp or /any)
+        /// on addresses other than loopback. Repeatable.
+        #[arg(long, value_name = "PORT")]
+        listen: Vec<String>,
         /// The command and its arguments (after --).
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
@@ -203,6 +207,7 @@ fn main() -> ExitCode {
             user,
             allow_family,
             allow_io_uring,
+            listen,
             command,
         } => {
             let opts = exec::ExecOptions {
@@ -214,6 +219,7 @@ fn main() -> ExitCode {
                 user,
                 families: allow_family,
                 io_uring: allow_io_uring,
+                listen,
                 command,
             };
             match runtime().block_on(exec::exec(opts)) {

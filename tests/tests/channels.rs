@@ -226,6 +226,9 @@ fn an_accepted_connection_from_a_peer_not_allowed_gets_nothing() {
                 "198.51.100.1:443",
                 "--allow",
                 "[2001:db8::1]:443",
+                // It may listen (see the next test); its peers are judged.
+                "--listen",
+                "8080",
                 "--",
             ])
             .args([PYTHON, "-c", &agent])
@@ -333,4 +336,90 @@ fn exec_refuses_socket_families_no_policy_names() {
     )
     .unwrap();
     assert_eq!(r.stdout.trim(), "made", "{r:?}");
+}
+
+/// A listening socket others could reach needs a `listen` rule: bind() to a
+/// port on any address but loopback is refused (EPERM, an event), so no
+/// peer can connect in, nor learn which ports answer. Loopback and port 0
+/// (a client's bind before it connects) stay free; `--listen` opens one
+/// port.
+#[test]
+fn binding_a_reachable_port_needs_a_listen_rule() {
+    require_root();
+    let ns = Netns::new("bind").unwrap();
+    let script = "import socket\n\
+        for fam, kind, addr in ((socket.AF_INET, socket.SOCK_STREAM, ('198.51.100.1', 8080)),\n\
+        \x20                       (socket.AF_INET, socket.SOCK_STREAM, ('0.0.0.0', 8080)),\n\
+        \x20                       (socket.AF_INET6, socket.SOCK_STREAM, ('::', 8080)),\n\
+        \x20                       (socket.AF_INET, socket.SOCK_DGRAM, ('0.0.0.0', 5353)),\n\
+        \x20                       (socket.AF_INET, socket.SOCK_STREAM, ('127.0.0.1', 8080)),\n\
+        \x20                       (socket.AF_INET6, socket.SOCK_STREAM, ('::1', 8081)),\n\
+        \x20                       (socket.AF_INET, socket.SOCK_STREAM, ('198.51.100.1', 0))):\n\
+        \x20   s = socket.socket(fam, kind)\n\
+        \x20   try:\n\
+        \x20       s.bind(addr); print('bound')\n\
+        \x20       if kind == socket.SOCK_STREAM: s.listen(1)\n\
+        \x20   except PermissionError: print('refused')\n\
+        \x20   s.close()";
+    let r = exec(
+        &ns,
+        &["--allow", "198.51.100.1:443"],
+        &[PYTHON, "-c", script],
+    )
+    .unwrap();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["refused", "refused", "refused", "refused", "bound", "bound", "bound"],
+        "{r:?}"
+    );
+    let reasons: Vec<&str> = r
+        .events
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["listen_not_allowed"; 4], "{:?}", r.events);
+    // The receiving end: while the agent runs, a peer finds nothing there.
+    let agent = "import socket, time\n\
+        try:\n\
+        \x20   s = socket.socket(); s.bind(('198.51.100.1', 8080)); s.listen(1)\n\
+        \x20   print('listening', flush=True)\n\
+        except PermissionError: print('refused', flush=True)\n\
+        time.sleep(3)";
+    let peer = "import socket, time\n\
+        time.sleep(1)\n\
+        try:\n    socket.create_connection(('198.51.100.1', 8080), timeout=1); print('connected')\n\
+        except OSError: print('nothing there')";
+    let mut peer = ns
+        .command(PYTHON)
+        .args(["-c", peer])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = exec(
+        &ns,
+        &["--allow", "198.51.100.1:443"],
+        &[PYTHON, "-c", agent],
+    )
+    .unwrap();
+    assert_eq!(r.stdout.trim(), "refused", "{r:?}");
+    let mut got = String::new();
+    BufReader::new(peer.stdout.take().unwrap())
+        .read_line(&mut got)
+        .unwrap();
+    let _ = peer.wait();
+    assert_eq!(got.trim(), "nothing there");
+    // --listen opens the port, for TCP only.
+    let r = exec(
+        &ns,
+        &["--allow", "198.51.100.1:443", "--listen", "8080"],
+        &[PYTHON, "-c", script],
+    )
+    .unwrap();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["bound", "bound", "bound", "refused", "bound", "bound", "bound"],
+        "{r:?}"
+    );
 }

@@ -95,6 +95,7 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::IP_OPTIONS => "ip_options",
         reason::PACKET => "packet_destination_not_allowed",
         reason::OTHER_NETNS_LOOPBACK => "loopback_of_another_netns",
+        reason::LISTEN => "listen_not_allowed",
         _ => "unknown",
     }
 }

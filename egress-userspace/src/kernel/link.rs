@@ -26,6 +26,8 @@ pub mod attach_type {
     pub const CGROUP_INET4_GETPEERNAME: u32 = 29;
     pub const CGROUP_INET6_GETPEERNAME: u32 = 30;
     pub const CGROUP_SOCK_OPS: u32 = 3;
+    pub const CGROUP_INET4_BIND: u32 = 8;
+    pub const CGROUP_INET6_BIND: u32 = 9;
 }
 
 use super::sys::{bpf, BPF_LINK_CREATE, BPF_OBJ_PIN};

@@ -42,7 +42,7 @@ enum Kind {
 /// Every program with its kind and attach type, in attach order: socket
 /// creation and options first, so that no raw socket or source route can be
 /// set up while the others are being attached.
-const PROGRAMS: [(&str, Kind, u32); 12] = {
+const PROGRAMS: [(&str, Kind, u32); 14] = {
     use attach_type as a;
     use program_names as p;
     [
@@ -51,6 +51,8 @@ const PROGRAMS: [(&str, Kind, u32); 12] = {
         // Before the backstop: an accepted socket is known to it as such.
         (p::SOCK_OPS, Kind::SockOps, a::CGROUP_SOCK_OPS),
         (p::PACKET_EGRESS, Kind::Skb, a::CGROUP_INET_EGRESS),
+        (p::BIND4, Kind::SockAddr, a::CGROUP_INET4_BIND),
+        (p::BIND6, Kind::SockAddr, a::CGROUP_INET6_BIND),
         (p::CONNECT4, Kind::SockAddr, a::CGROUP_INET4_CONNECT),
         (p::CONNECT6, Kind::SockAddr, a::CGROUP_INET6_CONNECT),
         (p::SENDMSG4, Kind::SockAddr, a::CGROUP_UDP4_SENDMSG),

@@ -257,6 +257,11 @@ impl Tables {
         }
     }
 
+    /// The port set of a policy's `listen` rules (0: none).
+    pub fn listen_set(&mut self, spec: Option<&PortSpec>) -> Result<u32> {
+        spec.map_or(Ok(0), |s| self.portset(s))
+    }
+
     /// The id of a port set, writing it to `PORTSETS` the first time.
     fn portset(&mut self, spec: &PortSpec) -> Result<u32> {
         if let Some(id) = self.portsets.get(spec) {

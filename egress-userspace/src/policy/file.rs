@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 use super::{
     fields::{CgroupPath, Name},
-    Channels, Destination, DnsSettings, Family, Host, Mode, Net, NetList, PodSelector, Policy,
-    PortRange, Protocol, Rule,
+    Channels, Destination, DnsSettings, Family, Host, Listen, Mode, Net, NetList, PodSelector,
+    Policy, PortRange, Protocol, Rule,
 };
 
 /// A policy that could not be read, with where and why.
@@ -57,6 +57,8 @@ struct RawPolicy {
     allow: Vec<RawRuleFields>,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    listen: Vec<Listen>,
     #[serde(default)]
     channels: RawChannels,
 }
@@ -289,6 +291,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
             dns.max_ttl.as_secs()
         )));
     }
+    if raw.listen.iter().any(|l| l.ports.is_empty()) {
+        return Err(whole(
+            "listen: `ports: []` allows nothing: list the ports to listen on".into(),
+        ));
+    }
     let mut cgroups: Vec<PathBuf> = Vec::new();
     for c in raw.cgroups {
         if cgroups.contains(&c.0) {
@@ -328,6 +335,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         pods: raw.pods,
         rules,
         dns,
+        listen: raw.listen,
         channels: Channels {
             families: raw.channels.families,
             io_uring: raw.channels.io_uring == Some(Answers::Allow),
@@ -540,6 +548,25 @@ dns:
         assert_eq!(p.dns.upstream[1], "[2001:db8::53]:5353".parse().unwrap());
         assert_eq!(p.dns.min_ttl, Duration::from_secs(10));
         assert_eq!(p.hosts().len(), 1);
+    }
+
+    #[test]
+    fn listen_and_channels() {
+        let p = parse(
+            "name: a\nlisten:\n  - ports: [8080, \"9000-9010\"]\n  - ports: [5353]\n    protocol: udp\nchannels:\n  families: [vsock]\n  io_uring: allow\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(p.listen.len(), 2);
+        assert_eq!(p.listen[1].protocol, Protocol::Udp);
+        assert_eq!(p.channels.families[0].number(), 40);
+        assert!(p.channels.io_uring);
+        assert!(err("name: a\nlisten:\n  - ports: []\n")
+            .to_string()
+            .contains("allows nothing"));
+        assert!(err("name: a\nchannels:\n  families: [inet]\n")
+            .to_string()
+            .contains("always open"));
     }
 
     #[test]

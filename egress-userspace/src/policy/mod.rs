@@ -28,10 +28,22 @@ pub struct Policy {
     pub pods: Vec<PodSelector>,
     pub rules: Vec<Rule>,
     pub dns: DnsSettings,
+    /// Ports the governed processes may listen on (bind to on an address
+    /// other than loopback); empty: none.
+    pub listen: Vec<Listen>,
     /// Channels beyond IP destinations that the policy opens.
     pub channels: Channels,
     /// Where the policy came from (a file path, or "command line").
     pub source: String,
+}
+
+/// Ports a policy lets its processes listen on (`listen:`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub ports: Vec<PortRange>,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// Channels a policy opens beyond its IP destinations (`channels:`); all
