@@ -213,17 +213,49 @@ impl Drop for TestCgroup {
 
 /// What a daemon instance leaves behind when it is killed: its pins in
 /// bpffs and its control socket under `/run/egressd`. Dropping this removes
-/// both, so a test that fails half-way leaves no enforcement and no socket.
+/// both, so a test that fails half-way leaves no enforcement and no socket;
+/// an instance never dropped (its test's thread outlived the test) is
+/// cleaned up when the test process exits.
 pub struct Instance(pub String);
+
+/// Instances not dropped yet, for the clean-up at exit.
+static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+impl Instance {
+    fn new(name: String) -> Instance {
+        static AT_EXIT: std::sync::Once = std::sync::Once::new();
+        AT_EXIT.call_once(|| {
+            extern "C" fn clean_up() {
+                let names = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
+                for name in names {
+                    remove_instance(&name);
+                }
+            }
+            // SAFETY: registering a plain function to run at exit.
+            unsafe { libc::atexit(clean_up) };
+        });
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.clone());
+        Instance(name)
+    }
+}
+
+fn remove_instance(name: &str) {
+    let _ = std::fs::remove_file(egressd::control::socket_path(name));
+    let _ = Command::new(bin())
+        .args(["detach", "--instance", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        let _ = Command::new(bin())
-            .args(["detach", "--instance", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_file(egressd::control::socket_path(&self.0));
+        remove_instance(&self.0);
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|n| *n != self.0);
     }
 }
 
@@ -316,7 +348,7 @@ impl Daemon {
         });
         let mut d = Daemon {
             child,
-            leftovers: Some(Instance(instance.clone())),
+            leftovers: Some(Instance::new(instance.clone())),
             instance,
             metrics_port,
             events,
