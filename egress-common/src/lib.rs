@@ -23,6 +23,9 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     /// `LruHashMap<u64 socket cookie, DnsOrigin>`.
     pub const DNS_ORIGIN: &str = "DNS_ORIGIN";
+    /// `LruHashMap<u64 socket cookie, Event>`: connected UDP sockets whose
+    /// destination is not allowed, with the event their first datagram reports.
+    pub const PENDING_UDP: &str = "PENDING_UDP";
     /// `LruHashMap<u64 socket cookie, u8>`: TCP sockets whose peer no hook judged.
     pub const UNJUDGED: &str = "UNJUDGED";
     /// `Array<u64>` of settings, indexed by `crate::config`.
@@ -107,6 +110,11 @@ pub const MAX_DNS_SOCKETS: u32 = 65536;
 /// TCP sockets remembered as not judged (accepted ones, and connects audit
 /// mode let through). An LRU map: closed sockets' entries go first.
 pub const MAX_UNJUDGED_SOCKETS: u32 = 262144;
+/// UDP sockets connected to a destination not allowed, whose verdict waits
+/// for their first datagram (an LRU map: the oldest go first; a datagram
+/// whose socket was pushed out is still dropped, reported without its
+/// process).
+pub const MAX_PENDING_UDP: u32 = 65536;
 
 /// Data part of an IPv4 allow-trie key: table id (big endian), then the address.
 /// The trie's prefix length counts the 32 table bits too.

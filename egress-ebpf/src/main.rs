@@ -11,6 +11,7 @@ mod dns;
 mod judged;
 mod maps;
 mod packet;
+mod udp;
 mod verdict;
 
 use aya_ebpf::{

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    DnsOrigin, PolicyInfo, PortSet, V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES, MAX_ALLOW_ENTRIES,
-    MAX_CGROUPS, MAX_DNS_SOCKETS, MAX_POLICIES, MAX_PORTSETS, MAX_UNJUDGED_SOCKETS,
+    DnsOrigin, Event, PolicyInfo, PortSet, V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES,
+    MAX_ALLOW_ENTRIES, MAX_CGROUPS, MAX_DNS_SOCKETS, MAX_PENDING_UDP, MAX_POLICIES, MAX_PORTSETS,
+    MAX_UNJUDGED_SOCKETS,
 };
 
 /// Cgroup id -> policy id, for each governed cgroup. Written by userspace when
@@ -60,6 +61,14 @@ pub static DNS_ORIGIN: LruHashMap<u64, DnsOrigin> =
 /// sockets still sending (each segment looks its socket up).
 #[map(name = "UNJUDGED")]
 pub static UNJUDGED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_UNJUDGED_SOCKETS, 0);
+
+/// Socket cookie -> the event of a UDP connect() to a destination not
+/// allowed (see `udp`). Written by the connect programs, read by the
+/// backstop when it drops that socket's datagram. Least recently used go
+/// first: a datagram whose socket was pushed out is still dropped, and
+/// reported without its process.
+#[map(name = "PENDING_UDP")]
+pub static PENDING_UDP: LruHashMap<u64, Event> = LruHashMap::with_max_entries(MAX_PENDING_UDP, 0);
 
 /// Settings written by userspace at load, read by the programs; see
 /// `egress_common::config`.

@@ -11,8 +11,8 @@ use egress_common::{hook, proto_class, reason, AF_INET, AF_INET6};
 
 use crate::{
     dest::Dest,
-    dns, judged,
-    verdict::{check, class_of, conclude, governing, Caller, Live},
+    dns, judged, udp,
+    verdict::{check, class_of, conclude, conclude_deferred, governing, Caller, Live},
 };
 
 const PASS: i32 = 1;
@@ -227,6 +227,20 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
                     judged::judged(stream);
                 }
                 return PASS;
+            }
+            // A UDP connect to this destination waited for this datagram:
+            // its event, with the process, is reported now (once in audit).
+            _ if class == proto_class::UDP && !fragment_without_ports => {
+                if let Some((cookie, e)) = udp::deferred(ctx, &dest) {
+                    if audit {
+                        udp::forget(cookie);
+                    }
+                    return conclude_deferred(e, audit);
+                }
+                if audit {
+                    return PASS;
+                }
+                reason::PACKET
             }
             // In audit mode the socket call was already reported; do not
             // report (and count) every packet of the connection again. An

@@ -211,6 +211,30 @@ pub fn conclude(
     }
 }
 
+#[inline(always)]
+fn is_connect(h: u8) -> bool {
+    h == hook::CONNECT4 || h == hook::CONNECT6
+}
+
+/// Counts and reports, at its first datagram, a UDP connect that waited
+/// (see `udp`); returns the backstop's verdict.
+#[inline(always)]
+pub fn conclude_deferred(mut e: Event, audit: bool) -> i32 {
+    let v = if audit {
+        verdict::AUDITED
+    } else {
+        verdict::DENIED
+    };
+    e.verdict = v;
+    bump(counter_index(e.policy_id, v, proto_class::UDP, e.reason));
+    emit(&e);
+    if audit {
+        RET_ALLOW
+    } else {
+        RET_REFUSE
+    }
+}
+
 /// 127.0.0.0/8 or ::1.
 #[inline(always)]
 fn is_loopback(dest: &Dest) -> bool {
@@ -277,6 +301,13 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
     } else {
         check(table, proto_bit, &dest)
     };
+    // A UDP connect sends nothing: its verdict waits for the first datagram
+    // (see `udp`).
+    if class == proto_class::UDP && is_connect(hook) && crate::udp::waits(why) {
+        let e = event(caller, policy, hook, 0, why, protocol as u8, dest);
+        crate::udp::defer(ctx, &e);
+        return RET_ALLOW;
+    }
     let ret = conclude(
         caller,
         policy,
@@ -375,11 +406,21 @@ pub fn judge_option(level: i32, optname: i32) -> i32 {
 
 #[inline(always)]
 fn report(caller: Caller, policy: u32, hook: u8, v: u8, why: u8, protocol: u8, dest: Dest) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        bump(lost_index(policy));
-        return;
-    };
-    // A packet may be sent outside its task's context: no pid, uid or comm.
+    emit(&event(caller, policy, hook, v, why, protocol, dest));
+}
+
+/// An event of the caller's (a packet may be sent outside its task's
+/// context: then no pid, uid or comm).
+#[inline(always)]
+pub fn event(
+    caller: Caller,
+    policy: u32,
+    hook: u8,
+    v: u8,
+    why: u8,
+    protocol: u8,
+    dest: Dest,
+) -> Event {
     let (pid_tgid, uid_gid, comm) = match caller {
         Caller::Task => (
             bpf_get_current_pid_tgid(),
@@ -388,25 +429,33 @@ fn report(caller: Caller, policy: u32, hook: u8, v: u8, why: u8, protocol: u8, d
         ),
         Caller::Packet(_) => (0, 0, [0; 16]),
     };
-    let cgroup_id = caller.cgroup_id();
-    let (family, addr, port) = (dest.family, dest.addr, dest.port);
-    entry.write(Event {
-        cgroup_id,
+    Event {
+        cgroup_id: caller.cgroup_id(),
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         policy_id: policy,
-        port,
-        family,
+        port: dest.port,
+        family: dest.family,
         protocol,
-        addr,
+        addr: dest.addr,
         comm,
         reason: why,
         verdict: v,
         hook,
         _pad: [0; 5],
-    });
+    }
+}
+
+/// Puts an event on the ring buffer (or counts it lost).
+#[inline(always)]
+pub fn emit(e: &Event) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        bump(lost_index(e.policy_id));
+        return;
+    };
+    entry.write(*e);
     entry.submit(0);
 }
 

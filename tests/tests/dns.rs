@@ -437,3 +437,61 @@ fn special_addresses_learned_in_audit_do_not_carry_into_enforce() {
     );
     assert_eq!(local.count(), 0);
 }
+
+/// Real clients reaching an allowed name raise no denial: glibc's
+/// getaddrinfo connects a UDP socket to each candidate address (to sort
+/// them by RFC 6724) and sends nothing, which is not an attempt. curl
+/// (IPv4, IPv6, both), Python, Node, getent and dig, all through the proxy.
+/// Then a UDP socket connected to a denied address: nothing until it sends,
+/// and its send is refused and reported with the process.
+#[test]
+fn real_clients_reaching_an_allowed_name_raise_no_denial() {
+    require_root();
+    let ns = Netns::new("clients").unwrap();
+    let _upstream = zone(&ns);
+    let v4 = Listener::tcp(&ns, "198.51.100.1:443").unwrap();
+    let v6 = Listener::tcp(&ns, "[2001:db8::1]:443").unwrap();
+    let tmp = TempDir::new("clients").unwrap();
+    let url = "http://api.model.test:443/";
+    let script = format!(
+        "curl -4 -s -m 2 {url}; curl -6 -s -m 2 {url}; curl -s -m 2 {url}; \
+         python3 -c \"import urllib.request
+try: urllib.request.urlopen('{url}', timeout=2)
+except Exception: pass\"; \
+         node -e \"fetch('{url}', {{signal: AbortSignal.timeout(2000)}}).catch(() => {{}})\"; \
+         getent ahosts api.model.test > /dev/null; \
+         dig +short +time=2 +tries=1 api.model.test > /dev/null; echo done"
+    );
+    let r = run(&ns, &with_resolv_conf(&tmp, "203.0.113.1", &script));
+    assert!(r.stdout.contains("done"), "{r:?}");
+    assert!(
+        r.events.is_empty(),
+        "allowed requests raised denials: {:?}",
+        r.events
+    );
+    assert!(r.stderr.contains("nothing was denied"), "{}", r.stderr);
+    // Six TCP clients: curl -4 over IPv4, curl -6 over IPv6, the others
+    // over whichever getaddrinfo sorted first.
+    let (a, b) = (v4.count(), v6.count());
+    assert!(
+        a >= 1 && b >= 1 && a + b >= 6,
+        "the clients did not reach the allowed host: {a} {b}"
+    );
+
+    let bad = Listener::udp(&ns, "203.0.113.9:5300").unwrap();
+    let script = "import socket, time\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.connect(('203.0.113.9', 5300)); print('connected', flush=True)\n\
+        time.sleep(0.2)\n\
+        try:\n    s.send(b'secret'); print('sent')\n\
+        except PermissionError: print('refused')";
+    let r = exec(&ns, ALLOW, &["python3", "-c", script]).unwrap();
+    assert_eq!(r.stdout, "connected\nrefused\n", "{r:?}");
+    assert_eq!(bad.count(), 0, "the datagram left");
+    assert_eq!(r.events.len(), 1, "{:?}", r.events);
+    let e = &r.events[0];
+    assert_eq!(e["comm"], "python3", "{e}");
+    assert_eq!(e["hook"], "connect4", "{e}");
+    assert_eq!(e["reason"], "destination_not_allowed", "{e}");
+    assert_eq!(e["daddr"], "203.0.113.9", "{e}");
+}
