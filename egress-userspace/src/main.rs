@@ -84,6 +84,10 @@ enum Command {
         /// on addresses other than loopback. Repeatable.
         #[arg(long, value_name = "PORT")]
         listen: Vec<String>,
+        /// Log what egressd does (it shares stderr with the command, so by
+        /// default only warnings and the summary).
+        #[arg(long, short)]
+        verbose: bool,
         /// The command and its arguments (after --).
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
@@ -141,12 +145,15 @@ enum Command {
     },
 }
 
-fn init_logging() {
+/// Logs on stderr at `level` (or `EGRESSD_LOG`), coloured only on a terminal.
+fn init_logging(level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESSD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
@@ -170,7 +177,11 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // exec shares its stderr with the command: only warnings, unless -v.
+    init_logging(match &cli.command {
+        Command::Exec { verbose: false, .. } => "warn",
+        _ => "info",
+    });
     match cli.command {
         Command::Run {
             policy,
@@ -209,6 +220,7 @@ fn main() -> ExitCode {
             allow_io_uring,
             listen,
             command,
+            ..
         } => {
             let opts = exec::ExecOptions {
                 policy,

@@ -378,3 +378,23 @@ fn exec_as_an_unprivileged_user_cannot_escape() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `exec` shares stderr with its command: by default only warnings and its
+/// summary, never colour codes when stderr is not a terminal; `-v` logs
+/// what it does.
+#[test]
+fn exec_is_quiet_unless_asked() {
+    require_root();
+    let ns = Netns::new("quiet").unwrap();
+    let r = exec(&ns, &["--allow", "198.51.100.1:443"], &["true"]).unwrap();
+    assert!(!r.stderr.contains('\u{1b}'), "colour codes: {:?}", r.stderr);
+    assert!(!r.stderr.contains("INFO"), "{}", r.stderr);
+    assert!(r.stderr.contains("nothing was denied"), "{}", r.stderr);
+    let r = exec(&ns, &["-v", "--allow", "198.51.100.1:443"], &["true"]).unwrap();
+    assert!(
+        r.stderr.contains("INFO") && r.stderr.contains("governed"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains('\u{1b}'), "colour codes: {:?}", r.stderr);
+}
