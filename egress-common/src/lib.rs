@@ -23,6 +23,9 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     /// `LruHashMap<u64 socket cookie, DnsOrigin>`.
     pub const DNS_ORIGIN: &str = "DNS_ORIGIN";
+    /// `LruHashMap<u32 asker_key, DnsAsker>`: who sent the queries the
+    /// proxy receives, by source port.
+    pub const DNS_ASKERS: &str = "DNS_ASKERS";
     /// `LruHashMap<u64 socket cookie, Event>`: connected UDP sockets whose
     /// destination is not allowed, with the event their first datagram reports.
     pub const PENDING_UDP: &str = "PENDING_UDP";
@@ -103,10 +106,36 @@ pub struct DnsOrigin {
     pub port: u16,
     pub family: u8,
     pub _pad: u8,
+    pub _pad2: u32,
+    /// The process that made the redirected connect or send.
+    pub asker: DnsAsker,
+}
+
+/// The process behind a query the DNS proxy receives, so that its events
+/// can name it (the proxy sees only a socket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsAsker {
+    pub cgroup_id: u64,
+    /// Thread id (the kernel's pid).
+    pub pid: u32,
+    /// Process id (the kernel's tgid).
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; 16],
+}
+
+/// Key of `DNS_ASKERS`: a query's source port as the proxy sees it, with
+/// its family (`AF_INET`, `AF_INET6`) and protocol (6, 17).
+pub const fn asker_key(family: u8, protocol: u8, port: u16) -> u32 {
+    (family as u32) << 24 | (protocol as u32) << 16 | port as u32
 }
 
 /// Proxied DNS sockets remembered (an LRU map: old ones fall out).
 pub const MAX_DNS_SOCKETS: u32 = 65536;
+/// Source ports of DNS queries remembered with their process (an LRU map).
+pub const MAX_DNS_ASKERS: u32 = 65536;
 /// TCP sockets remembered as not judged (accepted ones, and connects audit
 /// mode let through). An LRU map: closed sockets' entries go first.
 pub const MAX_UNJUDGED_SOCKETS: u32 = 262144;
@@ -283,6 +312,7 @@ mod pod {
     unsafe impl aya::Pod for super::PortSet {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::DnsOrigin {}
+    unsafe impl aya::Pod for super::DnsAsker {}
 }
 
 // Layout checks: a change that adds padding fails to compile.
@@ -290,5 +320,6 @@ const _: () = assert!(core::mem::size_of::<Event>() == 72);
 const _: () = assert!(core::mem::size_of::<PortRange>() == 8);
 const _: () = assert!(core::mem::size_of::<PortSet>() == 4 + 8 * MAX_PORT_RANGES);
 const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 16);
-const _: () = assert!(core::mem::size_of::<DnsOrigin>() == 20);
+const _: () = assert!(core::mem::size_of::<DnsOrigin>() == 64);
+const _: () = assert!(core::mem::size_of::<DnsAsker>() == 40);
 const _: () = assert!(LOST_SLOT < COUNTERS_PER_POLICY);

@@ -6,12 +6,19 @@
 
 use core::ptr::{addr_of_mut, write_volatile};
 
-use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext, EbpfContext};
-use egress_common::{hook, DnsOrigin, AF_INET, AF_INET6};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_get_socket_cookie,
+    },
+    programs::{SkBuffContext, SockAddrContext},
+    EbpfContext,
+};
+use egress_common::{asker_key, hook, DnsAsker, DnsOrigin, AF_INET, AF_INET6};
 
 use crate::{
     dest::{self, Dest},
-    maps::DNS_ORIGIN,
+    maps::{DNS_ASKERS, DNS_ORIGIN},
     verdict::{governing, Caller, Live},
 };
 
@@ -81,11 +88,23 @@ fn write_port(ctx: &SockAddrContext, port: u16) {
 /// Sends this connect or send to the proxy instead of `dest`.
 #[inline(always)]
 pub fn redirect(ctx: &SockAddrContext, hook: u8, dest: &Dest, dns_port: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
     let origin = DnsOrigin {
         addr: dest.addr,
         port: dest.port,
         family: dest.family,
         _pad: 0,
+        _pad2: 0,
+        asker: DnsAsker {
+            // SAFETY: a helper without arguments.
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            pid: pid_tgid as u32,
+            tgid: (pid_tgid >> 32) as u32,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        },
     };
     let _ = DNS_ORIGIN.insert(cookie(ctx), origin, 0);
     if hook == hook::CONNECT4 || hook == hook::SENDMSG4 {
@@ -144,4 +163,22 @@ pub fn unredirect(ctx: &SockAddrContext, v6: bool) -> i32 {
     write_ip6(ctx, addr);
     write_port(ctx, origin.port);
     1
+}
+
+/// The backstop, on a query leaving for the proxy from source port `sport`:
+/// remembers who asked under that port, for the proxy's events (it sees
+/// only a socket). Written only when it changed.
+#[inline(always)]
+pub fn note_asker(ctx: &SkBuffContext, family: u8, protocol: u8, sport: u16) {
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: plain data owned by the map.
+    let Some(origin) = (unsafe { DNS_ORIGIN.get(cookie) }) else {
+        return;
+    };
+    let key = asker_key(family, protocol, sport);
+    // SAFETY: as above.
+    if unsafe { DNS_ASKERS.get(key) } != Some(&origin.asker) {
+        let _ = DNS_ASKERS.insert(key, origin.asker, 0);
+    }
 }

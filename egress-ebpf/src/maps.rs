@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    DnsOrigin, Event, PolicyInfo, PortSet, V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES,
-    MAX_ALLOW_ENTRIES, MAX_CGROUPS, MAX_DNS_SOCKETS, MAX_PENDING_UDP, MAX_POLICIES, MAX_PORTSETS,
-    MAX_UNJUDGED_SOCKETS,
+    DnsAsker, DnsOrigin, Event, PolicyInfo, PortSet, V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES,
+    MAX_ALLOW_ENTRIES, MAX_CGROUPS, MAX_DNS_ASKERS, MAX_DNS_SOCKETS, MAX_PENDING_UDP, MAX_POLICIES,
+    MAX_PORTSETS, MAX_UNJUDGED_SOCKETS,
 };
 
 /// Cgroup id -> policy id, for each governed cgroup. Written by userspace when
@@ -69,6 +69,12 @@ pub static UNJUDGED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_UNJU
 /// reported without its process.
 #[map(name = "PENDING_UDP")]
 pub static PENDING_UDP: LruHashMap<u64, Event> = LruHashMap::with_max_entries(MAX_PENDING_UDP, 0);
+
+/// Query source port (see `egress_common::asker_key`) -> the process that
+/// sent it. Written by the backstop as a redirected query leaves for the
+/// proxy; read by userspace when the proxy reports a query.
+#[map(name = "DNS_ASKERS")]
+pub static DNS_ASKERS: LruHashMap<u32, DnsAsker> = LruHashMap::with_max_entries(MAX_DNS_ASKERS, 0);
 
 /// Settings written by userspace at load, read by the programs; see
 /// `egress_common::config`.

@@ -39,6 +39,8 @@ struct Parsed {
     /// A fragment after the first: it carries no ports (its first
     /// fragment's were judged). Port 0 in a first fragment is port 0.
     later_fragment: bool,
+    /// Where the transport header starts.
+    l4: usize,
 }
 
 /// Whether the packet belongs to a TCP stream socket (not a raw socket).
@@ -120,6 +122,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
             options,
             established,
             later_fragment: !first,
+            l4: 20,
         });
     }
     if eth == ETH_P_IPV6 {
@@ -151,6 +154,7 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
             options,
             established,
             later_fragment: !first,
+            l4,
         });
     }
     None
@@ -196,6 +200,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         dest,
         options,
         later_fragment,
+        l4,
         ..
     }) = parsed
     else {
@@ -213,6 +218,11 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     };
     let (class, bit) = class_of(u32::from(proto));
     if class != proto_class::OTHER && !options && dns::is_proxy(&dest, dns_port) {
+        if !later_fragment {
+            if let Some(sport) = read::<u16>(ctx, l4) {
+                dns::note_asker(ctx, dest.family, proto, u16::from_be(sport));
+            }
+        }
         return PASS;
     }
     let fragment_without_ports = later_fragment && class != proto_class::OTHER;

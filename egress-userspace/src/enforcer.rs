@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use egress_common::{PolicyInfo, MAX_POLICIES, MODE_AUDIT, MODE_ENFORCE};
+use egress_common::{DnsAsker, PolicyInfo, MAX_POLICIES, MODE_AUDIT, MODE_ENFORCE};
 
 use crate::{
     cgroup::Cgroup,
@@ -317,6 +317,18 @@ impl Enforcer {
     }
 
     /// The counters of policy `id`.
+    /// The process that sent the query the DNS proxy received from `peer`
+    /// over `protocol` (6, 17), as the backstop noted it.
+    pub fn dns_asker(&self, peer: std::net::SocketAddr, protocol: u8) -> Option<DnsAsker> {
+        let family = if peer.is_ipv4() {
+            egress_common::AF_INET
+        } else {
+            egress_common::AF_INET6
+        };
+        let key = egress_common::asker_key(family, protocol, peer.port());
+        self.tables.maps.dns_askers.get(&key, 0).ok()
+    }
+
     pub fn counts(&self, id: u32) -> Result<counters::PolicyCounts> {
         counters::read(&self.tables.maps.counters, id)
     }

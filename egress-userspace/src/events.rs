@@ -88,8 +88,13 @@ pub fn address(e: &Event) -> Option<IpAddr> {
 
 /// The process name, up to its first NUL.
 pub fn comm(e: &Event) -> Cow<'_, str> {
-    let end = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
-    String::from_utf8_lossy(&e.comm[..end])
+    comm_of(&e.comm)
+}
+
+/// A task name as the kernel wrote it (NUL-padded).
+pub fn comm_of(c: &[u8; 16]) -> Cow<'_, str> {
+    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..end])
 }
 
 pub fn protocol_name(p: u8) -> Cow<'static, str> {
@@ -167,7 +172,7 @@ impl Describer {
 
     /// A DNS query the proxy refused (or audited), as a JSON object.
     pub fn dns_json(&self, e: &crate::dns::DnsEvent) -> serde_json::Value {
-        json!({
+        let mut v = json!({
             "time": timestamp(SystemTime::now()),
             "policy": e.policy,
             "verdict": e.verdict,
@@ -177,7 +182,16 @@ impl Describer {
             "qname": e.name,
             "qtype": e.qtype,
             "refused_addresses": e.refused.iter().map(|(ip, why)| json!({"address": ip.to_string(), "why": why})).collect::<Vec<_>>(),
-        })
+        });
+        if let Some(a) = &e.asker {
+            v["pid"] = json!(a.tgid);
+            v["tid"] = json!(a.pid);
+            v["uid"] = json!(a.uid);
+            v["gid"] = json!(a.gid);
+            v["comm"] = json!(comm_of(&a.comm));
+            v["cgroup_id"] = json!(a.cgroup_id);
+        }
+        v
     }
 
     /// One event as a JSON object.

@@ -159,16 +159,27 @@ impl Summary {
     }
 
     fn add_dns(&mut self, e: &DnsEvent) {
+        let who = e.asker.as_ref().map_or_else(
+            || "a resolver query".to_string(),
+            |a| crate::events::comm_of(&a.comm).into_owned(),
+        );
         let key = (
             format!("dns {} {}", e.qtype, e.name),
             String::new(),
-            "a resolver query".to_string(),
+            who,
             e.reason.to_string(),
         );
         if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
             self.overflow += 1;
-        } else {
-            self.rows.entry(key).or_default().0 += 1;
+            self.total += 1;
+            return;
+        }
+        let row = self.rows.entry(key).or_default();
+        row.0 += 1;
+        if let Some(a) = &e.asker {
+            if !row.1.contains(&a.tgid) {
+                row.1.push(a.tgid);
+            }
         }
         self.total += 1;
     }

@@ -58,6 +58,34 @@ pub struct DnsEvent {
     pub transport: &'static str,
     /// For `dns_answer_not_allowed`: the addresses not learned, and why.
     pub refused: Vec<(std::net::IpAddr, &'static str)>,
+    /// The process that asked, when the kernel noted it.
+    pub asker: Option<egress_common::DnsAsker>,
+}
+
+/// Where a query came from: its transport and the client's address.
+#[derive(Clone, Copy)]
+pub struct Client {
+    pub transport: &'static str,
+    pub protocol: u8,
+    pub peer: SocketAddr,
+}
+
+impl Client {
+    fn udp(peer: SocketAddr) -> Client {
+        Client {
+            transport: "udp",
+            protocol: egress_common::IPPROTO_UDP,
+            peer,
+        }
+    }
+
+    fn tcp(peer: SocketAddr) -> Client {
+        Client {
+            transport: "tcp",
+            protocol: egress_common::IPPROTO_TCP,
+            peer,
+        }
+    }
 }
 
 /// The proxy's sockets, all on one port, before it knows its policy id.
@@ -266,7 +294,7 @@ impl Proxy {
             let query = buf[..n].to_vec();
             let (me, sock) = (self.clone(), sock.clone());
             tokio::spawn(async move {
-                if let Some(reply) = me.handle(&query, "udp").await {
+                if let Some(reply) = me.handle(&query, Client::udp(peer)).await {
                     let _ = sock.send_to(&reply, peer).await;
                 }
                 drop(slot);
@@ -280,20 +308,20 @@ impl Proxy {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let Ok((conn, _)) = listener.accept().await else {
+            let Ok((conn, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
             let me = self.clone();
             tokio::spawn(async move {
-                me.serve_tcp_client(conn).await;
+                me.serve_tcp_client(conn, Client::tcp(peer)).await;
                 drop(slot);
             });
         }
     }
 
     /// Length-prefixed queries on one TCP connection, until it closes.
-    async fn serve_tcp_client(&self, mut conn: TcpStream) {
+    async fn serve_tcp_client(&self, mut conn: TcpStream, client: Client) {
         loop {
             let read = async {
                 let len = conn.read_u16().await? as usize;
@@ -304,7 +332,7 @@ impl Proxy {
             let Ok(Ok(query)) = tokio::time::timeout(CLIENT_TIMEOUT, read).await else {
                 return;
             };
-            let Some(reply) = self.handle(&query, "tcp").await else {
+            let Some(reply) = self.handle(&query, client).await else {
                 return;
             };
             let Ok(len) = u16::try_from(reply.len()) else {
@@ -320,23 +348,30 @@ impl Proxy {
         self.metrics.dns_query(&self.name, verdict);
     }
 
-    /// Sends a deny (or audit) event for query `q`.
+    /// Sends a deny (or audit) event for query `q`, naming the process
+    /// that asked when the kernel noted it.
     fn report(
         &self,
         q: &Question,
-        transport: &'static str,
+        client: Client,
         audit: bool,
         reason: &'static str,
         refused: Vec<(std::net::IpAddr, &'static str)>,
     ) {
+        let asker = self
+            .enforcer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .dns_asker(client.peer, client.protocol);
         let sent = self.events.try_send(DnsEvent {
             policy: self.name.clone(),
             verdict: if audit { "audited" } else { "denied" },
             reason,
             name: q.name.clone(),
             qtype: q.qtype.to_string(),
-            transport,
+            transport: client.transport,
             refused,
+            asker,
         });
         if sent.is_err() {
             // The writer is behind: the query is still judged and counted;
@@ -346,7 +381,7 @@ impl Proxy {
     }
 
     /// Answers one query: the reply to send, if any.
-    pub async fn handle(&self, bytes: &[u8], transport: &'static str) -> Option<Vec<u8>> {
+    pub async fn handle(&self, bytes: &[u8], client: Client) -> Option<Vec<u8>> {
         let (query, q) = match question(bytes) {
             Ok(x) => x,
             Err(_) => {
@@ -375,7 +410,7 @@ impl Proxy {
             None
         };
         if let Some(reason) = reason {
-            self.report(&q, transport, audit, reason, Vec::new());
+            self.report(&q, client, audit, reason, Vec::new());
             if !audit {
                 self.count("denied");
                 return Some(reply_code(&query, ResponseCode::Refused));
@@ -433,7 +468,7 @@ impl Proxy {
             }
         }
         if !refused.is_empty() {
-            self.report(&q, transport, audit, "dns_answer_not_allowed", refused);
+            self.report(&q, client, audit, "dns_answer_not_allowed", refused);
         }
         if !rules.is_empty() {
             self.count("allowed");

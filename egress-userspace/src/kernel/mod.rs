@@ -21,7 +21,7 @@ use aya::{
     programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, SockOps},
     Ebpf,
 };
-use egress_common::{map_names, program_names, PolicyInfo, PortSet, V4Key, V6Key};
+use egress_common::{map_names, program_names, DnsAsker, PolicyInfo, PortSet, V4Key, V6Key};
 use link::attach_type;
 
 use crate::cgroup::Cgroup;
@@ -108,6 +108,7 @@ pub struct Maps {
     pub portsets: Array<MapData, PortSet>,
     pub counters: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, u64>,
+    pub dns_askers: HashMap<MapData, u32, DnsAsker>,
 }
 
 /// The loaded programs and their maps.
@@ -168,6 +169,7 @@ impl Kernel {
             portsets: self.take(map_names::PORTSETS)?,
             counters: self.take(map_names::COUNTERS)?,
             config: self.take(map_names::CONFIG)?,
+            dns_askers: self.take(map_names::DNS_ASKERS)?,
         };
         let events = self.take(map_names::EVENTS)?;
         Ok((maps, events))
