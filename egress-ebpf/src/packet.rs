@@ -7,12 +7,15 @@
 //! were); dropped ones are, with reason `ip_options` or `packet`.
 
 use aya_ebpf::programs::SkBuffContext;
-use egress_common::{hook, proto_class, reason, AF_INET, AF_INET6};
+use egress_common::{hook, proto_class, reason, AF_INET, AF_INET6, PROTO_BIT_TCP};
 
 use crate::{
     dest::Dest,
     dns, judged, udp,
-    verdict::{check, class_of, conclude, conclude_deferred, governing, Caller, Live},
+    verdict::{
+        check, class_of, conclude, conclude_deferred, governing, in_portset, is_loopback, Caller,
+        Live,
+    },
 };
 
 const PASS: i32 = 1;
@@ -36,6 +39,8 @@ struct Parsed {
     /// A TCP segment without SYN: part of a connection whose SYN this
     /// backstop (and the connect hook) already judged.
     established: bool,
+    /// A TCP SYN-ACK: a listening socket answering.
+    syn_ack: bool,
     /// A fragment after the first: it carries no ports (its first
     /// fragment's were judged). Port 0 in a first fragment is port 0.
     later_fragment: bool,
@@ -82,12 +87,13 @@ fn read<T: Copy>(ctx: &SkBuffContext, off: usize) -> Option<T> {
     ctx.load(off).ok()
 }
 
-/// Whether the TCP header at `l4` lacks SYN (None: cannot be read).
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+/// The flags of the TCP header at `l4` (None: cannot be read).
 #[inline(always)]
-fn tcp_established(ctx: &SkBuffContext, l4: usize) -> Option<bool> {
-    const SYN: u8 = 0x02;
-    let flags: u8 = read(ctx, l4 + 13)?;
-    Some(flags & SYN == 0)
+fn tcp_flags(ctx: &SkBuffContext, l4: usize) -> Option<u8> {
+    read(ctx, l4 + 13)
 }
 
 /// Parses the packet; None when it cannot be parsed (dropped: fail closed).
@@ -108,7 +114,11 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
         } else {
             0
         };
-        let established = first && !options && proto == 6 && tcp_established(ctx, 20)?;
+        let flags = if first && !options && proto == 6 {
+            tcp_flags(ctx, 20)?
+        } else {
+            0
+        };
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&addr4);
         let dest = Dest {
@@ -120,7 +130,8 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
             proto,
             dest,
             options,
-            established,
+            established: flags != 0 && flags & SYN == 0,
+            syn_ack: flags & (SYN | ACK) == SYN | ACK,
             later_fragment: !first,
             l4: 20,
         });
@@ -142,7 +153,11 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
         } else {
             0
         };
-        let established = first && !options && next == 6 && tcp_established(ctx, l4)?;
+        let flags = if first && !options && next == 6 {
+            tcp_flags(ctx, l4)?
+        } else {
+            0
+        };
         let dest = Dest {
             family: AF_INET6,
             addr,
@@ -152,7 +167,8 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
             proto: next,
             dest,
             options,
-            established,
+            established: flags != 0 && flags & SYN == 0,
+            syn_ack: flags & (SYN | ACK) == SYN | ACK,
             later_fragment: !first,
             l4,
         });
@@ -169,7 +185,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         table,
         audit,
         dns_port,
-        ..
+        listen_set,
     }) = live
     else {
         let why = reason::NO_POLICY;
@@ -201,6 +217,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         options,
         later_fragment,
         l4,
+        syn_ack,
         ..
     }) = parsed
     else {
@@ -224,6 +241,16 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
             }
         }
         return PASS;
+    }
+    // A SYN-ACK answers for a listening socket: only from a port a listen
+    // rule allows (a socket that listens without bind() took its port
+    // where the bind hook could not see), except to loopback.
+    if syn_ack && !options && !is_loopback(&dest) {
+        let sport = read::<u16>(ctx, l4).map_or(0, u16::from_be);
+        if listen_set == 0 || !in_portset(listen_set, PROTO_BIT_TCP, sport) {
+            let h = hook::PACKET_EGRESS;
+            return conclude(caller, policy, audit, reason::LISTEN, class, h, proto, dest);
+        }
     }
     let fragment_without_ports = later_fragment && class != proto_class::OTHER;
     let why = if options {

@@ -50,3 +50,11 @@ pub fn deferred(ctx: &SkBuffContext, dest: &Dest) -> Option<(u64, Event)> {
 pub fn forget(cookie: u64) {
     let _ = PENDING_UDP.remove(cookie);
 }
+
+/// Forgets the kept event of the socket a refused send belongs to.
+#[inline(always)]
+pub fn forget_socket(ctx: &SockAddrContext) {
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    forget(cookie);
+}

@@ -130,7 +130,7 @@ pub fn check(table: u32, proto_bit: u8, dest: &Dest) -> u8 {
 
 /// Whether port set `set_id` holds `port` for protocol `proto_bit`.
 #[inline(always)]
-fn in_portset(set_id: u32, proto_bit: u8, port: u16) -> bool {
+pub fn in_portset(set_id: u32, proto_bit: u8, port: u16) -> bool {
     let Some(set) = PORTSETS.get(set_id) else {
         return false;
     };
@@ -235,9 +235,20 @@ pub fn conclude_deferred(mut e: Event, audit: bool) -> i32 {
     }
 }
 
+/// Loopback, or the unspecified address (0.0.0.0, ::), which the kernel
+/// turns into loopback when a socket connects or sends to it.
+#[inline(always)]
+fn reaches_loopback(dest: &Dest) -> bool {
+    is_loopback(dest)
+        || match dest.family {
+            AF_INET => dest.addr[..4] == [0; 4],
+            _ => dest.addr == [0; 16],
+        }
+}
+
 /// 127.0.0.0/8 or ::1.
 #[inline(always)]
-fn is_loopback(dest: &Dest) -> bool {
+pub fn is_loopback(dest: &Dest) -> bool {
     match dest.family {
         AF_INET => dest.addr[0] == 127,
         _ => dest.addr == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
@@ -296,7 +307,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         reason::PROTOCOL
     } else if dest.family == 0 {
         reason::NO_DEST
-    } else if is_loopback(&dest) && !in_host_netns(ctx) {
+    } else if reaches_loopback(&dest) && !in_host_netns(ctx) {
         reason::OTHER_NETNS_LOOPBACK
     } else {
         check(table, proto_bit, &dest)
@@ -307,6 +318,11 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         let e = event(caller, policy, hook, 0, why, protocol as u8, dest);
         crate::udp::defer(ctx, &e);
         return RET_ALLOW;
+    }
+    // A send the sendmsg hook reports itself: the backstop must not report
+    // it again from a connect that waited.
+    if class == proto_class::UDP && !is_connect(hook) && why != reason::NONE {
+        crate::udp::forget_socket(ctx);
     }
     let ret = conclude(
         caller,

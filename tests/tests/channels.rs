@@ -409,6 +409,45 @@ fn binding_a_reachable_port_needs_a_listen_rule() {
         .unwrap();
     let _ = peer.wait();
     assert_eq!(got.trim(), "nothing there");
+    // listen() without bind() takes a port where the bind hook cannot see:
+    // its SYN-ACKs are refused, even to a peer the allowlist allows.
+    let agent = "import socket, time\n\
+        s = socket.socket(); s.listen(1)\n\
+        print(s.getsockname()[1], flush=True); time.sleep(3)";
+    let mut child = ns
+        .command(bin())
+        .args([
+            "exec",
+            "--allow",
+            "198.51.100.2:*",
+            "--",
+            PYTHON,
+            "-c",
+            agent,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let peer = format!(
+        "import socket\n\
+         s = socket.socket(); s.bind(('198.51.100.2', 0)); s.settimeout(1)\n\
+         try:\n    s.connect(('198.51.100.1', {})); print('connected')\n\
+         except OSError: print('nothing there')",
+        port.trim()
+    );
+    let out = ns.command(PYTHON).args(["-c", &peer]).output().unwrap();
+    let _ = child.wait();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nothing there",
+        "port {port}"
+    );
     // --listen opens the port, for TCP only.
     let r = exec(
         &ns,

@@ -119,7 +119,9 @@ fn exfiltration_by_lookup_is_refused_and_never_forwarded() {
             // The process that asked, noted in the kernel as its query left
             // (`comm` is the thread's name: dig asks from its `isc-*` threads).
             assert!(
-                e["comm"].as_str().is_some_and(|c| c == "dig" || c.starts_with("isc-")),
+                e["comm"]
+                    .as_str()
+                    .is_some_and(|c| c == "dig" || c.starts_with("isc-")),
                 "{server} {transport}: {e}"
             );
             assert!(e["pid"].as_u64().is_some_and(|p| p > 0), "{e}");

@@ -70,3 +70,32 @@ fn loopback_rule_means_egressds_namespace_only() {
         "nothing more reached egressd's loopback either"
     );
 }
+
+/// A datagram to the unspecified address goes to loopback (the kernel
+/// turns 0.0.0.0 into 127.0.0.1 when a socket connects to it): from a
+/// network namespace the agent made, it is refused as that namespace's
+/// loopback is, though a rule allows 127.0.0.1 for UDP.
+#[test]
+fn the_unspecified_address_is_loopback_too() {
+    require_root();
+    let ns = Netns::new("unspec").unwrap();
+    let script = r#"unshare -n sh -c "ip link set lo up
+python3 -c 'import socket
+r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r.bind((\"127.0.0.1\", 8080)); r.settimeout(1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    s.connect((\"0.0.0.0\", 8080)); s.send(b\"secret\"); print(\"sent\")
+except OSError as e:
+    print(\"refused\", e.errno)
+try:
+    r.recv(100); print(\"received\")
+except OSError:
+    print(\"nothing\")'""#;
+    let r = exec(
+        &ns,
+        &["--allow", "127.0.0.1:8080/udp"],
+        &["sh", "-c", script],
+    )
+    .unwrap();
+    assert_eq!(r.stdout, "refused 1\nnothing\n", "{r:?}");
+}
