@@ -482,6 +482,11 @@ pub fn emit(e: &Event) {
 /// are judged by the backstop like any destination.
 #[inline(always)]
 pub fn judge_bind(ctx: &SockAddrContext, hook: u8, local: Dest) -> i32 {
+    // Free whatever governs the caller: checked first, as clients bind
+    // port 0 often and should pay nothing for it.
+    if local.port == 0 || is_loopback(&local) {
+        return RET_ALLOW;
+    }
     // SAFETY: ctx points at the kernel's bpf_sock_addr.
     let protocol = unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).protocol) };
     let (class, proto_bit) = class_of(protocol);
@@ -502,9 +507,6 @@ pub fn judge_bind(ctx: &SockAddrContext, hook: u8, local: Dest) -> i32 {
             local,
         );
     };
-    if local.port == 0 || is_loopback(&local) {
-        return RET_ALLOW;
-    }
     let why = if class == proto_class::OTHER {
         reason::PROTOCOL
     } else if listen_set != 0 && in_portset(listen_set, proto_bit, local.port) {
