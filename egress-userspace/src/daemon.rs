@@ -347,14 +347,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         ))
         .into());
     }
-    if let Some(b) = opts.ring_bytes {
-        if !b.is_power_of_two() || b < 4096 {
-            return Err(crate::exec::UsageError(format!(
-                "--ring-buffer-bytes {b}: use a power of two, at least 4096"
-            ))
-            .into());
-        }
-    }
+    crate::exec::check_ring_bytes(opts.ring_bytes)?;
     let mut base = load_policies(&opts.policy)?;
     let root = mounts::cgroup2_root()?;
     let mut seen = stamp(&opts.policy);

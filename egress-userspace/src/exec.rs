@@ -51,7 +51,19 @@ pub struct ExecOptions {
     pub io_uring: bool,
     /// Ports the command may listen on (`--listen PORT[/udp|/any]`).
     pub listen: Vec<String>,
+    /// Size of the deny-event ring buffer (`--ring-buffer-bytes`).
+    pub ring_bytes: Option<u32>,
     pub command: Vec<OsString>,
+}
+
+/// Checks a `--ring-buffer-bytes` value: a power of two, at least 4096.
+pub fn check_ring_bytes(bytes: Option<u32>) -> Result<(), UsageError> {
+    match bytes {
+        Some(b) if !b.is_power_of_two() || b < 4096 => Err(UsageError(format!(
+            "--ring-buffer-bytes {b}: use a power of two, at least 4096"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The policy `exec` runs under: a file, or the `--allow` options.
@@ -126,6 +138,10 @@ struct Summary {
     total: u64,
     /// Attempts not shown because `MAX_ROWS` distinct rows were reached.
     overflow: u64,
+    /// Events the ring buffer had no room for, and the refused (or
+    /// audited) attempts the kernel counted, events or not.
+    lost: u64,
+    counted: u64,
 }
 
 /// Distinct lines the summary keeps (an agent may try endless destinations).
@@ -187,7 +203,14 @@ impl Summary {
     fn print(&self, audit: bool) {
         let mut err = std::io::stderr().lock();
         let verb = if audit { "would have denied" } else { "denied" };
-        if self.total == 0 {
+        if self.lost > 0 {
+            let _ = writeln!(
+                err,
+                "egressd: {} event(s) were lost (the ring buffer was full; --ring-buffer-bytes makes it larger): the kernel counted {} attempt(s) it {verb}, of which these:",
+                self.lost, self.counted
+            );
+        }
+        if self.total == 0 && self.lost == 0 {
             let _ = writeln!(
                 err,
                 "egressd: nothing was {}",
@@ -349,6 +372,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
         )
         .into());
     }
+    check_ring_bytes(opts.ring_bytes)?;
     let policy = build_policy(&opts)?;
     let user = opts.user.as_deref().map(lookup_user).transpose()?;
     // SAFETY: geteuid has no preconditions.
@@ -399,13 +423,14 @@ async fn run_governed(
     user: Option<(u32, u32)>,
     signals: Signals,
 ) -> Result<(std::process::ExitStatus, Summary)> {
-    let (enforcer, ring) = Enforcer::load(None)?;
+    let (enforcer, ring) = Enforcer::load(opts.ring_bytes)?;
     let enforcer = Arc::new(Mutex::new(enforcer));
     let metrics = Arc::new(Metrics::new());
     let (dns_tx, mut dns_rx) = tokio::sync::mpsc::channel::<DnsEvent>(crate::dns::EVENT_QUEUE);
     let root = mounts::cgroup2_root()?;
     let cgroup = Cgroup::at(&root, cgroup_rel);
     let filter = seccomp::Filter::new(&policy.channels);
+    let name = policy.name.clone();
     policy.cgroups = vec![cgroup_rel.to_path_buf()];
     let mut governor = Governor::new(
         enforcer.clone(),
@@ -455,6 +480,16 @@ async fn run_governed(
     rec.kernel(events.drain());
     while let Ok(e) = dns_rx.try_recv() {
         rec.dns(&e);
+    }
+    // The kernel's counters are exact when events were lost.
+    if let Some(id) = governor.id(&name) {
+        let e = enforcer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Ok(c) = e.counts(id) {
+            rec.summary.lost = c.lost;
+            rec.summary.counted = c.total(verdict::DENIED) + c.total(verdict::AUDITED);
+        }
     }
     governor.abort_tasks();
     sweeper.abort();

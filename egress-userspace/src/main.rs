@@ -88,6 +88,10 @@ enum Command {
         /// default only warnings and the summary).
         #[arg(long, short)]
         verbose: bool,
+        /// Size of the deny-event ring buffer in bytes (power of two; default
+        /// 4 MiB). The summary says how many events it lost, if any.
+        #[arg(long, value_name = "BYTES")]
+        ring_buffer_bytes: Option<u32>,
         /// The command and its arguments (after --).
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
@@ -220,6 +224,7 @@ fn main() -> ExitCode {
             allow_io_uring,
             listen,
             command,
+            ring_buffer_bytes,
             ..
         } => {
             let opts = exec::ExecOptions {
@@ -232,6 +237,7 @@ fn main() -> ExitCode {
                 families: allow_family,
                 io_uring: allow_io_uring,
                 listen,
+                ring_bytes: ring_buffer_bytes,
                 command,
             };
             match runtime().block_on(exec::exec(opts)) {

@@ -398,3 +398,39 @@ fn exec_is_quiet_unless_asked() {
     );
     assert!(!r.stderr.contains('\u{1b}'), "colour codes: {:?}", r.stderr);
 }
+
+/// Events the ring buffer had no room for are not silently missing from
+/// `exec`'s summary: it says how many were lost and what the kernel's
+/// exact counters counted.
+#[test]
+fn exec_says_when_events_were_lost() {
+    require_root();
+    let ns = Netns::new("lost").unwrap();
+    let bad = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let r = exec(
+        &ns,
+        &["--allow", "198.51.100.1:443", "--ring-buffer-bytes", "4096"],
+        &[PROBE, "tcp", "203.0.113.9:443", "--count", "1000"],
+    )
+    .unwrap();
+    assert_eq!(r.stdout.trim(), "error: 1", "{}", r.stderr);
+    assert_eq!(bad.count(), 0);
+    // A 4 KiB ring holds about 50 events: most of the 1000 are lost.
+    assert!(
+        r.events.len() < 1000,
+        "no event was lost: {}",
+        r.events.len()
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("{} event(s) were lost", 1000 - r.events.len()))
+            && r.stderr.contains("the kernel counted 1000 attempt(s)"),
+        "{}",
+        r.stderr
+    );
+    let out = Command::new(bin())
+        .args(["exec", "--ring-buffer-bytes", "1000", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
