@@ -67,7 +67,7 @@ impl Metrics {
                 "Outbound connects and sends judged, by policy, verdict (allowed, denied, audited), protocol and reason.",
                 &["policy", "verdict", "protocol", "reason"]),
             lost: counter(&r, "egressd_events_lost_total",
-                "Deny and audit events the ring buffer had no room for (the attempts are still counted).",
+                "Deny and audit events lost: the kernel's ring buffer had no room, or the DNS proxy's writer was behind (the attempts are still counted).",
                 &["policy"]),
             events: counter(&r, "egressd_events_total",
                 "Deny and audit events received from the kernel.", &["policy", "verdict"]),
@@ -80,7 +80,7 @@ impl Metrics {
             cgroups: gauge(&r, "egressd_governed_cgroups",
                 "Cgroups governed by each policy.", &["policy"]),
             dns_queries: counter(&r, "egressd_dns_queries_total",
-                "DNS queries the proxy received, by verdict (allowed, denied, audited, error, malformed; event_lost counts deny events dropped because the writer was behind).",
+                "DNS queries the proxy received, by verdict (allowed, denied, audited, error, malformed); each query once.",
                 &["policy", "verdict"]),
             dns_evictions: counter(&r, "egressd_dns_evictions_total",
                 "Addresses dropped because a host rule held too many.", &["policy"]),
@@ -106,6 +106,13 @@ impl Metrics {
 
     pub fn dns_query(&self, policy: &str, verdict: &str) {
         self.dns_queries.with_label_values(&[policy, verdict]).inc();
+    }
+
+    /// A DNS deny (or audit) event dropped because its writer was behind:
+    /// counted with the kernel's lost events, not as a query verdict (which
+    /// would count the query twice).
+    pub fn dns_event_lost(&self, policy: &str) {
+        self.lost.with_label_values(&[policy]).inc();
     }
 
     pub fn dns_evicted(&self, policy: &str, n: usize) {
@@ -233,5 +240,27 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, enforcer: Arc<M
             let _ = conn.write_all(&response).await;
             let _ = conn.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_dns_event_is_not_a_query_verdict() {
+        let m = Metrics::new();
+        m.dns_query("p", "denied");
+        m.dns_event_lost("p");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("egressd_events_lost_total{policy=\"p\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("egressd_dns_queries_total{policy=\"p\",verdict=\"denied\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("event_lost\""), "{text}");
     }
 }

@@ -376,7 +376,7 @@ impl Proxy {
         if sent.is_err() {
             // The writer is behind: the query is still judged and counted;
             // only its event is lost, and that is counted too.
-            self.count("event_lost");
+            self.metrics.dns_event_lost(&self.name);
         }
     }
 
