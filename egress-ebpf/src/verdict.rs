@@ -492,27 +492,13 @@ pub fn judge_bind(ctx: &SockAddrContext, hook: u8, local: Dest) -> i32 {
     let (class, proto_bit) = class_of(protocol);
     let caller = Caller::Task;
     let (policy, live) = governing(caller);
-    let Some(Live {
-        audit, listen_set, ..
-    }) = live
-    else {
-        return conclude(
-            caller,
-            policy,
-            false,
-            reason::NO_POLICY,
-            class,
-            hook,
-            protocol as u8,
-            local,
-        );
-    };
-    let why = if class == proto_class::OTHER {
-        reason::PROTOCOL
-    } else if listen_set != 0 && in_portset(listen_set, proto_bit, local.port) {
-        reason::NONE
-    } else {
-        reason::LISTEN
+    let (audit, why) = match live {
+        None => (false, reason::NO_POLICY),
+        Some(_) if class == proto_class::OTHER => (false, reason::PROTOCOL),
+        Some(l) if l.listen_set != 0 && in_portset(l.listen_set, proto_bit, local.port) => {
+            (l.audit, reason::NONE)
+        }
+        Some(l) => (l.audit, reason::LISTEN),
     };
     conclude(
         caller,

@@ -28,7 +28,11 @@ use crate::{
     landlock,
     metrics::Metrics,
     mounts,
-    policy::{dest::parse_allow, file::load_file, DnsSettings, Mode, Policy, Protocol},
+    policy::{
+        dest::{parse_allow, parse_listen},
+        file::load_file,
+        DnsSettings, Mode, Policy,
+    },
     resolve, seccomp,
 };
 
@@ -109,21 +113,8 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
     }
     policy.channels.io_uring |= opts.io_uring;
     for l in &opts.listen {
-        let (port, protocol) = match l.rsplit_once('/') {
-            Some((p, proto)) => (
-                p,
-                proto
-                    .parse()
-                    .map_err(|e| UsageError(format!("--listen {l}: {e}")))?,
-            ),
-            None => (l.as_str(), Protocol::Tcp),
-        };
-        let ports = vec![port
-            .parse()
-            .map_err(|e| UsageError(format!("--listen {l}: {e}")))?];
-        policy
-            .listen
-            .push(crate::policy::Listen { ports, protocol });
+        let listen = parse_listen(l).map_err(|e| UsageError(format!("--listen {e}")))?;
+        policy.listen.push(listen);
     }
     Ok(policy)
 }
@@ -250,6 +241,7 @@ fn processes_of(uid: u32) -> usize {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };
+    let uid = uid.to_string();
     dir.flatten()
         .filter(|e| {
             e.file_name()
@@ -262,11 +254,7 @@ fn processes_of(uid: u32) -> usize {
             status
                 .lines()
                 .find_map(|l| l.strip_prefix("Uid:"))
-                .is_some_and(|ids| {
-                    ids.split_whitespace()
-                        .take(2)
-                        .any(|id| id == uid.to_string())
-                })
+                .is_some_and(|ids| ids.split_whitespace().take(2).any(|id| id == uid))
         })
         .count()
 }

@@ -6,16 +6,34 @@
 
 use std::net::IpAddr;
 
-use super::{Destination, Host, Net, PortRange, Protocol, Rule};
+use super::{Destination, Host, Listen, Net, PortRange, Protocol, Rule};
 
 const FORMS: &str = "write HOST:PORT, IP:PORT, CIDR:PORT or [IPv6]:PORT, with PORT a number, LOW-HIGH or *, and /udp or /any after it for UDP";
 
-/// Parses one `--allow` value.
-pub fn parse_allow(s: &str) -> Result<Rule, String> {
-    let (rest, protocol) = match s.rsplit_once('/') {
+/// Splits a `/tcp`, `/udp` or `/any` suffix off `s` (TCP without one).
+fn protocol_suffix(s: &str) -> Result<(&str, Protocol), String> {
+    Ok(match s.rsplit_once('/') {
         Some((rest, p @ ("tcp" | "udp" | "any"))) => (rest, p.parse::<Protocol>()?),
         _ => (s, Protocol::Tcp),
-    };
+    })
+}
+
+/// Parses one `--listen` value: `PORT` or `LOW-HIGH`, with a protocol
+/// suffix as `--allow` takes.
+pub fn parse_listen(s: &str) -> Result<Listen, String> {
+    let (port, protocol) = protocol_suffix(s)?;
+    let port = port
+        .parse::<PortRange>()
+        .map_err(|e| format!("`{s}`: {e}"))?;
+    Ok(Listen {
+        ports: vec![port],
+        protocol,
+    })
+}
+
+/// Parses one `--allow` value.
+pub fn parse_allow(s: &str) -> Result<Rule, String> {
+    let (rest, protocol) = protocol_suffix(s)?;
     let (dest, port) = if let Some(inner) = rest.strip_prefix('[') {
         let (addr, port) = inner.split_once("]:").ok_or_else(|| {
             format!("`{s}`: an IPv6 destination needs a port after `]:`; {FORMS}")
@@ -120,6 +138,13 @@ mod tests {
             .unwrap_err()
             .contains("public_suffix: intended"));
         assert!(parse_allow("*.pages.example.co.uk:443").is_ok());
+        let l = parse_listen("8000-8100/udp").unwrap();
+        assert_eq!(
+            (l.ports[0].lo, l.ports[0].hi, l.protocol),
+            (8000, 8100, Protocol::Udp)
+        );
+        assert_eq!(parse_listen("8080").unwrap().protocol, Protocol::Tcp);
+        assert!(parse_listen("http").is_err() && parse_listen("8080/sctp").is_err());
         assert_eq!(
             parse_allow("*.x.test:443").unwrap().dest.to_string(),
             "*.x.test"
