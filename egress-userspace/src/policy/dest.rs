@@ -22,9 +22,7 @@ fn protocol_suffix(s: &str) -> Result<(&str, Protocol), String> {
 /// suffix as `--allow` takes.
 pub fn parse_listen(s: &str) -> Result<Listen, String> {
     let (port, protocol) = protocol_suffix(s)?;
-    let port = port
-        .parse::<PortRange>()
-        .map_err(|e| format!("`{s}`: {e}"))?;
+    let port = port.parse::<PortRange>()?;
     Ok(Listen {
         ports: vec![port],
         protocol,
