@@ -33,6 +33,9 @@ pub mod map_names {
     pub const UNJUDGED: &str = "UNJUDGED";
     /// `Array<u64>` of settings, indexed by `crate::config`.
     pub const CONFIG: &str = "CONFIG";
+    /// `LpmTrie<UnixKey, u32 unix_entry flags>`: UNIX socket names a policy
+    /// allows (or refuses quietly).
+    pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
 }
 
 /// Program names (the function names in the eBPF crate).
@@ -51,6 +54,10 @@ pub mod program_names {
     pub const SOCK_OPS: &str = "egress_sock_ops";
     pub const BIND4: &str = "egress_bind4";
     pub const BIND6: &str = "egress_bind6";
+    /// Loaded by egressd itself as `cgroup/connect_unix` (Linux 6.7).
+    pub const CONNECT_UNIX: &str = "egress_connect_unix";
+    /// Loaded by egressd itself as `cgroup/sendmsg_unix` (Linux 6.7).
+    pub const SENDMSG_UNIX: &str = "egress_sendmsg_unix";
 }
 
 /// Policy ids run from 1 to `MAX_POLICIES - 1`; 0 means "no policy found".
@@ -200,6 +207,10 @@ pub mod hook {
     pub const PACKET_EGRESS: u8 = 7;
     pub const BIND4: u8 = 8;
     pub const BIND6: u8 = 9;
+    /// connect() of a UNIX socket (stream, datagram, seqpacket).
+    pub const CONNECT_UNIX: u8 = 10;
+    /// A UNIX datagram sent to an address (sendto, sendmsg with msg_name).
+    pub const SENDMSG_UNIX: u8 = 11;
 }
 
 /// Verdicts, as counted and reported.
@@ -247,7 +258,13 @@ pub mod reason {
     /// A bind to a port on an address other than loopback (a listening
     /// socket others could reach) that no `listen` rule allows.
     pub const LISTEN: u8 = 10;
-    pub const COUNT: u32 = 11;
+    /// A UNIX socket name (path or abstract) the policy does not allow.
+    pub const UNIX: u8 = 11;
+    /// A name-service daemon's UNIX socket (nscd, systemd-resolved): it
+    /// would resolve names past egressd's DNS proxy. Refused without an
+    /// event: every glibc lookup tries nscd first.
+    pub const NAME_SERVICE: u8 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Counter slots per policy: one per (verdict, protocol class, reason), then
@@ -299,6 +316,42 @@ pub struct Event {
     pub _pad: [u8; 5],
 }
 
+/// Bytes of `sun_path` in a `sockaddr_un`.
+pub const UNIX_PATH_MAX: usize = 108;
+/// Data part of a `UNIX_ALLOW` trie key: table id (big endian), then the
+/// name. A path is its bytes, NUL-padded; an abstract name is a 0 byte,
+/// its length, then its bytes (up to 107), so that names differing only
+/// in length differ. An exact path's entry covers its terminating NUL; a
+/// directory's (ending in `/`) covers everything beneath it.
+pub type UnixKey = [u8; UNIX_KEY_LEN];
+/// 4 + 109 bytes, rounded up so that the trie key (with its 4-byte prefix
+/// length) has no padding: batched writes lay keys end to end.
+pub const UNIX_KEY_LEN: usize = 4 + 112;
+/// Entries in `UNIX_ALLOW`, over all policies of one daemon.
+pub const MAX_UNIX_ENTRIES: u32 = 16384;
+
+/// Values of `UNIX_ALLOW`.
+pub mod unix_entry {
+    /// The policy allows this name.
+    pub const ALLOW: u32 = 1;
+    /// A name-service socket: refused (`reason::NAME_SERVICE`), no event.
+    pub const NAME_SERVICE: u32 = 2;
+}
+
+/// A refused (or audited) UNIX connect or send, with the name it was
+/// aimed at; sent through `EVENTS` like an `Event`, longer. `event.family`
+/// is `AF_UNIX`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixEvent {
+    pub event: Event,
+    /// `sun_path` as given: `name[..len]`; an abstract name starts with 0.
+    pub name: [u8; UNIX_PATH_MAX],
+    pub len: u8,
+    pub _pad: [u8; 3],
+}
+
+pub const AF_UNIX: u8 = 1;
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
 pub const IPPROTO_TCP: u8 = 6;
@@ -313,10 +366,12 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::DnsOrigin {}
     unsafe impl aya::Pod for super::DnsAsker {}
+    unsafe impl aya::Pod for super::UnixEvent {}
 }
 
 // Layout checks: a change that adds padding fails to compile.
 const _: () = assert!(core::mem::size_of::<Event>() == 72);
+const _: () = assert!(core::mem::size_of::<UnixEvent>() == 72 + 112);
 const _: () = assert!(core::mem::size_of::<PortRange>() == 8);
 const _: () = assert!(core::mem::size_of::<PortSet>() == 4 + 8 * MAX_PORT_RANGES);
 const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 16);

@@ -12,6 +12,7 @@ mod judged;
 mod maps;
 mod packet;
 mod udp;
+mod unix;
 mod verdict;
 
 use aya_ebpf::{
@@ -81,6 +82,21 @@ pub fn egress_getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn egress_getpeername6(ctx: SockAddrContext) -> i32 {
     dns::unredirect(&ctx, true)
+}
+
+/// connect() of a UNIX socket to a path or abstract name. Placed in a
+/// `connect4` section only because aya cannot name `connect_unix`:
+/// egressd loads it itself with the right attach type (see
+/// `egress-userspace/src/kernel/unix.rs`), never as connect4.
+#[cgroup_sock_addr(connect4)]
+pub fn egress_connect_unix(ctx: SockAddrContext) -> i32 {
+    unix::judge(&ctx, hook::CONNECT_UNIX)
+}
+
+/// A UNIX datagram sent to an address; loaded as `sendmsg_unix`, as above.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn egress_sendmsg_unix(ctx: SockAddrContext) -> i32 {
+    unix::judge(&ctx, hook::SENDMSG_UNIX)
 }
 
 /// socket(): refuses raw and ICMP sockets, which no other hook sees.

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use egress_common::{
     DnsAsker, DnsOrigin, Event, PolicyInfo, PortSet, V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES,
     MAX_ALLOW_ENTRIES, MAX_CGROUPS, MAX_DNS_ASKERS, MAX_DNS_SOCKETS, MAX_PENDING_UDP, MAX_POLICIES,
-    MAX_PORTSETS, MAX_UNJUDGED_SOCKETS,
+    MAX_PORTSETS, MAX_UNIX_ENTRIES, MAX_UNJUDGED_SOCKETS, UnixKey,
 };
 
 /// Cgroup id -> policy id, for each governed cgroup. Written by userspace when
@@ -75,6 +75,13 @@ pub static PENDING_UDP: LruHashMap<u64, Event> = LruHashMap::with_max_entries(MA
 /// proxy; read by userspace when the proxy reports a query.
 #[map(name = "DNS_ASKERS")]
 pub static DNS_ASKERS: LruHashMap<u32, DnsAsker> = LruHashMap::with_max_entries(MAX_DNS_ASKERS, 0);
+
+/// (table id, UNIX socket name) -> `egress_common::unix_entry`: the names
+/// a policy's `channels.unix` allows, and the name-service sockets it
+/// refuses quietly. Written by userspace with the table; read by the UNIX
+/// programs.
+#[map(name = "UNIX_ALLOW")]
+pub static UNIX_ALLOW: LpmTrie<UnixKey, u32> = LpmTrie::with_max_entries(MAX_UNIX_ENTRIES, 0);
 
 /// Settings written by userspace at load, read by the programs; see
 /// `egress_common::config`.

@@ -262,6 +262,9 @@ pub struct Plan {
     pub prefixes: Compiled,
     /// The groups behind each spec of `prefixes` (same index).
     sets: Vec<Rules>,
+    /// The `UNIX_ALLOW` entries of `channels.unix` (and the name-service
+    /// sockets it refuses quietly).
+    pub unix: Vec<crate::policy::unix::UnixEntry>,
     /// The prefix lengths present, longest first.
     lengths4: Vec<u8>,
     lengths6: Vec<u8>,
@@ -316,6 +319,7 @@ impl Plan {
             lengths4: lengths(&mut prefixes.v4.iter().map(|e| e.len)),
             lengths6: lengths(&mut prefixes.v6.iter().map(|e| e.len)),
             sets: specs.sets,
+            unix: crate::policy::unix::entries(&policy.channels.unix),
             groups,
             hosts,
             prefixes,

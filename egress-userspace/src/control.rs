@@ -73,29 +73,38 @@ pub fn status(enforcer: &Enforcer) -> Value {
             })
         })
         .collect();
-    let open: Vec<Value> = OPEN_CHANNELS
-        .iter()
+    let unix = enforcer.unix_hooks();
+    let open: Vec<Value> = open_channels(unix.err())
+        .into_iter()
         .map(|(channel, what)| json!({"channel": channel, "what_to_do": what}))
         .collect();
-    json!({ "policies": policies, "channels_not_closed": open })
+    let unix = match unix {
+        Ok(()) => "judged: connect and addressed sends to UNIX sockets reach only the names in channels.unix (cgroup connect_unix and sendmsg_unix)".to_string(),
+        Err(why) => format!("not judged: {why}"),
+    };
+    json!({ "policies": policies, "unix_sockets": unix, "channels_not_closed": open })
 }
 
 /// Channels `egressd run` does not close for the cgroups it governs, and
-/// what closes them instead (see the README's Channels table).
-const OPEN_CHANNELS: &[(&str, &str)] = &[
-    (
+/// what closes them instead (see the README's Channels table); `unix`:
+/// why UNIX sockets are not judged, if they are not.
+fn open_channels(unix: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut open = vec![(
         "socket families other than IP, UNIX and netlink (AF_VSOCK, AF_PACKET, ...), and io_uring",
-        "no cgroup program sees them: restrict them where the agent starts (RestrictAddressFamilies= and SystemCallFilter= in its unit, deploy/kubernetes/seccomp/egressd-agent.json for pods); egressd exec does",
-    ),
-    (
-        "UNIX sockets to processes outside the cgroup",
-        "not judged yet (the cgroup UNIX hooks of Linux 6.7 are not used)",
-    ),
-    (
+        "no cgroup program sees them: restrict them where the agent starts (RestrictAddressFamilies= and SystemCallFilter= in its unit, deploy/kubernetes/seccomp/egressd-agent.json for pods); egressd exec does".to_string(),
+    )];
+    if let Some(why) = unix {
+        open.push((
+            "UNIX sockets to processes outside the cgroup",
+            format!("{why}: run a kernel with them, or keep local daemons' sockets out of the agent's reach (a mount namespace, file permissions)"),
+        ));
+    }
+    open.push((
         "processes of the agent's uid outside the cgroup (ptrace, pidfd_getfd)",
-        "give each agent a uid no other process runs under (DynamicUser=yes); egressd exec closes this with Landlock",
-    ),
-];
+        "give each agent a uid no other process runs under (DynamicUser=yes); egressd exec closes this with Landlock".to_string(),
+    ));
+    open
+}
 
 /// Binds the control socket (replacing a stale one), root-only.
 pub fn bind(path: &Path) -> Result<UnixListener> {
@@ -200,6 +209,10 @@ pub async fn print_status(instance: &str, as_json: bool) -> Result<()> {
             p["allowed"], p["denied"], p["audited"], p["events_lost"]
         );
     }
+    println!(
+        "UNIX sockets: {}",
+        doc["unix_sockets"].as_str().unwrap_or("?")
+    );
     for c in doc["channels_not_closed"].as_array().into_iter().flatten() {
         println!(
             "not closed by egressd run: {}: {}",

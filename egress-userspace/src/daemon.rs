@@ -299,7 +299,7 @@ const EVENTS_PER_WRITE: usize = 4096;
 /// write), and to `events` clients if any are connected; counts them.
 /// Events read together share their time (when egressd read them).
 fn emit(
-    batch: Vec<egress_common::Event>,
+    batch: Vec<crate::events::Record>,
     describer: &Describer,
     metrics: &Metrics,
     feed: &EventFeed,

@@ -91,6 +91,11 @@ impl Enforcer {
         ))
     }
 
+    /// Whether UNIX sockets are judged (Linux 6.7's hooks): `Err` says why not.
+    pub fn unix_hooks(&self) -> Result<(), &str> {
+        self.kernel.unix()
+    }
+
     pub fn get(&self, id: u32) -> Option<&Installed> {
         self.installed.iter().find(|p| p.id == id)
     }

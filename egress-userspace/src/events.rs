@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use egress_common::{hook, Event, AF_INET, AF_INET6};
+use egress_common::{hook, Event, UnixEvent, AF_INET, AF_INET6, AF_UNIX};
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
@@ -19,13 +19,70 @@ use crate::{
     metrics::NO_POLICY_LABEL,
 };
 
-/// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Option<Event> {
+/// One ring-buffer record: an event, and for a UNIX socket the name it
+/// was aimed at (`sun_path` as given: an abstract name starts with 0).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub event: Event,
+    pub unix: Option<Vec<u8>>,
+}
+
+impl std::ops::Deref for Record {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl From<Event> for Record {
+    fn from(event: Event) -> Record {
+        Record { event, unix: None }
+    }
+}
+
+/// Decodes one ring-buffer record (an `Event`, or a `UnixEvent` when its
+/// family is `AF_UNIX`).
+pub fn decode(bytes: &[u8]) -> Option<Record> {
     if bytes.len() < std::mem::size_of::<Event>() {
         return None;
     }
     // SAFETY: Event is plain old data and the slice is long enough.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+    let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+    if event.family != AF_UNIX {
+        return Some(event.into());
+    }
+    if bytes.len() < std::mem::size_of::<UnixEvent>() {
+        return None;
+    }
+    // SAFETY: as above, for the longer UnixEvent.
+    let u = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<UnixEvent>()) };
+    let len = usize::from(u.len).min(u.name.len());
+    Some(Record {
+        event,
+        unix: Some(u.name[..len].to_vec()),
+    })
+}
+
+/// A UNIX socket name for people: a path up to its NUL; an abstract name
+/// as `@name`, with its other bytes escaped as `\xNN` where not printable.
+pub fn unix_name(raw: &[u8]) -> String {
+    match raw.split_first() {
+        Some((0, rest)) => {
+            let mut out = String::from("@");
+            for &b in rest {
+                if b.is_ascii_graphic() || b == b' ' {
+                    out.push(b as char);
+                } else {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            out
+        }
+        _ => {
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+            String::from_utf8_lossy(&raw[..end]).into_owned()
+        }
+    }
 }
 
 /// The ring buffer, readable from async code.
@@ -42,7 +99,7 @@ impl EventStream {
     }
 
     /// Everything in the buffer now, without waiting.
-    pub fn drain(&mut self) -> Vec<Event> {
+    pub fn drain(&mut self) -> Vec<Record> {
         let ring = self.ring.get_mut();
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
@@ -54,7 +111,7 @@ impl EventStream {
     }
 
     /// Waits until events arrive, then returns them.
-    pub async fn next_batch(&mut self) -> std::io::Result<Vec<Event>> {
+    pub async fn next_batch(&mut self) -> std::io::Result<Vec<Record>> {
         loop {
             let mut guard = self.ring.readable_mut().await?;
             let ring = guard.get_inner_mut();
@@ -120,6 +177,8 @@ fn hook_name(h: u8) -> &'static str {
         hook::PACKET_EGRESS => "packet_egress",
         hook::BIND4 => "bind4",
         hook::BIND6 => "bind6",
+        hook::CONNECT_UNIX => "connect_unix",
+        hook::SENDMSG_UNIX => "sendmsg_unix",
         _ => "unknown",
     }
 }
@@ -196,18 +255,18 @@ impl Describer {
 
     /// One event as a JSON object.
     /// The event as a JSON object.
-    pub fn json(&self, e: &Event) -> serde_json::Value {
+    pub fn json(&self, e: &Record) -> serde_json::Value {
         serde_json::to_value(self.line(e, &timestamp(SystemTime::now())))
             .expect("an event line is plain data")
     }
 
     /// The event as one JSON line appended to `out`, stamped `time`.
-    pub fn write_line(&self, e: &Event, time: &str, out: &mut Vec<u8>) {
+    pub fn write_line(&self, e: &Record, time: &str, out: &mut Vec<u8>) {
         serde_json::to_writer(&mut *out, &self.line(e, time)).expect("writing to memory");
         out.push(b'\n');
     }
 
-    fn line<'a>(&'a self, e: &'a Event, time: &'a str) -> Line<'a> {
+    fn line<'a>(&'a self, e: &'a Record, time: &'a str) -> Line<'a> {
         Line {
             cgroup_id: e.cgroup_id,
             comm: comm(e),
@@ -216,6 +275,7 @@ impl Describer {
             family: match e.family {
                 AF_INET => "ipv4",
                 AF_INET6 => "ipv6",
+                AF_UNIX => "unix",
                 _ => "none",
             },
             gid: e.gid,
@@ -223,7 +283,12 @@ impl Describer {
             host: self.host(e),
             pid: e.tgid,
             policy: self.policy(e.policy_id),
-            protocol: protocol_name(e.protocol),
+            path: e.unix.as_deref().map(unix_name),
+            protocol: if e.family == AF_UNIX {
+                "unix".into()
+            } else {
+                protocol_name(e.protocol)
+            },
             reason: reason_name(e.reason),
             tid: e.pid,
             time,
@@ -245,6 +310,9 @@ struct Line<'a> {
     hook: &'static str,
     host: Option<String>,
     pid: u32,
+    /// The UNIX socket name, for UNIX events only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
     policy: &'a str,
     protocol: Cow<'static, str>,
     reason: &'static str,
@@ -286,5 +354,40 @@ mod tests {
         assert_eq!(address(&d), Some("203.0.113.9".parse().unwrap()));
         assert_eq!(comm(&d), "python3");
         assert!(decode(&bytes[..10]).is_none());
+    }
+
+    #[test]
+    fn decodes_a_unix_event_with_its_name() {
+        let mut u = UnixEvent {
+            event: Event {
+                family: AF_UNIX,
+                hook: hook::CONNECT_UNIX,
+                ..Default::default()
+            },
+            name: [0xff; egress_common::UNIX_PATH_MAX],
+            len: 4,
+            _pad: [0; 3],
+        };
+        u.name[..4].copy_from_slice(b"\0a\nb");
+        // SAFETY: UnixEvent is plain old data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&u as *const UnixEvent).cast::<u8>(),
+                std::mem::size_of::<UnixEvent>(),
+            )
+        };
+        let r = decode(bytes).unwrap();
+        assert_eq!(unix_name(r.unix.as_deref().unwrap()), "@a\\x0ab");
+        // Cut short: not decoded as something else.
+        assert!(decode(&bytes[..80]).is_none());
+        assert_eq!(unix_name(b"/run/x.sock\0garbage"), "/run/x.sock");
+        let d = Describer {
+            policies: HashMap::new(),
+            names: Default::default(),
+        };
+        let j = d.json(&r);
+        assert_eq!(j["path"], "@a\\x0ab");
+        assert_eq!(j["protocol"], "unix");
+        assert_eq!(j["hook"], "connect_unix");
     }
 }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use egress_common::{verdict, Event};
+use egress_common::verdict;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
     daemon::SWEEP_PERIOD,
     dns::DnsEvent,
     enforcer::Enforcer,
-    events::{address, comm, protocol_name, Describer, EventStream},
+    events::{address, comm, protocol_name, unix_name, Describer, EventStream, Record},
     governor::Governor,
     kernel::{counters::reason_name, pins},
     landlock,
@@ -53,6 +53,8 @@ pub struct ExecOptions {
     pub families: Vec<String>,
     /// Let the command use io_uring (`--allow-io-uring`).
     pub io_uring: bool,
+    /// UNIX socket names the command may reach (`--allow-unix`).
+    pub unix: Vec<String>,
     /// Ports the command may listen on (`--listen PORT[/udp|/any]`).
     pub listen: Vec<String>,
     /// Size of the deny-event ring buffer (`--ring-buffer-bytes`).
@@ -112,6 +114,12 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
         policy.channels.families.push(family);
     }
     policy.channels.io_uring |= opts.io_uring;
+    for u in &opts.unix {
+        let name = u
+            .parse()
+            .map_err(|e| UsageError(format!("--allow-unix {e}")))?;
+        policy.channels.unix.push(name);
+    }
     for l in &opts.listen {
         let listen = parse_listen(l).map_err(|e| UsageError(format!("--listen {e}")))?;
         policy.listen.push(listen);
@@ -139,15 +147,19 @@ struct Summary {
 const MAX_ROWS: usize = 1000;
 
 impl Summary {
-    fn add(&mut self, e: &Event, d: &Describer) {
+    fn add(&mut self, e: &Record, d: &Describer) {
         let dest = match address(e) {
+            _ if e.unix.is_some() => unix_name(e.unix.as_deref().unwrap_or_default()),
             Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{}", e.port),
             Some(a) => format!("{a}:{}", e.port),
             None if e.hook == egress_common::hook::SOCK_CREATE => "(socket refused)".into(),
             None => "(no destination)".into(),
         };
         let key = (
-            format!("{} {dest}", protocol_name(e.protocol)),
+            match e.unix {
+                Some(_) => format!("unix {dest}"),
+                None => format!("{} {dest}", protocol_name(e.protocol)),
+            },
             d.host(e).map(|h| format!(" ({h})")).unwrap_or_default(),
             comm(e).into_owned(),
             reason_name(e.reason).to_string(),
@@ -285,10 +297,12 @@ fn spawn_in(
     command: &[OsString],
     user: Option<(u32, u32)>,
     filter: seccomp::Filter,
+    scope_abstract_unix: bool,
 ) -> Result<tokio::process::Child> {
     let procs = procs_file(cgroup)?;
     let fd = procs.as_raw_fd();
-    let domain = landlock::Domain::prepare().context("preparing the command's Landlock domain")?;
+    let domain = landlock::Domain::prepare(scope_abstract_unix)
+        .context("preparing the command's Landlock domain")?;
     if domain.is_none() {
         let others = user.map_or(0, |(uid, _)| processes_of(uid));
         eprintln!(
@@ -419,6 +433,29 @@ async fn run_governed(
     let cgroup = Cgroup::at(&root, cgroup_rel);
     let filter = seccomp::Filter::new(&policy.channels);
     let name = policy.name.clone();
+    let unix = enforcer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unix_hooks()
+        .map_err(str::to_string);
+    let allows_abstract = policy
+        .channels
+        .unix
+        .iter()
+        .any(|n| matches!(n, crate::policy::unix::UnixName::Abstract(_)));
+    // The UNIX hooks judge abstract names where the policy allows some;
+    // elsewhere Landlock's scope (ABI 6) refuses those made outside.
+    let scope_abstract_unix = !(allows_abstract && unix.is_ok());
+    if let Err(why) = &unix {
+        eprintln!(
+            "egressd: warning: UNIX sockets are not judged: {why}; the command can connect to any UNIX socket path it can open{}",
+            if allows_abstract {
+                " (and --allow-unix @names stay refused by Landlock's scope)"
+            } else {
+                ""
+            }
+        );
+    }
     policy.cgroups = vec![cgroup_rel.to_path_buf()];
     let mut governor = Governor::new(
         enforcer.clone(),
@@ -449,7 +486,7 @@ async fn run_governed(
         mut term,
         mut hup,
     } = signals;
-    let mut child = spawn_in(&cgroup, &opts.command, user, filter)?;
+    let mut child = spawn_in(&cgroup, &opts.command, user, filter, scope_abstract_unix)?;
     let pid = child.id().context("child has no pid")? as i32;
     let forward = |sig: i32| {
         // SAFETY: kill has no memory preconditions; pid is our child's.
@@ -492,7 +529,7 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn kernel(&mut self, batch: Vec<Event>) {
+    fn kernel(&mut self, batch: Vec<Record>) {
         for e in batch {
             if e.verdict != verdict::ALLOWED {
                 self.summary.add(&e, &self.describer);

@@ -75,7 +75,9 @@ pub fn missing() -> &'static str {
 impl Domain {
     /// The ruleset for this kernel, or `None` without Landlock (ABI 1 is
     /// skipped: there a domain always refuses renames across directories).
-    pub fn prepare() -> std::io::Result<Option<Domain>> {
+    /// `abstract_unix`: scope abstract UNIX sockets too (not when the
+    /// policy allows abstract names, which the UNIX hooks then judge).
+    pub fn prepare(abstract_unix: bool) -> std::io::Result<Option<Domain>> {
         let Some(abi) = abi() else {
             return Ok(None);
         };
@@ -83,7 +85,12 @@ impl Domain {
             let attr = RulesetAttr {
                 handled_access_fs: 0,
                 handled_access_net: 0,
-                scoped: SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL,
+                scoped: SCOPE_SIGNAL
+                    | if abstract_unix {
+                        SCOPE_ABSTRACT_UNIX_SOCKET
+                    } else {
+                        0
+                    },
             };
             (attr, 24usize, Coverage::PtraceAndAbstractUnix)
         } else if abi >= 2 {

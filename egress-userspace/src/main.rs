@@ -80,6 +80,11 @@ enum Command {
         /// family filter's sight).
         #[arg(long)]
         allow_io_uring: bool,
+        /// Let the command connect or send to this UNIX socket: a path, a
+        /// directory ending in / (every socket beneath it), or @name (an
+        /// abstract name). Repeatable.
+        #[arg(long, value_name = "NAME")]
+        allow_unix: Vec<String>,
         /// Let the command listen on PORT (LOW-HIGH; add /udp or /any)
         /// on addresses other than loopback. Repeatable.
         #[arg(long, value_name = "PORT")]
@@ -222,6 +227,7 @@ fn main() -> ExitCode {
             user,
             allow_family,
             allow_io_uring,
+            allow_unix,
             listen,
             command,
             ring_buffer_bytes,
@@ -236,6 +242,7 @@ fn main() -> ExitCode {
                 user,
                 families: allow_family,
                 io_uring: allow_io_uring,
+                unix: allow_unix,
                 listen,
                 ring_bytes: ring_buffer_bytes,
                 command,

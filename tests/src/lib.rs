@@ -1,13 +1,15 @@
 //! Test harness for egressd's root-only integration tests: network
 //! namespaces with documentation addresses (`netns`), listeners that count
 //! what reaches them (`listen`), a DNS server for `.test` names (`dns`), and
-//! the real egressd binary run as `exec` or as a daemon (`egressd`).
+//! the real egressd binary run as `exec` or as a daemon (`egressd`), and
+//! programs outside any governed cgroup (`outside`).
 //!
 //! Nothing here sends a packet outside a namespace the test created.
 pub mod dns;
 pub mod egressd;
 pub mod listen;
 pub mod netns;
+pub mod outside;
 
 /// Skips a test loudly (it is reported on stderr, never counted as a pass
 /// by a reader of the output) when not running as root.
@@ -16,4 +18,17 @@ pub fn require_root() {
     if unsafe { libc::geteuid() } != 0 {
         panic!("these tests need root (BPF, cgroups, network namespaces): run `cargo xtask test` as root");
     }
+}
+
+/// Whether the running kernel is `major.minor` or later (from
+/// /proc/sys/kernel/osrelease): tests of a hook newer than the kernel
+/// assert what egressd says instead (that the channel is not closed).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
 }

@@ -2,50 +2,15 @@
 //! sockets of a process outside the cgroup, and local deputies over UNIX
 //! sockets. Each attack is proven held at the receiving end.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-};
+use std::process::Command;
 
 use egress_tests::{
     egressd::{bin, exec, Daemon, TempDir, TestCgroup},
     listen::Listener,
     netns::Netns,
+    outside::{Outside, PYTHON},
     require_root,
 };
-
-/// Debian's Python, which any user can run (`python3` on PATH may be a
-/// shim in root's home).
-const PYTHON: &str = "/usr/bin/python3";
-
-/// A Python program run outside the governed cgroup (in `ns`), as `uid`,
-/// that prints one line when ready; killed on drop.
-struct Outside(Child);
-
-impl Outside {
-    fn start(ns: &Netns, uid: u32, program: &str) -> (Outside, String) {
-        let id = uid.to_string();
-        let mut child = ns
-            .command("setpriv")
-            .args(["--reuid", &id, "--regid", &id, "--clear-groups"])
-            .args([PYTHON, "-c", program])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        (Outside(child), line.trim().to_string())
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `exec --user nobody`: another process of nobody's, outside the cgroup,
 /// holds a UDP socket connected to a destination the policy refuses. The

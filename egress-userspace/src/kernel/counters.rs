@@ -96,6 +96,8 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::PACKET => "packet_destination_not_allowed",
         reason::OTHER_NETNS_LOOPBACK => "loopback_of_another_netns",
         reason::LISTEN => "listen_not_allowed",
+        reason::UNIX => "unix_not_allowed",
+        reason::NAME_SERVICE => "name_service_socket",
         _ => "unknown",
     }
 }

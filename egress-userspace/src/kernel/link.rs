@@ -28,6 +28,8 @@ pub mod attach_type {
     pub const CGROUP_SOCK_OPS: u32 = 3;
     pub const CGROUP_INET4_BIND: u32 = 8;
     pub const CGROUP_INET6_BIND: u32 = 9;
+    pub const CGROUP_UNIX_CONNECT: u32 = 49;
+    pub const CGROUP_UNIX_SENDMSG: u32 = 50;
 }
 
 use super::sys::{bpf, BPF_LINK_CREATE, BPF_OBJ_PIN};

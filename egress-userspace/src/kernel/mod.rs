@@ -9,6 +9,7 @@ pub mod link;
 pub mod pins;
 pub mod sys;
 pub mod tables;
+pub mod unix;
 
 use std::{
     os::fd::{AsFd, OwnedFd},
@@ -21,7 +22,9 @@ use aya::{
     programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, SockOps},
     Ebpf,
 };
-use egress_common::{map_names, program_names, DnsAsker, PolicyInfo, PortSet, V4Key, V6Key};
+use egress_common::{
+    map_names, program_names, DnsAsker, PolicyInfo, PortSet, UnixKey, V4Key, V6Key,
+};
 use link::attach_type;
 
 use crate::cgroup::Cgroup;
@@ -89,6 +92,8 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    #[error("loading the UNIX socket programs (this kernel has their hooks): {0}")]
+    Unix(String),
     #[error("the eBPF object has no map `{0}`")]
     MissingMap(&'static str),
     #[error("map `{name}`")]
@@ -109,11 +114,14 @@ pub struct Maps {
     pub counters: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, u64>,
     pub dns_askers: HashMap<MapData, u32, DnsAsker>,
+    pub unix_allow: LpmTrie<MapData, UnixKey, u32>,
 }
 
 /// The loaded programs and their maps.
 pub struct Kernel {
     ebpf: Ebpf,
+    /// The UNIX programs, or why this kernel cannot run them.
+    unix: Result<unix::Loaded, String>,
 }
 
 /// Links attached for one cgroup, one per program; dropping one detaches it
@@ -145,7 +153,17 @@ impl Kernel {
             };
             loaded.map_err(|source| KernelError::Load { name, source })?;
         }
-        Ok(Kernel { ebpf })
+        let unix = if unix::supported() {
+            Ok(unix::load(&ebpf, OBJECT).map_err(|e| KernelError::Unix(format!("{e:#}")))?)
+        } else {
+            Err(unix::UNSUPPORTED.to_string())
+        };
+        Ok(Kernel { ebpf, unix })
+    }
+
+    /// Whether UNIX sockets are judged: `Err` says why not.
+    pub fn unix(&self) -> Result<(), &str> {
+        self.unix.as_ref().map(drop).map_err(String::as_str)
     }
 
     fn take<T>(&mut self, name: &'static str) -> Result<T, KernelError>
@@ -170,6 +188,7 @@ impl Kernel {
             counters: self.take(map_names::COUNTERS)?,
             config: self.take(map_names::CONFIG)?,
             dns_askers: self.take(map_names::DNS_ASKERS)?,
+            unix_allow: self.take(map_names::UNIX_ALLOW)?,
         };
         let events = self.take(map_names::EVENTS)?;
         Ok((maps, events))
@@ -196,6 +215,18 @@ impl Kernel {
                 }
             })?;
             links.push((name, link));
+        }
+        if let Ok(unix) = &self.unix {
+            for (name, attach_type, prog_fd) in unix.iter() {
+                let link = link::create(prog_fd, fd.as_fd(), attach_type).map_err(|e| {
+                    KernelError::Attach {
+                        name,
+                        cgroup: cgroup.path.display().to_string(),
+                        source: e,
+                    }
+                })?;
+                links.push((name, link));
+            }
         }
         Ok(Attachment { links })
     }

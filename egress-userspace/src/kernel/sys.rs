@@ -1,5 +1,6 @@
 //! The bpf(2) syscall for the few commands aya 0.14 does not offer: cgroup
-//! links and pins (see `link`), and batched map writes (one entry per
+//! links and pins (see `link`), loading the UNIX programs (see `unix`),
+//! and batched map writes (one entry per
 //! syscall where the kernel has no batches). The kernel ABI for these is
 //! small and stable.
 
@@ -11,6 +12,7 @@ use std::{
 
 pub const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 pub const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+pub const BPF_PROG_LOAD: libc::c_long = 5;
 pub const BPF_OBJ_PIN: libc::c_long = 6;
 pub const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 pub const BPF_MAP_DELETE_BATCH: libc::c_long = 27;

@@ -16,10 +16,13 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{IterableMap, MapError};
-use egress_common::{PolicyInfo, PortSet, MAX_PORTSETS, TABLE_BITS};
+use egress_common::{PolicyInfo, PortSet, MAX_PORTSETS, TABLE_BITS, UNIX_KEY_LEN};
 
 use super::{sys, Maps};
-use crate::compile::{Compiled, Entry, Plan, PortSpec};
+use crate::{
+    compile::{Compiled, Entry, Plan, PortSpec},
+    policy::unix::UnixEntry,
+};
 
 /// The kernel maps, and what userspace last wrote into them.
 pub struct Tables {
@@ -154,6 +157,22 @@ fn find<'a, A: Ord + Copy>(prefixes: &'a [Entry<A>], e: &Entry<A>) -> Option<&'a
         .binary_search_by(|p| (p.addr, p.len).cmp(&(e.addr, e.len)))
         .ok()
         .map(|i| &prefixes[i])
+}
+
+/// The `UNIX_ALLOW` keys of `entries` in `table`.
+fn unix_keys(table: u32, entries: &[UnixEntry]) -> Vec<TrieKey<UNIX_KEY_LEN>> {
+    entries
+        .iter()
+        .map(|e| TrieKey {
+            prefix_len: TABLE_BITS + e.bits,
+            data: {
+                let mut data = [0u8; UNIX_KEY_LEN];
+                data[..4].copy_from_slice(&table.to_be_bytes());
+                data[4..].copy_from_slice(&e.name);
+                data
+            },
+        })
+        .collect()
 }
 
 fn keys<A: Prefix>(table: u32, entries: &[Entry<A>]) -> Vec<A::Key> {
@@ -324,7 +343,14 @@ impl Tables {
             .context("writing IPv4 allow entries")?;
         sys::update_each(fd6, &keys(table, &p.v6), &values_of(&p.v6, &ids))
             .context("writing IPv6 allow entries")?;
+        let values: Vec<u32> = plan.unix.iter().map(|e| e.value).collect();
+        sys::update_each(self.unix_fd(), &unix_keys(table, &plan.unix), &values)
+            .context("writing UNIX socket entries")?;
         Ok(())
+    }
+
+    fn unix_fd(&self) -> BorrowedFd<'_> {
+        self.maps.unix_allow.map().fd().as_fd()
     }
 
     fn fds(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
@@ -395,6 +421,7 @@ impl Tables {
             .and(sys::delete_each(fd6, &keys(table, &p.v6)))
             .and(sys::delete_each(fd4, &keys(table, &extra(&held.v4, &p.v4))))
             .and(sys::delete_each(fd6, &keys(table, &extra(&held.v6, &p.v6))))
+            .and(sys::delete_each(self.unix_fd(), &unix_keys(table, &held.plan.unix)))
             .with_context(|| format!("deleting table {table}"))
     }
 

@@ -4,7 +4,8 @@
 //! check themselves as they are read, so every error carries its line), then
 //! compile (`crate::compile`). `dest` parses `egressd exec --allow` options
 //! into the same rules; `lint` finds allowed-but-dangerous destinations;
-//! `suffix` knows the public suffixes, below which anyone can make a name.
+//! `suffix` knows the public suffixes, below which anyone can make a name;
+//! `unix` reads `channels.unix`.
 
 pub mod dest;
 pub mod fields;
@@ -12,6 +13,7 @@ pub mod file;
 pub mod lint;
 pub mod special;
 pub mod suffix;
+pub mod unix;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -55,6 +57,8 @@ pub struct Channels {
     pub families: Vec<fields::Family>,
     /// io_uring, which can make sockets out of a seccomp filter's sight.
     pub io_uring: bool,
+    /// UNIX socket names the processes may connect or send to.
+    pub unix: Vec<unix::UnixName>,
 }
 
 /// Pods a policy governs: those in `namespace` (`*`: any) carrying every

@@ -1,0 +1,164 @@
+//! UNIX sockets (Linux 6.7's cgroup UNIX hooks): a connect() or an
+//! addressed datagram reaches a path or abstract name only where the
+//! policy's `channels.unix` allows it. A local daemon outside the cgroup
+//! (a mail server, docker.sock, a resolver) would otherwise carry data out
+//! for the agent.
+//!
+//! Socket pairs and inherited sockets never meet these hooks: they were
+//! connected by whoever made them.
+
+use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::lpm_trie::Key, programs::SockAddrContext};
+use egress_common::{
+    counter_index, proto_class, reason, unix_entry, verdict, UnixEvent, UnixKey, AF_UNIX,
+    TABLE_BITS, UNIX_KEY_LEN, UNIX_PATH_MAX,
+};
+
+use crate::{
+    dest::Dest,
+    maps::{bump, EVENTS, UNIX_ALLOW},
+    verdict::{event, governing, Caller, Live},
+};
+
+/// Offsets in the kernel's `struct bpf_sock_addr_kern`, which a cgroup
+/// sock_addr program's context really is: `struct sock *sk; struct
+/// sockaddr *uaddr; u64 tmp_reg; void *t_ctx; u32 uaddrlen;` (the layout of
+/// every kernel with UNIX hooks). `bpf_sock_addr` has no field for a UNIX
+/// name; the kernel's selftests reach `uaddr` the same way, through kfuncs.
+const UADDR_OFFSET: usize = 8;
+const UADDRLEN_OFFSET: usize = 32;
+/// `sizeof(sa_family_t)`: `sun_path` follows it.
+const FAMILY_BYTES: u32 = 2;
+
+/// A UNIX name as the caller gave it: `raw[..len]` (the kernel checked
+/// the address before this hook: `len` is at least 1).
+struct Name {
+    raw: [u8; UNIX_PATH_MAX],
+    len: usize,
+}
+
+/// Reads the name the caller aims at out of the kernel's copy of its
+/// address; `None` if it cannot be read.
+#[inline(always)]
+fn read_name(ctx: &SockAddrContext) -> Option<Name> {
+    let kern = ctx.sock_addr as *const u8;
+    // SAFETY: the context is a `bpf_sock_addr_kern` (see above); the reads
+    // are checked by the helper and fail rather than fault.
+    unsafe {
+        let uaddr = bpf_probe_read_kernel(kern.add(UADDR_OFFSET) as *const *const u8).ok()?;
+        let uaddrlen = bpf_probe_read_kernel(kern.add(UADDRLEN_OFFSET) as *const u32).ok()?;
+        // The address is a kernel copy in a sockaddr_storage: all of
+        // sun_path is readable, what lies past uaddrlen is not the caller's.
+        let raw = bpf_probe_read_kernel(uaddr.add(FAMILY_BYTES as usize) as *const [u8; UNIX_PATH_MAX])
+            .ok()?;
+        let len = uaddrlen.saturating_sub(FAMILY_BYTES).min(UNIX_PATH_MAX as u32) as usize;
+        Some(Name { raw, len })
+    }
+}
+
+/// The trie key of `name` under `table` (see `egress_common::UnixKey`),
+/// and whether a path climbs out of a directory with `..` (which a
+/// directory entry must not cover).
+#[inline(always)]
+fn key_of(table: u32, name: &Name) -> (UnixKey, bool) {
+    let mut data: UnixKey = [0; UNIX_KEY_LEN];
+    data[..4].copy_from_slice(&table.to_be_bytes());
+    let mut climbs = false;
+    if name.raw[0] == 0 {
+        // Abstract: 0, length, name (after its leading 0).
+        data[5] = (name.len - 1) as u8;
+        let mut i = 1;
+        while i < UNIX_PATH_MAX {
+            if i < name.len {
+                data[5 + i] = name.raw[i];
+            }
+            i += 1;
+        }
+    } else {
+        // A path: up to its NUL or its length.
+        let mut ended = false;
+        let mut i = 0;
+        while i < UNIX_PATH_MAX {
+            let b = name.raw[i];
+            ended |= b == 0 || i >= name.len;
+            if !ended {
+                data[4 + i] = b;
+                if b == b'.' && i >= 2 && name.raw[i - 1] == b'.' && name.raw[i - 2] == b'/' {
+                    climbs = true;
+                }
+            }
+            i += 1;
+        }
+    }
+    (data, climbs)
+}
+
+/// Judges a UNIX connect or addressed send; returns the program's value.
+#[inline(always)]
+pub fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
+    let caller = Caller::Task;
+    let (policy, live) = governing(caller);
+    let Some(name) = read_name(ctx) else {
+        // Unreadable: judged as a name nothing allows.
+        let empty = Name {
+            raw: [0; UNIX_PATH_MAX],
+            len: 0,
+        };
+        return conclude(policy, live, reason::UNIX, hook, &empty);
+    };
+    let Some(Live { table, .. }) = live else {
+        return conclude(policy, live, reason::NO_POLICY, hook, &name);
+    };
+    let (data, climbs) = key_of(table, &name);
+    let entry = UNIX_ALLOW
+        .get(Key::new(TABLE_BITS + 8 * (UNIX_KEY_LEN as u32 - 4), data))
+        .copied()
+        .unwrap_or(0);
+    let why = match entry {
+        unix_entry::ALLOW if !climbs => reason::NONE,
+        unix_entry::NAME_SERVICE => reason::NAME_SERVICE,
+        _ => reason::UNIX,
+    };
+    conclude(policy, live, why, hook, &name)
+}
+
+/// Counts the attempt and, unless allowed or a name-service socket,
+/// reports it with its name; 1 allows, 0 refuses (audit mode allows).
+#[inline(always)]
+fn conclude(policy: u32, live: Option<Live>, why: u8, hook: u8, name: &Name) -> i32 {
+    let class = proto_class::OTHER;
+    if why == reason::NONE {
+        bump(counter_index(policy, verdict::ALLOWED, class, why));
+        return 1;
+    }
+    let audit = matches!(live, Some(Live { audit: true, .. }));
+    let v = if audit {
+        verdict::AUDITED
+    } else {
+        verdict::DENIED
+    };
+    bump(counter_index(policy, v, class, why));
+    if why != reason::NAME_SERVICE {
+        report(policy, v, why, hook, name);
+    }
+    i32::from(audit)
+}
+
+#[inline(always)]
+fn report(policy: u32, v: u8, why: u8, hook: u8, name: &Name) {
+    let dest = Dest {
+        family: AF_UNIX,
+        addr: [0; 16],
+        port: 0,
+    };
+    let Some(mut entry) = EVENTS.reserve::<UnixEvent>(0) else {
+        bump(egress_common::lost_index(policy));
+        return;
+    };
+    entry.write(UnixEvent {
+        event: event(Caller::Task, policy, hook, v, why, 0, dest),
+        name: name.raw,
+        len: name.len as u8,
+        _pad: [0; 3],
+    });
+    entry.submit(0);
+}

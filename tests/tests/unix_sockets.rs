@@ -1,0 +1,236 @@
+//! UNIX sockets (Linux 6.7's cgroup hooks): a local daemon outside the
+//! cgroup (a mail server, docker.sock, a resolver) would carry data out for
+//! the agent. A connect() or an addressed datagram reaches only the names
+//! the policy lists; each refusal is proven at the deputy, which logs every
+//! byte that reaches it. On an older kernel, egressd must say that UNIX
+//! sockets are not judged.
+
+use std::path::Path;
+
+use egress_tests::{
+    egressd::{exec, ExecResult, TempDir},
+    kernel_at_least,
+    netns::Netns,
+    outside::{Outside, PYTHON},
+    require_root,
+};
+
+/// A deputy outside the cgroup, as root: a stream and a datagram socket at
+/// `dir/stream.sock` and `dir/dgram.sock`, and an abstract stream socket
+/// `@name`. It appends what reaches it to `dir/log` (`stream 6`, ...).
+fn deputy(ns: &Netns, dir: &Path, name: &str) -> Outside {
+    let d = dir.display();
+    let program = format!(
+        "import socket, select\n\
+         log = open('{d}/log', 'a', buffering=1)\n\
+         st = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); st.bind('{d}/stream.sock'); st.listen(8)\n\
+         dg = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); dg.bind('{d}/dgram.sock')\n\
+         ab = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); ab.bind('\\0{name}'); ab.listen(8)\n\
+         print('ready', flush=True)\n\
+         while True:\n    \
+             r, _, _ = select.select([st, dg, ab], [], [], 60)\n    \
+             if not r: break\n    \
+             for s in r:\n        \
+                 if s is dg:\n            \
+                     log.write('dgram %d\\n' % len(s.recv(1000))); continue\n        \
+                 c, _ = s.accept(); c.settimeout(2)\n        \
+                 try: got = c.recv(1000)\n        \
+                 except Exception: got = b''\n        \
+                 log.write('%s %d\\n' % ('stream' if s is st else 'abstract', len(got))); c.close()\n"
+    );
+    let (deputy, ready) = Outside::start(ns, 0, &program);
+    assert_eq!(ready, "ready");
+    deputy
+}
+
+/// A client that tries each `kind=name` of its arguments (`stream`,
+/// `dgram`: send 6 bytes; `own`: bind that path, connect to it, send
+/// through it) and prints `<kind> sent` or `<kind> refused <errno>`.
+const CLIENT: &str = "import socket, sys, errno\n\
+for arg in sys.argv[1:]:\n    \
+    kind, name = arg.split('=', 1)\n    \
+    name = name.replace('@', '\\0', 1) if name.startswith('@') else name\n    \
+    try:\n        \
+        if kind == 'dgram':\n            \
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'secret', name)\n        \
+        elif kind == 'own':\n            \
+            l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind(name); l.listen(1)\n            \
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(name); s.sendall(b'secret')\n            \
+            c, _ = l.accept(); assert c.recv(10) == b'secret'\n        \
+        else:\n            \
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(name); s.sendall(b'secret')\n        \
+        print(kind, 'sent')\n    \
+    except OSError as e:\n        \
+        print(kind, 'refused', errno.errorcode.get(e.errno, e.errno))\n";
+
+fn run(ns: &Netns, flags: &[&str], attempts: &[String]) -> ExecResult {
+    let mut args = vec!["--allow", "198.51.100.1:443"];
+    args.extend_from_slice(flags);
+    let mut command = vec![PYTHON, "-c", CLIENT];
+    command.extend(attempts.iter().map(String::as_str));
+    exec(ns, &args, &command).unwrap()
+}
+
+/// What reached the deputy, after giving it a moment to log.
+fn reached(dir: &Path) -> String {
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+}
+
+/// On a kernel without the hooks, `exec` must say so: asserted instead.
+fn hooks_or_warning(r: &ExecResult) -> bool {
+    if kernel_at_least(6, 7) {
+        return true;
+    }
+    assert!(
+        r.stderr.contains("UNIX sockets are not judged"),
+        "{r:?}"
+    );
+    eprintln!("this kernel has no cgroup UNIX hooks: asserted that exec says so");
+    false
+}
+
+/// The policy names no UNIX socket: a stream connect, a datagram sent to a
+/// path (as to /dev/log) and an abstract name are refused, and the deputy
+/// gets nothing. Each refusal is an event naming the path. nscd's socket,
+/// which glibc tries on every lookup, is refused without an event.
+#[test]
+fn exec_refuses_unix_sockets_the_policy_does_not_name() {
+    require_root();
+    let ns = Netns::new("unixdeny").unwrap();
+    let dir = TempDir::new("unixdeny").unwrap();
+    let name = format!("egressd-test-unix-{}", std::process::id());
+    let _deputy = deputy(&ns, &dir.0, &name);
+    let d = dir.0.display();
+    let r = run(
+        &ns,
+        &[],
+        &[
+            format!("stream={d}/stream.sock"),
+            format!("dgram={d}/dgram.sock"),
+            format!("stream=@{name}"),
+            "stream=/run/nscd/socket".into(),
+        ],
+    );
+    if !hooks_or_warning(&r) {
+        return;
+    }
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "stream refused EPERM",
+            "dgram refused EPERM",
+            "stream refused EPERM",
+            "stream refused EPERM"
+        ],
+        "{r:?}"
+    );
+    assert_eq!(reached(&dir.0), "", "the deputy was reached");
+    let paths: Vec<&str> = r
+        .events
+        .iter()
+        .filter(|e| e["reason"] == "unix_not_allowed")
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert!(paths.contains(&format!("{d}/stream.sock").as_str()), "{r:?}");
+    assert!(paths.contains(&format!("{d}/dgram.sock").as_str()), "{r:?}");
+    assert!(
+        r.events
+            .iter()
+            .all(|e| e["path"] != "/run/nscd/socket"),
+        "nscd's refusal is not an event: {r:?}"
+    );
+    assert!(r.stderr.contains("unix_not_allowed"), "{r:?}");
+}
+
+/// `--allow-unix` names a path and an abstract name: those reach the
+/// deputy; its datagram socket, and another abstract name, still do not
+/// (with an abstract name allowed, the hook judges abstract names, not
+/// Landlock's scope).
+#[test]
+fn exec_reaches_the_unix_sockets_the_policy_names() {
+    require_root();
+    let ns = Netns::new("unixallow").unwrap();
+    let dir = TempDir::new("unixallow").unwrap();
+    let name = format!("egressd-test-unix-{}", std::process::id());
+    let other = format!("egressd-test-other-{}", std::process::id());
+    let _deputy = deputy(&ns, &dir.0, &name);
+    let (_other, ready) = Outside::start(
+        &ns,
+        0,
+        &format!(
+            "import socket, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind('\\0{other}'); s.listen(8)\n\
+             print('ready', flush=True); time.sleep(60)"
+        ),
+    );
+    assert_eq!(ready, "ready");
+    let d = dir.0.display();
+    let stream = format!("{d}/stream.sock");
+    let abstract_name = format!("@{name}");
+    let r = run(
+        &ns,
+        &["--allow-unix", &stream, "--allow-unix", &abstract_name],
+        &[
+            format!("stream={stream}"),
+            format!("stream=@{name}"),
+            format!("dgram={d}/dgram.sock"),
+            format!("stream=@{other}"),
+        ],
+    );
+    if !hooks_or_warning(&r) {
+        return;
+    }
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "stream sent",
+            "stream sent",
+            "dgram refused EPERM",
+            "stream refused EPERM"
+        ],
+        "{r:?}"
+    );
+    let mut log: Vec<String> = reached(&dir.0).lines().map(str::to_string).collect();
+    log.sort();
+    assert_eq!(log, ["abstract 6", "stream 6"], "{r:?}");
+}
+
+/// A directory entry covers the sockets beneath it, the agent's own among
+/// them, but not a path that climbs out of it with `..`.
+#[test]
+fn a_directory_entry_does_not_cover_a_climb_out() {
+    require_root();
+    let ns = Netns::new("unixdir").unwrap();
+    let dir = TempDir::new("unixdir").unwrap();
+    let name = format!("egressd-test-unix-{}", std::process::id());
+    let _deputy = deputy(&ns, &dir.0, &name);
+    let d = dir.0.display();
+    std::fs::create_dir(dir.0.join("work")).unwrap();
+    let work = format!("{d}/work/");
+    let r = run(
+        &ns,
+        &["--allow-unix", &work],
+        &[
+            format!("own={d}/work/own.sock"),
+            format!("stream={d}/work/../stream.sock"),
+            format!("stream={d}/stream.sock"),
+        ],
+    );
+    if !hooks_or_warning(&r) {
+        return;
+    }
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["own sent", "stream refused EPERM", "stream refused EPERM"],
+        "{r:?}"
+    );
+    assert_eq!(reached(&dir.0), "", "the deputy was reached");
+    // A name that would mislead is refused before anything runs.
+    let bad = run(&ns, &["--allow-unix", "work/x.sock"], &[]);
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+    assert!(bad.stderr.contains("--allow-unix"), "{bad:?}");
+}
