@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    DnsAsker, DnsOrigin, Event, PolicyInfo, PortSet, V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES,
-    MAX_ALLOW_ENTRIES, MAX_CGROUPS, MAX_DNS_ASKERS, MAX_DNS_SOCKETS, MAX_PENDING_UDP, MAX_POLICIES,
-    MAX_PORTSETS, MAX_UNIX_ENTRIES, MAX_UNJUDGED_SOCKETS, UnixKey,
+    DnsAsker, DnsOrigin, Event, PolicyInfo, PortSet, UnixKey, V4Key, V6Key, COUNTERS_LEN,
+    EVENTS_BYTES, MAX_ALLOW_ENTRIES, MAX_CGROUPS, MAX_DNS_ASKERS, MAX_DNS_SOCKETS, MAX_PENDING_UDP,
+    MAX_POLICIES, MAX_PORTSETS, MAX_UNIX_ENTRIES, MAX_UNJUDGED_SOCKETS,
 };
 
 /// Cgroup id -> policy id, for each governed cgroup. Written by userspace when

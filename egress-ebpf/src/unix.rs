@@ -48,9 +48,12 @@ fn read_name(ctx: &SockAddrContext) -> Option<Name> {
         let uaddrlen = bpf_probe_read_kernel(kern.add(UADDRLEN_OFFSET) as *const u32).ok()?;
         // The address is a kernel copy in a sockaddr_storage: all of
         // sun_path is readable, what lies past uaddrlen is not the caller's.
-        let raw = bpf_probe_read_kernel(uaddr.add(FAMILY_BYTES as usize) as *const [u8; UNIX_PATH_MAX])
-            .ok()?;
-        let len = uaddrlen.saturating_sub(FAMILY_BYTES).min(UNIX_PATH_MAX as u32) as usize;
+        let raw =
+            bpf_probe_read_kernel(uaddr.add(FAMILY_BYTES as usize) as *const [u8; UNIX_PATH_MAX])
+                .ok()?;
+        let len = uaddrlen
+            .saturating_sub(FAMILY_BYTES)
+            .min(UNIX_PATH_MAX as u32) as usize;
         Some(Name { raw, len })
     }
 }

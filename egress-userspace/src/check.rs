@@ -13,7 +13,15 @@ pub fn check(files: &[PathBuf], strict: bool) -> bool {
     for file in files {
         match load_file(file) {
             Ok(policy) => {
-                let warnings = lint(&policy);
+                let mut warnings = lint(&policy);
+                if !policy.channels.unix.is_empty() {
+                    if let Some(w) = unix_hooks_warning() {
+                        warnings.push(crate::policy::lint::Warning {
+                            line: 0,
+                            message: w,
+                        });
+                    }
+                }
                 for w in &warnings {
                     let place = if w.line > 0 {
                         format!("{}:{}", file.display(), w.line)
@@ -43,4 +51,19 @@ pub fn check(files: &[PathBuf], strict: bool) -> bool {
         }
     }
     ok
+}
+
+/// Whether this kernel judges `channels.unix` (Linux 6.7's hooks), when it
+/// does not or cannot be told: probing loads a program, which needs root.
+fn unix_hooks_warning() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("channels.unix is judged only on kernels with cgroup UNIX socket hooks (Linux 6.7+): run check as root to learn whether this one has them".into());
+    }
+    (!crate::kernel::unix::supported()).then(|| {
+        format!(
+            "channels.unix: {}, so UNIX sockets are not judged here",
+            crate::kernel::unix::UNSUPPORTED
+        )
+    })
 }

@@ -59,7 +59,12 @@ impl Netns {
         };
         ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
         for a in ADDRS {
-            ip(&["-n", &ns.name, "addr", "add", a, "dev", "lo"])?;
+            // nodad: an IPv6 address is usable at once, never "tentative"
+            // (a listener bound in that moment failed with EADDRNOTAVAIL).
+            let nodad: &[&str] = if a.contains(':') { &["nodad"] } else { &[] };
+            let mut args = vec!["-n", &ns.name, "addr", "add", a, "dev", "lo"];
+            args.extend_from_slice(nodad);
+            ip(&args)?;
         }
         Ok(ns)
     }

@@ -2,7 +2,10 @@
 //! sockets of a process outside the cgroup, and local deputies over UNIX
 //! sockets. Each attack is proven held at the receiving end.
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
 
 use egress_tests::{
     egressd::{bin, exec, Daemon, TempDir, TestCgroup},

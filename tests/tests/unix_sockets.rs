@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use egress_tests::{
-    egressd::{exec, ExecResult, TempDir},
+    egressd::{exec, Daemon, ExecResult, TempDir, TestCgroup},
     kernel_at_least,
     netns::Netns,
     outside::{Outside, PYTHON},
@@ -82,10 +82,7 @@ fn hooks_or_warning(r: &ExecResult) -> bool {
     if kernel_at_least(6, 7) {
         return true;
     }
-    assert!(
-        r.stderr.contains("UNIX sockets are not judged"),
-        "{r:?}"
-    );
+    assert!(r.stderr.contains("UNIX sockets are not judged"), "{r:?}");
     eprintln!("this kernel has no cgroup UNIX hooks: asserted that exec says so");
     false
 }
@@ -133,12 +130,13 @@ fn exec_refuses_unix_sockets_the_policy_does_not_name() {
         .filter(|e| e["reason"] == "unix_not_allowed")
         .filter_map(|e| e["path"].as_str())
         .collect();
-    assert!(paths.contains(&format!("{d}/stream.sock").as_str()), "{r:?}");
+    assert!(
+        paths.contains(&format!("{d}/stream.sock").as_str()),
+        "{r:?}"
+    );
     assert!(paths.contains(&format!("{d}/dgram.sock").as_str()), "{r:?}");
     assert!(
-        r.events
-            .iter()
-            .all(|e| e["path"] != "/run/nscd/socket"),
+        r.events.iter().all(|e| e["path"] != "/run/nscd/socket"),
         "nscd's refusal is not an event: {r:?}"
     );
     assert!(r.stderr.contains("unix_not_allowed"), "{r:?}");
@@ -233,4 +231,60 @@ fn a_directory_entry_does_not_cover_a_climb_out() {
     let bad = run(&ns, &["--allow-unix", "work/x.sock"], &[]);
     assert_eq!(bad.code, Some(2), "{bad:?}");
     assert!(bad.stderr.contains("--allow-unix"), "{bad:?}");
+}
+
+/// `egressd run`: a policy file's `channels.unix` opens a path for the
+/// governed cgroup; a reload that drops it closes it again (the old
+/// table's UNIX entries go with it).
+#[test]
+fn run_judges_unix_sockets_by_the_policy_file_and_its_reloads() {
+    require_root();
+    if !kernel_at_least(6, 7) {
+        eprintln!(
+            "this kernel has no cgroup UNIX hooks: the exec tests assert that egressd says so"
+        );
+        return;
+    }
+    let ns = Netns::new("unixrun").unwrap();
+    let dir = TempDir::new("unixrun").unwrap();
+    let name = format!("egressd-test-unix-{}", std::process::id());
+    let _deputy = deputy(&ns, &dir.0, &name);
+    let cg = TestCgroup::new("unixrun").unwrap();
+    let d = dir.0.display();
+    let text = |unix: &str| {
+        format!(
+            "name: unixrun\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [443]\nchannels:\n  unix: [{unix}]\n",
+            cg.rel_str()
+        )
+    };
+    let policy = dir
+        .write("p.yaml", &text(&format!("{d}/stream.sock")))
+        .unwrap();
+    let daemon = Daemon::start(&ns, &policy).unwrap();
+    let attempt = || {
+        let out = cg
+            .run(
+                &ns,
+                PYTHON,
+                &["-c", CLIENT, &format!("stream={d}/stream.sock")],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(attempt(), "stream sent");
+    assert_eq!(reached(&dir.0), "stream 6\n");
+    dir.write("p.yaml.tmp", &text(&format!("{d}/dgram.sock")))
+        .unwrap();
+    std::fs::rename(dir.0.join("p.yaml.tmp"), &policy).unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert!(daemon.wait_log(|l| l.contains("reloaded")), "no reload");
+    assert_eq!(attempt(), "stream refused EPERM");
+    assert_eq!(reached(&dir.0), "stream 6\n", "reached after the reload");
+    let events = daemon.wait_events(1);
+    assert!(
+        events.iter().any(
+            |e| e["path"] == format!("{d}/stream.sock").as_str() && e["hook"] == "connect_unix"
+        ),
+        "{events:?}"
+    );
 }

@@ -421,7 +421,10 @@ impl Tables {
             .and(sys::delete_each(fd6, &keys(table, &p.v6)))
             .and(sys::delete_each(fd4, &keys(table, &extra(&held.v4, &p.v4))))
             .and(sys::delete_each(fd6, &keys(table, &extra(&held.v6, &p.v6))))
-            .and(sys::delete_each(self.unix_fd(), &unix_keys(table, &held.plan.unix)))
+            .and(sys::delete_each(
+                self.unix_fd(),
+                &unix_keys(table, &held.plan.unix),
+            ))
             .with_context(|| format!("deleting table {table}"))
     }
 

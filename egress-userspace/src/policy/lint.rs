@@ -154,7 +154,7 @@ fn rule_warnings(rule: &Rule) -> Vec<String> {
 
 /// Warnings for every rule of a policy, in file order.
 pub fn lint(policy: &Policy) -> Vec<Warning> {
-    policy
+    let mut out: Vec<Warning> = policy
         .rules
         .iter()
         .flat_map(|r| {
@@ -163,7 +163,16 @@ pub fn lint(policy: &Policy) -> Vec<Warning> {
                 message,
             })
         })
-        .collect()
+        .collect();
+    out.extend(
+        policy
+            .channels
+            .unix
+            .iter()
+            .filter_map(super::unix::shared_dir_warning)
+            .map(|message| Warning { line: 0, message }),
+    );
+    out
 }
 
 #[cfg(test)]

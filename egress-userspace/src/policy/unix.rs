@@ -84,6 +84,28 @@ impl<'de> Deserialize<'de> for UnixName {
     }
 }
 
+/// Directories anyone may write into: a name there can be made first, as a
+/// symbolic link to any socket, by the agent.
+const SHARED_DIRS: &[&str] = &[
+    "/tmp/",
+    "/var/tmp/",
+    "/dev/shm/",
+    "/run/user/",
+    "/run/lock/",
+];
+
+/// A warning for an entry in a directory others may write.
+pub fn shared_dir_warning(name: &UnixName) -> Option<String> {
+    let (UnixName::Path(p) | UnixName::Dir(p)) = name else {
+        return None;
+    };
+    SHARED_DIRS.iter().find(|d| p.starts_with(*d)).map(|d| {
+        format!(
+            "channels.unix: `{p}` is in {d}, where the agent can make that name first as a symbolic link to any socket (names are matched as written): use a directory only its daemon can write"
+        )
+    })
+}
+
 /// The sockets of name-service daemons, which resolve names past egressd's
 /// DNS proxy (and so carry what the agent puts in a name). glibc tries
 /// nscd on every lookup, and falls back to DNS when refused: refused
@@ -164,19 +186,30 @@ mod tests {
             "/run/a/".parse::<UnixName>(),
             Ok(UnixName::Dir("/run/a/".into()))
         );
-        assert_eq!(
-            "@x".parse::<UnixName>(),
-            Ok(UnixName::Abstract("x".into()))
-        );
+        assert_eq!("@x".parse::<UnixName>(), Ok(UnixName::Abstract("x".into())));
         for bad in [
-            "a.sock", "", "/", "/run//a", "/run/../a", "/run/./a", "/run/a//", "@",
+            "a.sock",
+            "",
+            "/",
+            "/run//a",
+            "/run/../a",
+            "/run/./a",
+            "/run/a//",
+            "@",
         ] {
             let e = bad.parse::<UnixName>().unwrap_err();
             assert!(e.contains('`'), "{bad}: {e}");
         }
-        assert!(format!("/{}", "a".repeat(107))
-            .parse::<UnixName>()
-            .is_err());
+        assert!(format!("/{}", "a".repeat(107)).parse::<UnixName>().is_err());
+    }
+
+    #[test]
+    fn names_in_shared_directories_are_warned_about() {
+        let w = |s: &str| shared_dir_warning(&s.parse().unwrap());
+        assert!(w("/tmp/agent/").unwrap().contains("symbolic link"));
+        assert!(w("/run/user/1000/bus").is_some());
+        assert!(w("/run/tool/api.sock").is_none());
+        assert!(w("@bus").is_none());
     }
 
     #[test]
@@ -198,10 +231,7 @@ mod tests {
         assert!(e.iter().all(|e| e.value == unix_entry::NAME_SERVICE));
         let nscd = UnixName::Path("/run/nscd/socket".into());
         let e = entries(std::slice::from_ref(&nscd));
-        let allowed: Vec<_> = e
-            .iter()
-            .filter(|e| e.value == unix_entry::ALLOW)
-            .collect();
+        let allowed: Vec<_> = e.iter().filter(|e| e.value == unix_entry::ALLOW).collect();
         assert_eq!(allowed.len(), 1);
         assert_eq!(allowed[0].name, nscd.entry().name);
         assert_eq!(e.len(), NAME_SERVICES.len());
