@@ -46,6 +46,8 @@ pub mod program_names {
     pub const SENDMSG6: &str = "egress_sendmsg6";
     pub const SOCK_CREATE: &str = "egress_sock_create";
     pub const SETSOCKOPT: &str = "egress_setsockopt";
+    /// Loaded (and pinned as `SETSOCKOPT`) where the kernel refuses that.
+    pub const SETSOCKOPT_OWN_CGROUP: &str = "egress_setsockopt_own_cgroup";
     pub const RECVMSG4: &str = "egress_recvmsg4";
     pub const RECVMSG6: &str = "egress_recvmsg6";
     pub const GETPEERNAME4: &str = "egress_getpeername4";

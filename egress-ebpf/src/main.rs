@@ -116,6 +116,19 @@ pub fn egress_sock_create(ctx: SockContext) -> i32 {
 /// setsockopt(): refuses source-routing options on governed sockets.
 #[cgroup_sockopt(setsockopt)]
 pub fn egress_setsockopt(ctx: SockoptContext) -> i32 {
+    judge_option(&ctx, verdict::Caller::Task)
+}
+
+/// As `egress_setsockopt`, finding the policy by the caller's own cgroup
+/// only: loaded in its place where the kernel refuses the ancestor walk
+/// to setsockopt programs (Linux 5.10).
+#[cgroup_sockopt(setsockopt)]
+pub fn egress_setsockopt_own_cgroup(ctx: SockoptContext) -> i32 {
+    judge_option(&ctx, verdict::Caller::TaskOwnCgroup)
+}
+
+#[inline(always)]
+fn judge_option(ctx: &SockoptContext, caller: verdict::Caller) -> i32 {
     // SAFETY: ctx points at the kernel's bpf_sockopt; level and optname are readable.
     let (level, optname) = unsafe {
         (
@@ -123,7 +136,7 @@ pub fn egress_setsockopt(ctx: SockoptContext) -> i32 {
             core::ptr::read_volatile(&(*ctx.sockopt).optname),
         )
     };
-    verdict::judge_option(level, optname)
+    verdict::judge_option(caller, level, optname)
 }
 
 /// TCP events: remembers accepted sockets, whose peer no hook judged (see

@@ -32,6 +32,11 @@ const RET_ALLOW: i32 = 1;
 #[derive(Clone, Copy)]
 pub enum Caller {
     Task,
+    /// The calling task, by its own cgroup only: for program types that
+    /// cannot call `bpf_get_current_ancestor_cgroup_id` on older kernels
+    /// (setsockopt on Linux 5.10). A process in a sub-cgroup of a governed
+    /// one then finds no policy, and is refused as `NO_POLICY`.
+    TaskOwnCgroup,
     Packet(*mut __sk_buff),
 }
 
@@ -41,7 +46,7 @@ impl Caller {
         // SAFETY: helper calls; the skb pointer is the program's context.
         unsafe {
             match self {
-                Caller::Task => bpf_get_current_cgroup_id(),
+                Caller::Task | Caller::TaskOwnCgroup => bpf_get_current_cgroup_id(),
                 Caller::Packet(skb) => bpf_skb_cgroup_id(skb),
             }
         }
@@ -53,6 +58,8 @@ impl Caller {
         unsafe {
             match self {
                 Caller::Task => bpf_get_current_ancestor_cgroup_id(level),
+                // Ends the walk at once.
+                Caller::TaskOwnCgroup => 0,
                 Caller::Packet(skb) => bpf_skb_ancestor_cgroup_id(skb, level),
             }
         }
@@ -397,7 +404,7 @@ pub fn refuse(caller: Caller, why: u8, hook: u8, protocol: u8, dest: Dest) -> i3
 /// connect/sendmsg verdict (IPv4 IP_OPTIONS; IPv6 routing, hop-by-hop and
 /// destination-options headers). Returns 1 to let the call proceed.
 #[inline(always)]
-pub fn judge_option(level: i32, optname: i32) -> i32 {
+pub fn judge_option(caller: Caller, level: i32, optname: i32) -> i32 {
     const SOL_IP: i32 = 0;
     const IP_OPTIONS: i32 = 4;
     const SOL_IPV6: i32 = 41;
@@ -411,13 +418,7 @@ pub fn judge_option(level: i32, optname: i32) -> i32 {
     if !routing {
         return RET_ALLOW;
     }
-    refuse(
-        Caller::Task,
-        reason::IP_OPTIONS,
-        hook::SETSOCKOPT,
-        0,
-        Dest::NONE,
-    )
+    refuse(caller, reason::IP_OPTIONS, hook::SETSOCKOPT, 0, Dest::NONE)
 }
 
 #[inline(always)]
@@ -438,7 +439,7 @@ pub fn event(
     dest: Dest,
 ) -> Event {
     let (pid_tgid, uid_gid, comm) = match caller {
-        Caller::Task => (
+        Caller::Task | Caller::TaskOwnCgroup => (
             bpf_get_current_pid_tgid(),
             bpf_get_current_uid_gid(),
             bpf_get_current_comm().unwrap_or([0; 16]),

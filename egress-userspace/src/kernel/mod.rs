@@ -67,6 +67,14 @@ const PROGRAMS: [(&str, Kind, u32); 14] = {
     ]
 };
 
+/// Programs with a stand-in, loaded in their place (and pinned under their
+/// name) where the kernel refuses them: (program, stand-in, what is lost).
+const STAND_INS: [(&str, &str, &str); 1] = [(
+    program_names::SETSOCKOPT,
+    program_names::SETSOCKOPT_OWN_CGROUP,
+    "this kernel refuses the cgroup ancestor walk to setsockopt programs (Linux 5.10): a source-routing option set in a sub-cgroup of a governed cgroup is refused as no_policy, also in audit mode",
+)];
+
 /// The names of every program attached to a governed cgroup (and pinned).
 pub fn program_names() -> impl Iterator<Item = &'static str> {
     PROGRAMS.iter().map(|p| p.0)
@@ -120,6 +128,8 @@ pub struct Maps {
 /// The loaded programs and their maps.
 pub struct Kernel {
     ebpf: Ebpf,
+    /// (program, the stand-in loaded for it).
+    stand_ins: Vec<(&'static str, &'static str)>,
     /// The UNIX programs, or why this kernel cannot run them.
     unix: Result<unix::Loaded, String>,
 }
@@ -140,25 +150,30 @@ impl Kernel {
             loader.map_max_entries(map_names::EVENTS, bytes);
         }
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Object)?;
+        let mut stand_ins = Vec::new();
         for (name, kind, _) in PROGRAMS {
-            let prog = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingProgram(name))?;
-            let loaded = match kind {
-                Kind::SockAddr => <&mut CgroupSockAddr>::try_from(prog).and_then(|p| p.load()),
-                Kind::Sock => <&mut CgroupSock>::try_from(prog).and_then(|p| p.load()),
-                Kind::Sockopt => <&mut CgroupSockopt>::try_from(prog).and_then(|p| p.load()),
-                Kind::Skb => <&mut CgroupSkb>::try_from(prog).and_then(|p| p.load()),
-                Kind::SockOps => <&mut SockOps>::try_from(prog).and_then(|p| p.load()),
-            };
-            loaded.map_err(|source| KernelError::Load { name, source })?;
+            let loaded = load_program(&mut ebpf, name, kind);
+            let stand_in = STAND_INS.iter().find(|s| s.0 == name);
+            match (loaded, stand_in) {
+                (Ok(()), _) => {}
+                (Err(e), Some(&(_, other, lost))) => {
+                    load_program(&mut ebpf, other, kind).map_err(|_| e)?;
+                    tracing::warn!("program `{name}`: {lost}");
+                    stand_ins.push((name, other));
+                }
+                (Err(e), None) => return Err(e),
+            }
         }
         let unix = if unix::supported() {
             Ok(unix::load(&ebpf, OBJECT).map_err(|e| KernelError::Unix(format!("{e:#}")))?)
         } else {
             Err(unix::UNSUPPORTED.to_string())
         };
-        Ok(Kernel { ebpf, unix })
+        Ok(Kernel {
+            ebpf,
+            stand_ins,
+            unix,
+        })
     }
 
     /// Whether UNIX sockets are judged: `Err` says why not.
@@ -200,10 +215,15 @@ impl Kernel {
         let fd = cgroup.open()?;
         let mut links = Vec::new();
         for (name, _, attach_type) in PROGRAMS {
+            let loaded = self
+                .stand_ins
+                .iter()
+                .find(|s| s.0 == name)
+                .map_or(name, |s| s.1);
             let prog = self
                 .ebpf
-                .program(name)
-                .ok_or(KernelError::MissingProgram(name))?;
+                .program(loaded)
+                .ok_or(KernelError::MissingProgram(loaded))?;
             let prog_fd = prog
                 .fd()
                 .map_err(|source| KernelError::Load { name, source })?;
@@ -230,6 +250,21 @@ impl Kernel {
         }
         Ok(Attachment { links })
     }
+}
+
+/// Loads one program of the object into the kernel.
+fn load_program(ebpf: &mut Ebpf, name: &'static str, kind: Kind) -> Result<(), KernelError> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingProgram(name))?;
+    let loaded = match kind {
+        Kind::SockAddr => <&mut CgroupSockAddr>::try_from(prog).and_then(|p| p.load()),
+        Kind::Sock => <&mut CgroupSock>::try_from(prog).and_then(|p| p.load()),
+        Kind::Sockopt => <&mut CgroupSockopt>::try_from(prog).and_then(|p| p.load()),
+        Kind::Skb => <&mut CgroupSkb>::try_from(prog).and_then(|p| p.load()),
+        Kind::SockOps => <&mut SockOps>::try_from(prog).and_then(|p| p.load()),
+    };
+    loaded.map_err(|source| KernelError::Load { name, source })
 }
 
 impl Attachment {
