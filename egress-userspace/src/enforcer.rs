@@ -35,6 +35,8 @@ pub struct Installed {
     pub dns_port: u16,
     /// Where the proxy forwards allowed queries.
     pub upstream: Vec<std::net::SocketAddr>,
+    /// The resolver's search domains (see `dns::search_expansion`).
+    pub search: Vec<String>,
     /// Addresses learned for each host rule (exact or wildcard).
     pub learned: HashMap<Host, Addresses>,
     /// The last update of the table's learned entries failed (it failed
@@ -132,6 +134,7 @@ impl Enforcer {
             );
         }
         let upstream = crate::dns::upstreams(&policy)?;
+        let search = crate::dns::search_domains(&policy);
         let plan = Arc::new(Plan::new(&policy)?);
         let learned = plan.learned(&HashMap::new())?;
         let listen = crate::compile::listen_spec(&policy)?;
@@ -147,6 +150,7 @@ impl Enforcer {
             table,
             dns_port,
             upstream,
+            search,
             learned: HashMap::new(),
             stale: false,
             cgroups: Vec::new(),
@@ -200,6 +204,7 @@ impl Enforcer {
         // The new table holds every learned address (or the reload failed).
         p.stale = false;
         p.upstream = upstream;
+        p.search = crate::dns::search_domains(&p.policy);
         self.refresh_names();
         self.tables.retire_table(old, Instant::now());
         Ok(())

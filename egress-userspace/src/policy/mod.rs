@@ -148,6 +148,25 @@ pub struct DnsSettings {
     /// Whether a DNS answer may make private addresses (10/8, 172.16/12,
     /// 192.168/16, 100.64/10, fc00::/7) reachable; default no.
     pub private_answers: bool,
+    /// The resolver's search domains (`dns.search`); `None`: those of
+    /// /etc/resolv.conf. A query for an allowed name with one of them
+    /// appended is a search-list expansion, answered NXDOMAIN quietly.
+    pub search: Option<Vec<String>>,
+    /// The reply to a name no rule allows (`dns.refuse_with`).
+    pub refuse_with: RefuseWith,
+}
+
+/// How the proxy answers a name no rule allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefuseWith {
+    /// The name does not exist: a resolver goes on down its search list
+    /// (musl stops at REFUSED, so Alpine images could not resolve an
+    /// allowed name under Kubernetes' ndots:5).
+    #[default]
+    Nxdomain,
+    /// REFUSED.
+    Refused,
 }
 
 impl Default for DnsSettings {
@@ -158,6 +177,8 @@ impl Default for DnsSettings {
             max_ttl: Duration::from_secs(3600),
             grace: Duration::from_secs(300),
             private_answers: false,
+            search: None,
+            refuse_with: RefuseWith::default(),
         }
     }
 }
