@@ -173,7 +173,7 @@ pub fn search_domains(policy: &Policy) -> Vec<String> {
                     .collect::<Vec<String>>()
             })
         })
-        .last()
+        .next_back()
         .unwrap_or_default()
 }
 
