@@ -373,6 +373,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         root.clone(),
     );
     governor.apply(pods.expand(&base, &root).0).await?;
+    metrics.loaded(true);
     pods.sync(&mut governor, &base, &root)?;
     tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD));
     // Now that the new links are pinned, remove this instance's old ones

@@ -10,7 +10,10 @@ use std::{
 };
 
 use anyhow::Result;
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -36,9 +39,17 @@ pub struct Metrics {
     dns_queries: IntCounterVec,
     dns_evictions: IntCounterVec,
     reloads: IntCounterVec,
+    reload_ok: IntGauge,
+    reload_ok_time: IntGauge,
+    dns_latency: HistogramVec,
+    /// Held while a scrape brings the gauges up to date and renders them,
+    /// so that no scrape sees another's half-reset gauges.
+    scrape: Mutex<()>,
     /// Kernel counter values already added, to add only the difference.
     seen: Mutex<HashMap<(u32, u8, u8, u8), u64>>,
     lost_seen: Mutex<HashMap<u32, u64>>,
+    /// The name each policy id was counted under.
+    names: Mutex<HashMap<u32, String>>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -53,6 +64,23 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     g
 }
 
+fn plain_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+/// `egressd_build_info`: 1, with the version.
+fn build_info(r: &Registry) {
+    let g = gauge(
+        r,
+        "egressd_build_info",
+        "1, with the version of egressd that runs.",
+        &["version"],
+    );
+    g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -62,6 +90,13 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
+        build_info(&r);
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_start_time_seconds, ...
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
         Metrics {
             attempts: counter(&r, "egressd_egress_attempts_total",
                 "Outbound connects and sends judged, by policy, verdict (allowed, denied, audited), protocol and reason.",
@@ -86,9 +121,24 @@ impl Metrics {
                 "Addresses dropped because a host rule held too many.", &["policy"]),
             reloads: counter(&r, "egressd_reloads_total",
                 "Policy reloads (SIGHUP or a changed file), by result (ok, error).", &["result"]),
+            reload_ok: plain_gauge(&r, "egressd_config_last_reload_successful",
+                "1 if the last policy load or reload took, 0 if the files in force are not those on disk."),
+            reload_ok_time: plain_gauge(&r, "egressd_config_last_reload_success_timestamp_seconds",
+                "When policies were last loaded or reloaded successfully (Unix time)."),
+            dns_latency: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new("egressd_dns_query_duration_seconds",
+                        "Time from a query's arrival at the proxy to its reply, by policy (upstream time included).")
+                        .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                    &["policy"]).expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            scrape: Mutex::default(),
             registry: r,
             seen: Mutex::default(),
             lost_seen: Mutex::default(),
+            names: Mutex::default(),
         }
     }
 
@@ -98,10 +148,31 @@ impl Metrics {
             .inc();
     }
 
+    /// A reload's result (also the first load's, with `loaded`).
     pub fn reload(&self, ok: bool) {
         self.reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+        self.loaded(ok);
+    }
+
+    /// Whether the policies in force are those of the files: set at the
+    /// first load and at each reload.
+    pub fn loaded(&self, ok: bool) {
+        self.reload_ok.set(i64::from(ok));
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.reload_ok_time.set(now.as_secs() as i64);
+        }
+    }
+
+    /// How long the proxy took to answer a query of `policy`.
+    pub fn dns_latency(&self, policy: &str, seconds: f64) {
+        self.dns_latency
+            .with_label_values(&[policy])
+            .observe(seconds);
     }
 
     pub fn dns_query(&self, policy: &str, verdict: &str) {
@@ -127,9 +198,23 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Brings every metric up to date with the kernel and the enforcer.
-    pub fn sync(&self, enforcer: &Enforcer) -> Result<()> {
+    /// Brings every metric up to date with the kernel and the enforcer,
+    /// and renders them: the gauges of policies no longer loaded are gone,
+    /// and so are their attempt counters.
+    pub fn scrape(&self, enforcer: &Enforcer) -> (Result<()>, Vec<u8>) {
+        let _one = self
+            .scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let synced = self.sync(enforcer);
+        (synced, self.render())
+    }
+
+    fn sync(&self, enforcer: &Enforcer) -> Result<()> {
         let mut ids: Vec<(u32, String)> = vec![(0, NO_POLICY_LABEL.to_string())];
+        self.entries.reset();
+        self.info.reset();
+        self.cgroups.reset();
         for p in &enforcer.installed {
             ids.push((p.id, p.policy.name.clone()));
             let (v4, v6) = enforcer.tables.table_len(p.table);
@@ -154,6 +239,7 @@ impl Metrics {
             .lost_seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.forget_removed(&ids, &mut seen, &mut lost_seen);
         for (id, name) in ids {
             let counts = enforcer.counts(id)?;
             for c in counts.counts {
@@ -178,8 +264,50 @@ impl Metrics {
         Ok(())
     }
 
+    /// Removes the attempt and lost-event series of policies no longer
+    /// loaded (their ids are never reused).
+    fn forget_removed(
+        &self,
+        ids: &[(u32, String)],
+        seen: &mut HashMap<(u32, u8, u8, u8), u64>,
+        lost_seen: &mut HashMap<u32, u64>,
+    ) {
+        let mut names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let live = |id: &u32| ids.iter().any(|(i, _)| i == id);
+        seen.retain(|&(id, v, p, r), _| {
+            if live(&id) {
+                return true;
+            }
+            if let Some(name) = names.get(&id) {
+                let _ = self.attempts.remove_label_values(&[
+                    name,
+                    verdict_name(v),
+                    proto_name(p),
+                    reason_name(r),
+                ]);
+            }
+            false
+        });
+        lost_seen.retain(|id, _| {
+            if live(id) {
+                return true;
+            }
+            if let Some(name) = names.get(id) {
+                let _ = self.lost.remove_label_values(&[name]);
+            }
+            false
+        });
+        names.retain(|id, _| live(id));
+        for (id, name) in ids {
+            names.insert(*id, name.clone());
+        }
+    }
+
     /// The text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -218,7 +346,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, enforcer: Arc<M
             let request = String::from_utf8_lossy(&buf[..len]);
             let path = request.split_whitespace().nth(1).unwrap_or("");
             let response = if path == "/metrics" || path.starts_with("/metrics?") {
-                let synced = metrics.sync(
+                let (synced, body) = metrics.scrape(
                     &enforcer
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner),
@@ -226,7 +354,6 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, enforcer: Arc<M
                 if let Err(e) = synced {
                     tracing::error!("reading counters for a scrape: {e:#}");
                 }
-                let body = metrics.render();
                 let mut r = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
@@ -262,5 +389,24 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("event_lost\""), "{text}");
+    }
+
+    #[test]
+    fn build_process_and_reload_metrics_are_there() {
+        let m = Metrics::new();
+        m.loaded(true);
+        m.reload(false);
+        m.dns_latency("p", 0.002);
+        let text = String::from_utf8(m.render()).unwrap();
+        for want in [
+            "egressd_build_info{version=",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+            "egressd_config_last_reload_successful 0",
+            "egressd_config_last_reload_success_timestamp_seconds 1",
+            "egressd_dns_query_duration_seconds_bucket{policy=\"p\",le=\"0.0025\"} 1",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
     }
 }

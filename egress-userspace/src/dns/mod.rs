@@ -345,7 +345,11 @@ impl Proxy {
             let query = buf[..n].to_vec();
             let (me, sock) = (self.clone(), sock.clone());
             tokio::spawn(async move {
-                if let Some(reply) = me.handle(&query, Client::udp(peer)).await {
+                let started = Instant::now();
+                let reply = me.handle(&query, Client::udp(peer)).await;
+                me.metrics
+                    .dns_latency(&me.name, started.elapsed().as_secs_f64());
+                if let Some(reply) = reply {
                     let _ = sock.send_to(&reply, peer).await;
                 }
                 drop(slot);
@@ -383,7 +387,11 @@ impl Proxy {
             let Ok(Ok(query)) = tokio::time::timeout(CLIENT_TIMEOUT, read).await else {
                 return;
             };
-            let Some(reply) = self.handle(&query, client).await else {
+            let started = Instant::now();
+            let reply = self.handle(&query, client).await;
+            self.metrics
+                .dns_latency(&self.name, started.elapsed().as_secs_f64());
+            let Some(reply) = reply else {
                 return;
             };
             let Ok(len) = u16::try_from(reply.len()) else {
