@@ -19,10 +19,22 @@ use tokio::{
     net::TcpListener,
 };
 
+use egress_common::{proto_class, reason, verdict};
+
 use crate::{
     enforcer::Enforcer,
     kernel::counters::{proto_name, reason_name, verdict_name},
 };
+
+/// The values of `egressd_dns_queries_total`'s `verdict`.
+const DNS_VERDICTS: [&str; 6] = [
+    "allowed",
+    "denied",
+    "audited",
+    "search_expansion",
+    "error",
+    "malformed",
+];
 
 /// Label value for attempts made where no policy of this daemon applied.
 pub const NO_POLICY_LABEL: &str = "none";
@@ -89,6 +101,14 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        let m = Metrics::unset();
+        for r in ["ok", "error"] {
+            m.reloads.with_label_values(&[r]);
+        }
+        m
+    }
+
+    fn unset() -> Metrics {
         let r = Registry::new();
         build_info(&r);
         // process_cpu_seconds_total, process_resident_memory_bytes,
@@ -217,6 +237,7 @@ impl Metrics {
         self.cgroups.reset();
         for p in &enforcer.installed {
             ids.push((p.id, p.policy.name.clone()));
+            self.initialize(&p.policy.name);
             let (v4, v6) = enforcer.tables.table_len(p.table);
             self.entries
                 .with_label_values(&[&p.policy.name, "ipv4"])
@@ -264,8 +285,35 @@ impl Metrics {
         Ok(())
     }
 
-    /// Removes the attempt and lost-event series of policies no longer
-    /// loaded (their ids are never reused).
+    /// Creates a policy's bounded series at 0, so that its first refusal
+    /// is an increase from 0 (a series born at 1 shows no `increase()`,
+    /// and an alert on it would never fire).
+    fn initialize(&self, policy: &str) {
+        for v in [verdict::DENIED, verdict::AUDITED] {
+            for p in 0..proto_class::COUNT as u8 {
+                for r in 1..reason::COUNT as u8 {
+                    self.attempts.with_label_values(&[
+                        policy,
+                        verdict_name(v),
+                        proto_name(p),
+                        reason_name(r),
+                    ]);
+                }
+            }
+            self.events.with_label_values(&[policy, verdict_name(v)]);
+        }
+        for v in DNS_VERDICTS {
+            self.dns_queries.with_label_values(&[policy, v]);
+        }
+        for r in ["ok", "error"] {
+            self.lookups.with_label_values(&[policy, r]);
+        }
+        self.lost.with_label_values(&[policy]);
+        self.dns_evictions.with_label_values(&[policy]);
+    }
+
+    /// Removes the series of policies no longer loaded (their ids are
+    /// never reused, and their names may come back as new policies).
     fn forget_removed(
         &self,
         ids: &[(u32, String)],
@@ -277,33 +325,43 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let live = |id: &u32| ids.iter().any(|(i, _)| i == id);
-        seen.retain(|&(id, v, p, r), _| {
-            if live(&id) {
-                return true;
+        let live_name = |n: &str| ids.iter().any(|(_, name)| name == n);
+        for (id, name) in names.iter() {
+            if !live(id) && !live_name(name) {
+                self.remove_series(name);
             }
-            if let Some(name) = names.get(&id) {
-                let _ = self.attempts.remove_label_values(&[
-                    name,
-                    verdict_name(v),
-                    proto_name(p),
-                    reason_name(r),
-                ]);
-            }
-            false
-        });
-        lost_seen.retain(|id, _| {
-            if live(id) {
-                return true;
-            }
-            if let Some(name) = names.get(id) {
-                let _ = self.lost.remove_label_values(&[name]);
-            }
-            false
-        });
-        names.retain(|id, _| live(id));
+        }
+        seen.retain(|(id, ..), _| live(id));
+        lost_seen.retain(|id, _| live(id));
+        names.clear();
         for (id, name) in ids {
             names.insert(*id, name.clone());
         }
+    }
+
+    /// Removes every series labelled with `policy`.
+    fn remove_series(&self, policy: &str) {
+        for v in 0..verdict::COUNT as u8 {
+            for p in 0..proto_class::COUNT as u8 {
+                for r in 0..reason::COUNT as u8 {
+                    let _ = self.attempts.remove_label_values(&[
+                        policy,
+                        verdict_name(v),
+                        proto_name(p),
+                        reason_name(r),
+                    ]);
+                }
+            }
+            let _ = self.events.remove_label_values(&[policy, verdict_name(v)]);
+        }
+        for v in DNS_VERDICTS {
+            let _ = self.dns_queries.remove_label_values(&[policy, v]);
+        }
+        for r in ["ok", "error"] {
+            let _ = self.lookups.remove_label_values(&[policy, r]);
+        }
+        let _ = self.lost.remove_label_values(&[policy]);
+        let _ = self.dns_evictions.remove_label_values(&[policy]);
     }
 
     /// The text exposition of every metric.
