@@ -248,12 +248,17 @@ async fn request(instance: &str, request: &str) -> Result<String> {
 
 /// The client side of `events`: copies the stream to stdout.
 pub async fn ask(instance: &str, request: &str) -> Result<()> {
+    ask_with(instance, request, |line| line.to_string()).await
+}
+
+/// As `ask`, printing each line of the answer as `show` makes it.
+pub async fn ask_with(instance: &str, request: &str, show: impl Fn(&str) -> String) -> Result<()> {
     let conn = send(instance, request).await?;
     let mut lines = BufReader::new(conn).lines();
     let mut any = false;
     while let Some(line) = lines.next_line().await? {
         any = true;
-        println!("{line}");
+        println!("{}", show(&line));
     }
     if !any {
         bail!("the daemon closed the connection (only root may ask)");

@@ -183,6 +183,42 @@ fn hook_name(h: u8) -> &'static str {
     }
 }
 
+/// An event line (as `egressd run` prints it, JSON) in the compact form
+/// of `egressd events --format text`: time, verdict, policy, what was
+/// tried, who tried it, why.
+///
+/// `2026-11-30T10:00:00.000Z denied agent tcp 203.0.113.9:443 (exfil.test) by curl (pid 42, uid 1000): destination_not_allowed`
+pub fn compact(v: &serde_json::Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    let what = if s("hook") == "dns" {
+        format!("dns {} {}", s("qtype"), s("qname"))
+    } else if let Some(path) = v["path"].as_str() {
+        format!("unix {path}")
+    } else {
+        let dest = match v["daddr"].as_str() {
+            Some(a) if a.contains(':') => format!("[{a}]:{}", v["dport"]),
+            Some(a) => format!("{a}:{}", v["dport"]),
+            None if s("hook") == "sock_create" => "(socket)".into(),
+            None => "(no destination)".into(),
+        };
+        match v["host"].as_str() {
+            Some(h) => format!("{} {dest} ({h})", s("protocol")),
+            None => format!("{} {dest}", s("protocol")),
+        }
+    };
+    let who = match v["comm"].as_str() {
+        Some(c) => format!(" by {c} (pid {}, uid {})", v["pid"], v["uid"]),
+        None => String::new(),
+    };
+    format!(
+        "{} {} {} {what}{who}: {}",
+        s("time"),
+        s("verdict"),
+        s("policy"),
+        s("reason")
+    )
+}
+
 /// RFC 3339 UTC time with milliseconds.
 pub fn timestamp(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -354,6 +390,29 @@ mod tests {
         assert_eq!(address(&d), Some("203.0.113.9".parse().unwrap()));
         assert_eq!(comm(&d), "python3");
         assert!(decode(&bytes[..10]).is_none());
+    }
+
+    #[test]
+    fn compact_lines_say_what_who_and_why() {
+        let v = json!({"time": "T", "verdict": "denied", "policy": "agent", "hook": "connect4",
+            "protocol": "tcp", "daddr": "203.0.113.9", "dport": 443, "host": "exfil.test",
+            "comm": "curl", "pid": 42, "uid": 1000, "reason": "destination_not_allowed"});
+        assert_eq!(
+            compact(&v),
+            "T denied agent tcp 203.0.113.9:443 (exfil.test) by curl (pid 42, uid 1000): destination_not_allowed"
+        );
+        let dns = json!({"time": "T", "verdict": "denied", "policy": "agent", "hook": "dns",
+            "qtype": "A", "qname": "x.attacker.test", "reason": "dns_name_not_allowed"});
+        assert_eq!(
+            compact(&dns),
+            "T denied agent dns A x.attacker.test: dns_name_not_allowed"
+        );
+        let v6 = json!({"time": "T", "verdict": "audited", "policy": "p", "hook": "sendmsg6",
+            "protocol": "udp", "daddr": "2001:db8::1", "dport": 53, "reason": "port_not_allowed"});
+        assert_eq!(
+            compact(&v6),
+            "T audited p udp [2001:db8::1]:53: port_not_allowed"
+        );
     }
 
     #[test]

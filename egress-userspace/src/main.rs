@@ -17,6 +17,13 @@ struct Cli {
     command: Command,
 }
 
+/// How `egressd events` prints events.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EventFormat {
+    Json,
+    Text,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Enforce policies on their cgroups; deny events as JSON lines on stdout.
@@ -125,6 +132,10 @@ enum Command {
         /// Only this policy's events.
         #[arg(long)]
         policy: Option<String>,
+        /// json (one object a line, as `run` prints them) or text (one
+        /// compact line for people).
+        #[arg(long, value_enum, default_value = "json")]
+        format: EventFormat,
     },
     /// Exit 0 if a cgroup is governed by a policy now, 1 if not: for a unit
     /// to run before its agent starts (ExecStartPre=).
@@ -265,12 +276,22 @@ fn main() -> ExitCode {
                 Err(e) => failed(e),
             }
         }
-        Command::Events { instance, policy } => {
+        Command::Events {
+            instance,
+            policy,
+            format,
+        } => {
             let request = match policy {
                 Some(p) => format!("events {p}"),
                 None => "events".into(),
             };
-            match runtime().block_on(egressd::control::ask(&instance, &request)) {
+            let show = |line: &str| match format {
+                EventFormat::Json => line.to_string(),
+                EventFormat::Text => serde_json::from_str(line)
+                    .map(|v| egressd::events::compact(&v))
+                    .unwrap_or_else(|_| line.to_string()),
+            };
+            match runtime().block_on(egressd::control::ask_with(&instance, &request, show)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failed(e),
             }

@@ -73,6 +73,31 @@ fn status_and_live_events() {
     );
     assert_eq!(e["daddr"], "203.0.113.9");
     tail.kill().unwrap();
+
+    // The compact form, for people.
+    let mut text = Command::new(bin())
+        .args(["events", "--instance", &daemon.instance, "--format", "text"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = text.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    thread::sleep(Duration::from_millis(300));
+    cga.run(&ns, PROBE, &["tcp", "203.0.113.9:443"]).unwrap();
+    let line = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a live event");
+    assert!(
+        line.contains(" denied la tcp 203.0.113.9:443 by probe (pid ")
+            && line.ends_with(": destination_not_allowed"),
+        "{line}"
+    );
+    text.kill().unwrap();
     tail.wait().unwrap();
 
     let out = Command::new(bin())
@@ -89,7 +114,7 @@ fn status_and_live_events() {
         .unwrap();
     assert_eq!(a["mode"], "enforce");
     assert_eq!(a["entries"]["ipv4"], 1);
-    assert_eq!(a["denied"], 1);
+    assert_eq!(a["denied"], 2);
     assert_eq!(a["cgroups"][0]["id"], cga.cgroup.id().unwrap());
     let b = s["policies"]
         .as_array()
