@@ -98,6 +98,7 @@ fn status_and_live_events() {
         "{line}"
     );
     text.kill().unwrap();
+    text.wait().unwrap();
     tail.wait().unwrap();
 
     let out = Command::new(bin())
