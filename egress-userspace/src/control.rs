@@ -170,11 +170,36 @@ async fn client(conn: UnixStream, enforcer: Arc<Mutex<Enforcer>>, feed: EventFee
                 write.write_all(format!("{e}\n").as_bytes()).await?;
             }
         }
+        Some("explain") => {
+            let dest = words.next().unwrap_or("");
+            let doc = crate::explain::explain(
+                &enforcer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                dest,
+            );
+            write.write_all(format!("{doc}\n").as_bytes()).await?;
+        }
         _ => {
             write
-                .write_all(b"{\"error\":\"ask `status` or `events [POLICY]`\"}\n")
+                .write_all(b"{\"error\":\"ask `status`, `events [POLICY]` or `explain DEST`\"}\n")
                 .await?
         }
+    }
+    Ok(())
+}
+
+/// `egressd explain DEST`: the daemon's answer, as JSON or as text.
+pub async fn print_explain(instance: &str, dest: &str, as_json: bool) -> Result<()> {
+    let text = request(instance, &format!("explain {dest}")).await?;
+    let doc: Value = serde_json::from_str(&text).context("the daemon's answer is not JSON")?;
+    if let Some(e) = doc["error"].as_str() {
+        bail!("{e}");
+    }
+    if as_json {
+        println!("{doc}");
+    } else {
+        print!("{}", crate::explain::text(&doc));
     }
     Ok(())
 }

@@ -74,6 +74,11 @@ impl Addresses {
         ips
     }
 
+    /// Until when `ip` is allowed, and the name it was answered for.
+    pub fn until(&self, ip: &IpAddr) -> Option<(Instant, &str)> {
+        self.until.get(ip).map(|(t, n)| (*t, n.as_str()))
+    }
+
     /// Address -> the name it was answered for.
     pub fn names(&self) -> impl Iterator<Item = (&IpAddr, &str)> {
         self.until.iter().map(|(ip, (_, n))| (ip, n.as_str()))

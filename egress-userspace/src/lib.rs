@@ -6,7 +6,7 @@
 //! filesystems they need (`cgroup`, `mounts`), hostname resolution
 //! (`resolve`) and the agent's DNS proxy (`dns`), learned addresses
 //! (`learned`), the event stream (`events`), metrics (`metrics`), and the
-//! commands (`daemon`, `exec`, `check`).
+//! commands (`daemon`, `exec`, `check`, `explain`).
 pub mod cgroup;
 pub mod check;
 pub mod compile;
@@ -16,6 +16,7 @@ pub mod dns;
 pub mod enforcer;
 pub mod events;
 pub mod exec;
+pub mod explain;
 pub mod governed;
 pub mod governor;
 pub mod kernel;

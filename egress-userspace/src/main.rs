@@ -137,6 +137,16 @@ enum Command {
         #[arg(long, value_enum, default_value = "json")]
         format: EventFormat,
     },
+    /// Why a destination (IP, IP:PORT, [IPv6]:PORT, /udp; or a DNS name) is
+    /// allowed or refused now, by each policy of a running daemon.
+    Explain {
+        destination: String,
+        #[arg(long, default_value = daemon::INSTANCE)]
+        instance: String,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Exit 0 if a cgroup is governed by a policy now, 1 if not: for a unit
     /// to run before its agent starts (ExecStartPre=).
     Governed {
@@ -296,6 +306,18 @@ fn main() -> ExitCode {
                 Err(e) => failed(e),
             }
         }
+        Command::Explain {
+            destination,
+            instance,
+            json,
+        } => match runtime().block_on(egressd::control::print_explain(
+            &instance,
+            &destination,
+            json,
+        )) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => failed(e),
+        },
         Command::Governed {
             policy,
             cgroup,

@@ -706,3 +706,62 @@ except Exception: pass\"; \
     by.dedup();
     assert_eq!(by, ["curl", "node", "python3"], "{:?}", r.events);
 }
+
+/// `egressd explain`: why an address or a name is allowed or refused now,
+/// by which rule (its line), and for an address learned from DNS, from
+/// which name and for how long.
+#[test]
+fn explain_says_which_rule_and_which_answer() {
+    require_root();
+    let ns = Netns::new("explain").unwrap();
+    let _upstream = zone(&ns);
+    let cg = TestCgroup::new("explain").unwrap();
+    let dir = TempDir::new("explain").unwrap();
+    let policy = dir
+        .write(
+            "p.yaml",
+            &format!(
+                "name: p\ncgroups: [{}]\nallow:\n  - cidr: 198.51.100.0/30\n    ports: [8443]\n  - host: \"*.cdn.test\"\n    ports: [443]\ndns:\n  upstream: [{UPSTREAM}]\n",
+                cg.rel_str()
+            ),
+        )
+        .unwrap();
+    let daemon = Daemon::start(&ns, &policy).unwrap();
+    let out = cg
+        .run(&ns, "getent", &["ahostsv4", "img.cdn.test"])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let explain = |dest: &str| {
+        let out = std::process::Command::new(egress_tests::egressd::bin())
+            .args(["explain", dest, "--instance", &daemon.instance])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let t = explain("198.51.100.2:443");
+    assert!(t.contains("policy p (enforce): allowed"), "{t}");
+    assert!(
+        t.contains(
+            "line 6: *.cdn.test (443, tcp): learned from the DNS answer for img.cdn.test, for "
+        ),
+        "{t}"
+    );
+    let t = explain("198.51.100.2:8443");
+    assert!(
+        t.contains("allowed")
+            && t.contains("line 4: 198.51.100.0/30 (8443, tcp): its prefix covers it"),
+        "{t}"
+    );
+    let t = explain("198.51.100.2:22");
+    assert!(t.contains("port_not_allowed"), "{t}");
+    let t = explain("203.0.113.9:443");
+    assert!(t.contains("destination_not_allowed"), "{t}");
+    let t = explain("img.cdn.test");
+    assert!(
+        t.contains("allowed: lookups are forwarded") && t.contains("198.51.100.2 for "),
+        "{t}"
+    );
+    let t = explain("secret-data.attacker.test");
+    assert!(t.contains("dns_name_not_allowed"), "{t}");
+}
