@@ -156,7 +156,7 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     let plan = Plan {
         filter: o.filter.clone(),
-        test_timeout: Duration::from_secs(30 * 60),
+        test_timeout: Duration::from_secs(20 * 60),
     };
     for e in plan::EXCLUDED {
         println!(

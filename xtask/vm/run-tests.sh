@@ -14,6 +14,7 @@ uptime() { cut -d' ' -f1 /proc/uptime; }
 uptime > "$out/uptime-start"
 echo "egressd-vm: userspace up: $lane lane, $(uname -r), at $(uptime) s"
 uname -r > "$out/uname"
+uname -v > "$out/version"
 cat /sys/kernel/security/lsm > "$out/lsm" 2>/dev/null
 for t in $TOOLS; do command -v "$t" >/dev/null 2>&1 || echo "$t"; done > "$out/tools-missing"
 [ -s "$out/tools-missing" ] && echo "egressd-vm: tools missing: $(tr '\n' ' ' < "$out/tools-missing")"

@@ -145,7 +145,8 @@ pub fn make(
         .args(["-q", "-F", "-L", "egressd-root", "-d"])
         .arg(&stage)
         .arg(image)
-        .arg(format!("{size_mb}M")))
+        .arg(format!("{size_mb}M"))
+        .stdout(std::process::Stdio::null()))
     .context("mkfs.ext4 -d (e2fsprogs 1.43 or later)")?;
     fs::remove_dir_all(&stage)?;
     Ok(())

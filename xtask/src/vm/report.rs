@@ -180,8 +180,9 @@ pub fn judge(
     };
     let mut failed = 0;
     r.details.push(format!(
-        "  kernel {} (LSMs: {}); tests began at {:.1} s of guest uptime, ended at {:.0} s",
+        "  kernel {} {} (LSMs: {}); tests began at {:.1} s of guest uptime, ended at {:.0} s",
         res.uname,
+        res.version,
         if res.lsm.is_empty() { "?" } else { &res.lsm },
         res.uptime_start,
         res.uptime_end

@@ -32,6 +32,8 @@ impl FileRun {
 #[derive(Debug, Default)]
 pub struct VmResults {
     pub uname: String,
+    /// `uname -v`: Debian's upstream version is in it.
+    pub version: String,
     pub lsm: String,
     pub tools_missing: Vec<String>,
     /// Guest uptime when the tests started and ended.
@@ -56,6 +58,7 @@ pub fn read(image: &Path, dir: &Path, expected: &[String]) -> Result<VmResults> 
     }
     let mut r = VmResults {
         uname: text("uname").trim().to_string(),
+        version: text("version").trim().to_string(),
         lsm: text("lsm").trim().to_string(),
         tools_missing: text("tools-missing")
             .split_whitespace()
@@ -99,33 +102,38 @@ pub fn read(image: &Path, dir: &Path, expected: &[String]) -> Result<VmResults> 
     Ok(r)
 }
 
-/// The `---- NAME stdout ----` section of a failed test, trimmed to the
-/// lines that decide (verifier and error lines first), at most `max` lines.
+/// A frame of a backtrace (`  12: std::...`, `at /rustc/...`).
+fn is_backtrace(line: &str) -> bool {
+    let t = line.trim_start();
+    let digits = t.chars().take_while(char::is_ascii_digit).count();
+    (digits > 0 && t[digits..].starts_with(": ")) || t.starts_with("at ") || t.starts_with("note: ")
+}
+
+/// The `---- NAME stdout ----` section of a failed test without its
+/// backtrace: its first `max` lines (the panic and its message), then the
+/// lines further down that say why the kernel refused something.
 pub fn failure_excerpt(log: &str, test: &str, max: usize) -> Vec<String> {
     let head = format!("---- {test} stdout ----");
     let Some(start) = log.find(&head) else {
         return Vec::new();
     };
-    let section: Vec<&str> = log[start + head.len()..]
+    let section: Vec<String> = log[start + head.len()..]
         .lines()
         .take_while(|l| !l.starts_with("---- ") && !l.starts_with("failures:"))
-        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.trim().is_empty() && !is_backtrace(l) && l.trim() != "stack backtrace:")
+        .map(|l| l.trim().chars().take(400).collect())
         .collect();
-    let decisive = |l: &str| {
+    let decisive = |l: &String| {
         let l = l.to_ascii_lowercase();
-        ["unknown func", "invalid argument", "verifier", "error", "panicked", "assert"]
+        ["unknown func", "invalid argument", "verifier", "error"]
             .iter()
             .any(|k| l.contains(k))
     };
-    let mut out: Vec<String> = section
-        .iter()
-        .filter(|l| decisive(l))
-        .map(|l| l.trim().chars().take(400).collect())
-        .collect();
-    if out.is_empty() {
-        out = section.iter().map(|l| l.trim().chars().take(400).collect()).collect();
+    let mut out: Vec<String> = section.iter().take(max).cloned().collect();
+    for l in section.iter().skip(max).filter(|l| decisive(l)).take(max) {
+        if !out.contains(l) {
+            out.push(l.clone());
+        }
     }
-    out.dedup();
-    out.truncate(max);
     out
 }

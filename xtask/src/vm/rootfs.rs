@@ -25,6 +25,7 @@ pub const PACKAGES: &[&str] = &[
     "procps",        // ps, sysctl
     "util-linux",    // unshare, mount
     "kmod",          // modprobe (veth, nf_tables and virtio are modules)
+    "nodejs",        // a client in dns.rs
 ];
 
 /// Commands the init script checks for and reports when missing.
@@ -40,6 +41,8 @@ pub const TOOLS: &[&str] = &[
     "unshare",
     "tar",
     "timeout",
+    "node",
+    "getent",
 ];
 
 /// FNV-1a, 64 bits: a stable key (std's hasher may change between Rust
