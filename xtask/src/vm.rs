@@ -119,9 +119,7 @@ const HOST_TOOLS: &[(&str, &str)] = &[
 fn ensure_host_tools() -> Result<()> {
     let missing: Vec<&str> = HOST_TOOLS
         .iter()
-        .filter(|(cmd, _)| {
-            !setup::on_path(cmd) && !Path::new("/usr/sbin").join(cmd).is_file()
-        })
+        .filter(|(cmd, _)| !setup::on_path(cmd) && !Path::new("/usr/sbin").join(cmd).is_file())
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -189,7 +187,10 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     report::summary(&reports);
-    if reports.iter().any(|r| matches!(r.verdict, Verdict::Fail(_))) {
+    if reports
+        .iter()
+        .any(|r| matches!(r.verdict, Verdict::Fail(_)))
+    {
         bail!("vm-test failed");
     }
     Ok(())
@@ -224,7 +225,9 @@ fn run_lane(
     vm_dir: &Path,
     o: &Options,
 ) -> Result<LaneReport> {
-    let out = vm_dir.join("results").join(format!("{}-{lane}", kernel.label));
+    let out = vm_dir
+        .join("results")
+        .join(format!("{}-{lane}", kernel.label));
     fs::create_dir_all(&out)?;
     let work = vm_dir.join("run");
     let root_image = work.join("root.img");
@@ -289,5 +292,7 @@ fn run_lane(
         started.elapsed().as_secs_f64()
     );
     let res = results::read(&results_image, &out.join("guest"), &expected);
-    Ok(report::judge(kernel, lane, accel, took, outcome, res, &console))
+    Ok(report::judge(
+        kernel, lane, accel, took, outcome, res, &console,
+    ))
 }

@@ -247,7 +247,9 @@ mod tests {
              Suites: bookworm-security\nComponents: main\n\nTypes: deb\nURIs: http://other.example/x\n\
              Suites: nodistro\nEnabled: no\n",
         );
-        e.extend(parse_one_line("# c\ndeb [arch=amd64] https://other.example/apt stable main\n"));
+        e.extend(parse_one_line(
+            "# c\ndeb [arch=amd64] https://other.example/apt stable main\n",
+        ));
         let m = mirror_from(&e).unwrap();
         assert_eq!(m.archive, "http://mirror.example/debian");
         assert_eq!(
@@ -256,6 +258,9 @@ mod tests {
         );
         assert_eq!(m.signed_by.as_deref(), Some("/k.gpg"));
         let one = parse_one_line("deb [signed-by=/a.gpg] http://m.example/debian/ bullseye main\n");
-        assert_eq!(mirror_from(&one).unwrap().archive, "http://m.example/debian");
+        assert_eq!(
+            mirror_from(&one).unwrap().archive,
+            "http://m.example/debian"
+        );
     }
 }

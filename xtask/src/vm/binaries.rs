@@ -47,10 +47,9 @@ fn cargo_executables(args: &[&str], kind: &str) -> Result<Vec<(String, PathBuf)>
         if !kinds.is_some_and(|k| k.iter().any(|x| x == kind)) {
             continue;
         }
-        if let (Some(name), Some(exe)) = (
-            msg["target"]["name"].as_str(),
-            msg["executable"].as_str(),
-        ) {
+        if let (Some(name), Some(exe)) =
+            (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
             found.push((name.to_string(), PathBuf::from(exe)));
         }
     }

@@ -73,11 +73,12 @@ pub fn fetch(series: &Series, mirror: &Mirror, vm_dir: &Path) -> Result<Kernel> 
         Err(e) => {
             // Offline: the newest build already unpacked, if any.
             let cached = newest_cached(&cache, series.prefix).with_context(|| {
-                format!("no {}* in {} and none cached: {e:#}", series.prefix, series.suite)
+                format!(
+                    "no {}* in {} and none cached: {e:#}",
+                    series.prefix, series.suite
+                )
             })?;
-            eprintln!(
-                "vm-test: could not ask the archive ({e:#}); using the cached {cached}"
-            );
+            eprintln!("vm-test: could not ask the archive ({e:#}); using the cached {cached}");
             cached
         }
     };
@@ -86,7 +87,11 @@ pub fn fetch(series: &Series, mirror: &Mirror, vm_dir: &Path) -> Result<Kernel> 
         .context("a kernel package name")?
         .to_string();
     let dir = cache.join(&pkg);
-    if !dir.join("boot").join(format!("vmlinuz-{release}")).is_file() {
+    if !dir
+        .join("boot")
+        .join(format!("vmlinuz-{release}"))
+        .is_file()
+    {
         let deb = suite.download(&pkg, &vm_dir.join("debs"))?;
         let partial = cache.join(format!("{pkg}.partial"));
         let _ = fs::remove_dir_all(&partial);
@@ -171,7 +176,7 @@ mod tests {
 
     #[test]
     fn builds_order_by_their_numbers() {
-        let mut v = vec![
+        let mut v = [
             "linux-image-6.1.0-10-cloud-amd64",
             "linux-image-6.1.0-9-cloud-amd64",
         ];

@@ -57,14 +57,14 @@ pub struct Plan {
 
 impl Plan {
     /// The test files `lane` runs (after exclusions).
-    pub fn files<'a>(&self, lane: Lane, bins: &'a Binaries) -> Vec<&'a (String, std::path::PathBuf)> {
+    pub fn files<'a>(
+        &self,
+        lane: Lane,
+        bins: &'a Binaries,
+    ) -> Vec<&'a (String, std::path::PathBuf)> {
         bins.tests
             .iter()
-            .filter(|(name, _)| {
-                !EXCLUDED
-                    .iter()
-                    .any(|e| e.file == name && e.test.is_none())
-            })
+            .filter(|(name, _)| !EXCLUDED.iter().any(|e| e.file == name && e.test.is_none()))
             .filter(|(name, _)| lane == Lane::Direct || SYSTEMD_LANE_FILES.contains(&name.as_str()))
             .collect()
     }
@@ -73,7 +73,11 @@ impl Plan {
     pub fn script(&self, lane: Lane, bins: &Binaries) -> String {
         let mut s = String::new();
         for (name, path) in self.files(lane, bins) {
-            let mut line = format!("run_test {} {}", sh_quote(name), sh_quote(&path.to_string_lossy()));
+            let mut line = format!(
+                "run_test {} {}",
+                sh_quote(name),
+                sh_quote(&path.to_string_lossy())
+            );
             if let Some(f) = &self.filter {
                 line.push(' ');
                 line.push_str(&sh_quote(f));

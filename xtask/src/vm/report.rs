@@ -141,6 +141,16 @@ fn verifier_lines(log: &str) -> Vec<String> {
     out
 }
 
+/// "egressd could not load `PROG`" when that is why a test failed.
+fn load_failure(excerpt: &[String]) -> Option<String> {
+    excerpt.iter().find_map(|l| {
+        let i = l.find("loading program `")?;
+        let rest = &l[i + "loading program `".len()..];
+        let prog = &rest[..rest.find('`')?];
+        Some(format!("egressd could not load `{prog}`"))
+    })
+}
+
 pub fn judge(
     kernel: &Kernel,
     lane: Lane,
@@ -172,13 +182,17 @@ pub fn judge(
             };
             let res_why = res.err().map(|e| format!(": {e:#}")).unwrap_or_default();
             r.verdict = Verdict::Fail(1);
-            r.details
-                .push(format!("  {why}{res_why}; console ({}):", console.display()));
+            r.details.push(format!(
+                "  {why}{res_why}; console ({}):",
+                console.display()
+            ));
             r.details.extend(console_tail(console, 25));
             return r;
         }
     };
     let mut failed = 0;
+    let mut causes: Vec<String> = Vec::new();
+    let mut shown: Vec<String> = Vec::new();
     r.details.push(format!(
         "  kernel {} {} (LSMs: {}); tests began at {:.1} s of guest uptime, ended at {:.0} s",
         res.uname,
@@ -224,19 +238,37 @@ pub fn judge(
         }
         for t in &f.failed {
             failed += 1;
+            let excerpt = failure_excerpt(&f.log, t, 10);
+            // Many tests fail for one reason (a program the kernel
+            // refuses): its lines are printed once.
+            let cause = load_failure(&excerpt);
+            if let Some(c) = cause.as_ref().filter(|c| causes.contains(*c)) {
+                r.details
+                    .push(format!("  FAILED {}::{t} (as above: {c})", f.name));
+                continue;
+            }
             r.details.push(format!("  FAILED {}::{t}", f.name));
-            for l in failure_excerpt(&f.log, t, 10) {
+            for l in excerpt {
                 r.details.push(format!("    | {l}"));
             }
+            causes.extend(cause);
         }
         for l in verifier_lines(&f.log) {
-            r.details.push(format!("    {} verifier/loader: {l}", f.name));
+            if !shown.contains(&l) {
+                r.details
+                    .push(format!("    {} verifier/loader: {l}", f.name));
+                shown.push(l);
+            }
         }
     }
     let alarms: Vec<&str> = res
         .dmesg
         .lines()
-        .filter(|l| ["BUG:", "WARNING:", "Oops", "Kernel panic"].iter().any(|k| l.contains(k)))
+        .filter(|l| {
+            ["BUG:", "WARNING:", "Oops", "Kernel panic"]
+                .iter()
+                .any(|k| l.contains(k))
+        })
         .take(8)
         .collect();
     for l in alarms {

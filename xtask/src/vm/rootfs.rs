@@ -14,18 +14,18 @@ const SUITE: &str = "bookworm";
 /// same tools on a host; promtool and kubernetes-validate are left out: the
 /// tests that need them only check files, see `super::plan`.)
 pub const PACKAGES: &[&str] = &[
-    "iproute2",      // ip: namespaces, veth pairs, addresses
-    "curl",          // an agent's HTTP client
-    "python3",       // agents, raw and ping sockets
-    "dnsutils",      // dig
-    "nftables",      // nft, for the comparisons and the bench
-    "iputils-ping",  // ping
-    "systemd",       // systemd-analyze, and PID 1 in the systemd lane
-    "systemd-sysv",  // /sbin/init and friends
-    "procps",        // ps, sysctl
-    "util-linux",    // unshare, mount
-    "kmod",          // modprobe (veth, nf_tables and virtio are modules)
-    "nodejs",        // a client in dns.rs
+    "iproute2",     // ip: namespaces, veth pairs, addresses
+    "curl",         // an agent's HTTP client
+    "python3",      // agents, raw and ping sockets
+    "dnsutils",     // dig
+    "nftables",     // nft, for the comparisons and the bench
+    "iputils-ping", // ping
+    "systemd",      // systemd-analyze, and PID 1 in the systemd lane
+    "systemd-sysv", // /sbin/init and friends
+    "procps",       // ps, sysctl
+    "util-linux",   // unshare, mount
+    "kmod",         // modprobe (veth, nf_tables and virtio are modules)
+    "nodejs",       // a client in dns.rs
 ];
 
 /// Commands the init script checks for and reports when missing.
