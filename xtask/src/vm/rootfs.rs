@@ -89,6 +89,13 @@ pub fn ensure(mirror: &Mirror, vm_dir: &Path) -> Result<PathBuf> {
     fs::write(partial.join(".complete"), PACKAGES.join("\n"))?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&partial, &dir)?;
+    // Root filesystems of other package lists are stale now.
+    for e in fs::read_dir(vm_dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("rootfs-{SUITE}-")) && e.path() != dir {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
     eprintln!(
         "vm-test: root filesystem made in {:.0} s",
         started.elapsed().as_secs_f64()
