@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: see `usage()`.
 
 mod demo;
+mod vm;
 
 use std::{
     env,
@@ -20,7 +21,10 @@ tasks:
   test    unit tests, then the root integration tests (needs root)
   demo    play the prompt-injection scenario in a throwaway namespace (needs root)
   bench   measure egressd against no enforcement and nftables; writes
-          BENCHMARKS.md and bench-results.json (needs root; --smoke: tiny sizes)"
+          BENCHMARKS.md and bench-results.json (needs root; --smoke: tiny sizes)
+  vm-test the integration tests in VMs on Debian's 5.10, 6.1 and 6.12 kernels
+          (and the host's), with a shell or systemd as PID 1 (needs root;
+          `cargo xtask vm-test --help` for its options)"
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -224,6 +228,11 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("lint") => lint(),
         Some("demo") => require_root("demo").and_then(|_| demo::run(&build()?)),
+        Some("vm-test") if args.iter().any(|a| a == "--help" || a == "-h") => {
+            println!("{}", vm::USAGE);
+            Ok(())
+        }
+        Some("vm-test") => vm::run(&args[1..]),
         Some("bench") => {
             require_root("bench").and_then(|_| bench(args.iter().any(|a| a == "--smoke")))
         }

@@ -1,0 +1,131 @@
+//! The binaries a VM runs: egressd, the integration test binaries (found
+//! from cargo's JSON messages) and the helper binaries the tests start.
+//! The list of the last build is kept in target/vm/binaries so that
+//! `--no-build` can run them again without cargo.
+
+use std::{
+    env, fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+use xtask::ebpf;
+
+/// What one build produced.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub egressd: PathBuf,
+    /// Helper binaries of egress-tests (probe, egress-bench): the test
+    /// binaries name them by the absolute path cargo built them at.
+    pub helpers: Vec<PathBuf>,
+    /// Integration test binaries: (test file name, binary).
+    pub tests: Vec<(String, PathBuf)>,
+}
+
+/// Runs cargo with `--message-format=json`; returns the executables of
+/// the artifacts whose target kind is `kind` as (target name, path).
+fn cargo_executables(args: &[&str], kind: &str) -> Result<Vec<(String, PathBuf)>> {
+    let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(ebpf::workspace_root())
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo")?;
+    let mut found = Vec::new();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let msg: serde_json::Value = match serde_json::from_str(&line?) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let kinds = msg["target"]["kind"].as_array();
+        if !kinds.is_some_and(|k| k.iter().any(|x| x == kind)) {
+            continue;
+        }
+        if let (Some(name), Some(exe)) =
+            (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
+            found.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(found)
+}
+
+/// Builds egressd (debug), egress-tests' binaries and its test binaries.
+pub fn build() -> Result<Binaries> {
+    let egressd = cargo_executables(
+        &["build", "--package", "egress-userspace", "--bin", "egressd"],
+        "bin",
+    )?
+    .into_iter()
+    .find(|(n, _)| n == "egressd")
+    .context("cargo built no egressd")?
+    .1;
+    let helpers = cargo_executables(&["build", "--package", "egress-tests", "--bins"], "bin")?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    let mut tests = cargo_executables(
+        &["test", "--package", "egress-tests", "--tests", "--no-run"],
+        "test",
+    )?;
+    tests.sort();
+    if tests.is_empty() {
+        bail!("cargo test --no-run built no integration test binary");
+    }
+    Ok(Binaries {
+        egressd,
+        helpers,
+        tests,
+    })
+}
+
+/// Writes the list: `egressd PATH`, `helper PATH`, `test NAME PATH`.
+pub fn save(b: &Binaries, file: &Path) -> Result<()> {
+    let mut text = format!("egressd\t{}\n", b.egressd.display());
+    for h in &b.helpers {
+        text.push_str(&format!("helper\t{}\n", h.display()));
+    }
+    for (n, p) in &b.tests {
+        text.push_str(&format!("test\t{n}\t{}\n", p.display()));
+    }
+    fs::write(file, text).with_context(|| format!("writing {}", file.display()))
+}
+
+/// Reads a list `save` wrote, checking that every binary is still there.
+pub fn load(file: &Path) -> Result<Binaries> {
+    let text = fs::read_to_string(file)
+        .with_context(|| format!("{} (run once without --no-build)", file.display()))?;
+    let mut b = Binaries {
+        egressd: PathBuf::new(),
+        helpers: Vec::new(),
+        tests: Vec::new(),
+    };
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        match f.as_slice() {
+            ["egressd", p] => b.egressd = PathBuf::from(p),
+            ["helper", p] => b.helpers.push(PathBuf::from(p)),
+            ["test", n, p] => b.tests.push((n.to_string(), PathBuf::from(p))),
+            _ => bail!("{}: unexpected line {line:?}", file.display()),
+        }
+    }
+    let all = std::iter::once(&b.egressd)
+        .chain(&b.helpers)
+        .chain(b.tests.iter().map(|(_, p)| p));
+    for p in all {
+        if !p.is_file() {
+            bail!("{} is gone: build again (drop --no-build)", p.display());
+        }
+    }
+    Ok(b)
+}
