@@ -108,10 +108,29 @@ pub struct ExecResult {
 
 /// Runs `egressd exec ARGS -- COMMAND` inside `ns`, with events captured.
 pub fn exec(ns: &Netns, args: &[&str], command: &[&str]) -> Result<ExecResult> {
+    exec_under(ns, &[], args, command)
+}
+
+/// As `exec`, with egressd started by `wrapper` (a program and its
+/// arguments, which runs egressd's command line after them): for
+/// instance in a mount namespace of its own.
+pub fn exec_under(
+    ns: &Netns,
+    wrapper: &[&str],
+    args: &[&str],
+    command: &[&str],
+) -> Result<ExecResult> {
     let tmp = TempDir::new("exec")?;
     let events = tmp.0.join("events.jsonl");
-    let out: Output = ns
-        .command(bin())
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = ns.command(program);
+            c.args(rest).arg(bin());
+            c
+        }
+        None => ns.command(bin()),
+    };
+    let out: Output = cmd
         .arg("exec")
         .args(args)
         .arg("--events-json")

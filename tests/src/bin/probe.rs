@@ -77,9 +77,23 @@ fn check(rc: isize) -> io::Result<isize> {
     }
 }
 
+/// Sockets made by the current attempt, closed after it: `--count` would
+/// otherwise run out of descriptors (1024 under a systemd unit).
+static OPENED: std::sync::Mutex<Vec<c_int>> = std::sync::Mutex::new(Vec::new());
+
 fn socket(family: c_int, ty: c_int) -> io::Result<c_int> {
     // SAFETY: plain syscall.
-    check(unsafe { libc::socket(family, ty, 0) } as isize).map(|fd| fd as c_int)
+    let fd = check(unsafe { libc::socket(family, ty, 0) } as isize).map(|fd| fd as c_int)?;
+    OPENED.lock().unwrap().push(fd);
+    Ok(fd)
+}
+
+/// Closes the sockets of the attempt that just ended.
+fn close_opened() {
+    for fd in OPENED.lock().unwrap().drain(..) {
+        // SAFETY: a descriptor this program opened and no longer uses.
+        unsafe { libc::close(fd) };
+    }
 }
 
 fn sa(t: &Target) -> *const sockaddr {
@@ -307,6 +321,7 @@ fn main() -> ExitCode {
     let mut result = Ok(());
     for _ in 0..count {
         result = run(&args[0], &t, via.as_ref());
+        close_opened();
     }
     match result {
         Ok(()) => {
