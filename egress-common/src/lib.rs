@@ -56,6 +56,8 @@ pub mod program_names {
     pub const SOCK_OPS: &str = "egress_sock_ops";
     pub const BIND4: &str = "egress_bind4";
     pub const BIND6: &str = "egress_bind6";
+    /// `lsm_cgroup/socket_create` (BPF LSM, Linux 6.0), where the LSM runs.
+    pub const SOCKET_FAMILY: &str = "egress_socket_family";
     /// Loaded by egressd itself as `cgroup/connect_unix` (Linux 6.7).
     pub const CONNECT_UNIX: &str = "egress_connect_unix";
     /// Loaded by egressd itself as `cgroup/sendmsg_unix` (Linux 6.7).
@@ -102,6 +104,9 @@ pub struct PolicyInfo {
     /// Port set of the ports the policy lets its processes listen on
     /// (bind to a port on an address other than loopback); 0: none.
     pub listen_set: u32,
+    /// Socket families the policy opens beyond UNIX, IP and netlink: bit
+    /// n for family n (`channels.families`), judged where BPF LSM runs.
+    pub families: u64,
 }
 
 /// The destination a redirected DNS socket asked for, by socket cookie, so
@@ -213,6 +218,8 @@ pub mod hook {
     pub const CONNECT_UNIX: u8 = 10;
     /// A UNIX datagram sent to an address (sendto, sendmsg with msg_name).
     pub const SENDMSG_UNIX: u8 = 11;
+    /// socket() of any family (BPF LSM): `Event::family` is the family.
+    pub const SOCKET_FAMILY: u8 = 12;
 }
 
 /// Verdicts, as counted and reported.
@@ -376,7 +383,7 @@ const _: () = assert!(core::mem::size_of::<Event>() == 72);
 const _: () = assert!(core::mem::size_of::<UnixEvent>() == 72 + 112);
 const _: () = assert!(core::mem::size_of::<PortRange>() == 8);
 const _: () = assert!(core::mem::size_of::<PortSet>() == 4 + 8 * MAX_PORT_RANGES);
-const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<DnsOrigin>() == 64);
 const _: () = assert!(core::mem::size_of::<DnsAsker>() == 40);
 const _: () = assert!(LOST_SLOT < COUNTERS_PER_POLICY);

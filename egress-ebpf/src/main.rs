@@ -16,8 +16,10 @@ mod unix;
 mod verdict;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, sock_ops},
-    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, sock_ops},
+    programs::{
+        LsmContext, SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext,
+    },
 };
 use egress_common::hook;
 
@@ -111,6 +113,16 @@ pub fn egress_sock_create(ctx: SockContext) -> i32 {
         )
     };
     verdict::judge_socket(hook::SOCK_CREATE, family, sock_type, protocol)
+}
+
+/// socket() of any family (BPF LSM, where it runs): families no cgroup
+/// hook sees (AF_VSOCK, AF_PACKET, ...) only where the policy names them.
+/// The hook's arguments: `int family, int type, int protocol, int kern`.
+#[lsm_cgroup(hook = "socket_create")]
+pub fn egress_socket_family(ctx: LsmContext) -> i32 {
+    let family: i32 = ctx.arg(0);
+    let kern: i32 = ctx.arg(3);
+    verdict::judge_family(family as u32, kern != 0)
 }
 
 /// setsockopt(): refuses source-routing options on governed sockets.

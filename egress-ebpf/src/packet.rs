@@ -186,6 +186,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         audit,
         dns_port,
         listen_set,
+        ..
     }) = live
     else {
         let why = reason::NO_POLICY;

@@ -171,6 +171,7 @@ pub fn governing(caller: Caller) -> (u32, Option<Live>) {
                 audit: info.mode == MODE_AUDIT,
                 dns_port: info.dns_port,
                 listen_set: info.listen_set,
+                families: info.families,
             }),
         ),
         _ => (policy, None),
@@ -184,6 +185,7 @@ pub struct Live {
     pub audit: bool,
     pub dns_port: u32,
     pub listen_set: u32,
+    pub families: u64,
 }
 
 /// Counts an attempt and, unless allowed, reports it; returns the program's
@@ -375,6 +377,37 @@ pub fn judge_socket(hook: u8, family: u32, sock_type: u32, protocol: u32) -> i32
         port: 0,
     };
     refuse(Caller::Task, reason::SOCKET, hook, protocol as u8, dest)
+}
+
+/// Judges socket() of any family (BPF LSM): UNIX, IPv4, IPv6 and netlink
+/// pass (IP sockets are judged when they connect and send), as do the
+/// kernel's own sockets; any other family only where the governing
+/// policy names it.
+#[inline(always)]
+pub fn judge_family(family: u32, kern: bool) -> i32 {
+    const AF_NETLINK: u32 = 16;
+    if kern || matches!(family, 1 | 2 | 10 | AF_NETLINK) {
+        return RET_ALLOW;
+    }
+    let caller = Caller::Task;
+    let (policy, live) = governing(caller);
+    if let Some(l) = live {
+        if family < 64 && l.families & (1 << family) != 0 {
+            bump(counter_index(
+                policy,
+                verdict::ALLOWED,
+                proto_class::OTHER,
+                reason::NONE,
+            ));
+            return RET_ALLOW;
+        }
+    }
+    let dest = Dest {
+        family: family as u8,
+        addr: [0; 16],
+        port: 0,
+    };
+    refuse(caller, reason::SOCKET, hook::SOCKET_FAMILY, 0, dest)
 }
 
 /// Refuses something no rule can allow (audit mode lets it through,

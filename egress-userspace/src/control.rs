@@ -74,7 +74,8 @@ pub fn status(enforcer: &Enforcer) -> Value {
         })
         .collect();
     let unix = enforcer.unix_hooks();
-    let open: Vec<Value> = open_channels(unix.err())
+    let families = enforcer.family_hook();
+    let open: Vec<Value> = open_channels(unix.err(), families.err())
         .into_iter()
         .map(|(channel, what)| json!({"channel": channel, "what_to_do": what}))
         .collect();
@@ -82,17 +83,33 @@ pub fn status(enforcer: &Enforcer) -> Value {
         Ok(()) => "judged: connect and addressed sends to UNIX sockets reach only the names in channels.unix (cgroup connect_unix and sendmsg_unix)".to_string(),
         Err(why) => format!("not judged: {why}"),
     };
-    json!({ "policies": policies, "unix_sockets": unix, "channels_not_closed": open })
+    let families = match families {
+        Ok(()) => "judged: socket() of a family other than UNIX, IP and netlink is refused unless channels.families names it (BPF LSM socket_create)".to_string(),
+        Err(why) => format!("not judged: {why}"),
+    };
+    json!({
+        "policies": policies,
+        "unix_sockets": unix,
+        "socket_families": families,
+        "channels_not_closed": open,
+    })
 }
 
 /// Channels `egressd run` does not close for the cgroups it governs, and
-/// what closes them instead (see the README's Channels table); `unix`:
-/// why UNIX sockets are not judged, if they are not.
-fn open_channels(unix: Option<&str>) -> Vec<(&'static str, String)> {
-    let mut open = vec![(
-        "socket families other than IP, UNIX and netlink (AF_VSOCK, AF_PACKET, ...), and io_uring",
-        "no cgroup program sees them: restrict them where the agent starts (RestrictAddressFamilies= and SystemCallFilter= in its unit, deploy/kubernetes/seccomp/egressd-agent.json for pods); egressd exec does".to_string(),
-    )];
+/// what closes them instead (see the README's Channels table); `unix`,
+/// `families`: why those are not judged, if they are not.
+fn open_channels(unix: Option<&str>, families: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut open = Vec::new();
+    if let Some(why) = families {
+        open.push((
+            "socket families other than IP, UNIX and netlink (AF_VSOCK, AF_PACKET, ...)",
+            format!("{why}: restrict them where the agent starts (RestrictAddressFamilies= in its unit, deploy/kubernetes/seccomp/egressd-agent.json for pods); egressd exec does"),
+        ));
+    }
+    open.push((
+        "io_uring",
+        "no cgroup program sees the sockets it makes; its connects and sends still meet the hooks: restrict it where the agent starts (SystemCallFilter=, the pods' seccomp profile); egressd exec does".to_string(),
+    ));
     if let Some(why) = unix {
         open.push((
             "UNIX sockets to processes outside the cgroup",
@@ -237,6 +254,10 @@ pub async fn print_status(instance: &str, as_json: bool) -> Result<()> {
     println!(
         "UNIX sockets: {}",
         doc["unix_sockets"].as_str().unwrap_or("?")
+    );
+    println!(
+        "socket families: {}",
+        doc["socket_families"].as_str().unwrap_or("?")
     );
     for c in doc["channels_not_closed"].as_array().into_iter().flatten() {
         println!(

@@ -56,6 +56,12 @@ fn policy_info(policy: &Policy, table: u32, dns_port: u16, listen_set: u32) -> P
         },
         dns_port: u32::from(dns_port),
         listen_set,
+        families: policy
+            .channels
+            .families
+            .iter()
+            .filter(|f| f.number() < 64)
+            .fold(0, |bits, f| bits | 1 << f.number()),
     }
 }
 
@@ -91,6 +97,11 @@ impl Enforcer {
             },
             events,
         ))
+    }
+
+    /// Whether sockets of every family are judged (BPF LSM): `Err` says why not.
+    pub fn family_hook(&self) -> Result<(), &str> {
+        self.kernel.families()
     }
 
     /// Whether UNIX sockets are judged (Linux 6.7's hooks): `Err` says why not.

@@ -131,7 +131,7 @@ impl EventStream {
 
 /// The destination address of an event (none for a refused socket).
 pub fn address(e: &Event) -> Option<IpAddr> {
-    if e.hook == hook::SOCK_CREATE || e.family == 0 {
+    if e.hook == hook::SOCK_CREATE || e.hook == hook::SOCKET_FAMILY || e.family == 0 {
         return None;
     }
     match e.family {
@@ -179,6 +179,7 @@ fn hook_name(h: u8) -> &'static str {
         hook::BIND6 => "bind6",
         hook::CONNECT_UNIX => "connect_unix",
         hook::SENDMSG_UNIX => "sendmsg_unix",
+        hook::SOCKET_FAMILY => "socket_family",
         _ => "unknown",
     }
 }
@@ -312,6 +313,7 @@ impl Describer {
                 AF_INET => "ipv4",
                 AF_INET6 => "ipv6",
                 AF_UNIX => "unix",
+                f if e.hook == hook::SOCKET_FAMILY => crate::policy::fields::family_name(f),
                 _ => "none",
             },
             gid: e.gid,

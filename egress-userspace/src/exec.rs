@@ -153,6 +153,10 @@ impl Summary {
             Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{}", e.port),
             Some(a) => format!("{a}:{}", e.port),
             None if e.hook == egress_common::hook::SOCK_CREATE => "(socket refused)".into(),
+            None if e.hook == egress_common::hook::SOCKET_FAMILY => format!(
+                "(socket of family {} refused)",
+                crate::policy::fields::family_name(e.family)
+            ),
             None => "(no destination)".into(),
         };
         let key = (

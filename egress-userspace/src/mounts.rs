@@ -107,6 +107,23 @@ pub fn bpffs_root() -> Result<PathBuf> {
     Ok(target.to_path_buf())
 }
 
+/// The kernel's active LSMs (`lsm` in securityfs), mounting securityfs at
+/// /sys/kernel/security if none is mounted.
+pub fn active_lsms() -> Result<Vec<String>> {
+    let root = match mount_points("securityfs")?.into_iter().next() {
+        Some(p) => p,
+        None => {
+            let target = Path::new("/sys/kernel/security");
+            mount("securityfs", target, "")
+                .context("no securityfs is mounted, and mounting one failed")?;
+            target.to_path_buf()
+        }
+    };
+    let list = fs::read_to_string(root.join("lsm"))
+        .with_context(|| format!("reading {}", root.join("lsm").display()))?;
+    Ok(list.trim().split(',').map(str::to_string).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

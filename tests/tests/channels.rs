@@ -438,3 +438,80 @@ fn binding_a_reachable_port_needs_a_listen_rule() {
         "{r:?}"
     );
 }
+
+/// `egressd run` where the kernel runs BPF LSM (Debian's own kernels do):
+/// socket() of a family the policy does not name fails with EPERM in the
+/// governed cgroup (no seccomp filter there: the agent was started by
+/// someone else), and a frame written on an AF_PACKET socket never
+/// leaves; a family the policy names is made. Where BPF LSM does not run,
+/// `status` must say that socket families are not judged.
+#[test]
+fn run_refuses_socket_families_where_bpf_lsm_runs() {
+    require_root();
+    let ns = Netns::new("lsmfamily").unwrap();
+    let seen = Listener::capture(&ns, "203.0.113.9").unwrap();
+    let cg = TestCgroup::new("lsmfamily").unwrap();
+    let dir = TempDir::new("lsmfamily").unwrap();
+    let policy = dir
+        .write(
+            "p.yaml",
+            &format!(
+                "name: fam\ncgroups: [{}]\nallow: []\nchannels:\n  families: [vsock]\n",
+                cg.rel_str()
+            ),
+        )
+        .unwrap();
+    let daemon = Daemon::start(&ns, &policy).unwrap();
+    let status = Command::new(bin())
+        .args(["status", "--instance", &daemon.instance])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    if !status.contains("socket families: judged") {
+        assert!(
+            status.contains("socket families: not judged")
+                && status.contains("not closed by egressd run: socket families"),
+            "{status}"
+        );
+        eprintln!("BPF LSM does not run on this kernel: asserted that status says so");
+        return;
+    }
+    let script = "import socket, struct\n\
+        def try_make(name, *args):\n\
+        \x20   try:\n\
+        \x20       s = socket.socket(*args); print(name, 'made'); return s\n\
+        \x20   except OSError as e:\n\
+        \x20       print(name, 'refused', e.errno)\n\
+        p = try_make('packet', socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))\n\
+        if p:\n\
+        \x20   hdr = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 28, 0, 0, 64, 17, 0, socket.inet_aton('203.0.113.1'), socket.inet_aton('203.0.113.9'))\n\
+        \x20   p.sendto(hdr + struct.pack('!HHHH', 9, 9, 8, 0), ('lo', 0x0800))\n\
+        try_make('xdp', 44, socket.SOCK_RAW)\n\
+        try_make('vsock', socket.AF_VSOCK, socket.SOCK_STREAM)\n\
+        try_make('unix', socket.AF_UNIX, socket.SOCK_STREAM)";
+    let out = cg.run(&ns, PYTHON, &["-c", script]).unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "packet refused 1",
+            "xdp refused 1",
+            "vsock made",
+            "unix made"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        seen.count(),
+        0,
+        "a frame written on an AF_PACKET socket left"
+    );
+    let events = daemon.wait_events(2);
+    let families: Vec<&str> = events
+        .iter()
+        .filter(|e| e["hook"] == "socket_family")
+        .map(|e| e["family"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(families, ["packet", "xdp"], "{events:?}");
+}

@@ -6,6 +6,7 @@
 
 pub mod counters;
 pub mod link;
+pub mod lsm;
 pub mod pins;
 pub mod sys;
 pub mod tables;
@@ -132,6 +133,8 @@ pub struct Kernel {
     stand_ins: Vec<(&'static str, &'static str)>,
     /// The UNIX programs, or why this kernel cannot run them.
     unix: Result<unix::Loaded, String>,
+    /// Whether the BPF LSM program is loaded, or why not.
+    lsm: Result<(), String>,
 }
 
 /// Links attached for one cgroup, one per program; dropping one detaches it
@@ -169,11 +172,19 @@ impl Kernel {
         } else {
             Err(unix::UNSUPPORTED.to_string())
         };
+        let lsm = lsm::load(&mut ebpf);
         Ok(Kernel {
             ebpf,
             stand_ins,
             unix,
+            lsm,
         })
+    }
+
+    /// Whether sockets of every family are judged (BPF LSM): `Err` says
+    /// why not.
+    pub fn families(&self) -> Result<(), &str> {
+        self.lsm.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     /// Whether UNIX sockets are judged: `Err` says why not.
@@ -224,6 +235,24 @@ impl Kernel {
                 .ebpf
                 .program(loaded)
                 .ok_or(KernelError::MissingProgram(loaded))?;
+            let prog_fd = prog
+                .fd()
+                .map_err(|source| KernelError::Load { name, source })?;
+            let link = link::create(prog_fd.as_fd(), fd.as_fd(), attach_type).map_err(|e| {
+                KernelError::Attach {
+                    name,
+                    cgroup: cgroup.path.display().to_string(),
+                    source: e,
+                }
+            })?;
+            links.push((name, link));
+        }
+        if self.lsm.is_ok() {
+            let (name, _, attach_type) = lsm::PROGRAM;
+            let prog = self
+                .ebpf
+                .program(name)
+                .ok_or(KernelError::MissingProgram(name))?;
             let prog_fd = prog
                 .fd()
                 .map_err(|source| KernelError::Load { name, source })?;

@@ -535,6 +535,14 @@ impl Family {
     }
 }
 
+/// The name of socket family `number` (`vsock`), or `other`.
+pub fn family_name(number: u8) -> &'static str {
+    FAMILIES
+        .iter()
+        .find(|(_, n)| *n == u16::from(number))
+        .map_or("other", |(name, _)| name)
+}
+
 impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name)
