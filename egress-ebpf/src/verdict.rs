@@ -34,8 +34,10 @@ pub enum Caller {
     Task,
     /// The calling task, by its own cgroup only: for program types that
     /// cannot call `bpf_get_current_ancestor_cgroup_id` on older kernels
-    /// (setsockopt on Linux 5.10). A process in a sub-cgroup of a governed
-    /// one then finds no policy, and is refused as `NO_POLICY`.
+    /// (setsockopt on Linux 5.10, which has no pid or comm helpers there
+    /// either: its events carry the uid only). A process in a sub-cgroup
+    /// of a governed one then finds no policy, and is refused as
+    /// `NO_POLICY`.
     TaskOwnCgroup,
     Packet(*mut __sk_buff),
 }
@@ -472,11 +474,14 @@ pub fn event(
     dest: Dest,
 ) -> Event {
     let (pid_tgid, uid_gid, comm) = match caller {
-        Caller::Task | Caller::TaskOwnCgroup => (
+        Caller::Task => (
             bpf_get_current_pid_tgid(),
             bpf_get_current_uid_gid(),
             bpf_get_current_comm().unwrap_or([0; 16]),
         ),
+        // Where the ancestor walk is refused (setsockopt on Linux 5.10),
+        // so are the pid and comm helpers: the uid is all there is.
+        Caller::TaskOwnCgroup => (0, bpf_get_current_uid_gid(), [0; 16]),
         Caller::Packet(_) => (0, 0, [0; 16]),
     };
     Event {

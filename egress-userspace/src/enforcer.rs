@@ -81,9 +81,22 @@ impl Enforcer {
     ) -> Result<(Enforcer, aya::maps::RingBuf<aya::maps::MapData>)> {
         let mut kernel = Kernel::load(ring_bytes)?;
         let (mut maps, events) = kernel.take_maps()?;
-        // Loopback rules mean the loopback of egressd's own namespace.
-        let cookie = crate::kernel::netns_cookie()
-            .context("reading this network namespace's cookie (Linux 5.14 or later)")?;
+        // Loopback rules mean the loopback of egressd's own namespace. Before
+        // Linux 5.14 its cookie cannot be read: then no namespace's loopback
+        // is taken for egressd's, and loopback rules refuse (fail closed).
+        let cookie = match crate::kernel::netns_cookie() {
+            Ok(c) => c,
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
+                tracing::warn!(
+                    "this kernel cannot tell egressd its network namespace (SO_NETNS_COOKIE, Linux 5.14): loopback rules refuse every loopback connection"
+                );
+                0
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e)
+                    .context("reading this network namespace's cookie (Linux 5.14 or later)"))
+            }
+        };
         maps.config
             .set(egress_common::config::HOST_NETNS_COOKIE, cookie, 0)
             .context("writing the configuration map")?;

@@ -160,7 +160,10 @@ impl Kernel {
             match (loaded, stand_in) {
                 (Ok(()), _) => {}
                 (Err(e), Some(&(_, other, lost))) => {
-                    load_program(&mut ebpf, other, kind).map_err(|_| e)?;
+                    if let Err(e2) = load_program(&mut ebpf, other, kind) {
+                        tracing::error!("its stand-in failed as well: {:#}", anyhow::Error::from(e2));
+                        return Err(e);
+                    }
                     tracing::warn!("program `{name}`: {lost}");
                     stand_ins.push((name, other));
                 }
