@@ -161,7 +161,10 @@ impl Kernel {
                 (Ok(()), _) => {}
                 (Err(e), Some(&(_, other, lost))) => {
                     if let Err(e2) = load_program(&mut ebpf, other, kind) {
-                        tracing::error!("its stand-in failed as well: {:#}", anyhow::Error::from(e2));
+                        tracing::error!(
+                            "its stand-in failed as well: {:#}",
+                            anyhow::Error::from(e2)
+                        );
                         return Err(e);
                     }
                     tracing::warn!("program `{name}`: {lost}");

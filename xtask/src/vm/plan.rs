@@ -94,6 +94,10 @@ impl Plan {
                 line.push(' ');
                 line.push_str(&sh_quote(f));
             }
+            // Tests that need systemd as PID 1 are ignored elsewhere.
+            if lane == Lane::Systemd {
+                line.push_str(" --include-ignored");
+            }
             for e in EXCLUDED.iter().filter(|e| e.file == name) {
                 if let Some(t) = e.test {
                     line.push_str(&format!(" --skip {}", sh_quote(t)));
