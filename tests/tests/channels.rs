@@ -268,16 +268,9 @@ fn exec_refuses_socket_families_no_policy_names() {
     require_root();
     let ns = Netns::new("family").unwrap();
     let seen = Listener::capture(&ns, "203.0.113.9").unwrap();
-    let script = "import ctypes, socket, struct\n\
-        def try_make(name, *args):\n\
-        \x20   try:\n\
-        \x20       s = socket.socket(*args); print(name, 'made'); return s\n\
-        \x20   except OSError as e:\n\
-        \x20       print(name, 'refused', e.errno)\n\
-        p = try_make('packet', socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))\n\
-        if p:\n\
-        \x20   hdr = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 28, 0, 0, 64, 17, 0, socket.inet_aton('203.0.113.1'), socket.inet_aton('203.0.113.9'))\n\
-        \x20   p.sendto(hdr + struct.pack('!HHHH', 9, 9, 8, 0), ('lo', 0x0800))\n\
+    let script = "import ctypes\n".to_string()
+        + PACKET_FRAME
+        + "\
         try_make('sock_packet', socket.AF_INET, 10, socket.htons(3))\n\
         try_make('vsock', socket.AF_VSOCK, socket.SOCK_STREAM)\n\
         try_make('xdp', 44, socket.SOCK_RAW)\n\
@@ -290,7 +283,7 @@ fn exec_refuses_socket_families_no_policy_names() {
     let r = exec(
         &ns,
         &["--allow", "198.51.100.1:443"],
-        &[PYTHON, "-c", script],
+        &[PYTHON, "-c", &script],
     )
     .unwrap();
     let lines: Vec<&str> = r.stdout.lines().collect();
@@ -450,6 +443,21 @@ fn binding_a_reachable_port_needs_a_listen_rule() {
     );
 }
 
+/// Python: `try_make(name, *args)` prints `name made` or `name refused
+/// ERRNO`; it first makes an AF_PACKET socket, and if it was made, writes
+/// a UDP frame for 203.0.113.9 with it (which a capture there would see).
+const PACKET_FRAME: &str = "import socket, struct\n\
+        def try_make(name, *args):\n\
+        \x20   try:\n\
+        \x20       s = socket.socket(*args); print(name, 'made'); return s\n\
+        \x20   except OSError as e:\n\
+        \x20       print(name, 'refused', e.errno)\n\
+        p = try_make('packet', socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))\n\
+        if p:\n\
+        \x20   hdr = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 28, 0, 0, 64, 17, 0, socket.inet_aton('203.0.113.1'), socket.inet_aton('203.0.113.9'))\n\
+        \x20   p.sendto(hdr + struct.pack('!HHHH', 9, 9, 8, 0), ('lo', 0x0800))\n\
+";
+
 /// `egressd run` where the kernel runs BPF LSM (Debian's own kernels do):
 /// socket() of a family the policy does not name fails with EPERM in the
 /// governed cgroup (no seccomp filter there: the agent was started by
@@ -487,20 +495,12 @@ fn run_refuses_socket_families_where_bpf_lsm_runs() {
         eprintln!("BPF LSM does not run on this kernel: asserted that status says so");
         return;
     }
-    let script = "import socket, struct\n\
-        def try_make(name, *args):\n\
-        \x20   try:\n\
-        \x20       s = socket.socket(*args); print(name, 'made'); return s\n\
-        \x20   except OSError as e:\n\
-        \x20       print(name, 'refused', e.errno)\n\
-        p = try_make('packet', socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))\n\
-        if p:\n\
-        \x20   hdr = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 28, 0, 0, 64, 17, 0, socket.inet_aton('203.0.113.1'), socket.inet_aton('203.0.113.9'))\n\
-        \x20   p.sendto(hdr + struct.pack('!HHHH', 9, 9, 8, 0), ('lo', 0x0800))\n\
+    let script = PACKET_FRAME.to_string()
+        + "\
         try_make('xdp', 44, socket.SOCK_RAW)\n\
         try_make('vsock', socket.AF_VSOCK, socket.SOCK_STREAM)\n\
         try_make('unix', socket.AF_UNIX, socket.SOCK_STREAM)";
-    let out = cg.run(&ns, PYTHON, &["-c", script]).unwrap();
+    let out = cg.run(&ns, PYTHON, &["-c", &script]).unwrap();
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(

@@ -13,7 +13,7 @@ pub mod tables;
 pub mod unix;
 
 use std::{
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::Path,
 };
 
@@ -227,16 +227,35 @@ impl Kernel {
     }
 
     /// Attaches every program to `cgroup` with a bpf_link (see `link`),
-    /// beside any other programs there.
+    /// beside any other programs there: the object's (a stand-in where one
+    /// was loaded), then the BPF LSM and UNIX programs where this kernel
+    /// runs them.
     pub fn attach(&mut self, cgroup: &Cgroup) -> Result<Attachment> {
         let fd = cgroup.open()?;
+        let mut wanted: Vec<(&'static str, &'static str, u32)> = PROGRAMS
+            .iter()
+            .map(|&(name, _, attach_type)| {
+                let loaded = self
+                    .stand_ins
+                    .iter()
+                    .find(|s| s.0 == name)
+                    .map_or(name, |s| s.1);
+                (name, loaded, attach_type)
+            })
+            .collect();
+        if self.lsm.is_ok() {
+            let (name, _, attach_type) = lsm::PROGRAM;
+            wanted.push((name, name, attach_type));
+        }
         let mut links = Vec::new();
-        for (name, _, attach_type) in PROGRAMS {
-            let loaded = self
-                .stand_ins
-                .iter()
-                .find(|s| s.0 == name)
-                .map_or(name, |s| s.1);
+        let link_one = |name: &'static str, prog: BorrowedFd<'_>, attach_type: u32| {
+            link::create(prog, fd.as_fd(), attach_type).map_err(|e| KernelError::Attach {
+                name,
+                cgroup: cgroup.path.display().to_string(),
+                source: e,
+            })
+        };
+        for (name, loaded, attach_type) in wanted {
             let prog = self
                 .ebpf
                 .program(loaded)
@@ -244,43 +263,11 @@ impl Kernel {
             let prog_fd = prog
                 .fd()
                 .map_err(|source| KernelError::Load { name, source })?;
-            let link = link::create(prog_fd.as_fd(), fd.as_fd(), attach_type).map_err(|e| {
-                KernelError::Attach {
-                    name,
-                    cgroup: cgroup.path.display().to_string(),
-                    source: e,
-                }
-            })?;
-            links.push((name, link));
-        }
-        if self.lsm.is_ok() {
-            let (name, _, attach_type) = lsm::PROGRAM;
-            let prog = self
-                .ebpf
-                .program(name)
-                .ok_or(KernelError::MissingProgram(name))?;
-            let prog_fd = prog
-                .fd()
-                .map_err(|source| KernelError::Load { name, source })?;
-            let link = link::create(prog_fd.as_fd(), fd.as_fd(), attach_type).map_err(|e| {
-                KernelError::Attach {
-                    name,
-                    cgroup: cgroup.path.display().to_string(),
-                    source: e,
-                }
-            })?;
-            links.push((name, link));
+            links.push((name, link_one(name, prog_fd.as_fd(), attach_type)?));
         }
         if let Ok(unix) = &self.unix {
             for (name, attach_type, prog_fd) in unix.iter() {
-                let link = link::create(prog_fd, fd.as_fd(), attach_type).map_err(|e| {
-                    KernelError::Attach {
-                        name,
-                        cgroup: cgroup.path.display().to_string(),
-                        source: e,
-                    }
-                })?;
-                links.push((name, link));
+                links.push((name, link_one(name, prog_fd, attach_type)?));
             }
         }
         Ok(Attachment { links })
