@@ -59,16 +59,18 @@ fn read_name(ctx: &SockAddrContext) -> Option<Name> {
 }
 
 /// The trie key of `name` under `table` (see `egress_common::UnixKey`),
-/// and whether a path climbs out of a directory with `..` (which a
-/// directory entry must not cover).
+/// and whether a path is not written plainly: `..` (climbing out of a
+/// directory), `//` or `/./` (another spelling, which would miss a longer
+/// entry, such as a name-service socket's, and match a directory's). No
+/// ALLOW covers such a path.
 #[inline(always)]
 fn key_of(table: u32, name: &Name) -> (UnixKey, bool) {
     let mut data: UnixKey = [0; UNIX_KEY_LEN];
     data[..4].copy_from_slice(&table.to_be_bytes());
-    let mut climbs = false;
+    let mut unplain = false;
     if name.raw[0] == 0 {
         // Abstract: 0, length, name (after its leading 0).
-        data[5] = (name.len - 1) as u8;
+        data[5] = name.len.saturating_sub(1) as u8;
         let mut i = 1;
         while i < UNIX_PATH_MAX {
             if i < name.len {
@@ -85,14 +87,28 @@ fn key_of(table: u32, name: &Name) -> (UnixKey, bool) {
             ended |= b == 0 || i >= name.len;
             if !ended {
                 data[4 + i] = b;
-                if b == b'.' && i >= 2 && name.raw[i - 1] == b'.' && name.raw[i - 2] == b'/' {
-                    climbs = true;
+                if i >= 1 && name.raw[i - 1] == b'/' {
+                    // `//`, a `.` or `..` component (`/.x` is a name).
+                    let next = byte(name, i + 1);
+                    let dot = b == b'.' && (next == b'/' || next == 0);
+                    let dotdot = b == b'.' && next == b'.' && matches!(byte(name, i + 2), b'/' | 0);
+                    unplain |= b == b'/' || dot || dotdot;
                 }
             }
             i += 1;
         }
     }
-    (data, climbs)
+    (data, unplain)
+}
+
+/// Byte `i` of a path name, 0 past its length.
+#[inline(always)]
+fn byte(name: &Name, i: usize) -> u8 {
+    if i < name.len && i < UNIX_PATH_MAX {
+        name.raw[i]
+    } else {
+        0
+    }
 }
 
 /// Judges a UNIX connect or addressed send; returns the program's value.
@@ -111,13 +127,13 @@ pub fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
     let Some(Live { table, .. }) = live else {
         return conclude(policy, live, reason::NO_POLICY, hook, &name);
     };
-    let (data, climbs) = key_of(table, &name);
+    let (data, unplain) = key_of(table, &name);
     let entry = UNIX_ALLOW
         .get(Key::new(TABLE_BITS + 8 * (UNIX_KEY_LEN as u32 - 4), data))
         .copied()
         .unwrap_or(0);
     let why = match entry {
-        unix_entry::ALLOW if !climbs => reason::NONE,
+        unix_entry::ALLOW if !unplain => reason::NONE,
         unix_entry::NAME_SERVICE => reason::NAME_SERVICE,
         _ => reason::UNIX,
     };

@@ -1,6 +1,9 @@
 //! A Landlock domain for the command `egressd exec` runs (Linux 5.13+).
 //!
-//! It restricts no file access. Being in a domain is what counts: the
+//! It restricts no file access (two rights are handled, then allowed
+//! everywhere: a domain over files refuses mount(2), so the command cannot
+//! bind another socket over a UNIX path its policy allows). Being in a
+//! domain is what counts: the
 //! kernel then refuses ptrace, `pidfd_getfd` and `process_vm_writev`
 //! against any process outside it, so the command cannot take the sockets
 //! of a process of its own uid that runs outside its cgroup and send
@@ -83,7 +86,11 @@ impl Domain {
         };
         let (attr, size, coverage) = if abi >= 6 {
             let attr = RulesetAttr {
-                handled_access_fs: 0,
+                // Handled (and allowed everywhere, below) so that the
+                // domain is one over files: Landlock then refuses the
+                // command mount(2), which could otherwise bind another
+                // socket over a UNIX path the policy allows.
+                handled_access_fs: ACCESS_FS_EXECUTE | ACCESS_FS_REFER,
                 handled_access_net: 0,
                 scoped: SCOPE_SIGNAL
                     | if abstract_unix {

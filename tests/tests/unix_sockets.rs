@@ -288,3 +288,125 @@ fn run_judges_unix_sockets_by_the_policy_file_and_its_reloads() {
         "{events:?}"
     );
 }
+
+/// A directory entry above a name-service socket (`--allow-unix /run/`)
+/// must not let another spelling of that socket's path through: nscd's
+/// `/run/nscd//socket` or `/run/./nscd/socket` would miss the longer,
+/// refusing entry and match the directory's. Proven at a stand-in nscd,
+/// in a mount namespace of the test's with a tmpfs over /run.
+#[test]
+fn another_spelling_does_not_reach_a_refused_socket_under_an_allowed_directory() {
+    require_root();
+    if !kernel_at_least(6, 7) {
+        eprintln!(
+            "this kernel has no cgroup UNIX hooks: the exec tests assert that egressd says so"
+        );
+        return;
+    }
+    let ns = Netns::new("unixspell").unwrap();
+    let dir = TempDir::new("unixspell").unwrap();
+    let log = dir.0.join("log");
+    let deputy = format!(
+        "mount -t tmpfs none /run && mkdir /run/nscd && \
+         {PYTHON} -c \"import socket\n\
+s = socket.socket(socket.AF_UNIX); s.bind('/run/nscd/socket'); s.listen(8); s.settimeout(30)\n\
+log = open('{}', 'a', buffering=1)\n\
+while True:\n    c, _ = s.accept(); log.write('reached\\n')\" & \
+         while [ ! -S /run/nscd/socket ]; do sleep 0.1; done; exec \"$@\"",
+        log.display()
+    );
+    let r = egress_tests::egressd::exec_under(
+        &ns,
+        &["unshare", "--mount", "sh", "-c", &deputy, "sh"],
+        &["--allow", "198.51.100.1:443", "--allow-unix", "/run/"],
+        &[
+            PYTHON,
+            "-c",
+            CLIENT,
+            "stream=/run/nscd//socket",
+            "stream=/run/./nscd/socket",
+            "stream=/run/nscd/../nscd/socket",
+            "stream=/run/nscd/socket",
+        ],
+    )
+    .unwrap();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "stream refused EPERM",
+            "stream refused EPERM",
+            "stream refused EPERM",
+            "stream refused EPERM"
+        ],
+        "{r:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        "",
+        "the stand-in nscd was reached"
+    );
+}
+
+/// `exec`: the command cannot bind-mount another socket over a UNIX path
+/// its policy allows (names are judged as written, before the kernel
+/// resolves them): its Landlock domain refuses mount(2). The allowed
+/// deputy is reached; the one it tried to put in its place is not.
+#[test]
+fn exec_cannot_mount_another_socket_over_an_allowed_path() {
+    require_root();
+    if !kernel_at_least(6, 7) {
+        eprintln!(
+            "this kernel has no cgroup UNIX hooks: the exec tests assert that egressd says so"
+        );
+        return;
+    }
+    let ns = Netns::new("unixmount").unwrap();
+    let dir = TempDir::new("unixmount").unwrap();
+    let name = format!("egressd-test-unix-{}", std::process::id());
+    let _deputy = deputy(&ns, &dir.0, &name);
+    let d = dir.0.display();
+    let (mut secret, ready) = Outside::start(
+        &ns,
+        0,
+        &format!(
+            "import socket\n\
+             s = socket.socket(socket.AF_UNIX); s.bind('{d}/secret.sock'); s.listen(8); s.settimeout(20)\n\
+             print('ready', flush=True)\n\
+             c, _ = s.accept(); print('reached', flush=True)"
+        ),
+    );
+    assert_eq!(ready, "ready");
+    let stream = format!("{d}/stream.sock");
+    let mount = format!("mount --bind {d}/secret.sock {stream} && echo mounted; exec \"$@\"");
+    let target = format!("stream={stream}");
+    let r = exec(
+        &ns,
+        &["--allow", "198.51.100.1:443", "--allow-unix", &stream],
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "unchanged",
+            "sh",
+            "-c",
+            &mount,
+            "sh",
+            PYTHON,
+            "-c",
+            CLIENT,
+            &target,
+        ],
+    )
+    .unwrap();
+    assert!(!r.stdout.contains("mounted"), "{r:?}");
+    assert_eq!(r.stdout.trim(), "stream sent", "{r:?}");
+    assert_eq!(reached(&dir.0), "stream 6\n", "{r:?}");
+    let _ = secret.0.kill();
+    assert_eq!(
+        secret.line(),
+        "",
+        "the socket mounted in place of the allowed one was reached"
+    );
+}

@@ -73,7 +73,7 @@ const PROGRAMS: [(&str, Kind, u32); 14] = {
 const STAND_INS: [(&str, &str, &str); 1] = [(
     program_names::SETSOCKOPT,
     program_names::SETSOCKOPT_OWN_CGROUP,
-    "this kernel refuses the cgroup ancestor walk to setsockopt programs (Linux 5.10): a source-routing option set in a sub-cgroup of a governed cgroup is refused as no_policy, also in audit mode",
+    "this kernel refuses the cgroup ancestor walk to setsockopt programs (before Linux 6.1; seen on 5.10): a source-routing option set in a sub-cgroup of a governed cgroup is refused as no_policy, also in audit mode, and its events carry no pid or comm",
 )];
 
 /// The names of every program attached to a governed cgroup (and pinned).
@@ -103,6 +103,8 @@ pub enum KernelError {
     },
     #[error("loading the UNIX socket programs (this kernel has their hooks): {0}")]
     Unix(String),
+    #[error("BPF LSM runs here, but its program did not load: {0}")]
+    Lsm(String),
     #[error("the eBPF object has no map `{0}`")]
     MissingMap(&'static str),
     #[error("map `{name}`")]
@@ -179,6 +181,18 @@ impl Kernel {
             Err(unix::UNSUPPORTED.to_string())
         };
         let lsm = lsm::load(&mut ebpf);
+        // BPF LSM is listed and the kernel has cgroup BPF LSM, but the
+        // verifier rejected the program: fail closed, as for the UNIX
+        // programs. (EPERM is the kernel refusing BPF LSM programs at all,
+        // as some builds do although `bpf` is listed: not judged, said.)
+        if let Err(why) = &lsm {
+            if why.starts_with("loading program")
+                && !why.contains("Operation not permitted")
+                && !lsm::lacks_lsm_cgroup()
+            {
+                return Err(KernelError::Lsm(why.clone()));
+            }
+        }
         Ok(Kernel {
             ebpf,
             stand_ins,

@@ -92,18 +92,25 @@ const SHARED_DIRS: &[&str] = &[
     "/dev/shm/",
     "/run/user/",
     "/run/lock/",
+    // Their links lead anywhere.
+    "/proc/",
+    "/dev/fd/",
 ];
 
-/// A warning for an entry in a directory others may write.
+/// A warning for an entry in, or above, a directory others may write.
 pub fn shared_dir_warning(name: &UnixName) -> Option<String> {
     let (UnixName::Path(p) | UnixName::Dir(p)) = name else {
         return None;
     };
-    SHARED_DIRS.iter().find(|d| p.starts_with(*d)).map(|d| {
-        format!(
-            "channels.unix: `{p}` is in {d}, where the agent can make that name first as a symbolic link to any socket (names are matched as written): use a directory only its daemon can write"
-        )
-    })
+    let above = matches!(name, UnixName::Dir(_));
+    SHARED_DIRS
+        .iter()
+        .find(|d| p.starts_with(*d) || (above && d.starts_with(p.as_str())))
+        .map(|d| {
+            format!(
+                "channels.unix: `{p}` covers {d}, where the agent can make a name first as a symbolic link to any socket (names are matched as written): use a directory only its daemon can write"
+            )
+        })
 }
 
 /// The sockets of name-service daemons, which resolve names past egressd's
@@ -209,6 +216,8 @@ mod tests {
         assert!(w("/tmp/agent/").unwrap().contains("symbolic link"));
         assert!(w("/run/user/1000/bus").is_some());
         assert!(w("/run/tool/api.sock").is_none());
+        assert!(w("/run/").unwrap().contains("/run/user/"));
+        assert!(w("/dev/").is_some());
         assert!(w("@bus").is_none());
     }
 
