@@ -9,14 +9,14 @@
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::lpm_trie::Key, programs::SockAddrContext};
 use egress_common::{
-    counter_index, proto_class, reason, unix_entry, verdict, UnixEvent, UnixKey, AF_UNIX,
-    TABLE_BITS, UNIX_KEY_LEN, UNIX_PATH_MAX,
+    proto_class, reason, unix_entry, UnixEvent, UnixKey, AF_UNIX, TABLE_BITS, UNIX_KEY_LEN,
+    UNIX_PATH_MAX,
 };
 
 use crate::{
     dest::Dest,
     maps::{bump, EVENTS, UNIX_ALLOW},
-    verdict::{event, governing, Caller, Live},
+    verdict::{event, governing, returned, tally, Caller, Live},
 };
 
 /// Offsets in the kernel's `struct bpf_sock_addr_kern`, which a cgroup
@@ -144,22 +144,14 @@ pub fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
 /// reports it with its name; 1 allows, 0 refuses (audit mode allows).
 #[inline(always)]
 fn conclude(policy: u32, live: Option<Live>, why: u8, hook: u8, name: &Name) -> i32 {
-    let class = proto_class::OTHER;
-    if why == reason::NONE {
-        bump(counter_index(policy, verdict::ALLOWED, class, why));
-        return 1;
-    }
     let audit = matches!(live, Some(Live { audit: true, .. }));
-    let v = if audit {
-        verdict::AUDITED
-    } else {
-        verdict::DENIED
-    };
-    bump(counter_index(policy, v, class, why));
-    if why != reason::NAME_SERVICE {
-        report(policy, v, why, hook, name);
+    let v = tally(policy, audit, why, proto_class::OTHER);
+    if let Some(v) = v {
+        if why != reason::NAME_SERVICE {
+            report(policy, v, why, hook, name);
+        }
     }
-    i32::from(audit)
+    returned(v)
 }
 
 #[inline(always)]

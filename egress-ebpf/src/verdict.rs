@@ -204,21 +204,35 @@ pub fn conclude(
     protocol: u8,
     dest: Dest,
 ) -> i32 {
-    if why == reason::NONE {
-        bump(counter_index(policy, verdict::ALLOWED, class, why));
-        return RET_ALLOW;
+    let v = tally(policy, audit, why, class);
+    if let Some(v) = v {
+        report(caller, policy, hook, v, why, protocol, dest);
     }
-    let v = if audit {
+    returned(v)
+}
+
+/// Counts an attempt by (policy, verdict, class, reason): `None` when it
+/// is allowed, else the verdict to report it under (audited or denied).
+#[inline(always)]
+pub fn tally(policy: u32, audit: bool, why: u8, class: u8) -> Option<u8> {
+    let v = if why == reason::NONE {
+        verdict::ALLOWED
+    } else if audit {
         verdict::AUDITED
     } else {
         verdict::DENIED
     };
     bump(counter_index(policy, v, class, why));
-    report(caller, policy, hook, v, why, protocol, dest);
-    if audit {
-        RET_ALLOW
-    } else {
-        RET_REFUSE
+    (v != verdict::ALLOWED).then_some(v)
+}
+
+/// A program's return value for what `tally` said: 1 lets the call go on
+/// (allowed, or audit mode), 0 refuses it.
+#[inline(always)]
+pub fn returned(v: Option<u8>) -> i32 {
+    match v {
+        Some(verdict::DENIED) => RET_REFUSE,
+        _ => RET_ALLOW,
     }
 }
 
@@ -231,19 +245,12 @@ fn is_connect(h: u8) -> bool {
 /// (see `udp`); returns the backstop's verdict.
 #[inline(always)]
 pub fn conclude_deferred(mut e: Event, audit: bool) -> i32 {
-    let v = if audit {
-        verdict::AUDITED
-    } else {
-        verdict::DENIED
-    };
-    e.verdict = v;
-    bump(counter_index(e.policy_id, v, proto_class::UDP, e.reason));
-    emit(&e);
-    if audit {
-        RET_ALLOW
-    } else {
-        RET_REFUSE
+    let v = tally(e.policy_id, audit, e.reason, proto_class::UDP);
+    if let Some(v) = v {
+        e.verdict = v;
+        emit(&e);
     }
+    returned(v)
 }
 
 /// Loopback, or the unspecified address (0.0.0.0, ::), which the kernel
@@ -393,22 +400,26 @@ pub fn judge_family(family: u32, kern: bool) -> i32 {
     }
     let caller = Caller::Task;
     let (policy, live) = governing(caller);
-    if let Some(l) = live {
-        if family < 64 && l.families & (1 << family) != 0 {
-            bump(counter_index(
-                policy,
-                verdict::ALLOWED,
-                proto_class::OTHER,
-                reason::NONE,
-            ));
-            return RET_ALLOW;
-        }
-    }
+    let named = matches!(live, Some(l) if family < 64 && l.families & (1 << family) != 0);
     let dest = Dest {
         family: family as u8,
         addr: [0; 16],
         port: 0,
     };
+    if named {
+        let allowed = reason::NONE;
+        let class = proto_class::OTHER;
+        return conclude(
+            caller,
+            policy,
+            false,
+            allowed,
+            class,
+            hook::SOCKET_FAMILY,
+            0,
+            dest,
+        );
+    }
     refuse(caller, reason::SOCKET, hook::SOCKET_FAMILY, 0, dest)
 }
 

@@ -20,15 +20,9 @@ pub fn require_root() {
     }
 }
 
-/// Whether the running kernel is `major.minor` or later (from
-/// /proc/sys/kernel/osrelease): tests of a hook newer than the kernel
-/// assert what egressd says instead (that the channel is not closed).
+/// Whether the running kernel is `major.minor` or later: tests of a hook
+/// newer than the kernel assert what egressd says instead (that the
+/// channel is not closed).
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (a, b) >= (major, minor)
+    ::egressd::kernel::release_at_least(major, minor)
 }

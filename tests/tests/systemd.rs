@@ -144,6 +144,13 @@ fn systemctl(args: &[&str]) {
 #[ignore = "needs systemd as PID 1: cargo xtask vm-test --lane systemd runs it"]
 fn units_govern_an_agent_under_systemd() {
     require_root();
+    // It writes /etc/egressd and /etc/systemd/system: never on a machine
+    // someone uses, even with --include-ignored.
+    assert_eq!(
+        std::env::var("EGRESSD_TEST_DISPOSABLE_HOST").as_deref(),
+        Ok("1"),
+        "this test installs egressd's units under /etc: it runs only in vm-test's throwaway VM"
+    );
     let init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
     assert_eq!(init.trim(), "systemd", "PID 1 is not systemd");
     let ns = Netns::new("sdunit").unwrap();

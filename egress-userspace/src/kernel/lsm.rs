@@ -30,12 +30,7 @@ pub fn load(ebpf: &mut Ebpf) -> Result<(), String> {
 /// Linux 6.0) rather than a broken program, which must stop egressd: BPF
 /// LSM runs, and socket families would go unjudged.
 pub fn lacks_lsm_cgroup() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) < (6, 0)
+    !super::release_at_least(6, 0)
 }
 
 fn load_active(ebpf: &mut Ebpf) -> Result<()> {
