@@ -2,9 +2,11 @@
 //! events`: a Unix socket only root can use (mode 0600 in a 0700 directory,
 //! and the peer's uid checked).
 //!
-//! Protocol: the client sends one line, `status` or `events [POLICY]`. For
-//! `status` the daemon answers with one JSON document; for `events` it
-//! streams one JSON line per deny or audit event until the client leaves.
+//! Protocol: the client sends one line: `status`, `events [POLICY]`,
+//! `explain DEST` or `reload`. For `status`, `explain` and `reload` the
+//! daemon answers with one JSON document (`reload` once the reload is done:
+//! `{"reloaded":true}` or `{"error":"..."}`); for `events` it streams one
+//! JSON line per deny or audit event until the client leaves.
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -17,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::broadcast,
+    sync::{broadcast, mpsc, oneshot},
 };
 
 use crate::{
@@ -32,6 +34,18 @@ pub fn socket_path(instance: &str) -> PathBuf {
 
 /// Events as JSON lines, for `events` clients.
 pub type EventFeed = broadcast::Sender<Value>;
+
+/// A `reload` request for the daemon's loop, with where to send its
+/// outcome (the error, if the running policies stay in force).
+pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
+
+/// What the control socket's clients reach in the daemon.
+#[derive(Clone)]
+pub struct Handles {
+    pub enforcer: Arc<Mutex<Enforcer>>,
+    pub feed: EventFeed,
+    pub reload: mpsc::Sender<ReloadRequest>,
+}
 
 /// What `egressd status` shows.
 pub fn status(enforcer: &Enforcer) -> Value {
@@ -138,7 +152,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 /// Serves clients until the task is dropped.
-pub async fn serve(listener: UnixListener, enforcer: Arc<Mutex<Enforcer>>, feed: EventFeed) {
+pub async fn serve(listener: UnixListener, handles: Handles) {
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -148,14 +162,19 @@ pub async fn serve(listener: UnixListener, enforcer: Arc<Mutex<Enforcer>>, feed:
         if !root {
             continue; // dropped: only root may ask
         }
-        let (enforcer, feed) = (enforcer.clone(), feed.clone());
+        let handles = handles.clone();
         tokio::spawn(async move {
-            let _ = client(conn, enforcer, feed).await;
+            let _ = client(conn, handles).await;
         });
     }
 }
 
-async fn client(conn: UnixStream, enforcer: Arc<Mutex<Enforcer>>, feed: EventFeed) -> Result<()> {
+async fn client(conn: UnixStream, handles: Handles) -> Result<()> {
+    let Handles {
+        enforcer,
+        feed,
+        reload,
+    } = handles;
     let (read, mut write) = conn.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
@@ -197,9 +216,22 @@ async fn client(conn: UnixStream, enforcer: Arc<Mutex<Enforcer>>, feed: EventFee
             );
             write.write_all(format!("{doc}\n").as_bytes()).await?;
         }
+        Some("reload") => {
+            let (tx, rx) = oneshot::channel();
+            let doc = if reload.send(tx).await.is_err() {
+                json!({"error": "the daemon is stopping"})
+            } else {
+                match rx.await {
+                    Ok(Ok(())) => json!({"reloaded": true}),
+                    Ok(Err(e)) => json!({"error": e}),
+                    Err(_) => json!({"error": "the daemon stopped before the reload was done"}),
+                }
+            };
+            write.write_all(format!("{doc}\n").as_bytes()).await?;
+        }
         _ => {
             write
-                .write_all(b"{\"error\":\"ask `status`, `events [POLICY]` or `explain DEST`\"}\n")
+                .write_all(b"{\"error\":\"ask `status`, `events [POLICY]`, `explain DEST` or `reload`\"}\n")
                 .await?
         }
     }
@@ -219,6 +251,17 @@ pub async fn print_explain(instance: &str, dest: &str, as_json: bool) -> Result<
         print!("{}", crate::explain::text(&doc));
     }
     Ok(())
+}
+
+/// `egressd reload`: the daemon loads its policy files again; returns once
+/// it has, with the daemon's error if the running policies stay in force.
+pub async fn reload(instance: &str) -> Result<()> {
+    let text = request(instance, "reload").await?;
+    let doc: Value = serde_json::from_str(&text).context("the daemon's answer is not JSON")?;
+    match doc["error"].as_str() {
+        Some(e) => bail!("reload failed: {e}"),
+        None => Ok(()),
+    }
 }
 
 /// `egressd status`: the daemon's status, as JSON or as a short table.

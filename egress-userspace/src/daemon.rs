@@ -7,13 +7,14 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    control::{self, EventFeed},
+    control::{self, EventFeed, ReloadRequest},
     dns::DnsEvent,
     enforcer::Enforcer,
     events::{Describer, EventStream},
@@ -33,9 +34,9 @@ use crate::{
 /// Default pin directory name of the daemon.
 pub const INSTANCE: &str = "run";
 /// How often the policy files are checked for changes.
-pub const POLL_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+pub const POLL_PERIOD: Duration = Duration::from_secs(1);
 /// How often expired addresses are removed.
-pub const SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
+pub const SWEEP_PERIOD: Duration = Duration::from_millis(500);
 /// Default metrics address: loopback only.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9469";
 
@@ -217,21 +218,23 @@ fn release_freed_memory() {
 }
 
 /// Loads the policy files again and applies them (with the cgroups of the
-/// pods they select); returns the new policies. A file that fails to load
-/// changes nothing: the running policies stay in force.
+/// pods they select); returns the new policies, or what went wrong (logged
+/// and counted). A file that fails to load changes nothing: the running
+/// policies stay in force.
 async fn reload(
     governor: &mut Governor,
     path: &Path,
     describer: &mut Describer,
     pods: &Pods,
     root: &Path,
-) -> Option<Vec<Policy>> {
+) -> Result<Vec<Policy>, String> {
     let policies = match load_policies(path) {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!("reload refused, the running policies stay in force: {e:#}");
+            let why = format!("reload refused, the running policies stay in force: {e:#}");
+            tracing::error!("{why}");
             governor.metrics.reload(false);
-            return None;
+            return Err(why);
         }
     };
     let (expanded, _) = pods.expand(&policies, root);
@@ -249,13 +252,14 @@ async fn reload(
             if let Err(e) = pods.sync(governor, &policies, root) {
                 tracing::error!("governing pods: {e:#}");
             }
-            Some(policies)
+            Ok(policies)
         }
         Err(e) => {
             // Logged before counted: whoever sees the count finds the log.
-            tracing::error!("reload failed part-way, some policies may be the old ones: {e:#}");
+            let why = format!("reload failed part-way, some policies may be the old ones: {e:#}");
+            tracing::error!("{why}");
             governor.metrics.reload(false);
-            None
+            Err(why)
         }
     }
 }
@@ -279,6 +283,33 @@ fn notify_systemd(state: &str) {
     };
     if let Err(e) = sent {
         tracing::warn!("telling systemd {state}: {e}");
+    }
+}
+
+/// How often to tell systemd's watchdog that egressd is alive: half of
+/// WatchdogSec= (WATCHDOG_USEC, when WATCHDOG_PID is this process), or
+/// never.
+fn watchdog_interval() -> Option<tokio::time::Interval> {
+    let ours = std::env::var("WATCHDOG_PID")
+        .map_or(true, |p| p.parse::<u32>().ok() == Some(std::process::id()));
+    let usec = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|u| u.parse::<u64>().ok())
+        .filter(|u| *u > 0 && ours)?;
+    tracing::info!(seconds = usec as f64 / 1e6, "systemd watchdog");
+    let period = Duration::from_micros(usec / 2);
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    Some(i)
+}
+
+/// The watchdog's next tick; never, without a watchdog.
+async fn watchdog_tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -402,9 +433,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tokio::spawn(metrics::serve(listener, metrics.clone(), enforcer.clone()));
     }
     let feed: EventFeed = tokio::sync::broadcast::channel(1024).0;
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let control_path = control::socket_path(&opts.instance);
     let listener = control::bind(&control_path)?;
-    tokio::spawn(control::serve(listener, enforcer.clone(), feed.clone()));
+    let handles = control::Handles {
+        enforcer: enforcer.clone(),
+        feed: feed.clone(),
+        reload: reload_tx,
+    };
+    tokio::spawn(control::serve(listener, handles));
     release_freed_memory();
     // Handled before egressd says it is ready: a signal sent right after
     // (systemd's reload, a test's SIGHUP) must not find the default action,
@@ -416,6 +453,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     notify_systemd("READY=1");
 
     let mut poll = tokio::time::interval(POLL_PERIOD);
+    // Pinged from this loop, so that a loop stuck anywhere is noticed.
+    let mut watchdog = watchdog_interval();
     let mut watcher = Watcher::new().context("watching governed cgroups (inotify)")?;
     for dir in governor.watched_dirs() {
         watcher
@@ -450,11 +489,19 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 seen = stamp(&opts.policy);
-                if let Some(new) = reload(&mut governor, &opts.policy, &mut describer, &pods, &root).await {
+                if let Ok(new) = reload(&mut governor, &opts.policy, &mut describer, &pods, &root).await {
                     base = new;
                 }
                 watch_all(&governor, &mut watcher, &pods.parents(&root));
             }
+            // `egressd reload` (systemd's ExecReload=): answered once done.
+            Some(reply) = reload_rx.recv() => {
+                seen = stamp(&opts.policy);
+                let outcome = reload(&mut governor, &opts.policy, &mut describer, &pods, &root).await;
+                watch_all(&governor, &mut watcher, &pods.parents(&root));
+                let _ = reply.send(outcome.map(|new| base = new));
+            }
+            _ = watchdog_tick(&mut watchdog) => notify_systemd("WATCHDOG=1"),
             _ = poll.tick() => {
                 if let Err(e) = governor.verify_all() {
                     tracing::error!("checking governed cgroups: {e:#}");
@@ -474,7 +521,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 if now != seen {
                     seen = now;
                     tracing::info!("policy files changed");
-                    if let Some(new) = reload(&mut governor, &opts.policy, &mut describer, &pods, &root).await {
+                    if let Ok(new) = reload(&mut governor, &opts.policy, &mut describer, &pods, &root).await {
                         base = new;
                     }
                     watch_all(&governor, &mut watcher, &pods.parents(&root));

@@ -125,6 +125,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make the running daemon load its policy files again, and wait until it
+    /// has: exits 1 with the daemon's reason if the running policies stay in
+    /// force (systemd's ExecReload=).
+    Reload {
+        #[arg(long, default_value = daemon::INSTANCE)]
+        instance: String,
+    },
     /// A live tail of the running daemon's deny and audit events (JSON lines).
     Events {
         #[arg(long, default_value = daemon::INSTANCE)]
@@ -282,6 +289,12 @@ fn main() -> ExitCode {
         }
         Command::Status { instance, json } => {
             match runtime().block_on(egressd::control::print_status(&instance, json)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failed(e),
+            }
+        }
+        Command::Reload { instance } => {
+            match runtime().block_on(egressd::control::reload(&instance)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failed(e),
             }

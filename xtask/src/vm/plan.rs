@@ -24,7 +24,7 @@ impl fmt::Display for Lane {
 }
 
 /// Test files the systemd lane runs: those about systemd and the daemon.
-const SYSTEMD_LANE_FILES: &[&str] = &["systemd", "daemon"];
+const SYSTEMD_LANE_FILES: &[&str] = &["systemd", "systemd_live", "daemon"];
 
 /// A test file, or one test in it, that the VM does not run.
 pub struct Exclusion {
