@@ -229,11 +229,11 @@ async fn client(conn: UnixStream, handles: Handles) -> Result<()> {
             };
             write.write_all(format!("{doc}\n").as_bytes()).await?;
         }
-        _ => {
-            write
-                .write_all(b"{\"error\":\"ask `status`, `events [POLICY]`, `explain DEST` or `reload`\"}\n")
-                .await?
-        }
+        _ => write
+            .write_all(
+                b"{\"error\":\"ask `status`, `events [POLICY]`, `explain DEST` or `reload`\"}\n",
+            )
+            .await?,
     }
     Ok(())
 }

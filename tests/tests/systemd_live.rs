@@ -196,7 +196,8 @@ impl Installed {
     /// Waits until the prober has written `more` lines beyond `from`.
     fn wait_for_probes(&self, from: usize, more: usize) -> usize {
         assert!(
-            wait_until(Duration::from_secs(60), || self.lines().len() >= from + more),
+            wait_until(Duration::from_secs(60), || self.lines().len()
+                >= from + more),
             "the prober stopped probing: {:?}",
             self.lines()
         );
@@ -234,7 +235,10 @@ impl Installed {
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        let _ = run("systemctl", &["stop", "doc-summarizer.service", "egressd.service"]);
+        let _ = run(
+            "systemctl",
+            &["stop", "doc-summarizer.service", "egressd.service"],
+        );
         let _ = run("systemctl", &["reset-failed"]);
         let _ = run(bin().to_str().unwrap(), &["detach"]);
         for u in units() {
@@ -261,9 +265,19 @@ fn units_govern_an_agent_under_systemd() {
     systemctl(&["start", "egressd.service"]);
     let governed = run(
         bin().to_str().unwrap(),
-        &["governed", "--cgroup", "agents.slice", "--policy", "doc-summarizer"],
+        &[
+            "governed",
+            "--cgroup",
+            "agents.slice",
+            "--policy",
+            "doc-summarizer",
+        ],
     );
-    assert!(governed.status.success(), "READY=1 before enforcing: {}", text(&governed));
+    assert!(
+        governed.status.success(),
+        "READY=1 before enforcing: {}",
+        text(&governed)
+    );
     assert_eq!(property("egressd.service", "WatchdogUSec"), "30s");
     systemctl(&["start", "doc-summarizer.service"]);
     let lines = units.lines();
@@ -283,7 +297,9 @@ fn units_govern_an_agent_under_systemd() {
     assert!(
         wait_until(Duration::from_secs(20), || journal("egressd.service")
             .lines()
-            .any(|l| l.contains(&format!("\"daddr\":\"{REFUSED}\"")) && l.contains("doc-summarizer"))),
+            .any(
+                |l| l.contains(&format!("\"daddr\":\"{REFUSED}\"")) && l.contains("doc-summarizer")
+            )),
         "{}",
         journal("egressd.service")
     );
@@ -296,17 +312,27 @@ fn units_govern_an_agent_under_systemd() {
 #[ignore = "needs systemd as PID 1: cargo xtask vm-test --lane systemd runs it"]
 fn the_agent_cannot_start_while_egressd_is_not_enforcing() {
     let units = Installed::new("sdgate", "agents.slice", ONCE, true);
-    std::fs::write(POLICY, "name: doc-summarizer\ncgroups: [agents.slice]\nallow: [\n").unwrap();
+    std::fs::write(
+        POLICY,
+        "name: doc-summarizer\ncgroups: [agents.slice]\nallow: [\n",
+    )
+    .unwrap();
     let out = run("systemctl", &["start", "doc-summarizer.service"]);
     assert!(!out.status.success(), "the agent started: {}", text(&out));
     // Refused by its own gate, not by a dependency.
     assert!(
-        units.lines().iter().any(|(a, r)| a == "egressd:" && r.starts_with("NOT GOVERNED")),
+        units
+            .lines()
+            .iter()
+            .any(|(a, r)| a == "egressd:" && r.starts_with("NOT GOVERNED")),
         "ExecStartPre did not refuse: {:?}",
         units.lines()
     );
     assert!(
-        units.lines().iter().all(|(a, _)| a != ALLOWED && a != REFUSED),
+        units
+            .lines()
+            .iter()
+            .all(|(a, _)| a != ALLOWED && a != REFUSED),
         "the agent ran: {:?}",
         units.lines()
     );
@@ -341,7 +367,11 @@ fn restarting_or_stopping_egressd_leaves_no_gap_and_the_agent_running() {
     systemctl(&["start", "egressd.service"]);
     units.wait_for_probes(seen, 6);
     units.assert_every_probe_judged();
-    assert_eq!(property("doc-summarizer.service", "MainPID"), agent, "the agent was restarted");
+    assert_eq!(
+        property("doc-summarizer.service", "MainPID"),
+        agent,
+        "the agent was restarted"
+    );
     assert_eq!(property("doc-summarizer.service", "NRestarts"), "0");
     assert_eq!(property("doc-summarizer.service", "ActiveState"), "active");
     assert!(units.allowed.count() > 0);
@@ -362,7 +392,12 @@ fn a_stuck_egressd_is_restarted_by_the_watchdog_with_no_gap() {
     let seen = units.wait_for_probes(0, 6);
     // Fed: alive for longer than the watchdog's period.
     std::thread::sleep(Duration::from_secs(8));
-    assert_eq!(property("egressd.service", "NRestarts"), "0", "{}", journal("egressd.service"));
+    assert_eq!(
+        property("egressd.service", "NRestarts"),
+        "0",
+        "{}",
+        journal("egressd.service")
+    );
     let pid = property("egressd.service", "MainPID");
     assert!(run("kill", &["-STOP", &pid]).status.success());
     assert!(
@@ -388,9 +423,17 @@ fn reload_waits_for_the_daemon_and_a_broken_policy_fails_it() {
     let units = Installed::new("sdreload", "agents.slice", ONCE, true);
     systemctl(&["start", "egressd.service"]);
     assert_eq!(units.once(), ("refused 1".into(), "ok".into()));
-    std::fs::write(POLICY, "name: doc-summarizer\ncgroups: [agents.slice]\nallow: [\n").unwrap();
+    std::fs::write(
+        POLICY,
+        "name: doc-summarizer\ncgroups: [agents.slice]\nallow: [\n",
+    )
+    .unwrap();
     let out = run("systemctl", &["reload", "egressd.service"]);
-    assert!(!out.status.success(), "a broken policy reloaded: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a broken policy reloaded: {}",
+        text(&out)
+    );
     assert!(
         wait_until(Duration::from_secs(20), || journal("egressd.service")
             .contains("reload refused, the running policies stay in force")),
@@ -424,9 +467,15 @@ fn a_restarted_agent_is_governed_from_its_first_process() {
             .map(|(_, r)| r)
             .collect();
         assert_eq!(firsts.len(), round, "{:?}", units.lines());
-        assert!(firsts.iter().all(|r| r == "refused 1"), "round {round}: {firsts:?}");
+        assert!(
+            firsts.iter().all(|r| r == "refused 1"),
+            "round {round}: {firsts:?}"
+        );
         // The unit is gone, and so is its cgroup (systemd removes it).
-        assert_eq!(property("doc-summarizer.service", "ActiveState"), "inactive");
+        assert_eq!(
+            property("doc-summarizer.service", "ActiveState"),
+            "inactive"
+        );
     }
     assert_eq!(units.refused.count(), 0, "the refused address was reached");
     assert_eq!(units.allowed.count(), 3);
