@@ -140,7 +140,7 @@ impl Metrics {
             dns_evictions: counter(&r, "egressd_dns_evictions_total",
                 "Addresses dropped because a host rule held too many.", &["policy"]),
             reloads: counter(&r, "egressd_reloads_total",
-                "Policy reloads (SIGHUP or a changed file), by result (ok, error).", &["result"]),
+                "Policy reloads (egressd reload, SIGHUP or a changed file), by result (ok, error).", &["result"]),
             reload_ok: plain_gauge(&r, "egressd_config_last_reload_successful",
                 "1 if the last policy load or reload took, 0 if the files in force are not those on disk."),
             reload_ok_time: plain_gauge(&r, "egressd_config_last_reload_success_timestamp_seconds",

@@ -2,10 +2,10 @@
 //! a destination neither policy allows is reachable, or one both allow is
 //! refused; a broken file changes nothing; a changed file is picked up.
 
-use std::{thread, time::Duration};
+use std::{process::Command, thread, time::Duration};
 
 use egress_tests::{
-    egressd::{Daemon, TempDir, TestCgroup},
+    egressd::{bin, Daemon, TempDir, TestCgroup},
     listen::Listener,
     netns::Netns,
     require_root,
@@ -176,6 +176,61 @@ fn a_broken_file_on_reload_changes_nothing() {
         "the broken policy was applied"
     );
     assert_eq!(denied.count(), 0);
+}
+
+/// `egressd reload` answers once the daemon has reloaded: a broken file
+/// fails it (exit 1, with the daemon's reason) and changes nothing; a good
+/// one is in force the moment it exits 0.
+#[test]
+fn egressd_reload_answers_once_the_reload_is_done() {
+    require_root();
+    let ns = Netns::new("reloadcmd").unwrap();
+    let _x = Listener::tcp(&ns, "198.51.100.1:443").unwrap();
+    let later = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+    let cg = TestCgroup::new("reloadcmd").unwrap();
+    let dir = TempDir::new("reloadcmd").unwrap();
+    let file = dir
+        .write("agent.yaml", &policy(&cg, &["198.51.100.1"]))
+        .unwrap();
+    let daemon = Daemon::start(&ns, &file).unwrap();
+    let reload = || {
+        Command::new(bin())
+            .args(["reload", "--instance", &daemon.instance])
+            .output()
+            .unwrap()
+    };
+    let probe = |a: &str| {
+        String::from_utf8_lossy(&cg.run(&ns, PROBE, &["tcp", a]).unwrap().stdout)
+            .trim()
+            .to_string()
+    };
+    std::fs::write(
+        &file,
+        "name: agent\nallow:\n  - cidr: 0.0.0.0/0\n    port: 443\n",
+    )
+    .unwrap();
+    let out = reload();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("reload refused") && err.contains("unknown field `port`"),
+        "{err}"
+    );
+    assert_eq!(probe("198.51.100.1:443"), "ok");
+    assert_eq!(probe("203.0.113.9:443"), "error: 1");
+    std::fs::write(&file, policy(&cg, &["198.51.100.1", "203.0.113.9"])).unwrap();
+    let out = reload();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        probe("203.0.113.9:443"),
+        "ok",
+        "not in force when reload returned"
+    );
+    assert_eq!(later.count(), 1);
 }
 
 #[test]

@@ -37,6 +37,7 @@ pub const USAGE: &str = "usage: cargo xtask vm-test [options]
   --kernel K      5.10, 6.1, 6.12 or host; repeat or comma-separate (default: all)
   --lane L        direct or systemd; repeat or comma-separate (default: both)
   --filter TEXT   run only tests whose name contains TEXT
+  --files F       only the test files tests/tests/F.rs; repeat or comma-separate
   --accel A       auto (KVM if it boots the kernel, else TCG), kvm or tcg
   --timeout MIN   minutes one VM may take before it is killed (default 90)
   --no-build      use the binaries of the last vm-test build";
@@ -46,6 +47,7 @@ struct Options {
     kernels: Vec<String>,
     lanes: Vec<Lane>,
     filter: Option<String>,
+    files: Vec<String>,
     accel: Option<Accel>,
     timeout: Duration,
     build: bool,
@@ -56,6 +58,7 @@ fn parse(args: &[String]) -> Result<Options> {
         kernels: Vec::new(),
         lanes: Vec::new(),
         filter: None,
+        files: Vec::new(),
         accel: None,
         timeout: Duration::from_secs(90 * 60),
         build: true,
@@ -77,6 +80,9 @@ fn parse(args: &[String]) -> Result<Options> {
                 }
             }
             "--filter" => o.filter = Some(value()?.clone()),
+            "--files" => o
+                .files
+                .extend(value()?.split(',').map(|f| f.trim().to_string())),
             "--accel" => {
                 o.accel = match value()?.as_str() {
                     "auto" => None,
@@ -152,8 +158,17 @@ pub fn run(args: &[String]) -> Result<()> {
     } else {
         binaries::load(&list)?
     };
+    if let Some(f) = o
+        .files
+        .iter()
+        .find(|f| !bins.tests.iter().any(|(n, _)| n == *f))
+    {
+        let known: Vec<&str> = bins.tests.iter().map(|(n, _)| n.as_str()).collect();
+        bail!("--files: no test file {f:?} (one of {})", known.join(", "));
+    }
     let plan = Plan {
         filter: o.filter.clone(),
+        files: o.files.clone(),
         test_timeout: Duration::from_secs(20 * 60),
     };
     for e in plan::EXCLUDED {
@@ -207,11 +222,23 @@ fn fetch_kernel(label: &str, mirror: &archive::Mirror, vm_dir: &Path) -> Result<
     kernels::fetch(series, mirror, vm_dir)
 }
 
-/// The accelerators to try, in order.
-fn accels(o: &Options) -> Vec<Accel> {
+/// The accelerators to try, in order: KVM first, unless KVM failed to boot
+/// this kernel before on this machine (`memo`, a file under target/vm
+/// holding qemu's reason).
+fn accels(o: &Options, memo: &Path) -> Vec<Accel> {
     match o.accel {
         Some(a) => vec![a],
-        None if qemu::kvm_available() => vec![Accel::Kvm, Accel::Tcg],
+        None if qemu::kvm_available() => match fs::read_to_string(memo) {
+            Ok(why) => {
+                println!(
+                    "vm-test: KVM could not boot this kernel before ({}; {}): TCG",
+                    why.trim(),
+                    memo.display()
+                );
+                vec![Accel::Tcg]
+            }
+            Err(_) => vec![Accel::Kvm, Accel::Tcg],
+        },
         None => vec![Accel::Tcg],
     }
 }
@@ -264,7 +291,8 @@ fn run_lane(
     let mut used = None;
     let mut outcome = None;
     let started = Instant::now();
-    for accel in accels(o) {
+    let memo = vm_dir.join(format!("kvm-failed-{}", kernel.release));
+    for accel in accels(o, &memo) {
         // A fresh results disk: no stale tar can pass for this boot's.
         let f = fs::File::create(&results_image)?;
         f.set_len(256 << 20)?;
@@ -277,6 +305,9 @@ fn run_lane(
                 "vm-test: KVM cannot boot {} ({why}): falling back to TCG",
                 kernel.release
             );
+            // Remembered: the next boot of this kernel goes straight to TCG
+            // (probing costs up to a minute each time).
+            fs::write(&memo, why)?;
             continue;
         }
         used = Some((accel, t.elapsed()));

@@ -63,6 +63,8 @@ pub const EXCLUDED: &[Exclusion] = &[
 pub struct Plan {
     /// Passed to every test binary (a test name substring).
     pub filter: Option<String>,
+    /// Only these test files, if any are named.
+    pub files: Vec<String>,
     /// Bound on one test binary's run inside the VM.
     pub test_timeout: Duration,
 }
@@ -78,6 +80,7 @@ impl Plan {
             .iter()
             .filter(|(name, _)| !EXCLUDED.iter().any(|e| e.file == name && e.test.is_none()))
             .filter(|(name, _)| lane == Lane::Direct || SYSTEMD_LANE_FILES.contains(&name.as_str()))
+            .filter(|(name, _)| self.files.is_empty() || self.files.contains(name))
             .collect()
     }
 
