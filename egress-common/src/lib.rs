@@ -370,11 +370,17 @@ pub const IPPROTO_UDP: u8 = 17;
 mod pod {
     // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::PolicyInfo {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PortRange {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PortSet {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsOrigin {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsAsker {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::UnixEvent {}
 }
 

@@ -18,8 +18,8 @@ use egress_common::{asker_key, hook, DnsAsker, DnsOrigin, AF_INET, AF_INET6};
 
 use crate::{
     dest::{self, Dest},
+    governing::{governing, Caller, Live},
     maps::{DNS_ASKERS, DNS_ORIGIN},
-    verdict::{governing, Caller, Live},
 };
 
 const PROXY_V4: [u8; 4] = [127, 0, 0, 1];

@@ -8,6 +8,7 @@
 
 mod dest;
 mod dns;
+mod governing;
 mod judged;
 mod maps;
 mod packet;
@@ -128,7 +129,7 @@ pub fn egress_socket_family(ctx: LsmContext) -> i32 {
 /// setsockopt(): refuses source-routing options on governed sockets.
 #[cgroup_sockopt(setsockopt)]
 pub fn egress_setsockopt(ctx: SockoptContext) -> i32 {
-    judge_option(&ctx, verdict::Caller::Task)
+    judge_option(&ctx, governing::Caller::Task)
 }
 
 /// As `egress_setsockopt`, finding the policy by the caller's own cgroup
@@ -136,11 +137,11 @@ pub fn egress_setsockopt(ctx: SockoptContext) -> i32 {
 /// to setsockopt programs (Linux 5.10).
 #[cgroup_sockopt(setsockopt)]
 pub fn egress_setsockopt_own_cgroup(ctx: SockoptContext) -> i32 {
-    judge_option(&ctx, verdict::Caller::TaskOwnCgroup)
+    judge_option(&ctx, governing::Caller::TaskOwnCgroup)
 }
 
 #[inline(always)]
-fn judge_option(ctx: &SockoptContext, caller: verdict::Caller) -> i32 {
+fn judge_option(ctx: &SockoptContext, caller: governing::Caller) -> i32 {
     // SAFETY: ctx points at the kernel's bpf_sockopt; level and optname are readable.
     let (level, optname) = unsafe {
         (

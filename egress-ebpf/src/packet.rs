@@ -11,11 +11,10 @@ use egress_common::{hook, proto_class, reason, AF_INET, AF_INET6, PROTO_BIT_TCP}
 
 use crate::{
     dest::Dest,
-    dns, judged, udp,
-    verdict::{
-        check, class_of, conclude, conclude_deferred, governing, in_portset, is_loopback, Caller,
-        Live,
-    },
+    dns,
+    governing::{governing, Caller, Live},
+    judged, udp,
+    verdict::{check, class_of, conclude, conclude_deferred, in_portset, is_loopback},
 };
 
 const PASS: i32 = 1;

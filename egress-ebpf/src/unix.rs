@@ -15,8 +15,9 @@ use egress_common::{
 
 use crate::{
     dest::Dest,
+    governing::{governing, Caller, Live},
     maps::{bump, EVENTS, UNIX_ALLOW},
-    verdict::{event, governing, returned, tally, Caller, Live},
+    verdict::{event, returned, tally},
 };
 
 /// Offsets in the kernel's `struct bpf_sock_addr_kern`, which a cgroup

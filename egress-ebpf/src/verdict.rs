@@ -1,12 +1,10 @@
-//! The verdict: which policy governs the caller, is the destination allowed,
-//! count it, and report it when it is not.
+//! The verdict: is the destination allowed by the policy that governs the
+//! caller (`governing`), count it, and report it when it is not.
 
 use aya_ebpf::{
-    bindings::__sk_buff,
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_netns_cookie,
-        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_netns_cookie,
     },
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -14,84 +12,18 @@ use aya_ebpf::{
 };
 use egress_common::{
     config, counter_index, hook, lost_index, proto_class, reason, verdict, Event, V4Key, V6Key,
-    AF_INET, MAX_CGROUP_DEPTH, MAX_PORT_RANGES, MODE_AUDIT, PROTO_BIT_TCP, PROTO_BIT_UDP,
-    TABLE_BITS,
+    AF_INET, MAX_PORT_RANGES, PROTO_BIT_TCP, PROTO_BIT_UDP, TABLE_BITS,
 };
 
 use crate::{
     dest::Dest,
     dns,
-    maps::{bump, ALLOW_V4, ALLOW_V6, CGROUP_POLICY, CONFIG, EVENTS, POLICIES, PORTSETS},
+    governing::{governing, Caller, Live},
+    maps::{bump, ALLOW_V4, ALLOW_V6, CONFIG, EVENTS, PORTSETS},
 };
 
 const RET_REFUSE: i32 = 0;
 const RET_ALLOW: i32 = 1;
-
-/// Who is being judged: the calling task (socket calls), or the socket a
-/// packet belongs to (the egress backstop, which may run in softirq context).
-#[derive(Clone, Copy)]
-pub enum Caller {
-    Task,
-    /// The calling task, by its own cgroup only: for program types that
-    /// cannot call `bpf_get_current_ancestor_cgroup_id` on older kernels
-    /// (setsockopt on Linux 5.10, which has no pid or comm helpers there
-    /// either: its events carry the uid only). A process in a sub-cgroup
-    /// of a governed one then finds no policy, and is refused as
-    /// `NO_POLICY`.
-    TaskOwnCgroup,
-    Packet(*mut __sk_buff),
-}
-
-impl Caller {
-    #[inline(always)]
-    fn cgroup_id(self) -> u64 {
-        // SAFETY: helper calls; the skb pointer is the program's context.
-        unsafe {
-            match self {
-                Caller::Task | Caller::TaskOwnCgroup => bpf_get_current_cgroup_id(),
-                Caller::Packet(skb) => bpf_skb_cgroup_id(skb),
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn ancestor_cgroup_id(self, level: i32) -> u64 {
-        // SAFETY: as above.
-        unsafe {
-            match self {
-                Caller::Task => bpf_get_current_ancestor_cgroup_id(level),
-                // Ends the walk at once.
-                Caller::TaskOwnCgroup => 0,
-                Caller::Packet(skb) => bpf_skb_ancestor_cgroup_id(skb, level),
-            }
-        }
-    }
-}
-
-/// The policy governing the caller: its own cgroup's, else that of its
-/// deepest governed ancestor; 0 if none.
-#[inline(always)]
-fn find_policy(caller: Caller) -> u32 {
-    let own = caller.cgroup_id();
-    // SAFETY: the map value is a plain u32 owned by the map.
-    if let Some(p) = unsafe { CGROUP_POLICY.get(own) } {
-        return *p;
-    }
-    let mut found = 0;
-    let mut level = 0;
-    while level < MAX_CGROUP_DEPTH {
-        let id = caller.ancestor_cgroup_id(level);
-        if id == 0 || id == own {
-            break;
-        }
-        // SAFETY: as above.
-        if let Some(p) = unsafe { CGROUP_POLICY.get(id) } {
-            found = *p;
-        }
-        level += 1;
-    }
-    found
-}
 
 #[inline(always)]
 pub fn class_of(protocol: u32) -> (u8, u8) {
@@ -155,39 +87,6 @@ pub fn in_portset(set_id: u32, proto_bit: u8, port: u16) -> bool {
         i += 1;
     }
     false
-}
-
-/// The policy governing the caller and its live table and mode: `None`
-/// when no policy of this daemon governs it or the policy is not live.
-#[inline(always)]
-pub fn governing(caller: Caller) -> (u32, Option<Live>) {
-    let policy = find_policy(caller);
-    if policy == 0 {
-        return (0, None);
-    }
-    match POLICIES.get(policy) {
-        Some(info) if info.table != 0 => (
-            policy,
-            Some(Live {
-                table: info.table,
-                audit: info.mode == MODE_AUDIT,
-                dns_port: info.dns_port,
-                listen_set: info.listen_set,
-                families: info.families,
-            }),
-        ),
-        _ => (policy, None),
-    }
-}
-
-/// A live policy's table, mode and DNS proxy port.
-#[derive(Clone, Copy)]
-pub struct Live {
-    pub table: u32,
-    pub audit: bool,
-    pub dns_port: u32,
-    pub listen_set: u32,
-    pub families: u64,
 }
 
 /// Counts an attempt and, unless allowed, reports it; returns the program's

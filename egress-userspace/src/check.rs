@@ -11,7 +11,7 @@ pub fn check(files: &[PathBuf], strict: bool) -> bool {
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     for file in files {
-        match load_file(file) {
+        match load_file(file).and_then(|p| crate::compile::check_compiles(&p).map(|()| p)) {
             Ok(policy) => {
                 let mut warnings = lint(&policy);
                 if !policy.channels.unix.is_empty() {

@@ -10,7 +10,7 @@ use std::{collections::HashMap, net::IpAddr};
 use egress_common::{PortRange as KernelRange, MAX_PORT_RANGES, PROTO_BIT_TCP, PROTO_BIT_UDP};
 use ipnet::IpNet;
 
-use crate::policy::{Destination, Host, Policy, PortRange, Protocol};
+use crate::policy::{file::PolicyError, unmap, Destination, Host, Policy, PortRange, Protocol};
 
 /// The ports one prefix allows, normalised (sorted, merged), ready for the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,20 +139,6 @@ pub fn listen_spec(policy: &Policy) -> Result<Option<PortSpec>, CompileError> {
         });
     }
     Ok(Some(spec))
-}
-
-/// IPv4-mapped IPv6 prefixes (`::ffff:0:0/96` and inside) are IPv4.
-pub fn unmap(net: IpNet) -> IpNet {
-    if let IpNet::V6(v6) = net {
-        if let Some(v4) = v6.addr().to_ipv4_mapped() {
-            if v6.prefix_len() >= 96 {
-                return IpNet::V4(
-                    ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).expect("length <= 32"),
-                );
-            }
-        }
-    }
-    net
 }
 
 /// The rule groups (see `compile`) that allow one prefix, sorted; almost
@@ -508,6 +494,18 @@ impl<'a> Specs<'a> {
         self.last = Some((rules, s));
         Ok(s)
     }
+}
+
+/// Compiles `policy` with no hostname resolved, to find what only
+/// compilation can (too many port ranges on one prefix), so that what
+/// `check` accepts will load. The error names the policy's file.
+pub fn check_compiles(policy: &Policy) -> Result<(), PolicyError> {
+    Plan::new(policy).map(drop).map_err(|e| PolicyError {
+        file: policy.source.clone().into(),
+        line: 0,
+        column: 0,
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]

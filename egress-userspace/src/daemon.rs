@@ -35,8 +35,6 @@ use crate::{
 pub const INSTANCE: &str = "run";
 /// How often the policy files are checked for changes.
 pub const POLL_PERIOD: Duration = Duration::from_secs(1);
-/// How often expired addresses are removed.
-pub const SWEEP_PERIOD: Duration = Duration::from_millis(500);
 /// Default metrics address: loopback only.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9469";
 
@@ -162,6 +160,7 @@ impl Pods {
 pub fn load_policies(path: &Path) -> Result<Vec<Policy>> {
     let policies = load_path(path)?;
     for p in &policies {
+        crate::compile::check_compiles(p)?;
         if p.cgroups.is_empty() && p.pods.is_empty() {
             return Err(PolicyError {
                 file: p.source.clone().into(),
@@ -372,13 +371,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // A SIGHUP while starting is a reload once started, not the end.
     let mut hup = signal(SignalKind::hangup())?;
     if !valid_instance(&opts.instance) {
-        return Err(crate::exec::UsageError(format!(
+        return Err(crate::usage::UsageError(format!(
             "--instance `{}`: use letters, digits, `.`, `_` and `-`",
             opts.instance
         ))
         .into());
     }
-    crate::exec::check_ring_bytes(opts.ring_bytes)?;
+    crate::usage::check_ring_bytes(opts.ring_bytes)?;
     let mut base = load_policies(&opts.policy)?;
     let root = mounts::cgroup2_root()?;
     let mut seen = stamp(&opts.policy);
@@ -406,7 +405,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     governor.apply(pods.expand(&base, &root).0).await?;
     metrics.loaded(true);
     pods.sync(&mut governor, &base, &root)?;
-    tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD));
+    tokio::spawn(resolve::sweep(enforcer.clone(), resolve::SWEEP_PERIOD));
     // Now that the new links are pinned, remove this instance's old ones
     // (also those left by an earlier run that failed half-way) - unless the
     // pods are not known yet: then the old links still govern them.

@@ -19,7 +19,6 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     cgroup::Cgroup,
-    daemon::SWEEP_PERIOD,
     dns::DnsEvent,
     enforcer::Enforcer,
     events::{address, comm, protocol_name, unix_name, Describer, EventStream, Record},
@@ -34,12 +33,8 @@ use crate::{
         DnsSettings, Mode, Policy,
     },
     resolve, seccomp,
+    usage::UsageError,
 };
-
-/// A mistake in how `exec` was called (exit status 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 pub struct ExecOptions {
     pub policy: Option<PathBuf>,
@@ -60,16 +55,6 @@ pub struct ExecOptions {
     /// Size of the deny-event ring buffer (`--ring-buffer-bytes`).
     pub ring_bytes: Option<u32>,
     pub command: Vec<OsString>,
-}
-
-/// Checks a `--ring-buffer-bytes` value: a power of two, at least 4096.
-pub fn check_ring_bytes(bytes: Option<u32>) -> Result<(), UsageError> {
-    match bytes {
-        Some(b) if !b.is_power_of_two() || b < 4096 => Err(UsageError(format!(
-            "--ring-buffer-bytes {b}: use a power of two, at least 4096"
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// The policy `exec` runs under: a file, or the `--allow` options.
@@ -100,7 +85,7 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
             }
         }
     };
-    crate::policy::file::compiles(&policy, std::path::Path::new("--allow"))?;
+    crate::compile::check_compiles(&policy)?;
     if opts.audit {
         policy.mode = Mode::Audit;
     }
@@ -378,7 +363,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
         )
         .into());
     }
-    check_ring_bytes(opts.ring_bytes)?;
+    crate::usage::check_ring_bytes(opts.ring_bytes)?;
     let policy = build_policy(&opts)?;
     let user = opts.user.as_deref().map(lookup_user).transpose()?;
     // SAFETY: geteuid has no preconditions.
@@ -469,7 +454,7 @@ async fn run_governed(
         root,
     );
     governor.apply(vec![policy]).await?;
-    let sweeper = tokio::spawn(resolve::sweep(enforcer.clone(), SWEEP_PERIOD));
+    let sweeper = tokio::spawn(resolve::sweep(enforcer.clone(), resolve::SWEEP_PERIOD));
     let describer = enforcer
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

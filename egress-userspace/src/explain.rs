@@ -11,9 +11,8 @@ use std::{
 use serde_json::{json, Value};
 
 use crate::{
-    compile::unmap,
     enforcer::{Enforcer, Installed},
-    policy::{Destination, Protocol},
+    policy::{unmap, Destination, Protocol},
 };
 
 /// What `explain` was asked about.

@@ -6,7 +6,8 @@
 //! filesystems they need (`cgroup`, `mounts`), hostname resolution
 //! (`resolve`) and the agent's DNS proxy (`dns`), learned addresses
 //! (`learned`), the event stream (`events`), metrics (`metrics`), and the
-//! commands (`daemon`, `exec`, `check`, `explain`).
+//! commands (`daemon`, `exec`, `check`, `explain`) and their usage errors
+//! (`usage`).
 pub mod cgroup;
 pub mod check;
 pub mod compile;
@@ -28,4 +29,5 @@ pub mod mounts;
 pub mod policy;
 pub mod resolve;
 pub mod seccomp;
+pub mod usage;
 pub mod watch;

@@ -197,7 +197,9 @@ fn init_logging(level: &str) {
 
 fn failed(e: anyhow::Error) -> ExitCode {
     eprintln!("egressd: {e:#}");
-    if e.downcast_ref::<PolicyError>().is_some() || e.downcast_ref::<exec::UsageError>().is_some() {
+    if e.downcast_ref::<PolicyError>().is_some()
+        || e.downcast_ref::<egressd::usage::UsageError>().is_some()
+    {
         ExitCode::from(2)
     } else {
         ExitCode::FAILURE

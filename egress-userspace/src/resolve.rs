@@ -157,6 +157,8 @@ impl HostRefresh {
         }
     }
 }
+/// How often expired addresses are removed.
+pub const SWEEP_PERIOD: Duration = Duration::from_millis(500);
 
 /// Removes expired addresses every `period`, forever (and retries a
 /// failed update of learned addresses). An error that repeats is logged

@@ -84,6 +84,8 @@ pub fn program_names() -> impl Iterator<Item = &'static str> {
 /// Errors from the kernel side, naming the program, map or cgroup.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    #[error("this egressd was built without its eBPF object (no eBPF toolchain at build time): run `cargo xtask setup`, then build again")]
+    NoObject,
     #[error("loading the eBPF object (are you root, with BPF and cgroup v2 support?)")]
     Object(#[source] aya::EbpfError),
     #[error("the eBPF object has no program `{0}`")]
@@ -150,6 +152,9 @@ impl Kernel {
     /// with an events ring buffer of `ring_bytes` (default
     /// `egress_common::EVENTS_BYTES`; a power of two, a multiple of the page size).
     pub fn load(ring_bytes: Option<u32>) -> Result<Kernel, KernelError> {
+        if OBJECT.is_empty() {
+            return Err(KernelError::NoObject);
+        }
         let mut loader = aya::EbpfLoader::new();
         if let Some(bytes) = ring_bytes {
             loader.map_max_entries(map_names::EVENTS, bytes);

@@ -80,7 +80,7 @@ fn rule_warnings(rule: &Rule) -> Vec<String> {
     match &rule.dest {
         Destination::Net(n) => {
             // Judged as the kernel judges it: mapped IPv6 is IPv4.
-            let net = crate::compile::unmap(n.0);
+            let net = crate::policy::unmap(n.0);
             let broad = match net {
                 IpNet::V4(v4) => v4.prefix_len() < 8,
                 IpNet::V6(v6) => v6.prefix_len() < 16,
@@ -113,7 +113,7 @@ fn rule_warnings(rule: &Rule) -> Vec<String> {
             if let Some(n) = l
                 .nets
                 .iter()
-                .find(|n| crate::compile::unmap(**n).prefix_len() == 0)
+                .find(|n| crate::policy::unmap(**n).prefix_len() == 0)
             {
                 out.push(format!(
                     "{} holds `{n}`, which allows the whole Internet",

@@ -208,7 +208,6 @@ impl Policy {
     /// allow. (Each of the host rule's port ranges must lie within one
     /// range of one covering rule: a cautious reading.)
     pub fn net_rules_cover(&self, ip: std::net::IpAddr, host: &Host) -> bool {
-        use crate::compile::unmap;
         let ip = unmap(ipnet::IpNet::from(ip)).addr();
         let covering: Vec<&Rule> = self
             .rules
@@ -253,4 +252,18 @@ impl Policy {
         hosts.dedup();
         hosts
     }
+}
+
+/// IPv4-mapped IPv6 prefixes (`::ffff:0:0/96` and inside) are IPv4.
+pub fn unmap(net: ipnet::IpNet) -> ipnet::IpNet {
+    if let ipnet::IpNet::V6(v6) = net {
+        if let Some(v4) = v6.addr().to_ipv4_mapped() {
+            if v6.prefix_len() >= 96 {
+                return ipnet::IpNet::V4(
+                    ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).expect("length <= 32"),
+                );
+            }
+        }
+    }
+    net
 }

@@ -85,21 +85,46 @@ pub fn read(image: &Path, dir: &Path, expected: &[String]) -> Result<VmResults> 
             },
             ..Default::default()
         };
-        for line in log.lines() {
-            if let Some(rest) = line.strip_prefix("test ") {
-                if rest.ends_with(" ... ok") {
-                    f.passed += 1;
-                } else if let Some(t) = rest.strip_suffix(" ... FAILED") {
-                    f.failed.push(t.to_string());
-                } else if rest.contains(" ... ignored") {
-                    f.ignored += 1;
-                }
-            }
-        }
+        count(&log, &mut f);
         f.log = log;
         r.files.push(f);
     }
     Ok(r)
+}
+
+/// The counts from libtest's closing line (`test result: ok. 3 passed; 1
+/// failed; 2 ignored; ...`), and the failed tests' names from the
+/// `failures:` list just before it: a test that prints while it runs
+/// breaks its own `test NAME ... ok` line, never these.
+fn count(log: &str, f: &mut FileRun) {
+    let mut names: Vec<String> = Vec::new();
+    let mut in_list = false;
+    for line in log.lines() {
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "passed" => f.passed += n,
+                    "ignored" => f.ignored += n,
+                    _ => {}
+                }
+            }
+            f.failed.append(&mut names);
+            in_list = false;
+        } else if line == "failures:" {
+            // The last such list (the names) wins over the first (outputs).
+            names.clear();
+            in_list = true;
+        } else if let Some(name) = line.strip_prefix("    ").filter(|_| in_list) {
+            if !name.is_empty() && !name.contains(' ') {
+                names.push(name.to_string());
+            }
+        }
+    }
 }
 
 /// A frame of a backtrace (`  12: std::...`, `at /rustc/...`).
@@ -136,4 +161,30 @@ pub fn failure_excerpt(log: &str, test: &str, max: usize) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_come_from_the_summary_and_the_failures_list() {
+        let log = "running 3 tests\n\
+            \x20   indented_before_any_failure\n\
+            test a ... bench: printing while it runs\n\
+            ok\n\
+            test b ... FAILED\n\
+            test c ... ignored\n\n\
+            failures:\n\n\
+            ---- b stdout ----\n\
+            thread 'b' panicked at x.rs:1:1:\n\
+            \x20   indented_output\n\n\
+            failures:\n\
+            \x20   b\n\n\
+            test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.00s\n";
+        let mut f = FileRun::default();
+        count(log, &mut f);
+        assert_eq!((f.passed, f.ignored), (1, 1));
+        assert_eq!(f.failed, vec!["b".to_string()]);
+    }
 }
