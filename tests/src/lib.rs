@@ -26,3 +26,14 @@ pub fn require_root() {
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     ::egressd::kernel::release_at_least(major, minor)
 }
+
+/// The unit files of deploy/systemd, sorted.
+pub fn systemd_units() -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .expect("deploy/systemd")
+        .map(|e| e.expect("deploy/systemd entry").path())
+        .collect();
+    v.sort();
+    v
+}

@@ -12,22 +12,12 @@ use std::{
 use egress_tests::{
     egressd::{bin, Daemon, TempDir, TestCgroup},
     netns::Netns,
-    require_root,
+    require_root, systemd_units,
 };
-
-fn units() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    v.sort();
-    v
-}
 
 /// Copies the units with egressd's path pointing at the binary under test.
 fn installed(tmp: &TempDir) -> Vec<PathBuf> {
-    units()
+    systemd_units()
         .iter()
         .map(|u| {
             let text = std::fs::read_to_string(u).unwrap();
@@ -76,7 +66,7 @@ fn agent_unit_refuses_to_start_unless_governed() {
     require_root();
     let tmp = TempDir::new("agentunit").unwrap();
     let unit = std::fs::read_to_string(
-        units()
+        systemd_units()
             .iter()
             .find(|u| u.ends_with("doc-summarizer.service"))
             .unwrap(),

@@ -9,12 +9,12 @@
 //! counted as skipped.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
-use egress_tests::{egressd::bin, listen::Listener, netns::Netns, require_root};
+use egress_tests::{egressd::bin, listen::Listener, netns::Netns, require_root, systemd_units};
 
 const UNITS: &str = "/etc/systemd/system";
 const POLICY: &str = "/etc/egressd/policies/doc-summarizer.yaml";
@@ -52,16 +52,6 @@ while True:\n\
 \x20           r = 'refused %d' % e.errno\n\
 \x20       print(a, r, flush=True)\n\
 \x20   time.sleep(0.05)\n";
-
-fn units() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    v.sort();
-    v
-}
 
 fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)
@@ -152,7 +142,7 @@ impl Installed {
         let refused = Listener::tcp(&ns, &format!("{REFUSED}:443")).unwrap();
         std::fs::create_dir_all(Path::new(POLICY).parent().unwrap()).unwrap();
         std::fs::write(POLICY, policy(cgroup, &[ALLOWED])).unwrap();
-        for u in units() {
+        for u in systemd_units() {
             let text = std::fs::read_to_string(&u)
                 .unwrap()
                 .replace("/usr/local/bin/egressd", bin().to_str().unwrap());
@@ -241,7 +231,7 @@ impl Drop for Installed {
         );
         let _ = run("systemctl", &["reset-failed"]);
         let _ = run(bin().to_str().unwrap(), &["detach"]);
-        for u in units() {
+        for u in systemd_units() {
             let _ = std::fs::remove_file(Path::new(UNITS).join(u.file_name().unwrap()));
         }
         let _ = std::fs::remove_dir_all(DROPIN);

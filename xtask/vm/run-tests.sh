@@ -11,6 +11,12 @@ export EGRESSD_BIN
 # This VM is thrown away: tests that install system files (systemd units
 # under /etc) may run here, and only here.
 export EGRESSD_TEST_DISPOSABLE_HOST=1
+# The host's files, mounted back at their host paths (see image.rs: a
+# checkout under /tmp is emptied at boot if placed there directly).
+while read -r dir; do
+    mkdir -p "$dir" && mount --bind "/egressd-vm/host$dir" "$dir" \
+        || echo "egressd-vm: cannot mount the host's $dir"
+done < /egressd-vm/binds
 out=/run/egressd-vm-results
 mkdir -p "$out/tests"
 uptime() { cut -d' ' -f1 /proc/uptime; }

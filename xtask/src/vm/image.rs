@@ -26,9 +26,33 @@ const RUN_TESTS: &str = include_str!("../../vm/run-tests.sh");
 const TESTS_UNIT: &str = include_str!("../../vm/egressd-vm-tests.service");
 const UNIT_NAME: &str = "egressd-vm-tests.service";
 
-/// `stage` + `rel` (an absolute path inside the VM).
+/// Where the host's files go in the image: under this directory, at their
+/// host paths. run-tests bind-mounts each of `binds` back at its own path
+/// once the VM is up: placed there directly, a checkout under /tmp was
+/// wiped at boot (systemd-tmpfiles empties /tmp; the direct lane mounts a
+/// tmpfs on it).
+const HOST: &str = "egressd-vm/host";
+
+/// Where the host's `abs` lies in the stage.
 fn inside(stage: &Path, abs: &Path) -> PathBuf {
-    stage.join(abs.strip_prefix("/").unwrap_or(abs))
+    stage.join(HOST).join(abs.strip_prefix("/").unwrap_or(abs))
+}
+
+/// The host directories run-tests mounts back at their own paths: the
+/// workspace, and the directory of each binary outside it.
+fn binds(bins: &Binaries) -> Vec<PathBuf> {
+    let root = ebpf::workspace_root();
+    let mut dirs = vec![root.clone()];
+    let files = std::iter::once(&bins.egressd)
+        .chain(&bins.helpers)
+        .chain(bins.tests.iter().map(|(_, t)| t));
+    for f in files {
+        let dir = f.parent().unwrap_or(Path::new("/")).to_path_buf();
+        if !dirs.iter().any(|d| dir.starts_with(d)) {
+            dirs.push(dir);
+        }
+    }
+    dirs
 }
 
 /// Writes a new file (never into a file shared with the cached rootfs:
@@ -124,6 +148,11 @@ pub fn make(
         sh_quote(&rootfs::TOOLS.join(" ")),
     );
     write_new(&vm.join("env"), &env, 0o644)?;
+    let binds: String = binds(bins)
+        .iter()
+        .map(|d| format!("{}\n", d.display()))
+        .collect();
+    write_new(&vm.join("binds"), &binds, 0o644)?;
     write_new(&vm.join("tests.sh"), &plan.script(lane, bins), 0o644)?;
     if lane == Lane::Systemd {
         let units = stage.join("etc/systemd/system");
