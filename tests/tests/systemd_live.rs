@@ -17,6 +17,7 @@ use std::{
 use egress_tests::{egressd::bin, listen::Listener, netns::Netns, require_root, systemd_units};
 
 const UNITS: &str = "/etc/systemd/system";
+const INSTALLED: &str = "/usr/local/bin/egressd";
 const POLICY: &str = "/etc/egressd/policies/doc-summarizer.yaml";
 const AGENT: &str = "/run/egressd-test-agent.py";
 const OUT: &str = "/run/egressd-test-agent.out";
@@ -142,11 +143,14 @@ impl Installed {
         let refused = Listener::tcp(&ns, &format!("{REFUSED}:443")).unwrap();
         std::fs::create_dir_all(Path::new(POLICY).parent().unwrap()).unwrap();
         std::fs::write(POLICY, policy(cgroup, &[ALLOWED])).unwrap();
+        // Installed as the README says: the binary where the units name it
+        // (the unit's PrivateTmp= and ProtectHome= hide a checkout under
+        // /tmp or /root from egressd), the units as shipped.
+        std::fs::create_dir_all(Path::new(INSTALLED).parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(INSTALLED);
+        std::fs::copy(bin(), INSTALLED).unwrap();
         for u in systemd_units() {
-            let text = std::fs::read_to_string(&u)
-                .unwrap()
-                .replace("/usr/local/bin/egressd", bin().to_str().unwrap());
-            std::fs::write(Path::new(UNITS).join(u.file_name().unwrap()), text).unwrap();
+            std::fs::copy(&u, Path::new(UNITS).join(u.file_name().unwrap())).unwrap();
         }
         std::fs::write(AGENT, agent).unwrap();
         let _ = std::fs::remove_file(OUT);
@@ -231,6 +235,7 @@ impl Drop for Installed {
         );
         let _ = run("systemctl", &["reset-failed"]);
         let _ = run(bin().to_str().unwrap(), &["detach"]);
+        let _ = std::fs::remove_file(INSTALLED);
         for u in systemd_units() {
             let _ = std::fs::remove_file(Path::new(UNITS).join(u.file_name().unwrap()));
         }
