@@ -1,33 +1,30 @@
 //! egressd: a default-deny egress enforcer for agents.
 //!
-//! The library behind the `egressd` binary: policies (`policy`), their
-//! compilation into kernel map entries (`compile`), the kernel programs and
-//! their maps (`kernel`), the running state (`enforcer`), cgroups and the
-//! filesystems they need (`cgroup`, `mounts`), hostname resolution
-//! (`resolve`) and the agent's DNS proxy (`dns`), learned addresses
-//! (`learned`), the event stream (`events`), metrics (`metrics`), and the
-//! commands (`daemon`, `exec`, `check`, `explain`) and their usage errors
-//! (`usage`).
-pub mod cgroup;
-pub mod check;
-pub mod compile;
-pub mod control;
-pub mod daemon;
+//! The library behind the `egressd` binary, in layers; each imports only
+//! from the layers below it (ARCHITECTURE.md draws the map, and
+//! `cargo xtask lint` checks it):
+//!
+//! - `cli`: one module per command; `run` is the daemon's select loop.
+//! - `runtime`: the supervisor (the only owner of which cgroup is governed
+//!   by which policy), Kubernetes pods, cgroup watches.
+//! - `dns`: the agent's DNS proxy, its upstreams, egressd's own lookups and
+//!   the sweep of expired addresses.
+//! - `report`: deny events, metrics, and the control socket.
+//! - `state`: the allowlist: installed policies, their learned addresses,
+//!   and the views the DNS proxy reads.
+//! - `kernel`: the programs, their maps and pins, cgroups and mounts.
+//! - `compile`: a policy as kernel map entries.
+//! - `policy`: policy files, read and validated.
+pub mod cli;
+pub mod runtime;
+
 pub mod dns;
-pub mod enforcer;
-pub mod events;
-pub mod exec;
-pub mod explain;
-pub mod governed;
-pub mod governor;
+pub mod report;
+
+pub mod state;
+
 pub mod kernel;
-pub mod kubernetes;
-pub mod landlock;
-pub mod learned;
-pub mod metrics;
-pub mod mounts;
+
+pub mod compile;
+
 pub mod policy;
-pub mod resolve;
-pub mod seccomp;
-pub mod usage;
-pub mod watch;

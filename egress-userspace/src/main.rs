@@ -4,7 +4,11 @@
 use std::{ffi::OsString, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use egressd::{check, daemon, exec, kernel::pins, policy::file::PolicyError};
+use egressd::{
+    cli::{check, exec, run as daemon},
+    kernel::pins,
+    policy::file::PolicyError,
+};
 
 #[derive(Parser)]
 #[command(
@@ -198,7 +202,8 @@ fn init_logging(level: &str) {
 fn failed(e: anyhow::Error) -> ExitCode {
     eprintln!("egressd: {e:#}");
     if e.downcast_ref::<PolicyError>().is_some()
-        || e.downcast_ref::<egressd::usage::UsageError>().is_some()
+        || e.downcast_ref::<egressd::cli::usage::UsageError>()
+            .is_some()
     {
         ExitCode::from(2)
     } else {
@@ -290,13 +295,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Status { instance, json } => {
-            match runtime().block_on(egressd::control::print_status(&instance, json)) {
+            match runtime().block_on(egressd::report::control::print_status(&instance, json)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failed(e),
             }
         }
         Command::Reload { instance } => {
-            match runtime().block_on(egressd::control::reload(&instance)) {
+            match runtime().block_on(egressd::report::control::reload(&instance)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failed(e),
             }
@@ -313,10 +318,12 @@ fn main() -> ExitCode {
             let show = |line: &str| match format {
                 EventFormat::Json => line.to_string(),
                 EventFormat::Text => serde_json::from_str(line)
-                    .map(|v| egressd::events::compact(&v))
+                    .map(|v| egressd::report::events::compact(&v))
                     .unwrap_or_else(|_| line.to_string()),
             };
-            match runtime().block_on(egressd::control::ask_with(&instance, &request, show)) {
+            match runtime().block_on(egressd::report::control::ask_with(
+                &instance, &request, show,
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failed(e),
             }
@@ -325,7 +332,7 @@ fn main() -> ExitCode {
             destination,
             instance,
             json,
-        } => match runtime().block_on(egressd::control::print_explain(
+        } => match runtime().block_on(egressd::report::control::print_explain(
             &instance,
             &destination,
             json,
@@ -341,10 +348,10 @@ fn main() -> ExitCode {
         } => {
             let rel = match (cgroup, self_) {
                 (Some(c), _) => Ok(PathBuf::from(c.to_string_lossy().trim_start_matches('/'))),
-                (None, _) => egressd::governed::own_cgroup(),
+                (None, _) => egressd::cli::governed::own_cgroup(),
             };
             let wait = std::time::Duration::from_secs_f64(wait.max(0.0));
-            match rel.and_then(|r| egressd::governed::check_waiting(&r, &policy, wait)) {
+            match rel.and_then(|r| egressd::cli::governed::check_waiting(&r, &policy, wait)) {
                 Ok(by) => {
                     println!("governed by `{policy}` (at {})", by.display());
                     ExitCode::SUCCESS

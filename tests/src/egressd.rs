@@ -261,7 +261,7 @@ impl Instance {
 }
 
 fn remove_instance(name: &str) {
-    let _ = std::fs::remove_file(egressd::control::socket_path(name));
+    let _ = std::fs::remove_file(egressd::report::control::socket_path(name));
     let _ = Command::new(bin())
         .args(["detach", "--instance", name])
         .stdout(Stdio::null())

@@ -135,7 +135,7 @@ fn a_planted_pin_root_is_refused() {
             "{plant}: egressd wrote into the planted directory"
         );
         // unshare and sh exec in turn: egressd has the child's pid.
-        let cgroup = egressd::mounts::cgroup2_root()
+        let cgroup = egressd::kernel::mounts::cgroup2_root()
             .unwrap()
             .join("egressd.exec")
             .join(format!("exec-{pid}"));

@@ -236,7 +236,7 @@ fn exec_cleans_up_on_sigint() {
         .spawn()
         .unwrap();
     let instance = format!("exec-{}", child.id());
-    let cgroup = egressd::mounts::cgroup2_root()
+    let cgroup = egressd::kernel::mounts::cgroup2_root()
         .unwrap()
         .join("egressd.exec")
         .join(&instance);
@@ -292,7 +292,7 @@ fn exec_cleans_up_on_an_early_sigint() {
             status.code() == Some(130) || status.signal() == Some(libc::SIGINT),
             "after {delay_ms} ms: {status:?}"
         );
-        let cgroup = egressd::mounts::cgroup2_root()
+        let cgroup = egressd::kernel::mounts::cgroup2_root()
             .unwrap()
             .join("egressd.exec")
             .join(&instance);
@@ -300,7 +300,7 @@ fn exec_cleans_up_on_an_early_sigint() {
         let left = (cgroup.exists(), pins.exists());
         // Leave nothing for the next test, whatever the assertion says.
         if left.0 {
-            let _ = egressd::cgroup::Cgroup {
+            let _ = egressd::kernel::cgroup::Cgroup {
                 path: cgroup.clone(),
             }
             .kill_all(std::time::Duration::from_secs(2));
@@ -337,7 +337,7 @@ fn exec_as_an_unprivileged_user_cannot_escape() {
     let ns = Netns::new("user").unwrap();
     let bad = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
     let probe = ReachableCopy::new(std::path::Path::new(PROBE)).unwrap();
-    let root = egressd::mounts::cgroup2_root().unwrap();
+    let root = egressd::kernel::mounts::cgroup2_root().unwrap();
     let escape = format!(
         "id -u; echo $$ > {}/cgroup.procs 2>/dev/null && echo escaped || echo stayed; {} tcp 203.0.113.9:443",
         root.display(),

@@ -313,7 +313,7 @@ fn a_policy_missing_on_reload_stays_enforced() {
     );
     assert_eq!(bad.count(), 0);
     let _ = std::fs::remove_dir(
-        egressd::mounts::cgroup2_root()
+        egressd::kernel::mounts::cgroup2_root()
             .unwrap()
             .join("egressd-test.slice/other-missing"),
     );

@@ -9,6 +9,7 @@
 
 pub mod answers;
 pub mod message;
+pub mod refresh;
 pub mod upstream;
 
 use std::{
@@ -26,9 +27,9 @@ use tokio::{
 };
 
 use crate::{
-    enforcer::Enforcer,
-    metrics::Metrics,
     policy::{Mode, Policy, RefuseWith},
+    report::metrics::Metrics,
+    state::allowlist::Allowlist,
 };
 use message::{addresses, format_error, question, raw_id, reply_code, upstream_query, Question};
 use upstream::Exchanger;
@@ -280,7 +281,7 @@ impl Drop for AbortOnDrop {
 /// Serves DNS inside the network namespace of the pod whose cgroup is
 /// `cgroup`: waits for its first process (the pod's sandbox), binds there,
 /// and serves until aborted.
-pub async fn serve_pod(proxy: Proxy, cgroup: crate::cgroup::Cgroup, port: u16) {
+pub async fn serve_pod(proxy: Proxy, cgroup: crate::kernel::cgroup::Cgroup, port: u16) {
     let pid = loop {
         if let Some(pid) = cgroup.all_pids().into_iter().next() {
             break pid;
@@ -304,10 +305,10 @@ pub async fn serve_pod(proxy: Proxy, cgroup: crate::cgroup::Cgroup, port: u16) {
 }
 
 /// One policy's proxy. It reads the policy's rules, mode and upstream from
-/// the enforcer on each query, so that a reload applies at once.
+/// the allowlist on each query, so that a reload applies at once.
 #[derive(Clone)]
 pub struct Proxy {
-    pub enforcer: Arc<Mutex<Enforcer>>,
+    pub allowlist: Arc<Mutex<Allowlist>>,
     pub metrics: Arc<Metrics>,
     pub events: Sender<DnsEvent>,
     pub id: u32,
@@ -418,7 +419,7 @@ impl Proxy {
         refused: Vec<(std::net::IpAddr, &'static str)>,
     ) {
         let asker = self
-            .enforcer
+            .allowlist
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .dns_asker(client.peer, client.protocol);
@@ -450,7 +451,7 @@ impl Proxy {
         };
         let (rules, audit, upstream, expansion, refuse_with) = {
             let e = self
-                .enforcer
+                .allowlist
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let p = e.get(self.id)?;
@@ -512,7 +513,7 @@ impl Proxy {
             let now = Instant::now();
             let ttl = Duration::from_secs(u64::from(ttl));
             let mut e = self
-                .enforcer
+                .allowlist
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             // Special addresses are not learned: the kernel refuses a

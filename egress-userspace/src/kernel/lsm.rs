@@ -14,7 +14,7 @@ pub const PROGRAM: (&str, &str, u32) = (p::SOCKET_FAMILY, "socket_create", 43);
 
 /// Loads the program, or says why this kernel cannot run it.
 pub fn load(ebpf: &mut Ebpf) -> Result<(), String> {
-    let lsms = crate::mounts::active_lsms().map_err(|e| {
+    let lsms = crate::kernel::mounts::active_lsms().map_err(|e| {
         format!("the kernel's active LSMs cannot be read ({e:#}), so BPF LSM is not used")
     })?;
     if !lsms.iter().any(|l| l == "bpf") {

@@ -4,9 +4,11 @@
 //! Needs Linux 5.7 (bpf_link for cgroups), 5.8 (ring buffer); batched map
 //! writes from 5.13 (one entry per syscall before); tested on 6.18.
 
+pub mod cgroup;
 pub mod counters;
 pub mod link;
 pub mod lsm;
+pub mod mounts;
 pub mod pins;
 pub mod sys;
 pub mod tables;
@@ -28,7 +30,7 @@ use egress_common::{
 };
 use link::attach_type;
 
-use crate::cgroup::Cgroup;
+use crate::kernel::cgroup::Cgroup;
 
 /// The object built from `egress-ebpf`, embedded at build time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress.bpf.o"));

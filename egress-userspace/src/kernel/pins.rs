@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::mounts;
+use crate::kernel::mounts;
 
 /// `<bpffs>/egressd`, mounting bpffs if needed, made (mode 0700) if missing
 /// and checked: a real directory owned by root, which only root can write.

@@ -658,7 +658,7 @@ fn nft_chain(ns: &Netns, on: bool, tmp: &TempDir) -> Result<()> {
 fn nft_file(ns: &Netns, file: &Path) -> Result<()> {
     // nft resolves the cgroup path under /sys/fs/cgroup: mount cgroup2
     // there, in a mount namespace of its own.
-    let root = egressd::mounts::cgroup2_root()?;
+    let root = egressd::kernel::mounts::cgroup2_root()?;
     let status = ns
         .command("unshare")
         .args(["--mount", "sh", "-c"])

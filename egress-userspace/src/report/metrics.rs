@@ -22,8 +22,8 @@ use tokio::{
 use egress_common::{proto_class, reason, verdict};
 
 use crate::{
-    enforcer::Enforcer,
     kernel::counters::{proto_name, reason_name, verdict_name},
+    state::allowlist::Allowlist,
 };
 
 /// The values of `egressd_dns_queries_total`'s `verdict`.
@@ -218,27 +218,27 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Brings every metric up to date with the kernel and the enforcer,
+    /// Brings every metric up to date with the kernel and the allowlist,
     /// and renders them: the gauges of policies no longer loaded are gone,
     /// and so are their attempt counters.
-    pub fn scrape(&self, enforcer: &Enforcer) -> (Result<()>, Vec<u8>) {
+    pub fn scrape(&self, allowlist: &Allowlist) -> (Result<()>, Vec<u8>) {
         let _one = self
             .scrape
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let synced = self.sync(enforcer);
+        let synced = self.sync(allowlist);
         (synced, self.render())
     }
 
-    fn sync(&self, enforcer: &Enforcer) -> Result<()> {
+    fn sync(&self, allowlist: &Allowlist) -> Result<()> {
         let mut ids: Vec<(u32, String)> = vec![(0, NO_POLICY_LABEL.to_string())];
         self.entries.reset();
         self.info.reset();
         self.cgroups.reset();
-        for p in &enforcer.installed {
+        for p in &allowlist.installed {
             ids.push((p.id, p.policy.name.clone()));
             self.initialize(&p.policy.name);
-            let (v4, v6) = enforcer.tables.table_len(p.table);
+            let (v4, v6) = allowlist.tables.table_len(p.table);
             self.entries
                 .with_label_values(&[&p.policy.name, "ipv4"])
                 .set(v4 as i64);
@@ -262,7 +262,7 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.forget_removed(&ids, &mut seen, &mut lost_seen);
         for (id, name) in ids {
-            let counts = enforcer.counts(id)?;
+            let counts = allowlist.counts(id)?;
             for c in counts.counts {
                 let prev = seen.entry((id, c.verdict, c.proto, c.reason)).or_insert(0);
                 let labels = [
@@ -375,14 +375,14 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, enforcer: Arc<Mutex<Enforcer>>) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, allowlist: Arc<Mutex<Allowlist>>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             // Out of file descriptors, say: do not spin.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
-        let (metrics, enforcer) = (metrics.clone(), enforcer.clone());
+        let (metrics, allowlist) = (metrics.clone(), allowlist.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
@@ -405,7 +405,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, enforcer: Arc<M
             let path = request.split_whitespace().nth(1).unwrap_or("");
             let response = if path == "/metrics" || path.starts_with("/metrics?") {
                 let (synced, body) = metrics.scrape(
-                    &enforcer
+                    &allowlist
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner),
                 );

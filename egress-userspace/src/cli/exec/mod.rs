@@ -1,5 +1,10 @@
 //! `egressd exec`: run one command in a fresh cgroup under a policy, print
-//! what was denied when it ends, exit with its status.
+//! what was denied when it ends, exit with its status. The command is also
+//! confined by Landlock (`landlock`) and seccomp (`seccomp`) where the
+//! kernel has them.
+
+pub mod landlock;
+pub mod seccomp;
 
 use std::{
     collections::BTreeMap,
@@ -18,22 +23,21 @@ use egress_common::verdict;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    cgroup::Cgroup,
+    cli::usage::UsageError,
+    dns::refresh,
     dns::DnsEvent,
-    enforcer::Enforcer,
-    events::{address, comm, protocol_name, unix_name, Describer, EventStream, Record},
-    governor::Governor,
+    kernel::cgroup::Cgroup,
+    kernel::mounts,
     kernel::{counters::reason_name, pins},
-    landlock,
-    metrics::Metrics,
-    mounts,
     policy::{
         dest::{parse_allow, parse_listen},
         file::load_file,
         DnsSettings, Mode, Policy,
     },
-    resolve, seccomp,
-    usage::UsageError,
+    report::events::{address, comm, protocol_name, unix_name, Describer, EventStream, Record},
+    report::metrics::Metrics,
+    runtime::supervisor::Governor,
+    state::allowlist::Allowlist,
 };
 
 pub struct ExecOptions {
@@ -169,7 +173,7 @@ impl Summary {
     fn add_dns(&mut self, e: &DnsEvent) {
         let who = e.asker.as_ref().map_or_else(
             || "a resolver query".to_string(),
-            |a| crate::events::comm_of(&a.comm).into_owned(),
+            |a| crate::report::events::comm_of(&a.comm).into_owned(),
         );
         let key = (
             format!("dns {} {}", e.qtype, e.name),
@@ -363,7 +367,7 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
         )
         .into());
     }
-    crate::usage::check_ring_bytes(opts.ring_bytes)?;
+    crate::cli::usage::check_ring_bytes(opts.ring_bytes)?;
     let policy = build_policy(&opts)?;
     let user = opts.user.as_deref().map(lookup_user).transpose()?;
     // SAFETY: geteuid has no preconditions.
@@ -414,15 +418,15 @@ async fn run_governed(
     user: Option<(u32, u32)>,
     signals: Signals,
 ) -> Result<(std::process::ExitStatus, Summary)> {
-    let (enforcer, ring) = Enforcer::load(opts.ring_bytes)?;
-    let enforcer = Arc::new(Mutex::new(enforcer));
+    let (allowlist, ring) = Allowlist::load(opts.ring_bytes)?;
+    let allowlist = Arc::new(Mutex::new(allowlist));
     let metrics = Arc::new(Metrics::new());
     let (dns_tx, mut dns_rx) = tokio::sync::mpsc::channel::<DnsEvent>(crate::dns::EVENT_QUEUE);
     let root = mounts::cgroup2_root()?;
     let cgroup = Cgroup::at(&root, cgroup_rel);
     let filter = seccomp::Filter::new(&policy.channels);
     let name = policy.name.clone();
-    let unix = enforcer
+    let unix = allowlist
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .unix_hooks()
@@ -447,15 +451,15 @@ async fn run_governed(
     }
     policy.cgroups = vec![cgroup_rel.to_path_buf()];
     let mut governor = Governor::new(
-        enforcer.clone(),
+        allowlist.clone(),
         metrics.clone(),
         dns_tx,
         pin_dir.to_path_buf(),
         root,
     );
     governor.apply(vec![policy]).await?;
-    let sweeper = tokio::spawn(resolve::sweep(enforcer.clone(), resolve::SWEEP_PERIOD));
-    let describer = enforcer
+    let sweeper = tokio::spawn(refresh::sweep(allowlist.clone(), refresh::SWEEP_PERIOD));
+    let describer = allowlist
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .describer();
@@ -497,7 +501,7 @@ async fn run_governed(
     }
     // The kernel's counters are exact when events were lost.
     if let Some(id) = governor.id(&name) {
-        let e = enforcer
+        let e = allowlist
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Ok(c) = e.counts(id) {

@@ -14,9 +14,9 @@ use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    enforcer::Names,
     kernel::counters::{reason_name, verdict_name},
-    metrics::NO_POLICY_LABEL,
+    report::metrics::NO_POLICY_LABEL,
+    state::allowlist::Names,
 };
 
 /// One ring-buffer record: an event, and for a UNIX socket the name it

@@ -13,11 +13,11 @@ use anyhow::{bail, Context, Result};
 use egress_common::{DnsAsker, PolicyInfo, MAX_POLICIES, MODE_AUDIT, MODE_ENFORCE};
 
 use crate::{
-    cgroup::Cgroup,
     compile::Plan,
+    kernel::cgroup::Cgroup,
     kernel::{counters, tables::Tables, Attachment, Kernel},
-    learned::Addresses,
     policy::{Host, Mode, Policy},
+    state::addresses::Addresses,
 };
 
 /// Address -> the name it was answered for, for event reports.
@@ -65,7 +65,7 @@ fn policy_info(policy: &Policy, table: u32, dns_port: u16, listen_set: u32) -> P
     }
 }
 
-pub struct Enforcer {
+pub struct Allowlist {
     kernel: Kernel,
     pub tables: Tables,
     pub installed: Vec<Installed>,
@@ -74,11 +74,11 @@ pub struct Enforcer {
     next_id: u32,
 }
 
-impl Enforcer {
+impl Allowlist {
     /// Loads the programs and takes their maps; returns the ring buffer too.
     pub fn load(
         ring_bytes: Option<u32>,
-    ) -> Result<(Enforcer, aya::maps::RingBuf<aya::maps::MapData>)> {
+    ) -> Result<(Allowlist, aya::maps::RingBuf<aya::maps::MapData>)> {
         let mut kernel = Kernel::load(ring_bytes)?;
         let (mut maps, events) = kernel.take_maps()?;
         // Loopback rules mean the loopback of egressd's own namespace. Before
@@ -101,7 +101,7 @@ impl Enforcer {
             .set(egress_common::config::HOST_NETNS_COOKIE, cookie, 0)
             .context("writing the configuration map")?;
         Ok((
-            Enforcer {
+            Allowlist {
                 kernel,
                 tables: Tables::new(maps),
                 installed: Vec::new(),
@@ -130,9 +130,9 @@ impl Enforcer {
         self.installed.iter_mut().find(|p| p.id == id)
     }
 
-    /// A describer of events with this enforcer's policy names and hostnames.
-    pub fn describer(&self) -> crate::events::Describer {
-        crate::events::Describer {
+    /// A describer of events with this allowlist's policy names and hostnames.
+    pub fn describer(&self) -> crate::report::events::Describer {
+        crate::report::events::Describer {
             policies: self.policy_names(),
             names: self.names.clone(),
         }

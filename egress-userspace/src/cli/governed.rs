@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cgroup::Cgroup, kernel, mounts};
+use crate::{kernel, kernel::cgroup::Cgroup, kernel::mounts};
 
 /// The calling process's cgroup, relative to the cgroup2 root.
 pub fn own_cgroup() -> Result<PathBuf> {

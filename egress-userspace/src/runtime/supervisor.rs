@@ -2,7 +2,7 @@
 //! reload: each policy's DNS proxy, tables, hostname refreshers and governed
 //! cgroups. Used by both `run` and `exec`.
 //!
-//! A policy already running is replaced atomically (`Enforcer::replace`);
+//! A policy already running is replaced atomically (`Allowlist::replace`);
 //! cgroups it no longer names are released, new ones governed; policies no
 //! longer present are retired. The caller validates the whole set first,
 //! so that a broken file never replaces what is enforced.
@@ -17,14 +17,14 @@ use anyhow::{bail, Context, Result};
 use tokio::{sync::mpsc::Sender, task::JoinHandle};
 
 use crate::{
-    cgroup::Cgroup,
+    dns::refresh,
     dns::{self, DnsEvent, Proxy},
-    enforcer::Enforcer,
+    kernel::cgroup::Cgroup,
     kernel::pins,
-    metrics::Metrics,
     policy::Policy,
-    resolve,
-    watch::Change,
+    report::metrics::Metrics,
+    runtime::watch::Change,
+    state::allowlist::Allowlist,
 };
 
 /// What runs for one policy.
@@ -45,7 +45,7 @@ struct Running {
 }
 
 pub struct Governor {
-    pub enforcer: Arc<Mutex<Enforcer>>,
+    pub allowlist: Arc<Mutex<Allowlist>>,
     pub metrics: Arc<Metrics>,
     dns_events: Sender<DnsEvent>,
     /// Links are pinned under `pin_dir/<policy>/<cgroup id>/`.
@@ -56,14 +56,14 @@ pub struct Governor {
 
 impl Governor {
     pub fn new(
-        enforcer: Arc<Mutex<Enforcer>>,
+        allowlist: Arc<Mutex<Allowlist>>,
         metrics: Arc<Metrics>,
         dns_events: Sender<DnsEvent>,
         pin_dir: PathBuf,
         cgroup_root: PathBuf,
     ) -> Governor {
         Governor {
-            enforcer,
+            allowlist,
             metrics,
             dns_events,
             pin_dir,
@@ -113,7 +113,7 @@ impl Governor {
         let name = policy.name.clone();
         let sockets = dns::bind().await?;
         let id = self
-            .enforcer
+            .allowlist
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .install(policy.clone(), sockets.port)?;
@@ -124,7 +124,7 @@ impl Governor {
         );
         let dns_port = sockets.port;
         let dns = Proxy {
-            enforcer: self.enforcer.clone(),
+            allowlist: self.allowlist.clone(),
             metrics: self.metrics.clone(),
             events: self.dns_events.clone(),
             id,
@@ -152,21 +152,27 @@ impl Governor {
     async fn update(&mut self, policy: Policy) -> Result<()> {
         let name = policy.name.clone();
         let id = self.running[&name].id;
-        self.enforcer
+        self.allowlist
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .replace(id, policy.clone())?;
         // No lookups here: a reload must not wait on DNS (cgroup changes are
         // handled by the same loop). Learned addresses of kept hosts stay;
         // new hosts are looked up at once, in the background.
-        let resolver = Arc::new(resolve::resolver(&policy.dns)?);
+        let resolver = Arc::new(refresh::resolver(&policy.dns)?);
         let hosts = policy
             .hosts()
             .into_iter()
             .map(|h| (h, std::time::Duration::ZERO))
             .collect();
-        let refreshers =
-            resolve::spawn_refreshers(&self.enforcer, &resolver, &self.metrics, id, &policy, hosts);
+        let refreshers = refresh::spawn_refreshers(
+            &self.allowlist,
+            &resolver,
+            &self.metrics,
+            id,
+            &policy,
+            hosts,
+        );
         let r = self.running.get_mut(&name).expect("running");
         for t in std::mem::replace(&mut r.refreshers, refreshers) {
             t.abort();
@@ -176,10 +182,10 @@ impl Governor {
 
     /// Resolves the policy's exact hosts now and starts keeping them fresh.
     async fn refresh(&self, id: u32, policy: &Policy) -> Result<Vec<JoinHandle<()>>> {
-        let resolver = Arc::new(resolve::resolver(&policy.dns)?);
-        let hosts = resolve::prewarm(&self.enforcer, &resolver, id, policy, &self.metrics).await;
-        Ok(resolve::spawn_refreshers(
-            &self.enforcer,
+        let resolver = Arc::new(refresh::resolver(&policy.dns)?);
+        let hosts = refresh::prewarm(&self.allowlist, &resolver, id, policy, &self.metrics).await;
+        Ok(refresh::spawn_refreshers(
+            &self.allowlist,
             &resolver,
             &self.metrics,
             id,
@@ -193,7 +199,7 @@ impl Governor {
     fn govern_cgroups(&mut self, name: &str, wanted: &[PathBuf]) -> Result<()> {
         let r = self.running.get_mut(name).expect("running");
         let mut e = self
-            .enforcer
+            .allowlist
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for rel in wanted {
@@ -222,7 +228,7 @@ impl Governor {
     fn release_cgroups(&mut self, name: &str, wanted: &[PathBuf]) -> Result<()> {
         let r = self.running.get_mut(name).expect("running");
         let mut e = self
-            .enforcer
+            .allowlist
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let released: Vec<(PathBuf, u64)> = r
@@ -342,7 +348,7 @@ impl Governor {
             return Ok(());
         }
         cgroup.check_not_delegated(&self.cgroup_root)?;
-        let mut e = self.enforcer.lock().expect("enforcer lock");
+        let mut e = self.allowlist.lock().expect("allowlist lock");
         let attachment = e.govern(r.id, &cgroup)?;
         attachment.pin(&self.pin_dir.join(name).join(new_id.to_string()))?;
         e.ungovern(r.id, old_id)?;

@@ -23,8 +23,8 @@ use tokio::{
 };
 
 use crate::{
-    enforcer::Enforcer,
     kernel::counters::{proto_name, reason_name, verdict_name},
+    state::allowlist::Allowlist,
 };
 
 /// Where the control socket of daemon instance `instance` lives.
@@ -42,19 +42,19 @@ pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
 /// What the control socket's clients reach in the daemon.
 #[derive(Clone)]
 pub struct Handles {
-    pub enforcer: Arc<Mutex<Enforcer>>,
+    pub allowlist: Arc<Mutex<Allowlist>>,
     pub feed: EventFeed,
     pub reload: mpsc::Sender<ReloadRequest>,
 }
 
 /// What `egressd status` shows.
-pub fn status(enforcer: &Enforcer) -> Value {
-    let policies: Vec<Value> = enforcer
+pub fn status(allowlist: &Allowlist) -> Value {
+    let policies: Vec<Value> = allowlist
         .installed
         .iter()
         .map(|p| {
-            let (v4, v6) = enforcer.tables.table_len(p.table);
-            let counts = enforcer.counts(p.id).ok();
+            let (v4, v6) = allowlist.tables.table_len(p.table);
+            let counts = allowlist.counts(p.id).ok();
             let counters: Vec<Value> = counts
                 .as_ref()
                 .map(|c| {
@@ -87,8 +87,8 @@ pub fn status(enforcer: &Enforcer) -> Value {
             })
         })
         .collect();
-    let unix = enforcer.unix_hooks();
-    let families = enforcer.family_hook();
+    let unix = allowlist.unix_hooks();
+    let families = allowlist.family_hook();
     let open: Vec<Value> = open_channels(unix.err(), families.err())
         .into_iter()
         .map(|(channel, what)| json!({"channel": channel, "what_to_do": what}))
@@ -171,7 +171,7 @@ pub async fn serve(listener: UnixListener, handles: Handles) {
 
 async fn client(conn: UnixStream, handles: Handles) -> Result<()> {
     let Handles {
-        enforcer,
+        allowlist,
         feed,
         reload,
     } = handles;
@@ -182,7 +182,7 @@ async fn client(conn: UnixStream, handles: Handles) -> Result<()> {
     match words.next() {
         Some("status") => {
             let doc = status(
-                &enforcer
+                &allowlist
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             );
@@ -208,8 +208,8 @@ async fn client(conn: UnixStream, handles: Handles) -> Result<()> {
         }
         Some("explain") => {
             let dest = words.next().unwrap_or("");
-            let doc = crate::explain::explain(
-                &enforcer
+            let doc = crate::report::explain::explain(
+                &allowlist
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
                 dest,
@@ -248,7 +248,7 @@ pub async fn print_explain(instance: &str, dest: &str, as_json: bool) -> Result<
     if as_json {
         println!("{doc}");
     } else {
-        print!("{}", crate::explain::text(&doc));
+        print!("{}", crate::report::explain::text(&doc));
     }
     Ok(())
 }

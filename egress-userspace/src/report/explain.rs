@@ -11,8 +11,8 @@ use std::{
 use serde_json::{json, Value};
 
 use crate::{
-    enforcer::{Enforcer, Installed},
     policy::{unmap, Destination, Protocol},
+    state::allowlist::{Allowlist, Installed},
 };
 
 /// What `explain` was asked about.
@@ -49,13 +49,13 @@ fn parse(dest: &str) -> Result<Asked, String> {
 }
 
 /// The answer to `explain DEST`, as JSON.
-pub fn explain(enforcer: &Enforcer, dest: &str) -> Value {
+pub fn explain(allowlist: &Allowlist, dest: &str) -> Value {
     let asked = match parse(dest) {
         Ok(a) => a,
         Err(e) => return json!({ "error": e }),
     };
     let now = Instant::now();
-    let policies: Vec<Value> = enforcer
+    let policies: Vec<Value> = allowlist
         .installed
         .iter()
         .map(|p| match &asked {

@@ -18,9 +18,9 @@ use hickory_resolver::{
 };
 
 use crate::{
-    enforcer::Enforcer,
-    metrics::Metrics,
     policy::{DnsSettings, Host, Policy},
+    report::metrics::Metrics,
+    state::allowlist::Allowlist,
 };
 
 /// A resolver for one policy's settings.
@@ -78,7 +78,7 @@ pub fn refresh_after(ttl: Duration, dns: &DnsSettings) -> Duration {
 /// logged and counted; such a host has no address until a lookup succeeds.
 /// Returns when to look each host up again.
 pub async fn prewarm(
-    enforcer: &Mutex<Enforcer>,
+    allowlist: &Mutex<Allowlist>,
     resolver: &TokioResolver,
     id: u32,
     policy: &Policy,
@@ -89,7 +89,7 @@ pub async fn prewarm(
         let wait = match lookup(resolver, &host).await {
             Ok((ips, ttl)) => {
                 metrics.lookup(&policy.name, true);
-                let recorded = enforcer
+                let recorded = allowlist
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .record(
@@ -118,7 +118,7 @@ pub async fn prewarm(
 
 /// Everything needed to keep one exact host of one policy fresh.
 pub struct HostRefresh {
-    pub enforcer: Arc<Mutex<Enforcer>>,
+    pub allowlist: Arc<Mutex<Allowlist>>,
     pub resolver: Arc<TokioResolver>,
     pub metrics: Arc<Metrics>,
     pub id: u32,
@@ -139,7 +139,7 @@ impl HostRefresh {
                     self.metrics.lookup(policy, true);
                     let now = std::time::Instant::now();
                     let recorded = self
-                        .enforcer
+                        .allowlist
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .record(self.id, host, host.as_str(), &ips, ttl, now);
@@ -163,11 +163,11 @@ pub const SWEEP_PERIOD: Duration = Duration::from_millis(500);
 /// Removes expired addresses every `period`, forever (and retries a
 /// failed update of learned addresses). An error that repeats is logged
 /// once, and again when it clears.
-pub async fn sweep(enforcer: Arc<Mutex<Enforcer>>, period: Duration) {
+pub async fn sweep(allowlist: Arc<Mutex<Allowlist>>, period: Duration) {
     let mut failing: Option<String> = None;
     loop {
         tokio::time::sleep(period).await;
-        let result = enforcer
+        let result = allowlist
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .expire(std::time::Instant::now());
@@ -189,7 +189,7 @@ pub async fn sweep(enforcer: Arc<Mutex<Enforcer>>, period: Duration) {
 
 /// Starts a refresher for each host `prewarm` returned, and the sweeper.
 pub fn spawn_refreshers(
-    enforcer: &Arc<Mutex<Enforcer>>,
+    allowlist: &Arc<Mutex<Allowlist>>,
     resolver: &Arc<TokioResolver>,
     metrics: &Arc<Metrics>,
     id: u32,
@@ -200,7 +200,7 @@ pub fn spawn_refreshers(
         .into_iter()
         .map(|(host, wait)| {
             let r = HostRefresh {
-                enforcer: enforcer.clone(),
+                allowlist: allowlist.clone(),
                 resolver: resolver.clone(),
                 metrics: metrics.clone(),
                 id,

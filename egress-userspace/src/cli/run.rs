@@ -14,21 +14,21 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    control::{self, EventFeed, ReloadRequest},
+    dns::refresh,
     dns::DnsEvent,
-    enforcer::Enforcer,
-    events::{Describer, EventStream},
-    governor::Governor,
+    kernel::mounts,
     kernel::pins,
-    kubernetes,
-    metrics::{self, Metrics},
-    mounts,
     policy::{
         file::{load_path, PolicyError},
         Policy,
     },
-    resolve,
-    watch::Watcher,
+    report::control::{self, EventFeed, ReloadRequest},
+    report::events::{Describer, EventStream},
+    report::metrics::{self, Metrics},
+    runtime::kubernetes,
+    runtime::supervisor::Governor,
+    runtime::watch::Watcher,
+    state::allowlist::Allowlist,
 };
 
 /// Default pin directory name of the daemon.
@@ -241,7 +241,7 @@ async fn reload(
         Ok(()) => {
             governor.metrics.reload(true);
             let names = governor
-                .enforcer
+                .allowlist
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .policy_names();
@@ -329,7 +329,7 @@ const EVENTS_PER_WRITE: usize = 4096;
 /// write), and to `events` clients if any are connected; counts them.
 /// Events read together share their time (when egressd read them).
 fn emit(
-    batch: Vec<crate::events::Record>,
+    batch: Vec<crate::report::events::Record>,
     describer: &Describer,
     metrics: &Metrics,
     feed: &EventFeed,
@@ -337,7 +337,7 @@ fn emit(
     if batch.is_empty() {
         return;
     }
-    let time = crate::events::timestamp(std::time::SystemTime::now());
+    let time = crate::report::events::timestamp(std::time::SystemTime::now());
     let watched = feed.receiver_count() > 0;
     let mut out = Vec::with_capacity(batch.len().min(EVENTS_PER_WRITE) * 320);
     let mut stdout = std::io::stdout().lock();
@@ -371,13 +371,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // A SIGHUP while starting is a reload once started, not the end.
     let mut hup = signal(SignalKind::hangup())?;
     if !valid_instance(&opts.instance) {
-        return Err(crate::usage::UsageError(format!(
+        return Err(crate::cli::usage::UsageError(format!(
             "--instance `{}`: use letters, digits, `.`, `_` and `-`",
             opts.instance
         ))
         .into());
     }
-    crate::usage::check_ring_bytes(opts.ring_bytes)?;
+    crate::cli::usage::check_ring_bytes(opts.ring_bytes)?;
     let mut base = load_policies(&opts.policy)?;
     let root = mounts::cgroup2_root()?;
     let mut seen = stamp(&opts.policy);
@@ -391,12 +391,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // Links pinned by an earlier run keep enforcing until the new ones are
     // pinned in a generation of their own; then the old ones are removed.
     let pin_dir = pins::new_generation(&opts.instance)?;
-    let (enforcer, ring) = Enforcer::load(opts.ring_bytes)?;
-    let enforcer = Arc::new(Mutex::new(enforcer));
+    let (allowlist, ring) = Allowlist::load(opts.ring_bytes)?;
+    let allowlist = Arc::new(Mutex::new(allowlist));
     let metrics = Arc::new(Metrics::new());
     let (dns_tx, mut dns_rx) = tokio::sync::mpsc::channel::<DnsEvent>(crate::dns::EVENT_QUEUE);
     let mut governor = Governor::new(
-        enforcer.clone(),
+        allowlist.clone(),
         metrics.clone(),
         dns_tx,
         pin_dir.clone(),
@@ -405,7 +405,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     governor.apply(pods.expand(&base, &root).0).await?;
     metrics.loaded(true);
     pods.sync(&mut governor, &base, &root)?;
-    tokio::spawn(resolve::sweep(enforcer.clone(), resolve::SWEEP_PERIOD));
+    tokio::spawn(refresh::sweep(allowlist.clone(), refresh::SWEEP_PERIOD));
     // Now that the new links are pinned, remove this instance's old ones
     // (also those left by an earlier run that failed half-way) - unless the
     // pods are not known yet: then the old links still govern them.
@@ -420,7 +420,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
 
     let mut events = EventStream::new(ring).context("watching the event ring buffer")?;
-    let mut describer = enforcer
+    let mut describer = allowlist
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .describer();
@@ -429,14 +429,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .await
             .with_context(|| format!("listening for metrics on {addr}"))?;
         tracing::info!("metrics on http://{addr}/metrics");
-        tokio::spawn(metrics::serve(listener, metrics.clone(), enforcer.clone()));
+        tokio::spawn(metrics::serve(listener, metrics.clone(), allowlist.clone()));
     }
     let feed: EventFeed = tokio::sync::broadcast::channel(1024).0;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let control_path = control::socket_path(&opts.instance);
     let listener = control::bind(&control_path)?;
     let handles = control::Handles {
-        enforcer: enforcer.clone(),
+        allowlist: allowlist.clone(),
         feed: feed.clone(),
         reload: reload_tx,
     };

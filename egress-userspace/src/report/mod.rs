@@ -1,0 +1,9 @@
+//! What egressd tells: deny events from the kernel's ring buffer and the
+//! DNS proxy (`events`), Prometheus metrics (`metrics`), the control socket
+//! that serves status, events, explanations and reloads (`control`), and
+//! which rule allows a destination (`explain`).
+
+pub mod control;
+pub mod events;
+pub mod explain;
+pub mod metrics;
