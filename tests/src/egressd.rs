@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use egressd::{cgroup::Cgroup, mounts};
+use egressd::kernel::{cgroup::Cgroup, mounts};
 use serde_json::Value;
 
 use crate::netns::Netns;

@@ -390,6 +390,38 @@ for name in ('rebind.cdn.test', 'meta.cdn.test'):
     );
 }
 
+/// egressd's own lookups of an exact host rule (made at start and when an
+/// answer runs out, without any query from the agent) are screened as the
+/// proxy's answers are: a name whose owner, or whoever took its DNS over,
+/// answers loopback does not open the agent's way to a local service. The
+/// agent makes no DNS query at all and connects to the address directly.
+#[test]
+fn egressds_own_lookups_do_not_learn_special_addresses() {
+    require_root();
+    let ns = Netns::new("ownlook").unwrap();
+    let _upstream = DnsServer::start(
+        &ns,
+        UPSTREAM,
+        &[("rebound.model.test", &["127.0.0.1"], 300)],
+    )
+    .unwrap();
+    let local = Listener::tcp(&ns, "127.0.0.1:443").unwrap();
+    // The lookup is made before the command starts (a policy's hosts are
+    // resolved before it governs); the short sleep covers a slow one too.
+    let r = exec(
+        &ns,
+        &["--resolver", UPSTREAM, "--allow", "rebound.model.test:443"],
+        &["sh", "-c", &format!("sleep 1; {PROBE} tcp 127.0.0.1:443")],
+    )
+    .unwrap();
+    assert_eq!(
+        local.count(),
+        0,
+        "egressd's own lookup opened loopback: {r:?}"
+    );
+    assert!(r.stdout.contains("error"), "{r:?}");
+}
+
 /// TXT (or NULL, or MX) queries for an allowed name carry data, not
 /// addresses: refused, never forwarded, with an event.
 #[test]

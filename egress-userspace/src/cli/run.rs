@@ -15,7 +15,6 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     dns::refresh,
-    dns::DnsEvent,
     kernel::mounts,
     kernel::pins,
     policy::{
@@ -23,6 +22,7 @@ use crate::{
         Policy,
     },
     report::control::{self, EventFeed, ReloadRequest},
+    report::events::DnsEvent,
     report::events::{Describer, EventStream},
     report::metrics::{self, Metrics},
     runtime::kubernetes,
@@ -394,7 +394,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let (allowlist, ring) = Allowlist::load(opts.ring_bytes)?;
     let allowlist = Arc::new(Mutex::new(allowlist));
     let metrics = Arc::new(Metrics::new());
-    let (dns_tx, mut dns_rx) = tokio::sync::mpsc::channel::<DnsEvent>(crate::dns::EVENT_QUEUE);
+    let (dns_tx, mut dns_rx) =
+        tokio::sync::mpsc::channel::<DnsEvent>(crate::dns::proxy::EVENT_QUEUE);
     let mut governor = Governor::new(
         allowlist.clone(),
         metrics.clone(),
@@ -420,10 +421,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
 
     let mut events = EventStream::new(ring).context("watching the event ring buffer")?;
-    let mut describer = allowlist
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .describer();
+    let mut describer = Describer::of(
+        &allowlist
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

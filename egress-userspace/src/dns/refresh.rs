@@ -1,7 +1,7 @@
 //! Resolving the exact hostnames a policy names, and keeping their addresses
 //! fresh: re-resolved as TTLs run out (within the policy's bounds), old
-//! addresses kept for a grace period (see `learned`), failures counted and
-//! never opening anything.
+//! addresses kept for a grace period (see `state::learn`), failures counted
+//! and never opening anything; and sweeping out expired addresses.
 
 use std::{
     net::IpAddr,
@@ -20,7 +20,7 @@ use hickory_resolver::{
 use crate::{
     policy::{DnsSettings, Host, Policy},
     report::metrics::Metrics,
-    state::allowlist::Allowlist,
+    state::{allowlist::Allowlist, learn::Learner},
 };
 
 /// A resolver for one policy's settings.
@@ -78,9 +78,8 @@ pub fn refresh_after(ttl: Duration, dns: &DnsSettings) -> Duration {
 /// logged and counted; such a host has no address until a lookup succeeds.
 /// Returns when to look each host up again.
 pub async fn prewarm(
-    allowlist: &Mutex<Allowlist>,
+    learner: &Learner,
     resolver: &TokioResolver,
-    id: u32,
     policy: &Policy,
     metrics: &Metrics,
 ) -> Vec<(Host, Duration)> {
@@ -89,20 +88,7 @@ pub async fn prewarm(
         let wait = match lookup(resolver, &host).await {
             Ok((ips, ttl)) => {
                 metrics.lookup(&policy.name, true);
-                let recorded = allowlist
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .record(
-                        id,
-                        &host,
-                        host.as_str(),
-                        &ips,
-                        ttl,
-                        std::time::Instant::now(),
-                    );
-                if let Err(e) = recorded {
-                    tracing::error!(policy = policy.name, host = %host, "allowing its addresses: {e:#}");
-                }
+                learn(learner, &policy.name, &host, ips, ttl);
                 refresh_after(ttl, &policy.dns)
             }
             Err(e) => {
@@ -116,12 +102,30 @@ pub async fn prewarm(
     next
 }
 
+/// Has egressd's own answer for `host` learned, as the proxy's answers are
+/// (`state::learn`): special addresses are not learned, and are logged.
+fn learn(learner: &Learner, policy: &str, host: &Host, ips: Vec<IpAddr>, ttl: Duration) {
+    match learner.learn(std::slice::from_ref(host), host.as_str(), ips, ttl) {
+        Ok(Some(learned)) => {
+            for (ip, why) in learned.refused {
+                let verb = if learned.audit {
+                    "learned in audit"
+                } else {
+                    "not learned"
+                };
+                tracing::warn!(policy, host = %host, address = %ip, "an answer of egressd's own lookup is {why}: {verb}");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(policy, host = %host, "allowing its addresses: {e:#}"),
+    }
+}
+
 /// Everything needed to keep one exact host of one policy fresh.
 pub struct HostRefresh {
-    pub allowlist: Arc<Mutex<Allowlist>>,
+    pub learner: Learner,
     pub resolver: Arc<TokioResolver>,
     pub metrics: Arc<Metrics>,
-    pub id: u32,
     pub policy: String,
     pub host: Host,
     pub dns: DnsSettings,
@@ -137,15 +141,7 @@ impl HostRefresh {
             match lookup(&self.resolver, host).await {
                 Ok((ips, ttl)) => {
                     self.metrics.lookup(policy, true);
-                    let now = std::time::Instant::now();
-                    let recorded = self
-                        .allowlist
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .record(self.id, host, host.as_str(), &ips, ttl, now);
-                    if let Err(e) = recorded {
-                        tracing::error!(policy, host = %host, "updating the allowlist: {e:#}");
-                    }
+                    learn(&self.learner, policy, host, ips, ttl);
                     wait = refresh_after(ttl, &self.dns);
                 }
                 Err(e) => {
@@ -189,10 +185,9 @@ pub async fn sweep(allowlist: Arc<Mutex<Allowlist>>, period: Duration) {
 
 /// Starts a refresher for each host `prewarm` returned, and the sweeper.
 pub fn spawn_refreshers(
-    allowlist: &Arc<Mutex<Allowlist>>,
+    learner: &Learner,
     resolver: &Arc<TokioResolver>,
     metrics: &Arc<Metrics>,
-    id: u32,
     policy: &Policy,
     hosts: Vec<(Host, Duration)>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -200,10 +195,9 @@ pub fn spawn_refreshers(
         .into_iter()
         .map(|(host, wait)| {
             let r = HostRefresh {
-                allowlist: allowlist.clone(),
+                learner: learner.clone(),
                 resolver: resolver.clone(),
                 metrics: metrics.clone(),
-                id,
                 policy: policy.name.clone(),
                 host,
                 dns: policy.dns.clone(),

@@ -16,7 +16,7 @@ use std::{
 
 use tokio::{net::UdpSocket, sync::oneshot};
 
-use super::AbortOnDrop;
+use super::{forward::random_id, AbortOnDrop};
 
 /// Queries one socket takes before a fresh one takes over.
 const QUERIES_PER_SOCKET: u32 = 100;
@@ -124,7 +124,7 @@ impl Shared {
     fn wait(&self) -> Option<(u16, u32, oneshot::Receiver<Vec<u8>>)> {
         let mut state = lock(&self.state);
         let id = loop {
-            let id = super::random_id()?;
+            let id = random_id()?;
             if !state.waiting.contains_key(&id) {
                 break id;
             }

@@ -11,6 +11,7 @@ pub mod dest;
 pub mod fields;
 pub mod file;
 pub mod lint;
+pub mod resolver;
 pub mod special;
 pub mod suffix;
 pub mod unix;

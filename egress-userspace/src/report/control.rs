@@ -71,10 +71,11 @@ pub fn status(allowlist: &Allowlist) -> Value {
                         .collect()
                 })
                 .unwrap_or_default();
+            let view = p.view();
             json!({
-                "name": p.policy.name,
-                "mode": p.policy.mode.to_string(),
-                "source": p.policy.source,
+                "name": view.policy.name,
+                "mode": view.policy.mode.to_string(),
+                "source": view.policy.source,
                 "cgroups": p.cgroups.iter().map(|(c, id)| json!({"path": c.path, "id": id})).collect::<Vec<_>>(),
                 "entries": {"ipv4": v4, "ipv6": v6},
                 "dns_proxy_port": p.dns_port,

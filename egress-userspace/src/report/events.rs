@@ -16,7 +16,7 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     kernel::counters::{reason_name, verdict_name},
     report::metrics::NO_POLICY_LABEL,
-    state::allowlist::Names,
+    state::allowlist::{Allowlist, Names},
 };
 
 /// One ring-buffer record: an event, and for a UNIX socket the name it
@@ -244,6 +244,23 @@ pub fn timestamp(t: SystemTime) -> String {
     )
 }
 
+/// A DNS query refused (or, in audit mode, let through and reported).
+#[derive(Debug, Clone)]
+pub struct DnsEvent {
+    pub policy: String,
+    pub verdict: &'static str,
+    /// `dns_name_not_allowed`, `dns_type_not_allowed` or
+    /// `dns_answer_not_allowed`.
+    pub reason: &'static str,
+    pub name: String,
+    pub qtype: String,
+    pub transport: &'static str,
+    /// For `dns_answer_not_allowed`: the addresses not learned, and why.
+    pub refused: Vec<(std::net::IpAddr, &'static str)>,
+    /// The process that asked, when the kernel noted it.
+    pub asker: Option<egress_common::DnsAsker>,
+}
+
 /// Turns events into JSON, with policy names and learned hostnames.
 pub struct Describer {
     pub policies: HashMap<u32, String>,
@@ -251,6 +268,14 @@ pub struct Describer {
 }
 
 impl Describer {
+    /// A describer with `allowlist`'s policy names and learned hostnames.
+    pub fn of(allowlist: &Allowlist) -> Describer {
+        Describer {
+            policies: allowlist.policy_names(),
+            names: allowlist.names.clone(),
+        }
+    }
+
     pub fn policy(&self, id: u32) -> &str {
         self.policies
             .get(&id)
@@ -267,7 +292,7 @@ impl Describer {
     }
 
     /// A DNS query the proxy refused (or audited), as a JSON object.
-    pub fn dns_json(&self, e: &crate::dns::DnsEvent) -> serde_json::Value {
+    pub fn dns_json(&self, e: &DnsEvent) -> serde_json::Value {
         let mut v = json!({
             "time": timestamp(SystemTime::now()),
             "policy": e.policy,

@@ -11,6 +11,7 @@ use std::{
 use serde_json::{json, Value};
 
 use crate::{
+    policy::resolver::search_expansion,
     policy::{unmap, Destination, Protocol},
     state::allowlist::{Allowlist, Installed},
 };
@@ -104,9 +105,10 @@ fn rule_text(rule: &crate::policy::Rule) -> String {
 /// allows the port and protocol asked.
 fn address(p: &Installed, ip: IpAddr, port: Option<u16>, proto: Protocol, now: Instant) -> Value {
     let ip = unmap(ipnet::IpNet::from(ip)).addr();
+    let view = p.view();
     let mut because = Vec::new();
     let mut allowed = false;
-    for rule in &p.policy.rules {
+    for rule in &view.policy.rules {
         let via = match &rule.dest {
             Destination::Net(n) => unmap(n.0)
                 .contains(&ip)
@@ -144,14 +146,15 @@ fn address(p: &Installed, ip: IpAddr, port: Option<u16>, proto: Protocol, now: I
     } else {
         "refused: the address is allowed, not this port or protocol (port_not_allowed)"
     };
-    json!({ "policy": p.policy.name, "mode": p.policy.mode.to_string(), "verdict": verdict, "rules": because })
+    json!({ "policy": view.policy.name, "mode": view.policy.mode.to_string(), "verdict": verdict, "rules": because })
 }
 
 /// A DNS name under one policy: whether its queries are forwarded, and the
 /// addresses learned for it.
 fn name_in(p: &Installed, name: &str, now: Instant) -> Value {
-    let hosts = p.policy.host_rules_for(name);
-    let rules: Vec<Value> = p
+    let view = p.view();
+    let hosts = view.policy.host_rules_for(name);
+    let rules: Vec<Value> = view
         .policy
         .rules
         .iter()
@@ -180,14 +183,14 @@ fn name_in(p: &Installed, name: &str, now: Instant) -> Value {
         .collect();
     let verdict = if !rules.is_empty() {
         "allowed: lookups are forwarded, and the addresses answered are allowed on the rule's ports"
-    } else if crate::dns::search_expansion(name, &p.search, |n| {
-        !p.policy.host_rules_for(n).is_empty()
+    } else if search_expansion(name, &view.search, |n| {
+        !view.policy.host_rules_for(n).is_empty()
     }) {
         "a search-list expansion of an allowed name: answered NXDOMAIN, not forwarded, not a denial"
     } else {
         "refused: no rule allows the name (dns_name_not_allowed); nothing is forwarded"
     };
-    json!({ "policy": p.policy.name, "mode": p.policy.mode.to_string(), "verdict": verdict, "rules": rules })
+    json!({ "policy": view.policy.name, "mode": view.policy.mode.to_string(), "verdict": verdict, "rules": rules })
 }
 
 /// The human form of an `explain` answer.

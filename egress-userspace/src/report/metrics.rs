@@ -236,20 +236,21 @@ impl Metrics {
         self.info.reset();
         self.cgroups.reset();
         for p in &allowlist.installed {
-            ids.push((p.id, p.policy.name.clone()));
-            self.initialize(&p.policy.name);
+            let view = p.view();
+            ids.push((p.id, view.policy.name.clone()));
+            self.initialize(&view.policy.name);
             let (v4, v6) = allowlist.tables.table_len(p.table);
             self.entries
-                .with_label_values(&[&p.policy.name, "ipv4"])
+                .with_label_values(&[&view.policy.name, "ipv4"])
                 .set(v4 as i64);
             self.entries
-                .with_label_values(&[&p.policy.name, "ipv6"])
+                .with_label_values(&[&view.policy.name, "ipv6"])
                 .set(v6 as i64);
             self.info
-                .with_label_values(&[&p.policy.name, &p.policy.mode.to_string()])
+                .with_label_values(&[&view.policy.name, &view.policy.mode.to_string()])
                 .set(1);
             self.cgroups
-                .with_label_values(&[&p.policy.name])
+                .with_label_values(&[&view.policy.name])
                 .set(p.cgroups.len() as i64);
         }
         let mut seen = self

@@ -18,13 +18,18 @@ use tokio::{sync::mpsc::Sender, task::JoinHandle};
 
 use crate::{
     dns::refresh,
-    dns::{self, DnsEvent, Proxy},
+    dns::{
+        proxy::{serve_pod, Proxy},
+        sockets,
+    },
     kernel::cgroup::Cgroup,
     kernel::pins,
     policy::Policy,
+    report::events::DnsEvent,
     report::metrics::Metrics,
     runtime::watch::Change,
     state::allowlist::Allowlist,
+    state::learn::Learner,
 };
 
 /// What runs for one policy.
@@ -111,12 +116,16 @@ impl Governor {
 
     async fn start(&mut self, policy: Policy) -> Result<()> {
         let name = policy.name.clone();
-        let sockets = dns::bind().await?;
-        let id = self
-            .allowlist
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .install(policy.clone(), sockets.port)?;
+        let sockets = sockets::bind().await?;
+        let (id, view) = {
+            let mut allowlist = self
+                .allowlist
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let id = allowlist.install(policy.clone(), sockets.port)?;
+            (id, allowlist.get(id).context("installed")?.view_cell())
+        };
+        let learner = Learner::new(self.allowlist.clone(), id);
         tracing::info!(
             policy = name,
             port = sockets.port,
@@ -124,15 +133,15 @@ impl Governor {
         );
         let dns_port = sockets.port;
         let dns = Proxy {
-            allowlist: self.allowlist.clone(),
+            view,
+            learner: learner.clone(),
             metrics: self.metrics.clone(),
             events: self.dns_events.clone(),
-            id,
             name: name.clone(),
             exchanger: Default::default(),
         };
         let proxy = dns.clone().spawn(sockets);
-        let refreshers = self.refresh(id, &policy).await?;
+        let refreshers = self.refresh(&learner, &policy).await?;
         self.running.insert(
             name.clone(),
             Running {
@@ -165,14 +174,9 @@ impl Governor {
             .into_iter()
             .map(|h| (h, std::time::Duration::ZERO))
             .collect();
-        let refreshers = refresh::spawn_refreshers(
-            &self.allowlist,
-            &resolver,
-            &self.metrics,
-            id,
-            &policy,
-            hosts,
-        );
+        let learner = Learner::new(self.allowlist.clone(), id);
+        let refreshers =
+            refresh::spawn_refreshers(&learner, &resolver, &self.metrics, &policy, hosts);
         let r = self.running.get_mut(&name).expect("running");
         for t in std::mem::replace(&mut r.refreshers, refreshers) {
             t.abort();
@@ -181,14 +185,13 @@ impl Governor {
     }
 
     /// Resolves the policy's exact hosts now and starts keeping them fresh.
-    async fn refresh(&self, id: u32, policy: &Policy) -> Result<Vec<JoinHandle<()>>> {
+    async fn refresh(&self, learner: &Learner, policy: &Policy) -> Result<Vec<JoinHandle<()>>> {
         let resolver = Arc::new(refresh::resolver(&policy.dns)?);
-        let hosts = refresh::prewarm(&self.allowlist, &resolver, id, policy, &self.metrics).await;
+        let hosts = refresh::prewarm(learner, &resolver, policy, &self.metrics).await;
         Ok(refresh::spawn_refreshers(
-            &self.allowlist,
+            learner,
             &resolver,
             &self.metrics,
-            id,
             policy,
             hosts,
         ))
@@ -265,7 +268,7 @@ impl Governor {
         for rel in pods {
             if !r.pod_proxies.contains_key(rel) {
                 let cgroup = Cgroup::at(&self.cgroup_root, rel);
-                let task = tokio::spawn(dns::serve_pod(r.dns.clone(), cgroup, r.dns_port));
+                let task = tokio::spawn(serve_pod(r.dns.clone(), cgroup, r.dns_port));
                 r.pod_proxies.insert(rel.clone(), task);
             }
         }

@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{Arc, RwLock},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
@@ -16,8 +16,11 @@ use crate::{
     compile::Plan,
     kernel::cgroup::Cgroup,
     kernel::{counters, tables::Tables, Attachment, Kernel},
-    policy::{Host, Mode, Policy},
-    state::addresses::Addresses,
+    policy::{special, Host, Mode, Policy},
+    state::{
+        addresses::Addresses,
+        view::{PolicyView, ViewCell},
+    },
 };
 
 /// Address -> the name it was answered for, for event reports.
@@ -26,17 +29,14 @@ pub type Names = Arc<RwLock<HashMap<IpAddr, String>>>;
 /// One installed policy.
 pub struct Installed {
     pub id: u32,
-    pub policy: Policy,
+    /// The policy and where its names are resolved, shared with its proxy.
+    view: ViewCell,
     /// The policy's prefix rules, compiled once; host addresses are added
     /// on each change.
     pub plan: Arc<Plan>,
     pub table: u32,
     /// Port of the policy's DNS proxy on loopback (0: none).
     pub dns_port: u16,
-    /// Where the proxy forwards allowed queries.
-    pub upstream: Vec<std::net::SocketAddr>,
-    /// The resolver's search domains (see `dns::search_expansion`).
-    pub search: Vec<String>,
     /// Addresses learned for each host rule (exact or wildcard).
     pub learned: HashMap<Host, Addresses>,
     /// The last update of the table's learned entries failed (it failed
@@ -44,6 +44,18 @@ pub struct Installed {
     pub stale: bool,
     /// Governed cgroups: path and id.
     pub cgroups: Vec<(Cgroup, u64)>,
+}
+
+impl Installed {
+    /// The policy as it is in force now.
+    pub fn view(&self) -> Arc<PolicyView> {
+        self.view.get()
+    }
+
+    /// The cell the policy's DNS proxy reads its view from.
+    pub fn view_cell(&self) -> ViewCell {
+        self.view.clone()
+    }
 }
 
 /// What the programs read of a policy: its table, mode and DNS proxy port.
@@ -126,23 +138,15 @@ impl Allowlist {
         self.installed.iter().find(|p| p.id == id)
     }
 
-    fn get_mut(&mut self, id: u32) -> Option<&mut Installed> {
+    pub(super) fn get_mut(&mut self, id: u32) -> Option<&mut Installed> {
         self.installed.iter_mut().find(|p| p.id == id)
-    }
-
-    /// A describer of events with this allowlist's policy names and hostnames.
-    pub fn describer(&self) -> crate::report::events::Describer {
-        crate::report::events::Describer {
-            policies: self.policy_names(),
-            names: self.names.clone(),
-        }
     }
 
     /// Policy id -> name, for reports.
     pub fn policy_names(&self) -> HashMap<u32, String> {
         self.installed
             .iter()
-            .map(|p| (p.id, p.policy.name.clone()))
+            .map(|p| (p.id, p.view().policy.name.clone()))
             .collect()
     }
 
@@ -157,24 +161,21 @@ impl Allowlist {
                 MAX_POLICIES - 1
             );
         }
-        let upstream = crate::dns::upstreams(&policy)?;
-        let search = crate::dns::search_domains(&policy);
-        let plan = Arc::new(Plan::new(&policy)?);
+        let view = PolicyView::new(policy)?;
+        let plan = Arc::new(Plan::new(&view.policy)?);
         let learned = plan.learned(&HashMap::new())?;
-        let listen = crate::compile::listen_spec(&policy)?;
+        let listen = crate::compile::listen_spec(&view.policy)?;
         let listen_set = self.tables.listen_set(listen.as_ref())?;
         let table = self.tables.write_table(plan.clone(), learned)?;
         self.tables
-            .set_policy(id, policy_info(&policy, table, dns_port, listen_set))?;
+            .set_policy(id, policy_info(&view.policy, table, dns_port, listen_set))?;
         self.next_id += 1;
         self.installed.push(Installed {
             id,
-            policy,
+            view: ViewCell::new(view),
             plan,
             table,
             dns_port,
-            upstream,
-            search,
             learned: HashMap::new(),
             stale: false,
             cgroups: Vec::new(),
@@ -188,7 +189,8 @@ impl Allowlist {
     /// for host rules the new policy keeps stay allowed.
     pub fn replace(&mut self, id: u32, policy: Policy) -> Result<()> {
         let p = self.get(id).context("no such policy")?;
-        let upstream = crate::dns::upstreams(&policy)?;
+        let view = PolicyView::new(policy)?;
+        let policy = &view.policy;
         let dns_port = p.dns_port;
         let mut learned = p.learned.clone();
         learned.retain(|h, _| {
@@ -203,32 +205,29 @@ impl Allowlist {
         if policy.mode != crate::policy::Mode::Audit {
             for (host, addresses) in learned.iter_mut() {
                 let hosts = std::slice::from_ref(host);
-                addresses
-                    .retain(|ip| crate::policy::special::refused(&policy, hosts, *ip).is_none());
+                addresses.retain(|ip| special::refused(policy, hosts, *ip).is_none());
             }
         }
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
-        let plan = Arc::new(Plan::new(&policy)?);
+        let plan = Arc::new(Plan::new(policy)?);
         let entries = plan.learned(&resolved)?;
-        let listen = crate::compile::listen_spec(&policy)?;
+        let listen = crate::compile::listen_spec(policy)?;
         let listen_set = self.tables.listen_set(listen.as_ref())?;
         let table = self.tables.write_table(plan.clone(), entries)?;
         if let Err(e) = self
             .tables
-            .set_policy(id, policy_info(&policy, table, dns_port, listen_set))
+            .set_policy(id, policy_info(policy, table, dns_port, listen_set))
         {
             let _ = self.tables.drop_table(table);
             return Err(e);
         }
         let p = self.get_mut(id).expect("checked");
         let old = std::mem::replace(&mut p.table, table);
-        p.policy = policy;
+        p.view.set(view);
         p.plan = plan;
         p.learned = learned;
         // The new table holds every learned address (or the reload failed).
         p.stale = false;
-        p.upstream = upstream;
-        p.search = crate::dns::search_domains(&p.policy);
         self.refresh_names();
         self.tables.retire_table(old, Instant::now());
         Ok(())
@@ -260,7 +259,7 @@ impl Allowlist {
     }
 
     /// Rebuilds address -> name from what every policy holds now.
-    fn refresh_names(&self) {
+    pub(super) fn refresh_names(&self) {
         let mut names = self
             .names
             .write()
@@ -275,71 +274,6 @@ impl Allowlist {
         }
     }
 
-    /// Recompiles policy `id` from `learned` and, if that works, makes it
-    /// the policy's state and updates its table in place. If it cannot be
-    /// compiled, nothing changes.
-    fn apply(&mut self, id: u32, learned: HashMap<Host, Addresses>) -> Result<()> {
-        let p = self.get_mut(id).context("no such policy")?;
-        let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
-        let entries = p.plan.learned(&resolved)?;
-        p.learned = learned;
-        let table = p.table;
-        let result = self.tables.update_learned(table, entries);
-        self.get_mut(id).expect("checked").stale = result.is_err();
-        self.refresh_names();
-        result
-    }
-
-    /// Records that `name`, which host rule `rule` of policy `id` matches,
-    /// resolved to `ips` valid for `ttl`: they are allowed until TTL plus the
-    /// policy's grace has passed. Returns how many addresses were evicted to
-    /// stay within the per-rule cap.
-    pub fn record(
-        &mut self,
-        id: u32,
-        rule: &Host,
-        name: &str,
-        ips: &[IpAddr],
-        ttl: Duration,
-        now: Instant,
-    ) -> Result<usize> {
-        let p = self.get(id).context("no such policy")?;
-        let mut learned = p.learned.clone();
-        let before = learned.get(rule).map(Addresses::ips);
-        let entry = learned.entry(rule.clone()).or_default();
-        // An answer's TTL counts up to the policy's max_ttl, no longer.
-        let ttl = ttl.min(p.policy.dns.max_ttl);
-        let evicted = entry.record(now, name, ips, ttl, p.policy.dns.grace);
-        if before.as_ref() == Some(&entry.ips()) && !p.stale {
-            // Same addresses: only deadlines moved.
-            self.get_mut(id).expect("checked").learned = learned;
-            return Ok(evicted);
-        }
-        self.apply(id, learned)?;
-        Ok(evicted)
-    }
-
-    /// Removes addresses whose TTL and grace have passed, in every policy,
-    /// and tables retired long enough ago.
-    pub fn expire(&mut self, now: Instant) -> Result<()> {
-        let mut first_error = self.tables.bury(now).err();
-        for id in self.installed.iter().map(|p| p.id).collect::<Vec<_>>() {
-            let p = self.get(id).expect("listed");
-            let mut learned = p.learned.clone();
-            // A failed update is retried on every sweep.
-            let mut changed = p.stale;
-            for a in learned.values_mut() {
-                changed |= a.expire(now);
-            }
-            if changed {
-                if let Err(e) = self.apply(id, learned) {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
     /// Governs `cgroup` by policy `id`: records it, then attaches the programs.
     pub fn govern(&mut self, id: u32, cgroup: &Cgroup) -> Result<Attachment> {
         let cgroup_id = cgroup.id()?;
@@ -350,7 +284,6 @@ impl Allowlist {
         Ok(attachment)
     }
 
-    /// The counters of policy `id`.
     /// The process that sent the query the DNS proxy received from `peer`
     /// over `protocol` (6, 17), as the backstop noted it.
     pub fn dns_asker(&self, peer: std::net::SocketAddr, protocol: u8) -> Option<DnsAsker> {
@@ -363,6 +296,7 @@ impl Allowlist {
         self.tables.maps.dns_askers.get(&key, 0).ok()
     }
 
+    /// The counters of policy `id`.
     pub fn counts(&self, id: u32) -> Result<counters::PolicyCounts> {
         counters::read(&self.tables.maps.counters, id)
     }

@@ -4,3 +4,5 @@
 
 pub mod addresses;
 pub mod allowlist;
+pub mod learn;
+pub mod view;

@@ -25,7 +25,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     cli::usage::UsageError,
     dns::refresh,
-    dns::DnsEvent,
     kernel::cgroup::Cgroup,
     kernel::mounts,
     kernel::{counters::reason_name, pins},
@@ -34,6 +33,7 @@ use crate::{
         file::load_file,
         DnsSettings, Mode, Policy,
     },
+    report::events::DnsEvent,
     report::events::{address, comm, protocol_name, unix_name, Describer, EventStream, Record},
     report::metrics::Metrics,
     runtime::supervisor::Governor,
@@ -421,7 +421,8 @@ async fn run_governed(
     let (allowlist, ring) = Allowlist::load(opts.ring_bytes)?;
     let allowlist = Arc::new(Mutex::new(allowlist));
     let metrics = Arc::new(Metrics::new());
-    let (dns_tx, mut dns_rx) = tokio::sync::mpsc::channel::<DnsEvent>(crate::dns::EVENT_QUEUE);
+    let (dns_tx, mut dns_rx) =
+        tokio::sync::mpsc::channel::<DnsEvent>(crate::dns::proxy::EVENT_QUEUE);
     let root = mounts::cgroup2_root()?;
     let cgroup = Cgroup::at(&root, cgroup_rel);
     let filter = seccomp::Filter::new(&policy.channels);
@@ -459,10 +460,11 @@ async fn run_governed(
     );
     governor.apply(vec![policy]).await?;
     let sweeper = tokio::spawn(refresh::sweep(allowlist.clone(), refresh::SWEEP_PERIOD));
-    let describer = allowlist
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .describer();
+    let describer = Describer::of(
+        &allowlist
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     let json_out = match &opts.events_json {
         Some(p) => Some(File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => None,

@@ -1,0 +1,192 @@
+//! Where a DNS answer becomes an allowed address. Every answer comes
+//! through `Allowlist::learn`: the DNS proxy's answers to the agent, and
+//! egressd's own lookups of exact hosts. Under the allowlist's lock, with
+//! the policy in force at that moment (a reload may have come while the
+//! upstream answered), the answer's special addresses are screened out
+//! (`policy::special`: loopback, link-local, metadata, private unless
+//! allowed; audit learns them and reports them), the rest are recorded for
+//! each host rule the name matches, each allowed until its TTL (at most
+//! `dns.max_ttl`) plus `dns.grace`, and the policy's kernel table is
+//! rewritten in place (`compile::Plan::learned`). `expire` takes them out
+//! again when that time has passed.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use egress_common::DnsAsker;
+
+use super::{addresses::Addresses, allowlist::Allowlist};
+use crate::policy::{special, Host, Mode, Policy};
+
+/// What became of one answer.
+#[derive(Debug, Default)]
+pub struct Learned {
+    /// Addresses not learned (or, in audit, learned and reported), and why.
+    pub refused: Vec<(IpAddr, &'static str)>,
+    /// Addresses evicted to stay within the per-rule cap.
+    pub evicted: usize,
+    /// The policy was in audit mode when the answer was learned.
+    pub audit: bool,
+}
+
+/// Splits addresses answered for a name under `hosts` into those that may
+/// be learned and those refused, each with why.
+pub fn screen(
+    policy: &Policy,
+    hosts: &[Host],
+    ips: Vec<IpAddr>,
+) -> (Vec<IpAddr>, Vec<(IpAddr, &'static str)>) {
+    let mut ok = Vec::with_capacity(ips.len());
+    let mut no = Vec::new();
+    for ip in ips {
+        match special::refused(policy, hosts, ip) {
+            Some(why) => no.push((ip, why)),
+            None => ok.push(ip),
+        }
+    }
+    (ok, no)
+}
+
+impl Allowlist {
+    /// Learns that `name`, which host rules `rules` of policy `id` match,
+    /// resolved to `ips`, valid for `ttl` from `now`. `None`: the policy is
+    /// gone. An error: the addresses could not be written, so they are not
+    /// allowed (the table fails closed and is written again by the sweep).
+    pub fn learn(
+        &mut self,
+        id: u32,
+        rules: &[Host],
+        name: &str,
+        ips: Vec<IpAddr>,
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<Option<Learned>> {
+        let Some(p) = self.get(id) else {
+            return Ok(None);
+        };
+        let view = p.view();
+        let audit = view.policy.mode == Mode::Audit;
+        let (mut ips, refused) = screen(&view.policy, rules, ips);
+        if audit {
+            ips.extend(refused.iter().map(|(ip, _)| *ip));
+        }
+        let mut evicted = 0;
+        for rule in rules.iter().filter(|_| !ips.is_empty()) {
+            evicted += self.record(id, rule, name, &ips, ttl, now)?;
+        }
+        Ok(Some(Learned {
+            refused,
+            evicted,
+            audit,
+        }))
+    }
+
+    /// Recompiles policy `id` from `learned` and, if that works, makes it
+    /// the policy's state and updates its table in place. If it cannot be
+    /// compiled, nothing changes.
+    fn apply(&mut self, id: u32, learned: HashMap<Host, Addresses>) -> Result<()> {
+        let p = self.get_mut(id).context("no such policy")?;
+        let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
+        let entries = p.plan.learned(&resolved)?;
+        p.learned = learned;
+        let table = p.table;
+        let result = self.tables.update_learned(table, entries);
+        self.get_mut(id).expect("checked").stale = result.is_err();
+        self.refresh_names();
+        result
+    }
+
+    /// Records `ips` for host rule `rule` of policy `id`: allowed until TTL
+    /// plus the policy's grace has passed. Returns how many addresses were
+    /// evicted to stay within the per-rule cap.
+    fn record(
+        &mut self,
+        id: u32,
+        rule: &Host,
+        name: &str,
+        ips: &[IpAddr],
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<usize> {
+        let p = self.get(id).context("no such policy")?;
+        let mut learned = p.learned.clone();
+        let before = learned.get(rule).map(Addresses::ips);
+        let entry = learned.entry(rule.clone()).or_default();
+        // An answer's TTL counts up to the policy's max_ttl, no longer.
+        let view = p.view();
+        let dns = &view.policy.dns;
+        let evicted = entry.record(now, name, ips, ttl.min(dns.max_ttl), dns.grace);
+        if before.as_ref() == Some(&entry.ips()) && !p.stale {
+            // Same addresses: only deadlines moved.
+            self.get_mut(id).expect("checked").learned = learned;
+            return Ok(evicted);
+        }
+        self.apply(id, learned)?;
+        Ok(evicted)
+    }
+
+    /// Removes addresses whose TTL and grace have passed, in every policy,
+    /// and tables retired long enough ago.
+    pub fn expire(&mut self, now: Instant) -> Result<()> {
+        let mut first_error = self.tables.bury(now).err();
+        for id in self.installed.iter().map(|p| p.id).collect::<Vec<_>>() {
+            let p = self.get(id).expect("listed");
+            let mut learned = p.learned.clone();
+            // A failed update is retried on every sweep.
+            let mut changed = p.stale;
+            for a in learned.values_mut() {
+                changed |= a.expire(now);
+            }
+            if changed {
+                if let Err(e) = self.apply(id, learned) {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// What a DNS proxy may do to the allowlist: learn the answers of its own
+/// policy, and ask which process sent a query. Each call takes the lock for
+/// that call only.
+#[derive(Clone)]
+pub struct Learner {
+    allowlist: Arc<Mutex<Allowlist>>,
+    id: u32,
+}
+
+impl Learner {
+    pub fn new(allowlist: Arc<Mutex<Allowlist>>, id: u32) -> Learner {
+        Learner { allowlist, id }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Allowlist> {
+        self.allowlist
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `Allowlist::learn` for this policy, now.
+    pub fn learn(
+        &self,
+        rules: &[Host],
+        name: &str,
+        ips: Vec<IpAddr>,
+        ttl: Duration,
+    ) -> Result<Option<Learned>> {
+        self.lock()
+            .learn(self.id, rules, name, ips, ttl, Instant::now())
+    }
+
+    /// The process that sent the query received from `peer` over
+    /// `protocol`, as the kernel noted it.
+    pub fn asker(&self, peer: SocketAddr, protocol: u8) -> Option<DnsAsker> {
+        self.lock().dns_asker(peer, protocol)
+    }
+}
