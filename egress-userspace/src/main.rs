@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use egressd::{
     cli::{check, exec, run as daemon},
     kernel::pins,
-    policy::file::PolicyError,
+    policy::error::PolicyError,
 };
 
 #[derive(Parser)]
@@ -242,7 +242,7 @@ fn main() -> ExitCode {
                 metrics_addr: (!no_metrics).then_some(metrics_addr),
                 instance,
                 ring_bytes: ring_buffer_bytes,
-                pods: pods_file.map(|file| daemon::PodSource {
+                pods: pods_file.map(|file| egressd::runtime::pods::PodSource {
                     file,
                     node,
                     kubepods_root: kubepods_root.unwrap_or_default(),
@@ -318,7 +318,7 @@ fn main() -> ExitCode {
             let show = |line: &str| match format {
                 EventFormat::Json => line.to_string(),
                 EventFormat::Text => serde_json::from_str(line)
-                    .map(|v| egressd::report::events::compact(&v))
+                    .map(|v| egressd::report::describe::compact(&v))
                     .unwrap_or_else(|_| line.to_string()),
             };
             match runtime().block_on(egressd::report::control::ask_with(

@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::Path};
 
 use egressd::{
     dns::message::{addresses, question, reply_code},
-    policy::{dest::parse_allow, file::parse},
+    policy::{dest::parse_allow, validate::parse},
 };
 use hickory_resolver::proto::op::ResponseCode;
 use proptest::prelude::*;
@@ -137,7 +137,7 @@ proptest! {
         host_ports in prop::collection::vec((1u16..=12, 0u8..3), 0..4),
         answers in prop::collection::vec((0usize..4, any::<bool>(), any::<u8>()), 0..12),
     ) {
-        use egressd::compile::compile;
+        use egressd::compile::{plan::Plan, Compiled};
         use ipnet::IpNet;
         use std::collections::{BTreeSet, HashMap};
         let protos = ["tcp", "udp", "any"];
@@ -170,9 +170,13 @@ proptest! {
             resolved.entry(format!("h{h}.test").parse().unwrap()).or_default().push(ip);
         }
         let policy = parse(&yaml, Path::new("p.yaml")).unwrap();
-        let c = compile(&policy, &resolved).unwrap();
+        // What the kernel's trie holds: the learned entries, and the prefix
+        // entries whose prefix no learned entry replaces (as `kernel::tables`
+        // writes them).
+        let plan = Plan::new(&policy).unwrap();
+        let learned = plan.learned(&resolved).unwrap();
         // (port, TCP?) pairs a compiled spec allows.
-        let allowed = |spec: u32| -> BTreeSet<(u16, bool)> {
+        let allowed = |c: &Compiled, spec: u32| -> BTreeSet<(u16, bool)> {
             c.specs[spec as usize].0.iter().flat_map(|r| {
                 (r.lo..=r.hi).flat_map(move |p| {
                     [(p, true, r.protos & 1 != 0), (p, false, r.protos & 2 != 0)]
@@ -183,16 +187,21 @@ proptest! {
             if proto != 1 { want.insert((port, true)); }
             if proto != 0 { want.insert((port, false)); }
         };
-        let entries: Vec<(IpNet, u32)> = c.v4.iter()
-            .map(|e| (IpNet::new(std::net::Ipv4Addr::from(e.addr).into(), e.len).unwrap(), e.spec))
-            .chain(c.v6.iter().map(|e| (IpNet::new(std::net::Ipv6Addr::from(e.addr).into(), e.len).unwrap(), e.spec)))
-            .collect();
+        let of = |c: &Compiled| -> Vec<(IpNet, BTreeSet<(u16, bool)>)> {
+            c.v4.iter()
+                .map(|e| (IpNet::new(std::net::Ipv4Addr::from(e.addr).into(), e.len).unwrap(), allowed(c, e.spec)))
+                .chain(c.v6.iter().map(|e| (IpNet::new(std::net::Ipv6Addr::from(e.addr).into(), e.len).unwrap(), allowed(c, e.spec))))
+                .collect()
+        };
+        let mut entries = of(&learned);
+        let replaced: BTreeSet<IpNet> = entries.iter().map(|e| e.0).collect();
+        entries.extend(of(&plan.prefixes).into_iter().filter(|e| !replaced.contains(&e.0)));
         let distinct: BTreeSet<IpNet> = nets.iter().copied()
             .chain(host_ips.iter().flatten().map(|ip| IpNet::from(*ip)))
             .collect();
         prop_assert_eq!(entries.len(), distinct.len());
         prop_assert_eq!(entries.iter().map(|e| e.0).collect::<BTreeSet<_>>(), distinct);
-        for (net, spec) in &entries {
+        for (net, ports) in &entries {
             let mut want = BTreeSet::new();
             for (rule, &(_, _, _, port, proto)) in nets.iter().zip(&rules) {
                 if rule.contains(net) {
@@ -204,9 +213,11 @@ proptest! {
                     add(&mut want, port, proto);
                 }
             }
-            prop_assert_eq!(allowed(*spec), want, "{}", net);
+            prop_assert_eq!(ports, &want, "{}", net);
         }
-        for w in c.v4.windows(2) { prop_assert!((w[0].addr, w[0].len) < (w[1].addr, w[1].len)); }
-        for w in c.v6.windows(2) { prop_assert!((w[0].addr, w[0].len) < (w[1].addr, w[1].len)); }
+        for c in [&plan.prefixes, &learned] {
+            for w in c.v4.windows(2) { prop_assert!((w[0].addr, w[0].len) < (w[1].addr, w[1].len)); }
+            for w in c.v6.windows(2) { prop_assert!((w[0].addr, w[0].len) < (w[1].addr, w[1].len)); }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: see `usage()`.
 
 mod demo;
+mod layers;
 mod vm;
 
 use std::{
@@ -17,7 +18,8 @@ fn usage() -> &'static str {
 tasks:
   setup   install what the build and the tests need (Debian, as root)
   build   build the eBPF object and the egressd binary
-  lint    rustfmt and clippy (warnings are errors), host crates and eBPF crate
+  lint    module layers (ARCHITECTURE.md), rustfmt and clippy (warnings are
+          errors), host crates and eBPF crate
   test    unit tests, then the root integration tests (needs root)
   demo    play the prompt-injection scenario in a throwaway namespace (needs root)
   bench   measure egressd against no enforcement and nftables; writes
@@ -111,6 +113,7 @@ fn build() -> Result<PathBuf> {
 /// the Debian compiler that builds it for BPF.
 fn lint() -> Result<()> {
     setup::ensure()?;
+    layers::check(&ebpf::workspace_root())?;
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&[
         "fmt",

@@ -2,7 +2,7 @@
 
 use std::{io::Write, path::PathBuf};
 
-use crate::policy::{file::load_file, lint::lint};
+use crate::{compile::load, policy::lint::lint};
 
 /// Checks each file; prints one verdict per file and its warnings.
 /// Returns true if every file is usable (and, with `strict`, warning-free).
@@ -11,7 +11,7 @@ pub fn check(files: &[PathBuf], strict: bool) -> bool {
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     for file in files {
-        match load_file(file).and_then(|p| crate::compile::check_compiles(&p).map(|()| p)) {
+        match load::file(file) {
             Ok(policy) => {
                 let mut warnings = lint(&policy);
                 if !policy.channels.unix.is_empty() {

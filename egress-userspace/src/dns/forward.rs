@@ -11,7 +11,7 @@ use tokio::{
 
 use super::{
     message::{addresses, Question},
-    upstream::Exchanger,
+    upstream::{random_id, Exchanger},
 };
 
 /// How long one upstream may take to answer.
@@ -39,14 +39,6 @@ pub async fn forward(
         }
     }
     None
-}
-
-/// A query id from the kernel's random source.
-pub fn random_id() -> Option<u16> {
-    let mut id = [0u8; 2];
-    // SAFETY: writes at most two bytes into `id`.
-    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
-    (n == 2).then(|| u16::from_ne_bytes(id))
 }
 
 fn is_truncated(answer: &[u8]) -> bool {

@@ -24,7 +24,7 @@ use super::{
 use crate::{
     kernel::cgroup::Cgroup,
     policy::{resolver::search_expansion, Mode, RefuseWith},
-    report::{events::DnsEvent, metrics::Metrics},
+    report::{describe::DnsEvent, metrics::Metrics},
     state::{
         learn::{Learned, Learner},
         view::ViewCell,
@@ -79,6 +79,8 @@ pub struct Proxy {
     pub events: Sender<DnsEvent>,
     /// The policy's name, for metrics and events.
     pub name: String,
+    /// The port it serves on loopback (in egressd's namespace and pods').
+    pub port: u16,
     /// Where queries to the upstream go out.
     pub exchanger: Arc<Exchanger>,
 }
@@ -303,7 +305,8 @@ pub fn type_allowed(t: RecordType) -> bool {
 /// Serves DNS inside the network namespace of the pod whose cgroup is
 /// `cgroup`: waits for its first process (the pod's sandbox), binds there,
 /// and serves until aborted.
-pub async fn serve_pod(proxy: Proxy, cgroup: Cgroup, port: u16) {
+pub async fn serve_pod(proxy: Proxy, cgroup: Cgroup) {
+    let port = proxy.port;
     let pid = loop {
         if let Some(pid) = cgroup.all_pids().into_iter().next() {
             break pid;

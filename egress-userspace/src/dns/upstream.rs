@@ -16,7 +16,7 @@ use std::{
 
 use tokio::{net::UdpSocket, sync::oneshot};
 
-use super::{forward::random_id, AbortOnDrop};
+use super::AbortOnDrop;
 
 /// Queries one socket takes before a fresh one takes over.
 const QUERIES_PER_SOCKET: u32 = 100;
@@ -165,6 +165,14 @@ async fn read(sock: Arc<UdpSocket>, shared: Weak<Shared>) {
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
+}
+
+/// A query id from the kernel's random source.
+pub fn random_id() -> Option<u16> {
+    let mut id = [0u8; 2];
+    // SAFETY: writes at most two bytes into `id`.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    (n == 2).then(|| u16::from_ne_bytes(id))
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 
 use std::{
     fs,
-    io::Write,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     thread,
@@ -92,16 +91,6 @@ impl Cgroup {
         let text = fs::read_to_string(self.path.join("cgroup.procs"))
             .with_context(|| format!("reading {}/cgroup.procs", self.path.display()))?;
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-    }
-
-    /// Moves process `pid` (0: the caller) into this cgroup.
-    pub fn add(&self, pid: i32) -> Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .open(self.path.join("cgroup.procs"))
-            .with_context(|| format!("opening {}/cgroup.procs", self.path.display()))?;
-        f.write_all(format!("{pid}\n").as_bytes())
-            .with_context(|| format!("moving pid {pid} into {}", self.path.display()))
     }
 
     /// Kills every process in the cgroup and its children, and waits until

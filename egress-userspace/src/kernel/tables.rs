@@ -20,7 +20,7 @@ use egress_common::{PolicyInfo, PortSet, MAX_PORTSETS, TABLE_BITS, UNIX_KEY_LEN}
 
 use super::{sys, Maps};
 use crate::{
-    compile::{Compiled, Entry, Plan, PortSpec},
+    compile::{plan::Plan, Compiled, Entry, PortSpec},
     policy::unix::UnixEntry,
 };
 

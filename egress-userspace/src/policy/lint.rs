@@ -178,7 +178,7 @@ pub fn lint(policy: &Policy) -> Vec<Warning> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::file::parse;
+    use crate::policy::validate::parse;
     use std::path::Path;
 
     fn warnings(allow: &str) -> Vec<String> {

@@ -8,13 +8,16 @@
 //! `unix` reads `channels.unix`.
 
 pub mod dest;
+pub mod error;
 pub mod fields;
-pub mod file;
 pub mod lint;
+pub mod load;
+pub mod raw;
 pub mod resolver;
 pub mod special;
 pub mod suffix;
 pub mod unix;
+pub mod validate;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 

@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn covered_only_on_the_host_rules_ports() {
         let policy = |extra: &str| {
-            crate::policy::file::parse(
+            crate::policy::validate::parse(
                 &format!("name: p\nallow:\n  - host: \"*.corp.test\"\n    ports: [443]\n{extra}"),
                 std::path::Path::new("p.yaml"),
             )

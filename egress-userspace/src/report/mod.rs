@@ -4,6 +4,7 @@
 //! which rule allows a destination (`explain`).
 
 pub mod control;
+pub mod describe;
 pub mod events;
 pub mod explain;
 pub mod metrics;

@@ -154,7 +154,7 @@ pub fn pod_cgroups(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::file::parse;
+    use crate::policy::validate::parse;
 
     /// Recorded API objects (trimmed `kubectl get pods -A -o json`).
     const PODS: &str = r#"{"apiVersion":"v1","kind":"PodList","items":[

@@ -3,5 +3,6 @@
 //! told of by inotify (`watch`) and by the node's pods (`kubernetes`).
 
 pub mod kubernetes;
+pub mod pods;
 pub mod supervisor;
 pub mod watch;

@@ -25,7 +25,7 @@ use crate::{
     kernel::cgroup::Cgroup,
     kernel::pins,
     policy::Policy,
-    report::events::DnsEvent,
+    report::describe::DnsEvent,
     report::metrics::Metrics,
     runtime::watch::Change,
     state::allowlist::Allowlist,
@@ -46,7 +46,6 @@ struct Running {
     pod_proxies: HashMap<PathBuf, JoinHandle<()>>,
     /// The policy's proxy, to serve pods with.
     dns: Proxy,
-    dns_port: u16,
 }
 
 pub struct Governor {
@@ -131,13 +130,13 @@ impl Governor {
             port = sockets.port,
             "DNS proxy on 127.0.0.1 and ::1"
         );
-        let dns_port = sockets.port;
         let dns = Proxy {
             view,
             learner: learner.clone(),
             metrics: self.metrics.clone(),
             events: self.dns_events.clone(),
             name: name.clone(),
+            port: sockets.port,
             exchanger: Default::default(),
         };
         let proxy = dns.clone().spawn(sockets);
@@ -152,7 +151,6 @@ impl Governor {
                 pod_cgroups: Default::default(),
                 pod_proxies: HashMap::new(),
                 dns,
-                dns_port,
             },
         );
         self.govern_cgroups(&name, &policy.cgroups)
@@ -268,7 +266,7 @@ impl Governor {
         for rel in pods {
             if !r.pod_proxies.contains_key(rel) {
                 let cgroup = Cgroup::at(&self.cgroup_root, rel);
-                let task = tokio::spawn(serve_pod(r.dns.clone(), cgroup, r.dns_port));
+                let task = tokio::spawn(serve_pod(r.dns.clone(), cgroup));
                 r.pod_proxies.insert(rel.clone(), task);
             }
         }

@@ -118,3 +118,26 @@ impl Watcher {
         out
     }
 }
+
+/// What a file, or a directory's files, look like now (names, sizes,
+/// times): polled to notice a change.
+pub fn stamp(path: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut out: Vec<_> = files
+        .into_iter()
+        .map(|f| {
+            let m = std::fs::metadata(&f).ok();
+            let len = m.as_ref().map_or(0, |m| m.len());
+            let time = m.and_then(|m| m.modified().ok());
+            (f, len, time)
+        })
+        .collect();
+    out.sort();
+    out
+}

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use egress_common::{DnsAsker, PolicyInfo, MAX_POLICIES, MODE_AUDIT, MODE_ENFORCE};
 
 use crate::{
-    compile::Plan,
+    compile::plan::Plan,
     kernel::cgroup::Cgroup,
     kernel::{counters, tables::Tables, Attachment, Kernel},
     policy::{special, Host, Mode, Policy},
@@ -164,7 +164,7 @@ impl Allowlist {
         let view = PolicyView::new(policy)?;
         let plan = Arc::new(Plan::new(&view.policy)?);
         let learned = plan.learned(&HashMap::new())?;
-        let listen = crate::compile::listen_spec(&view.policy)?;
+        let listen = crate::compile::ports::listen_spec(&view.policy)?;
         let listen_set = self.tables.listen_set(listen.as_ref())?;
         let table = self.tables.write_table(plan.clone(), learned)?;
         self.tables
@@ -211,7 +211,7 @@ impl Allowlist {
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
         let plan = Arc::new(Plan::new(policy)?);
         let entries = plan.learned(&resolved)?;
-        let listen = crate::compile::listen_spec(policy)?;
+        let listen = crate::compile::ports::listen_spec(policy)?;
         let listen_set = self.tables.listen_set(listen.as_ref())?;
         let table = self.tables.write_table(plan.clone(), entries)?;
         if let Err(e) = self

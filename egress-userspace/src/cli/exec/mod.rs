@@ -30,11 +30,12 @@ use crate::{
     kernel::{counters::reason_name, pins},
     policy::{
         dest::{parse_allow, parse_listen},
-        file::load_file,
+        load::load_file,
         DnsSettings, Mode, Policy,
     },
-    report::events::DnsEvent,
-    report::events::{address, comm, protocol_name, unix_name, Describer, EventStream, Record},
+    report::describe::Describer,
+    report::describe::DnsEvent,
+    report::events::{address, comm, protocol_name, unix_name, EventStream, Record},
     report::metrics::Metrics,
     runtime::supervisor::Governor,
     state::allowlist::Allowlist,
@@ -89,7 +90,7 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
             }
         }
     };
-    crate::compile::check_compiles(&policy)?;
+    crate::compile::load::check(&policy)?;
     if opts.audit {
         policy.mode = Mode::Audit;
     }

@@ -2,7 +2,6 @@
 //! stream events as JSON lines on stdout, serve metrics.
 
 use std::{
-    collections::BTreeMap,
     io::Write,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -13,20 +12,23 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+mod systemd;
+
+use systemd::{notify_systemd, watchdog_interval, watchdog_tick};
+
 use crate::{
     dns::refresh,
     kernel::mounts,
     kernel::pins,
-    policy::{
-        file::{load_path, PolicyError},
-        Policy,
-    },
+    policy::{error::PolicyError, Policy},
     report::control::{self, EventFeed, ReloadRequest},
-    report::events::DnsEvent,
-    report::events::{Describer, EventStream},
+    report::describe::Describer,
+    report::describe::DnsEvent,
+    report::events::EventStream,
     report::metrics::{self, Metrics},
-    runtime::kubernetes,
+    runtime::pods::{PodSource, Pods},
     runtime::supervisor::Governor,
+    runtime::watch::stamp,
     runtime::watch::Watcher,
     state::allowlist::Allowlist,
 };
@@ -50,117 +52,10 @@ pub struct RunOptions {
     pub pods: Option<PodSource>,
 }
 
-/// Where this node's pods are listed (a PodList file kept fresh by the
-/// DaemonSet's sidecar), and where their cgroups are.
-pub struct PodSource {
-    pub file: PathBuf,
-    /// Only pods scheduled on this node (None: every pod in the file).
-    pub node: Option<String>,
-    /// The directory holding `kubepods.slice` or `kubepods`, relative to
-    /// the cgroup2 root (empty: the root itself).
-    pub kubepods_root: PathBuf,
-}
-
-/// The pods last read, and what governs them.
-struct Pods {
-    source: Option<PodSource>,
-    pods: Vec<kubernetes::Pod>,
-    seen: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
-    /// Whether the pods file was read once (until then, an earlier run's
-    /// pinned programs must stay: they govern the pods).
-    loaded: bool,
-}
-
-impl Pods {
-    /// Reads the pods file again if it changed; a file that cannot be read
-    /// keeps the pods known so far. Returns whether anything changed.
-    fn refresh(&mut self) -> bool {
-        let Some(src) = &self.source else {
-            return false;
-        };
-        let now = stamp(&src.file);
-        if now == self.seen {
-            return false;
-        }
-        self.seen = now;
-        let read = std::fs::read_to_string(&src.file)
-            .map_err(anyhow::Error::from)
-            .and_then(|t| kubernetes::parse_pods(&t, src.node.as_deref()));
-        match read {
-            Ok(pods) => {
-                let changed = pods != self.pods || !self.loaded;
-                self.pods = pods;
-                self.loaded = true;
-                changed
-            }
-            Err(e) => {
-                tracing::warn!(file = %src.file.display(), "reading pods: {e:#}; keeping the pods known so far");
-                false
-            }
-        }
-    }
-
-    /// `base` with each policy's cgroups extended by those of the pods it
-    /// selects (that exist now); and, per policy, the pod cgroups alone.
-    fn expand(
-        &self,
-        base: &[Policy],
-        root: &Path,
-    ) -> (Vec<Policy>, BTreeMap<String, Vec<PathBuf>>) {
-        let map = match &self.source {
-            Some(src) => kubernetes::pod_cgroups(base, &self.pods, root, &src.kubepods_root),
-            None => BTreeMap::new(),
-        };
-        let expanded = base
-            .iter()
-            .map(|p| {
-                let mut p = p.clone();
-                p.cgroups
-                    .extend(map.get(&p.name).cloned().unwrap_or_default());
-                p
-            })
-            .collect();
-        (expanded, map)
-    }
-
-    /// Governs the cgroups of the pods each policy selects now, and
-    /// releases those of pods that are gone; one policy's failure does not
-    /// stop the others (and the next poll tries again).
-    fn sync(&self, governor: &mut Governor, base: &[Policy], root: &Path) -> Result<()> {
-        let (expanded, map) = self.expand(base, root);
-        let mut first_error = None;
-        for p in &expanded {
-            let pods = map.get(&p.name).cloned().unwrap_or_default();
-            if let Err(e) = governor.set_cgroups(&p.name, &p.cgroups, &pods) {
-                first_error.get_or_insert(e.context(format!("policy `{}`", p.name)));
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// Whether the pods are known (or none are used).
-    fn ready(&self) -> bool {
-        self.source.is_none() || self.loaded
-    }
-
-    /// Where pod cgroups appear, to watch.
-    fn parents(&self, root: &Path) -> Vec<PathBuf> {
-        match &self.source {
-            Some(src) => kubernetes::pod_parents(&src.kubepods_root)
-                .into_iter()
-                .map(|p| root.join(p))
-                .filter(|p| p.is_dir())
-                .collect(),
-            None => Vec::new(),
-        }
-    }
-}
-
 /// Loads and checks every policy before anything is attached.
 pub fn load_policies(path: &Path) -> Result<Vec<Policy>> {
-    let policies = load_path(path)?;
+    let policies = crate::compile::load::path(path)?;
     for p in &policies {
-        crate::compile::check_compiles(p)?;
         if p.cgroups.is_empty() && p.pods.is_empty() {
             return Err(PolicyError {
                 file: p.source.clone().into(),
@@ -181,28 +76,6 @@ pub fn valid_instance(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// What the policy files look like now (names, sizes, times), to notice a change.
-fn stamp(path: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
-    let files: Vec<PathBuf> = if path.is_dir() {
-        std::fs::read_dir(path)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default()
-    } else {
-        vec![path.to_path_buf()]
-    };
-    let mut out: Vec<_> = files
-        .into_iter()
-        .map(|f| {
-            let m = std::fs::metadata(&f).ok();
-            let len = m.as_ref().map_or(0, |m| m.len());
-            let time = m.and_then(|m| m.modified().ok());
-            (f, len, time)
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 /// Hands back to the system the memory that compiling a large allowlist
@@ -263,55 +136,6 @@ async fn reload(
     }
 }
 
-/// Tells systemd (Type=notify) something, if it is listening.
-fn notify_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => return tracing::warn!("NOTIFY_SOCKET: {e}"),
-    };
-    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), &path)
-    };
-    if let Err(e) = sent {
-        tracing::warn!("telling systemd {state}: {e}");
-    }
-}
-
-/// How often to tell systemd's watchdog that egressd is alive: half of
-/// WatchdogSec= (WATCHDOG_USEC, when WATCHDOG_PID is this process), or
-/// never.
-fn watchdog_interval() -> Option<tokio::time::Interval> {
-    let ours = std::env::var("WATCHDOG_PID")
-        .map_or(true, |p| p.parse::<u32>().ok() == Some(std::process::id()));
-    let usec = std::env::var("WATCHDOG_USEC")
-        .ok()
-        .and_then(|u| u.parse::<u64>().ok())
-        .filter(|u| *u > 0 && ours)?;
-    tracing::info!(seconds = usec as f64 / 1e6, "systemd watchdog");
-    let period = Duration::from_micros(usec / 2);
-    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    Some(i)
-}
-
-/// The watchdog's next tick; never, without a watchdog.
-async fn watchdog_tick(watchdog: &mut Option<tokio::time::Interval>) {
-    match watchdog {
-        Some(i) => {
-            i.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
 /// Watches the directories of every governed cgroup, and those where pod
 /// cgroups appear (after a reload too).
 fn watch_all(governor: &Governor, watcher: &mut Watcher, pod_parents: &[PathBuf]) {
@@ -337,7 +161,7 @@ fn emit(
     if batch.is_empty() {
         return;
     }
-    let time = crate::report::events::timestamp(std::time::SystemTime::now());
+    let time = crate::report::describe::timestamp(std::time::SystemTime::now());
     let watched = feed.receiver_count() > 0;
     let mut out = Vec::with_capacity(batch.len().min(EVENTS_PER_WRITE) * 320);
     let mut stdout = std::io::stdout().lock();

@@ -1,0 +1,324 @@
+//! Where a policy becomes map entries. `Plan::new` compiles the prefix
+//! rules once (they change only on reload); `Plan::learned` compiles the
+//! hostnames' current addresses against them, in time that grows with the
+//! addresses, not the prefixes.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use ipnet::IpNet;
+
+use super::{
+    find,
+    ports::{Rules, Specs},
+    CompileError, Compiled, Entry,
+};
+use crate::policy::{unmap, Destination, Host, Policy, PortRange, Protocol};
+
+/// Merges the (prefix, rule group) pairs into one entry per prefix, and
+/// gives each entry the groups of every shorter prefix that covers it.
+/// Sorted by address then length, a prefix comes before every prefix it
+/// covers, and the prefixes covering the current one are a chain on the
+/// stack (a prefix popped covers nothing that comes later).
+fn merge_and_push_down<A: Copy + Ord>(
+    mut pairs: Vec<(A, u8, u32)>,
+    mask: impl Fn(A, u8) -> A,
+) -> Vec<(A, u8, Rules)> {
+    pairs.sort_unstable();
+    let mut out: Vec<(A, u8, Rules)> = Vec::with_capacity(pairs.len());
+    let mut stack: Vec<usize> = Vec::new();
+    for (addr, len, group) in pairs {
+        if let Some(last) = out.last_mut() {
+            if (last.0, last.1) == (addr, len) {
+                // The same prefix from another rule.
+                if !last.2.slice().contains(&group) {
+                    last.2 = last.2.with(&[group]);
+                }
+                continue;
+            }
+        }
+        while let Some(&top) = stack.last() {
+            let (a, l, _) = &out[top];
+            if *l <= len && mask(addr, *l) == *a {
+                break;
+            }
+            stack.pop();
+        }
+        let rules = match stack.last() {
+            Some(&cover) if out[cover].2 != Rules::One(group) => out[cover].2.with(&[group]),
+            _ => Rules::One(group),
+        };
+        stack.push(out.len());
+        out.push((addr, len, rules));
+    }
+    out
+}
+
+fn mask4(a: u32, l: u8) -> u32 {
+    if l == 0 {
+        0
+    } else {
+        a & (u32::MAX << (32 - l))
+    }
+}
+
+fn mask6(a: u128, l: u8) -> u128 {
+    if l == 0 {
+        0
+    } else {
+        a & (u128::MAX << (128 - l))
+    }
+}
+
+/// A policy's prefix rules, compiled once (they change only on reload);
+/// `learned` compiles its hostnames' current addresses against them, in
+/// time that grows with the addresses, not with the prefixes: a DNS answer
+/// under a policy of a million prefixes does not compile them again.
+pub struct Plan {
+    name: String,
+    /// Rules are grouped by what they allow (protocol and ports): entries
+    /// carry group ids, so that a million rules with the same ports share one.
+    groups: Vec<(Protocol, Vec<PortRange>)>,
+    /// Each host rule, with its group.
+    hosts: Vec<(Host, u32)>,
+    /// The prefix rules' entries.
+    pub prefixes: Compiled,
+    /// The groups behind each spec of `prefixes` (same index).
+    sets: Vec<Rules>,
+    /// The `UNIX_ALLOW` entries of `channels.unix` (and the name-service
+    /// sockets it refuses quietly).
+    pub unix: Vec<crate::policy::unix::UnixEntry>,
+    /// The prefix lengths present, longest first.
+    lengths4: Vec<u8>,
+    lengths6: Vec<u8>,
+}
+
+impl Plan {
+    pub fn new(policy: &Policy) -> Result<Plan, CompileError> {
+        let mut groups: Vec<(Protocol, Vec<PortRange>)> = Vec::new();
+        let mut group_ids: HashMap<(Protocol, Vec<PortRange>), u32> = HashMap::new();
+        let mut hosts = Vec::new();
+        let mut v4: Vec<(u32, u8, u32)> = Vec::new();
+        let mut v6: Vec<(u128, u8, u32)> = Vec::new();
+        for rule in &policy.rules {
+            let sig = (rule.protocol, rule.port_ranges());
+            let i = *group_ids.entry(sig.clone()).or_insert_with(|| {
+                groups.push(sig);
+                groups.len() as u32 - 1
+            });
+            if let Destination::List(list) = &rule.dest {
+                match list.nets.first() {
+                    Some(IpNet::V4(_)) => v4.reserve(list.nets.len()),
+                    Some(IpNet::V6(_)) => v6.reserve(list.nets.len()),
+                    None => {}
+                }
+            }
+            let mut add = |net: IpNet| match unmap(net) {
+                IpNet::V4(n) => v4.push((u32::from(n.network()), n.prefix_len(), i)),
+                IpNet::V6(n) => v6.push((u128::from(n.network()), n.prefix_len(), i)),
+            };
+            match &rule.dest {
+                Destination::Net(n) => add(n.0),
+                Destination::List(list) => list.nets.iter().for_each(|n| add(*n)),
+                Destination::Host(h) => hosts.push((h.clone(), i)),
+            }
+        }
+        let v4 = merge_and_push_down(v4, mask4);
+        let v6 = merge_and_push_down(v6, mask6);
+        let mut specs = Specs::new(&policy.name, &groups);
+        let prefixes = specs.entries(v4, v6)?;
+        // A host rule's own ports must fit one entry (with those of the
+        // prefixes that will cover its addresses, only known when answered).
+        for (host, group) in &hosts {
+            let prefix = || host.to_string();
+            Specs::new(&policy.name, &groups).of(Rules::One(*group), &mut Vec::new(), &prefix)?;
+        }
+        let lengths = |l: &mut dyn Iterator<Item = u8>| {
+            let set: std::collections::BTreeSet<u8> = l.collect();
+            set.into_iter().rev().collect::<Vec<u8>>()
+        };
+        Ok(Plan {
+            name: policy.name.clone(),
+            lengths4: lengths(&mut prefixes.v4.iter().map(|e| e.len)),
+            lengths6: lengths(&mut prefixes.v6.iter().map(|e| e.len)),
+            sets: specs.sets,
+            unix: crate::policy::unix::entries(&policy.channels.unix),
+            groups,
+            hosts,
+            prefixes,
+        })
+    }
+
+    /// Entries for the addresses `resolved` gives the hostnames: each with
+    /// the ports of its host rules and of the prefix rules covering it. An
+    /// address that is also a prefix entry replaces that entry.
+    pub fn learned(&self, resolved: &HashMap<Host, Vec<IpAddr>>) -> Result<Compiled, CompileError> {
+        let (mut l4, mut l6) = (Vec::new(), Vec::new());
+        for (host, group) in &self.hosts {
+            for ip in resolved.get(host).into_iter().flatten() {
+                match unmap(IpNet::from(*ip)) {
+                    IpNet::V4(n) => l4.push((u32::from(n.network()), n.prefix_len(), *group)),
+                    IpNet::V6(n) => l6.push((u128::from(n.network()), n.prefix_len(), *group)),
+                }
+            }
+        }
+        let cover4 = |a, l| self.cover(&self.prefixes.v4, &self.lengths4, mask4, a, l);
+        let cover6 = |a, l| self.cover(&self.prefixes.v6, &self.lengths6, mask6, a, l);
+        let l4 = covered(learned(l4), cover4);
+        let l6 = covered(learned(l6), cover6);
+        Specs::new(&self.name, &self.groups).entries(l4, l6)
+    }
+
+    /// The groups of the longest prefix entry covering `addr/len` (its own
+    /// prefix included), which holds those of every shorter one.
+    fn cover<A: Copy + Ord>(
+        &self,
+        prefixes: &[Entry<A>],
+        lengths: &[u8],
+        mask: fn(A, u8) -> A,
+        addr: A,
+        len: u8,
+    ) -> Option<&Rules> {
+        lengths
+            .iter()
+            .filter(|l| **l <= len)
+            .find_map(|&l| find(prefixes, mask(addr, l), l).map(|e| &self.sets[e.spec as usize]))
+    }
+}
+
+/// Learned host addresses as entries, one per address with all its groups.
+fn learned<A: Copy + Ord>(mut pairs: Vec<(A, u8, u32)>) -> Vec<(A, u8, Rules)> {
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut out: Vec<(A, u8, Rules)> = Vec::with_capacity(pairs.len());
+    for (addr, len, group) in pairs {
+        match out.last_mut() {
+            Some(last) if (last.0, last.1) == (addr, len) => last.2 = last.2.with(&[group]),
+            _ => out.push((addr, len, Rules::One(group))),
+        }
+    }
+    out
+}
+
+/// Gives each learned entry the groups `cover` finds for it (learned
+/// entries are whole addresses: they cover no prefix entry).
+fn covered<'a, A: Copy + Ord>(
+    mut learned: Vec<(A, u8, Rules)>,
+    cover: impl Fn(A, u8) -> Option<&'a Rules>,
+) -> Vec<(A, u8, Rules)> {
+    for (addr, len, rules) in &mut learned {
+        if let Some(c) = cover(*addr, *len) {
+            *rules = rules.with(c.slice());
+        }
+    }
+    learned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::validate::parse;
+    use egress_common::{PortRange as KernelRange, PROTO_BIT_TCP, PROTO_BIT_UDP};
+    use std::path::Path;
+
+    fn policy(allow: &str) -> Policy {
+        parse(&format!("name: t\nallow:\n{allow}"), Path::new("t.yaml")).unwrap()
+    }
+
+    fn r(lo: u16, hi: u16, protos: u8) -> KernelRange {
+        KernelRange {
+            lo,
+            hi,
+            protos,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The ports of the IPv4 prefix `addr/len` in `c`, if it is an entry.
+    fn ports_v4(c: &Compiled, addr: u32, len: u8) -> Option<&[KernelRange]> {
+        find(&c.v4, addr, len).map(|e| c.specs[e.spec as usize].0.as_slice())
+    }
+
+    const TCP: u8 = PROTO_BIT_TCP;
+    const UDP: u8 = PROTO_BIT_UDP;
+
+    #[test]
+    fn covering_prefix_ports_are_pushed_down() {
+        let p = policy(
+            "  - cidr: 203.0.113.0/24\n    ports: [80]\n  - ip: 203.0.113.5\n    ports: [443]\n",
+        );
+        let c = Plan::new(&p).unwrap().prefixes;
+        let a = u32::from(std::net::Ipv4Addr::new(203, 0, 113, 5));
+        assert_eq!(
+            ports_v4(&c, a, 32).unwrap(),
+            [r(80, 80, TCP), r(443, 443, TCP)]
+        );
+        assert_eq!(ports_v4(&c, a & 0xffff_ff00, 24).unwrap(), [r(80, 80, TCP)]);
+    }
+
+    #[test]
+    fn ranges_merge_and_protocols_split() {
+        let p = policy(concat!(
+            "  - cidr: 198.51.100.0/24\n    ports: [\"1000-2000\", \"1500-3000\", 3001]\n",
+            "  - cidr: 198.51.100.0/24\n    ports: [53]\n    protocol: udp\n",
+        ));
+        let c = Plan::new(&p).unwrap().prefixes;
+        let s = &c.specs[c.v4[0].spec as usize].0;
+        assert_eq!(s, &vec![r(1000, 3001, TCP), r(53, 53, UDP)]);
+        let p = policy("  - cidr: 198.51.100.0/24\n    ports: [53]\n    protocol: any\n");
+        let c = Plan::new(&p).unwrap().prefixes;
+        assert_eq!(c.specs[c.v4[0].spec as usize].0, vec![r(53, 53, TCP | UDP)]);
+    }
+
+    #[test]
+    fn hosts_use_resolved_addresses_and_mapped_is_ipv4() {
+        let p =
+            policy("  - host: api.model.test\n    ports: [443]\n  - ip: \"::ffff:198.51.100.9\"\n");
+        let host: Host = "api.model.test".parse().unwrap();
+        let resolved = HashMap::from([(
+            host,
+            vec![
+                "198.51.100.7".parse().unwrap(),
+                "2001:db8::7".parse().unwrap(),
+            ],
+        )]);
+        let plan = Plan::new(&p).unwrap();
+        let learned = plan.learned(&resolved).unwrap();
+        assert_eq!((plan.prefixes.v4.len(), plan.prefixes.v6.len()), (1, 0));
+        assert_eq!((learned.v4.len(), learned.v6.len()), (1, 1));
+        let mapped = u32::from(std::net::Ipv4Addr::new(198, 51, 100, 9));
+        assert_eq!(
+            ports_v4(&plan.prefixes, mapped, 32).unwrap(),
+            [r(1, 65535, TCP)]
+        );
+        let learned4 = u32::from(std::net::Ipv4Addr::new(198, 51, 100, 7));
+        assert_eq!(
+            ports_v4(&learned, learned4, 32).unwrap(),
+            [r(443, 443, TCP)]
+        );
+        // unresolved: nothing, never everything
+        let none = plan.learned(&HashMap::new()).unwrap();
+        assert!(none.v4.is_empty() && none.v6.is_empty());
+    }
+
+    #[test]
+    fn too_many_ranges_is_an_error() {
+        let ports: Vec<String> = (1..=17).map(|i| (i * 10).to_string()).collect();
+        let p = policy(&format!(
+            "  - ip: 198.51.100.1\n    ports: [{}]\n",
+            ports.join(", ")
+        ));
+        assert!(matches!(
+            Plan::new(&p),
+            Err(CompileError::TooManyPortRanges { count: 17, .. })
+        ));
+        // A host rule's too, before any address is known.
+        let p = policy(&format!(
+            "  - host: api.model.test\n    ports: [{}]\n",
+            ports.join(", ")
+        ));
+        assert!(matches!(
+            Plan::new(&p),
+            Err(CompileError::TooManyPortRanges { count: 17, .. })
+        ));
+    }
+}

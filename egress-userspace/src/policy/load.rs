@@ -1,0 +1,80 @@
+//! Reading policy files from disk: one file, or every `*.yaml` of a
+//! directory, with the checks that concern several files at once.
+
+use std::path::{Path, PathBuf};
+
+use super::{error::PolicyError, validate::parse, Policy};
+
+/// Reads and validates one policy file. (`compile::check` finds what only
+/// compiling it can; commands load files through `compile::load`.)
+pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Reads a policy file, or every `*.yaml`/`*.yml` file of a directory.
+/// Policy names must be unique, and no cgroup may be governed twice.
+pub fn load_path(path: &Path) -> Result<Vec<Policy>, PolicyError> {
+    let files = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| PolicyError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read directory: {e}"),
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml") | Some("yml")
+                )
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(PolicyError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: "no *.yaml or *.yml policy files in this directory".into(),
+            });
+        }
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut policies: Vec<Policy> = Vec::new();
+    for file in files {
+        let p = load_file(&file)?;
+        let clash = |message: String| PolicyError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message,
+        };
+        if let Some(other) = policies.iter().find(|o| o.name == p.name) {
+            return Err(clash(format!(
+                "policy name `{}` is already used by {}",
+                p.name, other.source
+            )));
+        }
+        for c in &p.cgroups {
+            if let Some(other) = policies.iter().find(|o| o.cgroups.contains(c)) {
+                return Err(clash(format!(
+                    "cgroup `{}` is already governed by policy `{}` ({})",
+                    c.display(),
+                    other.name,
+                    other.source
+                )));
+            }
+        }
+        policies.push(p);
+    }
+    Ok(policies)
+}
