@@ -44,7 +44,7 @@ fn scrape_configurations_load() {
 /// Metric names egressd registers (from its source, the one place they are defined).
 fn exported() -> Vec<String> {
     let src = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../egress-userspace/src/metrics.rs"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../egress-userspace/src/report/metrics.rs"),
     )
     .unwrap();
     src.split('"')
