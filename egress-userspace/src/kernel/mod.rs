@@ -12,6 +12,7 @@ pub mod mounts;
 pub mod pins;
 pub mod sys;
 pub mod tables;
+pub mod trie;
 pub mod unix;
 
 use std::{

@@ -10,14 +10,16 @@ use serde::{de, Deserialize, Deserializer};
 /// Implements `Deserialize` through `FromStr` for a string field.
 macro_rules! deserialize_from_str {
     ($ty:ty) => {
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(de::Error::custom)
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
             }
         }
     };
 }
+
+pub(crate) use deserialize_from_str;
 
 /// enforce: refuse what is not allowed; audit: allow, but report it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -182,139 +184,6 @@ impl FromStr for Net {
 
 deserialize_from_str!(Net);
 
-/// A DNS name, lower case, without a trailing dot: exact (`api.example.com`)
-/// or a wildcard (`*.example.com`: any name below example.com, not
-/// example.com itself).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Host {
-    name: String,
-    wildcard: bool,
-}
-
-impl Host {
-    /// The name (for a wildcard, the domain below which it matches).
-    pub fn as_str(&self) -> &str {
-        &self.name
-    }
-
-    pub fn is_wildcard(&self) -> bool {
-        self.wildcard
-    }
-
-    /// For a wildcard over a private-section public suffix (`*.github.io`),
-    /// the suffix: anyone can create a name below it. A wildcard over an
-    /// ICANN suffix never parses.
-    pub fn over_shared_suffix(&self) -> Option<&str> {
-        (self.wildcard && super::suffix::wildcard_opens(&self.name).is_some())
-            .then_some(self.name.as_str())
-    }
-
-    /// Does a queried name (lower case, no trailing dot) fall under this rule?
-    pub fn matches(&self, qname: &str) -> bool {
-        if self.wildcard {
-            qname.len() > self.name.len() + 1
-                && qname.ends_with(&self.name)
-                && qname.as_bytes()[qname.len() - self.name.len() - 1] == b'.'
-        } else {
-            qname == self.name
-        }
-    }
-}
-
-impl fmt::Display for Host {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.wildcard {
-            write!(f, "*.{}", self.name)
-        } else {
-            f.write_str(&self.name)
-        }
-    }
-}
-
-/// Checks a DNS name and returns it lower case, without a trailing dot.
-fn dns_name(s: &str, whole: &str) -> Result<String, String> {
-    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
-    if name.is_empty() || name.len() > 253 {
-        return Err(format!(
-            "`{whole}` is not a host name: names are 1 to 253 characters"
-        ));
-    }
-    for label in name.split('.') {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !ok {
-            return Err(format!(
-                "`{whole}` is not a host name: each dot-separated label is 1 to 63 letters, digits, `-` or `_`, not starting or ending with `-`"
-            ));
-        }
-    }
-    Ok(name)
-}
-
-impl FromStr for Host {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.contains("://") || s.contains('/') {
-            return Err(format!(
-                "`{s}` is a URL or a path: write only the host name (e.g. api.example.com), and the port under `ports`"
-            ));
-        }
-        if s.parse::<IpAddr>().is_ok() {
-            return Err(format!("`{s}` is an IP address: write it as `cidr: {s}`"));
-        }
-        if let Some((name, port)) = s.rsplit_once(':') {
-            return Err(format!(
-                "`{s}` has a port in it: write `host: {name}` and `ports: [{port}]`"
-            ));
-        }
-        if let Some(domain) = s.strip_prefix("*.") {
-            if domain.contains('*') {
-                return Err(format!(
-                    "`{s}`: a wildcard is one leading `*.`, as in *.example.com"
-                ));
-            }
-            let name = dns_name(domain, s)?;
-            if !name.contains('.') {
-                return Err(format!(
-                    "`{s}` is a wildcard over a top-level domain: it would allow most of the Internet; name the domain (e.g. *.cdn.example.com)"
-                ));
-            }
-            if super::suffix::wildcard_opens(&name) == Some(super::suffix::Section::Icann) {
-                return Err(format!(
-                    "`{s}` is a wildcard over a public suffix, where anyone can register a domain: it would allow every company's names and any an attacker registers; name the domain (e.g. *.cdn.example.{name})"
-                ));
-            }
-            return Ok(Host {
-                name,
-                wildcard: true,
-            });
-        }
-        if s.contains('*') {
-            return Err(format!(
-                "`{s}`: a wildcard is one leading `*.`, as in *.example.com"
-            ));
-        }
-        let name = dns_name(s, s)?;
-        if !name.contains('.') {
-            return Err(format!(
-                "`{s}` is a single label: write the fully qualified name (e.g. {s}.example.com)"
-            ));
-        }
-        Ok(Host {
-            name,
-            wildcard: false,
-        })
-    }
-}
-
-deserialize_from_str!(Host);
-
 /// A policy name: lower-case letters, digits, `-`, `_`, `.`; 1 to 64 characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Name(pub String);
@@ -375,6 +244,7 @@ deserialize_from_str!(CgroupPath);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{Family, Host};
 
     #[test]
     fn ports_and_ranges() {
@@ -475,105 +345,3 @@ mod tests {
         assert!("/".parse::<CgroupPath>().is_err());
     }
 }
-
-/// A socket family a policy may open beyond AF_UNIX, AF_INET, AF_INET6 and
-/// AF_NETLINK (which are always open): by its name without `AF_`, lower
-/// case (`vsock`, `packet`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Family {
-    name: &'static str,
-    number: u16,
-}
-
-/// Families by name, with their numbers (include/linux/socket.h).
-const FAMILIES: &[(&str, u16)] = &[
-    ("ax25", 3),
-    ("ipx", 4),
-    ("appletalk", 5),
-    ("netrom", 6),
-    ("bridge", 7),
-    ("atmpvc", 8),
-    ("x25", 9),
-    ("rose", 11),
-    ("netbeui", 13),
-    ("security", 14),
-    ("key", 15),
-    ("packet", 17),
-    ("ash", 18),
-    ("econet", 19),
-    ("atmsvc", 20),
-    ("rds", 21),
-    ("sna", 22),
-    ("irda", 23),
-    ("pppox", 24),
-    ("wanpipe", 25),
-    ("llc", 26),
-    ("ib", 27),
-    ("mpls", 28),
-    ("can", 29),
-    ("tipc", 30),
-    ("bluetooth", 31),
-    ("iucv", 32),
-    ("rxrpc", 33),
-    ("isdn", 34),
-    ("phonet", 35),
-    ("ieee802154", 36),
-    ("caif", 37),
-    ("alg", 38),
-    ("nfc", 39),
-    ("vsock", 40),
-    ("kcm", 41),
-    ("qipcrtr", 42),
-    ("smc", 43),
-    ("xdp", 44),
-    ("mctp", 45),
-];
-
-impl Family {
-    pub fn number(&self) -> u16 {
-        self.number
-    }
-}
-
-/// The name of socket family `number` (`vsock`), or `other`.
-pub fn family_name(number: u8) -> &'static str {
-    FAMILIES
-        .iter()
-        .find(|(_, n)| *n == u16::from(number))
-        .map_or("other", |(name, _)| name)
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name)
-    }
-}
-
-impl FromStr for Family {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let key = s.trim().to_ascii_lowercase();
-        let key = key.strip_prefix("af_").unwrap_or(&key);
-        if matches!(key, "unix" | "local" | "inet" | "inet6" | "netlink") {
-            return Err(format!(
-                "`{s}` is always open (egressd judges IP sockets by destination; UNIX and netlink sockets stay local): list only other families"
-            ));
-        }
-        FAMILIES
-            .iter()
-            .find(|(n, _)| *n == key)
-            .map(|&(name, number)| Family { name, number })
-            .ok_or_else(|| {
-                format!(
-                    "`{s}` is not a socket family egressd knows: write one of {}",
-                    FAMILIES
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
-    }
-}
-
-deserialize_from_str!(Family);

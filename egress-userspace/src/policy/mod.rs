@@ -9,7 +9,9 @@
 
 pub mod dest;
 pub mod error;
+pub mod family;
 pub mod fields;
+pub mod host;
 pub mod lint;
 pub mod load;
 pub mod raw;
@@ -21,7 +23,9 @@ pub mod validate;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-pub use fields::{Family, Host, Mode, Net, PortRange, Protocol};
+pub use family::Family;
+pub use fields::{Mode, Net, PortRange, Protocol};
+pub use host::Host;
 
 /// A validated policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +62,7 @@ pub struct Listen {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Channels {
     /// Socket families beyond AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK.
-    pub families: Vec<fields::Family>,
+    pub families: Vec<Family>,
     /// io_uring, which can make sockets out of a seccomp filter's sight.
     pub io_uring: bool,
     /// UNIX socket names the processes may connect or send to.

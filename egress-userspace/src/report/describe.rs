@@ -175,7 +175,7 @@ impl Describer {
                 AF_INET => "ipv4",
                 AF_INET6 => "ipv6",
                 AF_UNIX => "unix",
-                f if e.hook == hook::SOCKET_FAMILY => crate::policy::fields::family_name(f),
+                f if e.hook == hook::SOCKET_FAMILY => crate::policy::family::family_name(f),
                 _ => "none",
             },
             gid: e.gid,

@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod describe;
+pub mod endpoint;
 pub mod events;
 pub mod explain;
 pub mod metrics;

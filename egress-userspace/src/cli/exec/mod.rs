@@ -5,14 +5,15 @@
 
 pub mod landlock;
 pub mod seccomp;
+mod spawn;
+mod summary;
 
 use std::{
-    collections::BTreeMap,
     ffi::OsString,
     fs::File,
     io::Write,
     net::SocketAddr,
-    os::{fd::AsRawFd, unix::process::ExitStatusExt},
+    os::unix::process::ExitStatusExt,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -22,12 +23,15 @@ use anyhow::{Context, Result};
 use egress_common::verdict;
 use tokio::signal::unix::{signal, SignalKind};
 
+use spawn::{lookup_user, spawn_in};
+use summary::Summary;
+
 use crate::{
     cli::usage::UsageError,
     dns::refresh,
     kernel::cgroup::Cgroup,
     kernel::mounts,
-    kernel::{counters::reason_name, pins},
+    kernel::pins,
     policy::{
         dest::{parse_allow, parse_listen},
         load::load_file,
@@ -35,7 +39,7 @@ use crate::{
     },
     report::describe::Describer,
     report::describe::DnsEvent,
-    report::events::{address, comm, protocol_name, unix_name, EventStream, Record},
+    report::events::{EventStream, Record},
     report::metrics::Metrics,
     runtime::supervisor::Governor,
     state::allowlist::Allowlist,
@@ -115,242 +119,6 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
         policy.listen.push(listen);
     }
     Ok(policy)
-}
-
-/// One summary line's key: destination, hostname, process name, reason.
-type Row = (String, String, String, String);
-
-/// Denied attempts grouped by what and who, for the summary: count and pids.
-#[derive(Default)]
-struct Summary {
-    rows: BTreeMap<Row, (u64, Vec<u32>)>,
-    total: u64,
-    /// Attempts not shown because `MAX_ROWS` distinct rows were reached.
-    overflow: u64,
-    /// Events the ring buffer had no room for, and the refused (or
-    /// audited) attempts the kernel counted, events or not.
-    lost: u64,
-    counted: u64,
-}
-
-/// Distinct lines the summary keeps (an agent may try endless destinations).
-const MAX_ROWS: usize = 1000;
-
-impl Summary {
-    fn add(&mut self, e: &Record, d: &Describer) {
-        let dest = match address(e) {
-            _ if e.unix.is_some() => unix_name(e.unix.as_deref().unwrap_or_default()),
-            Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{}", e.port),
-            Some(a) => format!("{a}:{}", e.port),
-            None if e.hook == egress_common::hook::SOCK_CREATE => "(socket refused)".into(),
-            None if e.hook == egress_common::hook::SOCKET_FAMILY => format!(
-                "(socket of family {} refused)",
-                crate::policy::fields::family_name(e.family)
-            ),
-            None => "(no destination)".into(),
-        };
-        let key = (
-            match e.unix {
-                Some(_) => format!("unix {dest}"),
-                None => format!("{} {dest}", protocol_name(e.protocol)),
-            },
-            d.host(e).map(|h| format!(" ({h})")).unwrap_or_default(),
-            comm(e).into_owned(),
-            reason_name(e.reason).to_string(),
-        );
-        if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
-            self.overflow += 1;
-            self.total += 1;
-            return;
-        }
-        let row = self.rows.entry(key).or_default();
-        row.0 += 1;
-        if !row.1.contains(&e.tgid) {
-            row.1.push(e.tgid);
-        }
-        self.total += 1;
-    }
-
-    fn add_dns(&mut self, e: &DnsEvent) {
-        let who = e.asker.as_ref().map_or_else(
-            || "a resolver query".to_string(),
-            |a| crate::report::events::comm_of(&a.comm).into_owned(),
-        );
-        let key = (
-            format!("dns {} {}", e.qtype, e.name),
-            String::new(),
-            who,
-            e.reason.to_string(),
-        );
-        if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
-            self.overflow += 1;
-            self.total += 1;
-            return;
-        }
-        let row = self.rows.entry(key).or_default();
-        row.0 += 1;
-        if let Some(a) = &e.asker {
-            if !row.1.contains(&a.tgid) {
-                row.1.push(a.tgid);
-            }
-        }
-        self.total += 1;
-    }
-
-    fn print(&self, audit: bool) {
-        let mut err = std::io::stderr().lock();
-        let verb = if audit { "would have denied" } else { "denied" };
-        if self.lost > 0 {
-            let _ = writeln!(
-                err,
-                "egressd: {} event(s) were lost (the ring buffer was full; --ring-buffer-bytes makes it larger): the kernel counted {} attempt(s) it {verb}, of which these:",
-                self.lost, self.counted
-            );
-        }
-        if self.total == 0 && self.lost == 0 {
-            let _ = writeln!(
-                err,
-                "egressd: nothing was {}",
-                if audit { "reported" } else { "denied" }
-            );
-            return;
-        }
-        let _ = writeln!(err, "egressd: {verb} {} attempt(s):", self.total);
-        for ((dest, host, comm, reason), (count, pids)) in &self.rows {
-            let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-            let _ = writeln!(
-                err,
-                "  {dest}{host} by {comm} (pid {}) x{count}: {reason}",
-                pids.join(", ")
-            );
-        }
-        if self.overflow > 0 {
-            let _ = writeln!(
-                err,
-                "  ... and {} more attempt(s) to other destinations",
-                self.overflow
-            );
-        }
-    }
-}
-
-/// Opens `cgroup.procs` for the child to move itself in before exec.
-fn procs_file(cgroup: &Cgroup) -> Result<File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(cgroup.path.join("cgroup.procs"))
-        .with_context(|| format!("opening {}/cgroup.procs", cgroup.path.display()))
-}
-
-/// How many processes run with `uid` as their real or effective uid.
-fn processes_of(uid: u32) -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let uid = uid.to_string();
-    dir.flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
-        .filter(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .is_some_and(|ids| ids.split_whitespace().take(2).any(|id| id == uid))
-        })
-        .count()
-}
-
-/// The user (and group) the command runs as: a name or a numeric id.
-pub fn lookup_user(spec: &str) -> Result<(u32, u32), UsageError> {
-    let c = std::ffi::CString::new(spec).map_err(|_| UsageError(format!("--user {spec:?}")))?;
-    // SAFETY: getpwnam/getpwuid return a pointer into static storage, read
-    // at once on this thread before anything else calls them.
-    let pw = unsafe {
-        match spec.parse::<u32>() {
-            Ok(uid) => libc::getpwuid(uid),
-            Err(_) => libc::getpwnam(c.as_ptr()),
-        }
-    };
-    if pw.is_null() {
-        return match spec.parse::<u32>() {
-            Ok(uid) => Ok((uid, uid)),
-            Err(_) => Err(UsageError(format!("--user {spec}: no such user"))),
-        };
-    }
-    // SAFETY: pw is non-null and points at a valid passwd entry.
-    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
-}
-
-fn spawn_in(
-    cgroup: &Cgroup,
-    command: &[OsString],
-    user: Option<(u32, u32)>,
-    filter: seccomp::Filter,
-    scope_abstract_unix: bool,
-) -> Result<tokio::process::Child> {
-    let procs = procs_file(cgroup)?;
-    let fd = procs.as_raw_fd();
-    let domain = landlock::Domain::prepare(scope_abstract_unix)
-        .context("preparing the command's Landlock domain")?;
-    if domain.is_none() {
-        let others = user.map_or(0, |(uid, _)| processes_of(uid));
-        eprintln!(
-            "egressd: warning: {}: the command can ptrace or pidfd_getfd processes of its uid outside its cgroup and send through their sockets{}",
-            landlock::missing(),
-            if others > 0 {
-                format!(" (that uid has {others} such process(es) now: use a uid of its own)")
-            } else {
-                String::new()
-            }
-        );
-    }
-    let ruleset = domain.as_ref().map(landlock::Domain::raw_fd);
-    let mut cmd = tokio::process::Command::new(&command[0]);
-    cmd.args(&command[1..]);
-    // SAFETY: the closure only makes async-signal-safe system calls
-    // (write, setgroups, setgid, setuid, prctl, landlock_restrict_self,
-    // seccomp through prctl)
-    // with data prepared before
-    // the fork, and touches no allocator.
-    unsafe {
-        cmd.pre_exec(move || {
-            let check = |rc: libc::c_int| {
-                if rc < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            };
-            // Into the governed cgroup first: every socket is made inside.
-            let pid = b"0\n";
-            check(libc::write(fd, pid.as_ptr().cast(), pid.len()) as libc::c_int)?;
-            if let Some((uid, gid)) = user {
-                check(libc::setgroups(1, &gid))?;
-                check(libc::setgid(gid))?;
-                check(libc::setuid(uid))?;
-            }
-            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-            // No taking over processes outside the cgroup (see `landlock`).
-            if let Some(fd) = ruleset {
-                landlock::enter(fd)?;
-            }
-            // No sockets of families no hook sees (see `seccomp`). Last:
-            // the filter would refuse nothing the steps above need, but
-            // it applies to this process from here on.
-            filter.apply()
-        });
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {:?}", command[0]))?;
-    drop(procs);
-    drop(domain);
-    Ok(child)
 }
 
 /// Exit code for a child's status: its code, or 128 + the signal.

@@ -24,8 +24,9 @@ use crate::{
     report::control::{self, EventFeed, ReloadRequest},
     report::describe::Describer,
     report::describe::DnsEvent,
+    report::endpoint,
     report::events::EventStream,
-    report::metrics::{self, Metrics},
+    report::metrics::Metrics,
     runtime::pods::{PodSource, Pods},
     runtime::supervisor::Governor,
     runtime::watch::stamp,
@@ -255,7 +256,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .await
             .with_context(|| format!("listening for metrics on {addr}"))?;
         tracing::info!("metrics on http://{addr}/metrics");
-        tokio::spawn(metrics::serve(listener, metrics.clone(), allowlist.clone()));
+        tokio::spawn(endpoint::serve(
+            listener,
+            metrics.clone(),
+            allowlist.clone(),
+        ));
     }
     let feed: EventFeed = tokio::sync::broadcast::channel(1024).0;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
