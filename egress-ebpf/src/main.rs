@@ -1,11 +1,14 @@
 //! egressd's kernel programs: cgroup sock_addr hooks that allow a connect()
 //! or an unconnected send only to destinations the governing policy allows.
 //!
-//! Each program is a thin entry point over `verdict::judge`; the maps live in
-//! `maps`, the destination decoding in `dest`.
+//! Each program is a thin entry point over `verdict::judge` (or the hook's
+//! own judge in `verdict`, `unix`, `packet`); every hook ends in
+//! `attempt::Attempt::conclude`, which counts, reports and returns. The maps
+//! live in `maps`, the destination decoding in `dest`.
 #![no_std]
 #![no_main]
 
+mod attempt;
 mod dest;
 mod dns;
 mod governing;

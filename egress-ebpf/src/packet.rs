@@ -10,11 +10,12 @@ use aya_ebpf::programs::SkBuffContext;
 use egress_common::{hook, proto_class, reason, AF_INET, AF_INET6, PROTO_BIT_TCP};
 
 use crate::{
+    attempt::{conclude_deferred, Attempt},
     dest::Dest,
     dns,
     governing::{governing, Caller, Live},
     judged, udp,
-    verdict::{check, class_of, conclude, conclude_deferred, in_portset, is_loopback},
+    verdict::{check, class_of, in_portset, is_loopback},
 };
 
 const PASS: i32 = 1;
@@ -180,6 +181,15 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
 pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     let caller = Caller::Packet(ctx.skb.skb);
     let (policy, live) = governing(caller);
+    // An attempt with no protocol or destination known yet.
+    let unparsed = Attempt {
+        caller,
+        policy,
+        hook: hook::PACKET_EGRESS,
+        protocol: 0,
+        class: proto_class::OTHER,
+        dest: Dest::NONE,
+    };
     let Some(Live {
         table,
         audit,
@@ -188,9 +198,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         ..
     }) = live
     else {
-        let why = reason::NO_POLICY;
-        let (class, h) = (proto_class::OTHER, hook::PACKET_EGRESS);
-        conclude(caller, policy, false, why, class, h, 0, Dest::NONE);
+        unparsed.conclude(false, reason::NO_POLICY);
         return DROP;
     };
     let parsed = parse(ctx);
@@ -221,19 +229,15 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         ..
     }) = parsed
     else {
-        let (class, h) = (proto_class::OTHER, hook::PACKET_EGRESS);
-        return conclude(
-            caller,
-            policy,
-            audit,
-            reason::PACKET,
-            class,
-            h,
-            0,
-            Dest::NONE,
-        );
+        return unparsed.conclude(audit, reason::PACKET);
     };
     let (class, bit) = class_of(u32::from(proto));
+    let attempt = Attempt {
+        protocol: proto,
+        class,
+        dest,
+        ..unparsed
+    };
     if class != proto_class::OTHER && !options && dns::is_proxy(&dest, dns_port) {
         if !later_fragment {
             if let Some(sport) = read::<u16>(ctx, l4) {
@@ -248,8 +252,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     if syn_ack && !options && !is_loopback(&dest) {
         let sport = read::<u16>(ctx, l4).map_or(0, u16::from_be);
         if listen_set == 0 || !in_portset(listen_set, PROTO_BIT_TCP, sport) {
-            let h = hook::PACKET_EGRESS;
-            return conclude(caller, policy, audit, reason::LISTEN, class, h, proto, dest);
+            return attempt.conclude(audit, reason::LISTEN);
         }
     }
     let fragment_without_ports = later_fragment && class != proto_class::OTHER;
@@ -290,14 +293,5 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
             _ => reason::PACKET,
         }
     };
-    conclude(
-        caller,
-        policy,
-        audit,
-        why,
-        class,
-        hook::PACKET_EGRESS,
-        proto,
-        dest,
-    )
+    attempt.conclude(audit, why)
 }

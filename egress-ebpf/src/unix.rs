@@ -14,10 +14,10 @@ use egress_common::{
 };
 
 use crate::{
+    attempt::{returned, tally, Attempt},
     dest::Dest,
     governing::{governing, Caller, Live},
     maps::{bump, EVENTS, UNIX_ALLOW},
-    verdict::{event, returned, tally},
 };
 
 /// Offsets in the kernel's `struct bpf_sock_addr_kern`, which a cgroup
@@ -167,7 +167,15 @@ fn report(policy: u32, v: u8, why: u8, hook: u8, name: &Name) {
         return;
     };
     entry.write(UnixEvent {
-        event: event(Caller::Task, policy, hook, v, why, 0, dest),
+        event: Attempt {
+            caller: Caller::Task,
+            policy,
+            hook,
+            protocol: 0,
+            class: proto_class::OTHER,
+            dest,
+        }
+        .event(v, why),
         name: name.raw,
         len: name.len as u8,
         _pad: [0; 3],

@@ -2,28 +2,20 @@
 //! caller (`governing`), count it, and report it when it is not.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_get_netns_cookie,
-    },
-    maps::lpm_trie::Key,
-    programs::SockAddrContext,
-    EbpfContext,
+    helpers::bpf_get_netns_cookie, maps::lpm_trie::Key, programs::SockAddrContext, EbpfContext,
 };
 use egress_common::{
-    config, counter_index, hook, lost_index, proto_class, reason, verdict, Event, V4Key, V6Key,
-    AF_INET, MAX_PORT_RANGES, PROTO_BIT_TCP, PROTO_BIT_UDP, TABLE_BITS,
+    config, hook, proto_class, reason, V4Key, V6Key, AF_INET, MAX_PORT_RANGES, PROTO_BIT_TCP,
+    PROTO_BIT_UDP, TABLE_BITS,
 };
 
 use crate::{
+    attempt::{Attempt, RET_ALLOW},
     dest::Dest,
     dns,
     governing::{governing, Caller, Live},
-    maps::{bump, ALLOW_V4, ALLOW_V6, CONFIG, EVENTS, PORTSETS},
+    maps::{ALLOW_V4, ALLOW_V6, CONFIG, PORTSETS},
 };
-
-const RET_REFUSE: i32 = 0;
-const RET_ALLOW: i32 = 1;
 
 #[inline(always)]
 pub fn class_of(protocol: u32) -> (u8, u8) {
@@ -89,67 +81,9 @@ pub fn in_portset(set_id: u32, proto_bit: u8, port: u16) -> bool {
     false
 }
 
-/// Counts an attempt and, unless allowed, reports it; returns the program's
-/// return value (1 allow, 0 refuse; audit mode allows).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-pub fn conclude(
-    caller: Caller,
-    policy: u32,
-    audit: bool,
-    why: u8,
-    class: u8,
-    hook: u8,
-    protocol: u8,
-    dest: Dest,
-) -> i32 {
-    let v = tally(policy, audit, why, class);
-    if let Some(v) = v {
-        report(caller, policy, hook, v, why, protocol, dest);
-    }
-    returned(v)
-}
-
-/// Counts an attempt by (policy, verdict, class, reason): `None` when it
-/// is allowed, else the verdict to report it under (audited or denied).
-#[inline(always)]
-pub fn tally(policy: u32, audit: bool, why: u8, class: u8) -> Option<u8> {
-    let v = if why == reason::NONE {
-        verdict::ALLOWED
-    } else if audit {
-        verdict::AUDITED
-    } else {
-        verdict::DENIED
-    };
-    bump(counter_index(policy, v, class, why));
-    (v != verdict::ALLOWED).then_some(v)
-}
-
-/// A program's return value for what `tally` said: 1 lets the call go on
-/// (allowed, or audit mode), 0 refuses it.
-#[inline(always)]
-pub fn returned(v: Option<u8>) -> i32 {
-    match v {
-        Some(verdict::DENIED) => RET_REFUSE,
-        _ => RET_ALLOW,
-    }
-}
-
 #[inline(always)]
 fn is_connect(h: u8) -> bool {
     h == hook::CONNECT4 || h == hook::CONNECT6
-}
-
-/// Counts and reports, at its first datagram, a UDP connect that waited
-/// (see `udp`); returns the backstop's verdict.
-#[inline(always)]
-pub fn conclude_deferred(mut e: Event, audit: bool) -> i32 {
-    let v = tally(e.policy_id, audit, e.reason, proto_class::UDP);
-    if let Some(v) = v {
-        e.verdict = v;
-        emit(&e);
-    }
-    returned(v)
 }
 
 /// Loopback, or the unspecified address (0.0.0.0, ::), which the kernel
@@ -190,6 +124,14 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
     let (class, proto_bit) = class_of(protocol);
     let caller = Caller::Task;
     let (policy, live) = governing(caller);
+    let attempt = Attempt {
+        caller,
+        policy,
+        hook,
+        protocol: protocol as u8,
+        class,
+        dest,
+    };
     let Some(Live {
         table,
         audit,
@@ -197,27 +139,21 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         ..
     }) = live
     else {
-        let why = reason::NO_POLICY;
-        return conclude(
-            caller,
-            policy,
-            false,
-            why,
-            class,
-            hook,
-            protocol as u8,
-            dest,
-        );
+        return attempt.conclude(false, reason::NO_POLICY);
     };
     if class != proto_class::OTHER && dns_port != 0 {
         // DNS, to any address, goes to egressd's proxy; the proxy itself
         // is reachable (a connected socket sending with control messages).
+        let to_proxy = Attempt {
+            protocol: 0,
+            ..attempt
+        };
         if dest.port == 53 && dest.family != 0 {
             dns::redirect(ctx, hook, &dest, dns_port);
-            return conclude(caller, policy, audit, reason::NONE, class, hook, 0, dest);
+            return to_proxy.conclude(audit, reason::NONE);
         }
         if dns::is_proxy(&dest, dns_port) {
-            return conclude(caller, policy, audit, reason::NONE, class, hook, 0, dest);
+            return to_proxy.conclude(audit, reason::NONE);
         }
     }
     let why = if class == proto_class::OTHER {
@@ -232,7 +168,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
     // A UDP connect sends nothing: its verdict waits for the first datagram
     // (see `udp`).
     if class == proto_class::UDP && is_connect(hook) && crate::udp::waits(why) {
-        let e = event(caller, policy, hook, 0, why, protocol as u8, dest);
+        let e = attempt.event(0, why);
         crate::udp::defer(ctx, &e);
         return RET_ALLOW;
     }
@@ -241,16 +177,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
     if class == proto_class::UDP && !is_connect(hook) && why != reason::NONE {
         crate::udp::forget_socket(ctx);
     }
-    let ret = conclude(
-        caller,
-        policy,
-        audit,
-        why,
-        class,
-        hook,
-        protocol as u8,
-        dest,
-    );
+    let ret = attempt.conclude(audit, why);
     // A connect audit mode let through (reported here) passes the
     // backstop only while the policy audits: once it enforces, the
     // connection's segments are judged again.
@@ -306,18 +233,15 @@ pub fn judge_family(family: u32, kern: bool) -> i32 {
         port: 0,
     };
     if named {
-        let allowed = reason::NONE;
-        let class = proto_class::OTHER;
-        return conclude(
+        let attempt = Attempt {
             caller,
             policy,
-            false,
-            allowed,
-            class,
-            hook::SOCKET_FAMILY,
-            0,
+            hook: hook::SOCKET_FAMILY,
+            protocol: 0,
+            class: proto_class::OTHER,
             dest,
-        );
+        };
+        return attempt.conclude(false, reason::NONE);
     }
     refuse(caller, reason::SOCKET, hook::SOCKET_FAMILY, 0, dest)
 }
@@ -333,16 +257,15 @@ pub fn refuse(caller: Caller, why: u8, hook: u8, protocol: u8, dest: Dest) -> i3
     } else {
         reason::NO_POLICY
     };
-    conclude(
+    let attempt = Attempt {
         caller,
         policy,
-        audit,
-        why,
-        proto_class::OTHER,
         hook,
         protocol,
+        class: proto_class::OTHER,
         dest,
-    )
+    };
+    attempt.conclude(audit, why)
 }
 
 /// setsockopt(): refuses the options that source-route packets past the
@@ -364,64 +287,6 @@ pub fn judge_option(caller: Caller, level: i32, optname: i32) -> i32 {
         return RET_ALLOW;
     }
     refuse(caller, reason::IP_OPTIONS, hook::SETSOCKOPT, 0, Dest::NONE)
-}
-
-#[inline(always)]
-fn report(caller: Caller, policy: u32, hook: u8, v: u8, why: u8, protocol: u8, dest: Dest) {
-    emit(&event(caller, policy, hook, v, why, protocol, dest));
-}
-
-/// An event of the caller's (a packet may be sent outside its task's
-/// context: then no pid, uid or comm).
-#[inline(always)]
-pub fn event(
-    caller: Caller,
-    policy: u32,
-    hook: u8,
-    v: u8,
-    why: u8,
-    protocol: u8,
-    dest: Dest,
-) -> Event {
-    let (pid_tgid, uid_gid, comm) = match caller {
-        Caller::Task => (
-            bpf_get_current_pid_tgid(),
-            bpf_get_current_uid_gid(),
-            bpf_get_current_comm().unwrap_or([0; 16]),
-        ),
-        // Where the ancestor walk is refused (setsockopt on Linux 5.10),
-        // so are the pid and comm helpers: the uid is all there is.
-        Caller::TaskOwnCgroup => (0, bpf_get_current_uid_gid(), [0; 16]),
-        Caller::Packet(_) => (0, 0, [0; 16]),
-    };
-    Event {
-        cgroup_id: caller.cgroup_id(),
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        policy_id: policy,
-        port: dest.port,
-        family: dest.family,
-        protocol,
-        addr: dest.addr,
-        comm,
-        reason: why,
-        verdict: v,
-        hook,
-        _pad: [0; 5],
-    }
-}
-
-/// Puts an event on the ring buffer (or counts it lost).
-#[inline(always)]
-pub fn emit(e: &Event) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        bump(lost_index(e.policy_id));
-        return;
-    };
-    entry.write(*e);
-    entry.submit(0);
 }
 
 /// Judges a bind(): port 0 (the kernel picks one: a client binding before
@@ -449,14 +314,13 @@ pub fn judge_bind(ctx: &SockAddrContext, hook: u8, local: Dest) -> i32 {
         }
         Some(l) => (l.audit, reason::LISTEN),
     };
-    conclude(
+    let attempt = Attempt {
         caller,
         policy,
-        audit,
-        why,
-        class,
         hook,
-        protocol as u8,
-        local,
-    )
+        protocol: protocol as u8,
+        class,
+        dest: local,
+    };
+    attempt.conclude(audit, why)
 }
