@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::bpf_get_netns_cookie, maps::lpm_trie::Key, programs::SockAddrContext, EbpfContext,
 };
 use egress_common::{
-    config, hook, proto_class, reason, V4Key, V6Key, AF_INET, MAX_PORT_RANGES, PROTO_BIT_TCP,
+    allow, config, hook, proto_class, reason, AF_INET, MAX_PORT_RANGES, PROTO_BIT_TCP,
     PROTO_BIT_UDP, TABLE_BITS,
 };
 
@@ -32,16 +32,12 @@ pub fn class_of(protocol: u32) -> (u8, u8) {
 /// `proto_bit` 0 (a fragment without ports) any port of the address passes.
 #[inline(always)]
 pub fn check(table: u32, proto_bit: u8, dest: &Dest) -> u8 {
-    let t = table.to_be_bytes();
     let set_id = if dest.family == AF_INET {
-        let mut data: V4Key = [0; 8];
-        data[..4].copy_from_slice(&t);
-        data[4..].copy_from_slice(&dest.addr[..4]);
+        let a = &dest.addr;
+        let data = allow::v4_key(table, &[a[0], a[1], a[2], a[3]]);
         ALLOW_V4.get(Key::new(TABLE_BITS + 32, data)).copied()
     } else {
-        let mut data: V6Key = [0; 20];
-        data[..4].copy_from_slice(&t);
-        data[4..].copy_from_slice(&dest.addr);
+        let data = allow::v6_key(table, &dest.addr);
         ALLOW_V6.get(Key::new(TABLE_BITS + 128, data)).copied()
     };
     let Some(set_id) = set_id else {

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, os::fd::BorrowedFd};
 
-use egress_common::{TABLE_BITS, UNIX_KEY_LEN};
+use egress_common::{allow, TABLE_BITS, UNIX_KEY_LEN};
 
 use super::sys;
 use crate::{compile::Entry, policy::unix::UnixEntry};
@@ -22,28 +22,23 @@ pub(super) trait Prefix: Copy + Ord {
     fn key(table: u32, addr: Self, len: u8) -> Self::Key;
 }
 
-/// The key of `addr` (big-endian bytes) / `len` in `table`.
-pub(super) fn trie_key<const N: usize>(table: u32, addr: &[u8], len: u8) -> TrieKey<N> {
-    let mut data = [0u8; N];
-    data[..4].copy_from_slice(&table.to_be_bytes());
-    data[4..].copy_from_slice(addr);
-    TrieKey {
-        prefix_len: TABLE_BITS + u32::from(len),
-        data,
-    }
-}
-
 impl Prefix for u32 {
     type Key = TrieKey<8>;
     fn key(table: u32, addr: u32, len: u8) -> TrieKey<8> {
-        trie_key(table, &addr.to_be_bytes(), len)
+        TrieKey {
+            prefix_len: TABLE_BITS + u32::from(len),
+            data: allow::v4_key(table, &addr.to_be_bytes()),
+        }
     }
 }
 
 impl Prefix for u128 {
     type Key = TrieKey<20>;
     fn key(table: u32, addr: u128, len: u8) -> TrieKey<20> {
-        trie_key(table, &addr.to_be_bytes(), len)
+        TrieKey {
+            prefix_len: TABLE_BITS + u32::from(len),
+            data: allow::v6_key(table, &addr.to_be_bytes()),
+        }
     }
 }
 
