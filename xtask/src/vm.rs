@@ -37,7 +37,8 @@ pub const USAGE: &str = "usage: cargo xtask vm-test [options]
   --kernel K      5.10, 6.1, 6.12 or host; repeat or comma-separate (default: all)
   --lane L        direct or systemd; repeat or comma-separate (default: both)
   --filter TEXT   run only tests whose name contains TEXT
-  --files F       only the test files tests/tests/F.rs; repeat or comma-separate
+  --files F       only the test modules tests/tests/integration/F.rs; repeat
+                  or comma-separate
   --accel A       auto (KVM if it boots the kernel, else TCG), kvm or tcg
   --timeout MIN   minutes one VM may take before it is killed (default 90)
   --no-build      use the binaries of the last vm-test build";
@@ -164,7 +165,10 @@ pub fn run(args: &[String]) -> Result<()> {
         .find(|f| !bins.tests.iter().any(|(n, _)| n == *f))
     {
         let known: Vec<&str> = bins.tests.iter().map(|(n, _)| n.as_str()).collect();
-        bail!("--files: no test file {f:?} (one of {})", known.join(", "));
+        bail!(
+            "--files: no test module {f:?} (one of {})",
+            known.join(", ")
+        );
     }
     let plan = Plan {
         filter: o.filter.clone(),

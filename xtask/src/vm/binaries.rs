@@ -1,7 +1,8 @@
-//! The binaries a VM runs: egressd, the integration test binaries (found
-//! from cargo's JSON messages) and the helper binaries the tests start.
-//! The list of the last build is kept in target/vm/binaries so that
-//! `--no-build` can run them again without cargo.
+//! The binaries a VM runs: egressd, the integration test binary (found
+//! from cargo's JSON messages) with the tests it holds, module by module,
+//! and the helper binaries the tests start. The list of the last build is
+//! kept in target/vm/binaries so that `--no-build` can run them again
+//! without cargo.
 
 use std::{
     env, fs,
@@ -20,8 +21,40 @@ pub struct Binaries {
     /// Helper binaries of egress-tests (probe, egress-bench): the test
     /// binaries name them by the absolute path cargo built them at.
     pub helpers: Vec<PathBuf>,
-    /// Integration test binaries: (test file name, binary).
+    /// The integration test binary's modules: (module name, binary).
     pub tests: Vec<(String, PathBuf)>,
+    /// Every test the binary holds, by its full name (`module::test`).
+    pub cases: Vec<String>,
+}
+
+/// The tests `binary` holds (`--list`: it runs none), by full name.
+fn list_cases(binary: &Path) -> Result<Vec<String>> {
+    let out = Command::new(binary)
+        .args(["--list", "--format", "terse"])
+        .output()
+        .with_context(|| format!("listing the tests of {}", binary.display()))?;
+    if !out.status.success() {
+        bail!("{} --list failed ({})", binary.display(), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(String::from)
+        .collect())
+}
+
+/// One (module, binary) pair per module that holds a test.
+fn modules(binary: &Path, cases: &[String]) -> Vec<(String, PathBuf)> {
+    let mut names: Vec<&str> = cases
+        .iter()
+        .filter_map(|c| c.split_once("::"))
+        .map(|(m, _)| m)
+        .collect();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|m| (m.to_string(), binary.to_path_buf()))
+        .collect()
 }
 
 /// Runs cargo with `--message-format=json`; returns the executables of
@@ -74,18 +107,20 @@ pub fn build() -> Result<Binaries> {
         .into_iter()
         .map(|(_, p)| p)
         .collect();
-    let mut tests = cargo_executables(
+    let binary = cargo_executables(
         &["test", "--package", "egress-tests", "--tests", "--no-run"],
         "test",
-    )?;
-    tests.sort();
-    if tests.is_empty() {
-        bail!("cargo test --no-run built no integration test binary");
-    }
+    )?
+    .into_iter()
+    .find(|(n, _)| n == "integration")
+    .context("cargo test --no-run built no integration test binary")?
+    .1;
+    let cases = list_cases(&binary)?;
     Ok(Binaries {
         egressd,
         helpers,
-        tests,
+        tests: modules(&binary, &cases),
+        cases,
     })
 }
 
@@ -109,6 +144,7 @@ pub fn load(file: &Path) -> Result<Binaries> {
         egressd: PathBuf::new(),
         helpers: Vec::new(),
         tests: Vec::new(),
+        cases: Vec::new(),
     };
     for line in text.lines() {
         let f: Vec<&str> = line.split('\t').collect();
@@ -127,5 +163,12 @@ pub fn load(file: &Path) -> Result<Binaries> {
             bail!("{} is gone: build again (drop --no-build)", p.display());
         }
     }
+    let binary = b
+        .tests
+        .first()
+        .context("no integration test binary listed")?
+        .1
+        .clone();
+    b.cases = list_cases(&binary)?;
     Ok(b)
 }

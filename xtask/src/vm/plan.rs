@@ -1,5 +1,8 @@
-//! What a VM runs: the lanes, which test files each runs, and the tests
-//! left out of the VM on purpose (each with its reason, printed).
+//! What a VM runs: the lanes, which test modules each runs, and the tests
+//! left out of the VM on purpose (each with its reason, printed). The
+//! integration tests are one binary; a VM runs it once per module, naming
+//! that module's tests exactly (libtest's filters match any of them, so a
+//! module filter and a name filter cannot be combined on its command line).
 
 use std::{fmt, time::Duration};
 
@@ -23,10 +26,10 @@ impl fmt::Display for Lane {
     }
 }
 
-/// Test files the systemd lane runs: those about systemd and the daemon.
+/// Test modules the systemd lane runs: those about systemd and the daemon.
 const SYSTEMD_LANE_FILES: &[&str] = &["systemd", "systemd_live", "daemon"];
 
-/// A test file, or one test in it, that the VM does not run.
+/// A test module, or one test in it, that the VM does not run.
 pub struct Exclusion {
     pub file: &'static str,
     /// None: the whole file.
@@ -63,14 +66,31 @@ pub const EXCLUDED: &[Exclusion] = &[
 pub struct Plan {
     /// Passed to every test binary (a test name substring).
     pub filter: Option<String>,
-    /// Only these test files, if any are named.
+    /// Only these test modules, if any are named.
     pub files: Vec<String>,
     /// Bound on one test binary's run inside the VM.
     pub test_timeout: Duration,
 }
 
 impl Plan {
-    /// The test files `lane` runs (after exclusions).
+    /// The tests of module `name` this plan runs: minus exclusions, and
+    /// only those whose full name holds the filter.
+    fn cases<'a>(&self, name: &str, bins: &'a Binaries) -> Vec<&'a str> {
+        let excluded = |test: &str| {
+            EXCLUDED
+                .iter()
+                .any(|e| e.file == name && e.test.is_none_or(|t| t == test))
+        };
+        bins.cases
+            .iter()
+            .filter_map(|c| c.strip_prefix(name)?.strip_prefix("::").map(|t| (c, t)))
+            .filter(|(_, test)| !excluded(test))
+            .filter(|(c, _)| self.filter.as_ref().is_none_or(|f| c.contains(f.as_str())))
+            .map(|(c, _)| c.as_str())
+            .collect()
+    }
+
+    /// The test modules `lane` runs (after exclusions and filters).
     pub fn files<'a>(
         &self,
         lane: Lane,
@@ -78,13 +98,14 @@ impl Plan {
     ) -> Vec<&'a (String, std::path::PathBuf)> {
         bins.tests
             .iter()
-            .filter(|(name, _)| !EXCLUDED.iter().any(|e| e.file == name && e.test.is_none()))
             .filter(|(name, _)| lane == Lane::Direct || SYSTEMD_LANE_FILES.contains(&name.as_str()))
             .filter(|(name, _)| self.files.is_empty() || self.files.contains(name))
+            .filter(|(name, _)| !self.cases(name, bins).is_empty())
             .collect()
     }
 
-    /// tests.sh: one `run_test NAME BINARY ARGS...` line per test file.
+    /// tests.sh: one `run_test NAME BINARY ARGS...` line per test module,
+    /// naming its tests exactly.
     pub fn script(&self, lane: Lane, bins: &Binaries) -> String {
         let mut s = String::new();
         for (name, path) in self.files(lane, bins) {
@@ -93,22 +114,79 @@ impl Plan {
                 sh_quote(name),
                 sh_quote(&path.to_string_lossy())
             );
-            if let Some(f) = &self.filter {
-                line.push(' ');
-                line.push_str(&sh_quote(f));
-            }
             // Tests that need systemd as PID 1 are ignored elsewhere.
             if lane == Lane::Systemd {
                 line.push_str(" --include-ignored");
             }
-            for e in EXCLUDED.iter().filter(|e| e.file == name) {
-                if let Some(t) = e.test {
-                    line.push_str(&format!(" --skip {}", sh_quote(t)));
-                }
+            line.push_str(" --exact");
+            for case in self.cases(name, bins) {
+                line.push(' ');
+                line.push_str(&sh_quote(case));
             }
             s.push_str(&line);
             s.push('\n');
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn bins() -> Binaries {
+        let cases = [
+            "daemon::a_reload",
+            "daemon::b_events",
+            "dns::search_list_expansions_are_quiet_and_musl_resolves",
+            "dns::tunnel",
+            "prometheus::rules",
+            "systemd_live::restart",
+        ];
+        let bin = PathBuf::from("/t/integration");
+        Binaries {
+            egressd: PathBuf::from("/t/egressd"),
+            helpers: Vec::new(),
+            tests: ["daemon", "dns", "prometheus", "systemd_live"]
+                .map(|m| (m.to_string(), bin.clone()))
+                .to_vec(),
+            cases: cases.map(String::from).to_vec(),
+        }
+    }
+
+    fn plan(filter: Option<&str>, files: &[&str]) -> Plan {
+        Plan {
+            filter: filter.map(String::from),
+            files: files.iter().map(|f| f.to_string()).collect(),
+            test_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn each_module_runs_its_own_tests_by_exact_name() {
+        let s = plan(None, &[]).script(Lane::Direct, &bins());
+        assert_eq!(
+            s,
+            "run_test 'daemon' '/t/integration' --exact 'daemon::a_reload' 'daemon::b_events'\n\
+             run_test 'dns' '/t/integration' --exact 'dns::tunnel'\n\
+             run_test 'systemd_live' '/t/integration' --exact 'systemd_live::restart'\n"
+        );
+    }
+
+    #[test]
+    fn filters_and_lanes_narrow_the_modules() {
+        let s = plan(Some("events"), &[]).script(Lane::Direct, &bins());
+        assert_eq!(
+            s,
+            "run_test 'daemon' '/t/integration' --exact 'daemon::b_events'\n"
+        );
+        let s = plan(None, &[]).script(Lane::Systemd, &bins());
+        assert!(s.lines().all(|l| l.contains("--include-ignored")), "{s}");
+        assert_eq!(s.lines().count(), 2, "{s}");
+        assert!(plan(Some("nothing"), &["dns"])
+            .files(Lane::Direct, &bins())
+            .is_empty());
     }
 }

@@ -43,7 +43,7 @@ pub struct VmResults {
     pub dmesg: String,
 }
 
-/// Untars `image` into `dir` and reads it; `expected` are the test files
+/// Untars `image` into `dir` and reads it; `expected` are the test modules
 /// the VM should have run (one it did not run is a failure).
 pub fn read(image: &Path, dir: &Path, expected: &[String]) -> Result<VmResults> {
     if dir.exists() {

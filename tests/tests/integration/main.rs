@@ -1,0 +1,24 @@
+//! egressd's integration tests: real BPF programs in real cgroups, real
+//! sockets in network namespaces the tests make, real clients. One binary,
+//! one module per area (as aya's own integration tests are laid out); run
+//! as root through `cargo xtask test`, one test at a time. A module is
+//! also the unit `cargo xtask vm-test --files` names.
+
+mod alerts_live;
+mod bench_smoke;
+mod bpffs;
+mod channels;
+mod cli;
+mod daemon;
+mod dns;
+mod kubernetes;
+mod live_view;
+mod loopback;
+mod prometheus;
+mod raw_sockets;
+mod reload;
+mod side_doors;
+mod source_routing;
+mod systemd;
+mod systemd_live;
+mod unix_sockets;
