@@ -112,9 +112,11 @@ fn in_host_netns(ctx: &SockAddrContext) -> bool {
     host != 0 && cookie == host
 }
 
-/// Judges one connect or send; returns the program's return value.
+/// A sock_addr hook's attempt on `dest`: the calling task's, under the
+/// policy that governs it (and that policy's live state), with the
+/// socket's protocol and its bit in port sets.
 #[inline(always)]
-pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
+fn sock_addr_attempt(ctx: &SockAddrContext, hook: u8, dest: Dest) -> (Attempt, u8, Option<Live>) {
     // SAFETY: ctx points at the kernel's bpf_sock_addr.
     let protocol = unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).protocol) };
     let (class, proto_bit) = class_of(protocol);
@@ -128,6 +130,14 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         class,
         dest,
     };
+    (attempt, proto_bit, live)
+}
+
+/// Judges one connect or send; returns the program's return value.
+#[inline(always)]
+pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
+    let (attempt, proto_bit, live) = sock_addr_attempt(ctx, hook, dest);
+    let class = attempt.class;
     let Some(Live {
         table,
         audit,
@@ -297,26 +307,14 @@ pub fn judge_bind(ctx: &SockAddrContext, hook: u8, local: Dest) -> i32 {
     if local.port == 0 || is_loopback(&local) {
         return RET_ALLOW;
     }
-    // SAFETY: ctx points at the kernel's bpf_sock_addr.
-    let protocol = unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).protocol) };
-    let (class, proto_bit) = class_of(protocol);
-    let caller = Caller::Task;
-    let (policy, live) = governing(caller);
+    let (attempt, proto_bit, live) = sock_addr_attempt(ctx, hook, local);
     let (audit, why) = match live {
         None => (false, reason::NO_POLICY),
-        Some(_) if class == proto_class::OTHER => (false, reason::PROTOCOL),
+        Some(_) if attempt.class == proto_class::OTHER => (false, reason::PROTOCOL),
         Some(l) if l.listen_set != 0 && in_portset(l.listen_set, proto_bit, local.port) => {
             (l.audit, reason::NONE)
         }
         Some(l) => (l.audit, reason::LISTEN),
-    };
-    let attempt = Attempt {
-        caller,
-        policy,
-        hook,
-        protocol: protocol as u8,
-        class,
-        dest: local,
     };
     attempt.conclude(audit, why)
 }
