@@ -26,32 +26,6 @@ pub fn own_cgroup() -> Result<PathBuf> {
     Ok(PathBuf::from(path.trim_start_matches('/')))
 }
 
-/// The pin directories of `policy` for cgroup id `id`, in every instance.
-fn pin_dirs(root: &Path, policy: &str, id: u64) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(instances) = fs::read_dir(root) else {
-        return out;
-    };
-    for inst in instances.flatten() {
-        let inst = inst.path();
-        let mut bases = vec![inst.clone()];
-        if let Ok(gens) = fs::read_dir(&inst) {
-            bases.extend(
-                gens.flatten()
-                    .filter(|g| g.file_name().to_string_lossy().starts_with("gen-"))
-                    .map(|g| g.path()),
-            );
-        }
-        for b in bases {
-            let d = b.join(policy).join(id.to_string());
-            if d.is_dir() {
-                out.push(d);
-            }
-        }
-    }
-    out
-}
-
 /// Which governs `rel` (or its nearest governed ancestor): `Ok(path)` of the
 /// governed cgroup when `policy` does with every program pinned.
 pub fn check(rel: &Path, policy: &str) -> Result<PathBuf> {
@@ -64,7 +38,7 @@ pub fn check(rel: &Path, policy: &str) -> Result<PathBuf> {
         }
         let cgroup = Cgroup::at(&root, &c);
         let id = cgroup.id()?;
-        let complete = pin_dirs(&pins, policy, id)
+        let complete = kernel::pins::link_dirs(&pins, policy, id)
             .into_iter()
             .any(|d| kernel::program_names().all(|p| d.join(p).exists()));
         if complete {
@@ -72,7 +46,7 @@ pub fn check(rel: &Path, policy: &str) -> Result<PathBuf> {
             return Ok(c);
         }
         // Governed by another policy here? Then not by this one.
-        if other_policy_pins(&pins, policy, id) {
+        if kernel::pins::other_policy_links(&pins, policy, id) {
             bail!(
                 "{} is governed by another policy, not `{policy}`",
                 c.display()
@@ -81,27 +55,6 @@ pub fn check(rel: &Path, policy: &str) -> Result<PathBuf> {
         cur = c.parent().map(Path::to_path_buf);
     }
     bail!("{} is not governed by policy `{policy}`", rel.display())
-}
-
-/// Are there pins of any other policy for cgroup id `id`?
-fn other_policy_pins(root: &Path, policy: &str, id: u64) -> bool {
-    let Ok(instances) = fs::read_dir(root) else {
-        return false;
-    };
-    instances.flatten().any(|inst| {
-        let mut bases = vec![inst.path()];
-        if let Ok(gens) = fs::read_dir(inst.path()) {
-            bases.extend(gens.flatten().map(|g| g.path()));
-        }
-        bases.iter().any(|b| {
-            fs::read_dir(b).is_ok_and(|ps| {
-                ps.flatten().any(|p| {
-                    p.file_name().to_string_lossy() != policy
-                        && p.path().join(id.to_string()).is_dir()
-                })
-            })
-        })
-    })
 }
 
 /// `check`, retried until `wait` has passed.

@@ -1,4 +1,4 @@
-//! Where attached links are pinned, and removing them.
+//! Where attached links are pinned, finding them, and removing them.
 //!
 //! Layout under the bpffs mount: `egressd/<instance>/...`, where the
 //! instance is `run` (or `--instance`) for the daemon, with one directory
@@ -170,6 +170,57 @@ pub fn remove_other_generations(instance: &str, keep: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The directories holding the links of `policy` for cgroup id `id`, in
+/// every instance under `root` (`<instance>/<policy>/<id>` and
+/// `<instance>/gen-*/<policy>/<id>`). Only read: the caller checks what
+/// it finds there.
+pub fn link_dirs(root: &Path, policy: &str, id: u64) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(instances) = fs::read_dir(root) else {
+        return out;
+    };
+    for inst in instances.flatten() {
+        let inst = inst.path();
+        let mut bases = vec![inst.clone()];
+        if let Ok(gens) = fs::read_dir(&inst) {
+            bases.extend(
+                gens.flatten()
+                    .filter(|g| g.file_name().to_string_lossy().starts_with("gen-"))
+                    .map(|g| g.path()),
+            );
+        }
+        for b in bases {
+            let d = b.join(policy).join(id.to_string());
+            if d.is_dir() {
+                out.push(d);
+            }
+        }
+    }
+    out
+}
+
+/// Are there links of a policy other than `policy` for cgroup id `id`, in
+/// any instance under `root`?
+pub fn other_policy_links(root: &Path, policy: &str, id: u64) -> bool {
+    let Ok(instances) = fs::read_dir(root) else {
+        return false;
+    };
+    instances.flatten().any(|inst| {
+        let mut bases = vec![inst.path()];
+        if let Ok(gens) = fs::read_dir(inst.path()) {
+            bases.extend(gens.flatten().map(|g| g.path()));
+        }
+        bases.iter().any(|b| {
+            fs::read_dir(b).is_ok_and(|ps| {
+                ps.flatten().any(|p| {
+                    p.file_name().to_string_lossy() != policy
+                        && p.path().join(id.to_string()).is_dir()
+                })
+            })
+        })
+    })
 }
 
 /// Removes the pins of policy `policy` in every instance (or in `instance`):
