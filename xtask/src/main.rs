@@ -161,6 +161,8 @@ fn test() -> Result<()> {
         "--package",
         "xtask",
     ];
+    // The benchmark is a package of its own; bench_smoke runs it at tiny sizes.
+    cargo(&["build", "--package", "egress-bench"])?;
     let result = cargo_test(&unit, &mut totals).and_then(|_| {
         env::set_var("EGRESSD_BIN", &bin);
         cargo_test(
@@ -194,14 +196,7 @@ fn bench(smoke: bool) -> Result<()> {
         "--bin",
         "egressd",
     ])?;
-    cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "egress-tests",
-        "--bin",
-        "egress-bench",
-    ])?;
+    cargo(&["build", "--release", "--package", "egress-bench"])?;
     let out = if smoke {
         target_dir().join("bench-smoke")
     } else {

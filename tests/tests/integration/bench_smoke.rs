@@ -4,11 +4,28 @@
 
 use egress_tests::{egressd::TempDir, require_root};
 
+/// The benchmark's binary (a package of its own, built by `cargo xtask
+/// test`): beside this test binary's directory, as cargo lays them out.
+fn bench_bin() -> std::path::PathBuf {
+    let me = std::env::current_exe().unwrap();
+    let bin = me
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("egress-bench");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo xtask test` (it builds egress-bench)",
+        bin.display()
+    );
+    bin
+}
+
 #[test]
 fn bench_runs_at_smoke_size() {
     require_root();
     let out = TempDir::new("bench").unwrap();
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_egress-bench"))
+    let status = std::process::Command::new(bench_bin())
         .args(["run", "--smoke", "--out"])
         .arg(&out.0)
         .status()

@@ -18,8 +18,8 @@ use xtask::ebpf;
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub egressd: PathBuf,
-    /// Helper binaries of egress-tests (probe, egress-bench): the test
-    /// binaries name them by the absolute path cargo built them at.
+    /// Helper binaries (egress-tests' probe, egress-bench): the tests name
+    /// them by the absolute path cargo built them at.
     pub helpers: Vec<PathBuf>,
     /// The integration test binary's modules: (module name, binary).
     pub tests: Vec<(String, PathBuf)>,
@@ -103,10 +103,20 @@ pub fn build() -> Result<Binaries> {
     .find(|(n, _)| n == "egressd")
     .context("cargo built no egressd")?
     .1;
-    let helpers = cargo_executables(&["build", "--package", "egress-tests", "--bins"], "bin")?
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
+    let helpers = cargo_executables(
+        &[
+            "build",
+            "--package",
+            "egress-tests",
+            "--package",
+            "egress-bench",
+            "--bins",
+        ],
+        "bin",
+    )?
+    .into_iter()
+    .map(|(_, p)| p)
+    .collect();
     let binary = cargo_executables(
         &["test", "--package", "egress-tests", "--tests", "--no-run"],
         "test",
