@@ -8,7 +8,8 @@
 //! each host rule the name matches, each allowed until its TTL (at most
 //! `dns.max_ttl`) plus `dns.grace`, and the policy's kernel table is
 //! rewritten in place (`compile::Plan::learned`). `expire` takes them out
-//! again when that time has passed.
+//! again when that time has passed. (A reload that makes a policy enforce
+//! screens what it learned once more: `Allowlist::replace`.)
 
 use std::{
     collections::HashMap,
@@ -75,9 +76,11 @@ impl Allowlist {
         if audit {
             ips.extend(refused.iter().map(|(ip, _)| *ip));
         }
+        // An answer's TTL counts up to the policy's max_ttl, no longer.
+        let (ttl, grace) = (ttl.min(view.policy.dns.max_ttl), view.policy.dns.grace);
         let mut evicted = 0;
         for rule in rules.iter().filter(|_| !ips.is_empty()) {
-            evicted += self.record(id, rule, name, &ips, ttl, now)?;
+            evicted += self.record(id, rule, name, &ips, (ttl, grace), now)?;
         }
         Ok(Some(Learned {
             refused,
@@ -101,8 +104,8 @@ impl Allowlist {
         result
     }
 
-    /// Records `ips` for host rule `rule` of policy `id`: allowed until TTL
-    /// plus the policy's grace has passed. Returns how many addresses were
+    /// Records `ips` for host rule `rule` of policy `id`: allowed until
+    /// `ttl` plus `grace` has passed. Returns how many addresses were
     /// evicted to stay within the per-rule cap.
     fn record(
         &mut self,
@@ -110,17 +113,14 @@ impl Allowlist {
         rule: &Host,
         name: &str,
         ips: &[IpAddr],
-        ttl: Duration,
+        (ttl, grace): (Duration, Duration),
         now: Instant,
     ) -> Result<usize> {
         let p = self.get(id).context("no such policy")?;
         let mut learned = p.learned.clone();
         let before = learned.get(rule).map(Addresses::ips);
         let entry = learned.entry(rule.clone()).or_default();
-        // An answer's TTL counts up to the policy's max_ttl, no longer.
-        let view = p.view();
-        let dns = &view.policy.dns;
-        let evicted = entry.record(now, name, ips, ttl.min(dns.max_ttl), dns.grace);
+        let evicted = entry.record(now, name, ips, ttl, grace);
         if before.as_ref() == Some(&entry.ips()) && !p.stale {
             // Same addresses: only deadlines moved.
             self.get_mut(id).expect("checked").learned = learned;

@@ -406,12 +406,12 @@ fn egressds_own_lookups_do_not_learn_special_addresses() {
     )
     .unwrap();
     let local = Listener::tcp(&ns, "127.0.0.1:443").unwrap();
-    // The lookup is made before the command starts (a policy's hosts are
-    // resolved before it governs); the short sleep covers a slow one too.
+    // egressd's lookup is done before the command starts: `exec` resolves
+    // a policy's exact hosts before it runs anything under the policy.
     let r = exec(
         &ns,
         &["--resolver", UPSTREAM, "--allow", "rebound.model.test:443"],
-        &["sh", "-c", &format!("sleep 1; {PROBE} tcp 127.0.0.1:443")],
+        &[PROBE, "tcp", "127.0.0.1:443"],
     )
     .unwrap();
     assert_eq!(

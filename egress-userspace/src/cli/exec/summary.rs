@@ -52,17 +52,7 @@ impl Summary {
             comm(e).into_owned(),
             reason_name(e.reason).to_string(),
         );
-        if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
-            self.overflow += 1;
-            self.total += 1;
-            return;
-        }
-        let row = self.rows.entry(key).or_default();
-        row.0 += 1;
-        if !row.1.contains(&e.tgid) {
-            row.1.push(e.tgid);
-        }
-        self.total += 1;
+        self.count(key, Some(e.tgid));
     }
 
     pub fn add_dns(&mut self, e: &DnsEvent) {
@@ -76,19 +66,22 @@ impl Summary {
             who,
             e.reason.to_string(),
         );
+        self.count(key, e.asker.map(|a| a.tgid));
+    }
+
+    /// One attempt under `key`, by process `tgid` when known; past
+    /// `MAX_ROWS` distinct rows, only counted.
+    fn count(&mut self, key: Row, tgid: Option<u32>) {
+        self.total += 1;
         if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
             self.overflow += 1;
-            self.total += 1;
             return;
         }
         let row = self.rows.entry(key).or_default();
         row.0 += 1;
-        if let Some(a) = &e.asker {
-            if !row.1.contains(&a.tgid) {
-                row.1.push(a.tgid);
-            }
+        if let Some(t) = tgid.filter(|t| !row.1.contains(t)) {
+            row.1.push(t);
         }
-        self.total += 1;
     }
 
     pub fn print(&self, audit: bool) {
