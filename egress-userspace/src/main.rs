@@ -108,9 +108,28 @@ enum Command {
         /// 4 MiB). The summary says how many events it lost, if any.
         #[arg(long, value_name = "BYTES")]
         ring_buffer_bytes: Option<u32>,
+        /// Learn a policy into FILE: run the command with everything
+        /// allowed (audit mode, under FILE's rules if it exists), then add
+        /// a rule for each name and address it reached.
+        #[arg(long, value_name = "FILE")]
+        learn: Option<PathBuf>,
         /// The command and its arguments (after --).
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
+    },
+    /// Learn a policy from event lines (a daemon's audit events, or
+    /// `exec --events-json`): add a rule for each name and address reached.
+    Learn {
+        /// Files of JSON event lines (`-` for standard input).
+        #[arg(required = true)]
+        events: Vec<PathBuf>,
+        /// The policy file to write, or to add the rules to if it exists.
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
+        /// Learn from this policy's events only (needed when the events
+        /// are of several).
+        #[arg(long, value_name = "NAME")]
+        policy: Option<String>,
     },
     /// Validate policy files and warn about broad rules.
     Check {
@@ -266,6 +285,7 @@ fn main() -> ExitCode {
             listen,
             command,
             ring_buffer_bytes,
+            learn,
             ..
         } => {
             let opts = exec::ExecOptions {
@@ -280,6 +300,7 @@ fn main() -> ExitCode {
                 unix: allow_unix,
                 listen,
                 ring_bytes: ring_buffer_bytes,
+                learn,
                 command,
             };
             match runtime().block_on(exec::exec(opts)) {
@@ -287,6 +308,14 @@ fn main() -> ExitCode {
                 Err(e) => failed(e),
             }
         }
+        Command::Learn {
+            events,
+            output,
+            policy,
+        } => match egressd::cli::learn::learn(&events, &output, policy.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => failed(e),
+        },
         Command::Check { files, strict } => {
             if check::check(&files, strict) {
                 ExitCode::SUCCESS

@@ -4,5 +4,6 @@
 pub mod check;
 pub mod exec;
 pub mod governed;
+pub mod learn;
 pub mod run;
 pub mod usage;

@@ -184,6 +184,7 @@ impl Proxy {
         audit: bool,
         reason: &'static str,
         refused: Vec<(std::net::IpAddr, &'static str)>,
+        answers: Vec<std::net::IpAddr>,
     ) {
         let asker = self.learner.asker(client.peer, client.protocol);
         let sent = self.events.try_send(DnsEvent {
@@ -194,6 +195,7 @@ impl Proxy {
             qtype: q.qtype.to_string(),
             transport: client.transport,
             refused,
+            answers,
             asker,
         });
         if sent.is_err() {
@@ -235,8 +237,8 @@ impl Proxy {
             None
         };
         if let Some(reason) = reason {
-            self.report(&q, client, audit, reason, Vec::new());
             if !audit {
+                self.report(&q, client, audit, reason, Vec::new(), Vec::new());
                 self.count("denied");
                 let code = match (reason, policy.dns.refuse_with) {
                     ("dns_name_not_allowed", RefuseWith::Nxdomain) => ResponseCode::NXDomain,
@@ -246,6 +248,10 @@ impl Proxy {
             }
             self.count("audited");
         }
+        // Audit mode reports a query it let through once it is answered,
+        // with the answer's addresses (`egressd learn` names what the
+        // agent then reached by them).
+        let audited = reason.filter(|_| audit);
         // On the wire to the upstream the query carries a random id of
         // egressd's own (the agent chooses its ids, and a spoofed answer
         // must not need to guess only a port); the answer comes back with
@@ -256,10 +262,16 @@ impl Proxy {
             None => None,
         };
         let Some(answer) = answer else {
+            if let Some(reason) = audited {
+                self.report(&q, client, true, reason, Vec::new(), Vec::new());
+            }
             self.count("error");
             return Some(reply_code(&query, ResponseCode::ServFail));
         };
         let (_, ips, ttl) = addresses(&q, &answer).ok()?;
+        if let Some(reason) = audited {
+            self.report(&q, client, true, reason, Vec::new(), ips.clone());
+        }
         let ttl = Duration::from_secs(u64::from(ttl));
         let learned = if ips.is_empty() {
             Learned::default()
@@ -283,7 +295,8 @@ impl Proxy {
         self.metrics.dns_evicted(&self.name, learned.evicted);
         if !learned.refused.is_empty() {
             let reason = "dns_answer_not_allowed";
-            self.report(&q, client, learned.audit, reason, learned.refused);
+            let refused = learned.refused;
+            self.report(&q, client, learned.audit, reason, refused, Vec::new());
         }
         if !rules.is_empty() {
             self.count("allowed");

@@ -94,6 +94,8 @@ pub struct DnsEvent {
     pub transport: &'static str,
     /// For `dns_answer_not_allowed`: the addresses not learned, and why.
     pub refused: Vec<(std::net::IpAddr, &'static str)>,
+    /// For a query audit mode let through: the addresses it was answered.
+    pub answers: Vec<std::net::IpAddr>,
     /// The process that asked, when the kernel noted it.
     pub asker: Option<egress_common::DnsAsker>,
 }
@@ -141,6 +143,9 @@ impl Describer {
             "qtype": e.qtype,
             "refused_addresses": e.refused.iter().map(|(ip, why)| json!({"address": ip.to_string(), "why": why})).collect::<Vec<_>>(),
         });
+        if e.verdict == "audited" && e.refused.is_empty() {
+            v["answers"] = json!(e.answers);
+        }
         if let Some(a) = &e.asker {
             v["pid"] = json!(a.tgid);
             v["tid"] = json!(a.pid);

@@ -61,7 +61,7 @@ fn run_with_resolv_conf(
 }
 
 /// `exec ARGS -- COMMAND` in a mount namespace where `conf` is /etc/resolv.conf.
-fn in_mount_ns(
+pub(crate) fn in_mount_ns(
     ns: &Netns,
     conf: &std::path::Path,
     args: &[&str],

@@ -12,6 +12,7 @@ mod cli;
 mod daemon;
 mod dns;
 mod kubernetes;
+mod learn;
 mod live_view;
 mod loopback;
 mod prometheus;

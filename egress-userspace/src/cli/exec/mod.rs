@@ -27,6 +27,7 @@ use spawn::{lookup_user, spawn_in};
 use summary::Summary;
 
 use crate::{
+    cli::learn::Observed,
     cli::usage::UsageError,
     dns::refresh,
     kernel::cgroup::Cgroup,
@@ -63,39 +64,49 @@ pub struct ExecOptions {
     pub listen: Vec<String>,
     /// Size of the deny-event ring buffer (`--ring-buffer-bytes`).
     pub ring_bytes: Option<u32>,
+    /// Learn a policy into this file (`--learn`): run in audit mode under
+    /// the policy there (or none), then add what the command reached.
+    pub learn: Option<PathBuf>,
     pub command: Vec<OsString>,
 }
 
 /// The policy `exec` runs under: a file, or the `--allow` options.
 fn build_policy(opts: &ExecOptions) -> Result<Policy> {
-    let mut policy = match &opts.policy {
-        Some(file) => {
+    let mut policy = match (&opts.learn, &opts.policy) {
+        (Some(_), Some(_)) => {
+            return Err(UsageError(
+                "--learn FILE runs under the policy in FILE (if there is one) and adds to it: give no --policy".into(),
+            )
+            .into())
+        }
+        (Some(_), None) if !opts.allow.is_empty() => {
+            return Err(UsageError(
+                "--learn FILE runs under the policy in FILE (if there is one): give no --allow".into(),
+            )
+            .into())
+        }
+        (Some(file), None) if file.exists() => load_file(file)?,
+        (Some(_), None) => Policy {
+            rules: Vec::new(),
+            ..command_line_policy(Vec::new())
+        },
+        (None, Some(file)) => {
             if !opts.allow.is_empty() {
                 return Err(UsageError("give either --policy or --allow, not both".into()).into());
             }
             load_file(file)?
         }
-        None => {
+        (None, None) => {
             let rules = opts
                 .allow
                 .iter()
                 .map(|a| parse_allow(a).map_err(|e| UsageError(format!("--allow {e}"))))
                 .collect::<Result<Vec<_>, UsageError>>()?;
-            Policy {
-                name: "exec".into(),
-                mode: Mode::Enforce,
-                cgroups: Vec::new(),
-                pods: Vec::new(),
-                rules,
-                dns: DnsSettings::default(),
-                listen: Vec::new(),
-                channels: Default::default(),
-                source: "command line".into(),
-            }
+            command_line_policy(rules)
         }
     };
     crate::compile::load::check(&policy)?;
-    if opts.audit {
+    if opts.audit || opts.learn.is_some() {
         policy.mode = Mode::Audit;
     }
     if let Some(r) = opts.resolver {
@@ -119,6 +130,21 @@ fn build_policy(opts: &ExecOptions) -> Result<Policy> {
         policy.listen.push(listen);
     }
     Ok(policy)
+}
+
+/// The policy of `--allow` options.
+fn command_line_policy(rules: Vec<crate::policy::Rule>) -> Policy {
+    Policy {
+        name: "exec".into(),
+        mode: Mode::Enforce,
+        cgroups: Vec::new(),
+        pods: Vec::new(),
+        rules,
+        dns: DnsSettings::default(),
+        listen: Vec::new(),
+        channels: Default::default(),
+        source: "command line".into(),
+    }
 }
 
 /// Exit code for a child's status: its code, or 128 + the signal.
@@ -166,9 +192,26 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
     let killed = cgroup.kill_all(Duration::from_secs(5));
     let unpinned = pins::remove_tree(&pin_dir);
     let removed = cgroup.remove();
-    let (status, summary) = result?;
+    let (status, summary, observed) = result?;
     killed.and(unpinned).and(removed)?;
     summary.print(audit);
+    if let (Some(file), Some(observed)) = (&opts.learn, observed) {
+        let command: Vec<String> = opts
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mut command = command.join(" ");
+        if let Some((cut, _)) = command.char_indices().nth(100) {
+            command.truncate(cut);
+            command.push_str("...");
+        }
+        crate::cli::learn::learn_into(
+            file,
+            &observed,
+            &format!("`egressd exec --learn` of `{command}`"),
+        )?;
+    }
     Ok(exit_code(status))
 }
 
@@ -186,7 +229,7 @@ async fn run_governed(
     opts: &ExecOptions,
     user: Option<(u32, u32)>,
     signals: Signals,
-) -> Result<(std::process::ExitStatus, Summary)> {
+) -> Result<(std::process::ExitStatus, Summary, Option<Observed>)> {
     let (allowlist, ring) = Allowlist::load(opts.ring_bytes)?;
     let allowlist = Arc::new(Mutex::new(allowlist));
     let metrics = Arc::new(Metrics::new());
@@ -243,6 +286,7 @@ async fn run_governed(
         summary: Summary::default(),
         json_out,
         describer,
+        learning: opts.learn.as_ref().map(|_| Observed::default()),
     };
 
     let Signals {
@@ -282,14 +326,16 @@ async fn run_governed(
     }
     governor.abort_tasks();
     sweeper.abort();
-    Ok((status, rec.summary))
+    Ok((status, rec.summary, rec.learning))
 }
 
-/// Collects what was denied, for the summary and `--events-json`.
+/// Collects what was denied, for the summary, `--events-json` and
+/// `--learn`.
 struct Recorder {
     summary: Summary,
     json_out: Option<File>,
     describer: Describer,
+    learning: Option<Observed>,
 }
 
 impl Recorder {
@@ -298,16 +344,27 @@ impl Recorder {
             if e.verdict != verdict::ALLOWED {
                 self.summary.add(&e, &self.describer);
             }
-            if let Some(f) = self.json_out.as_mut() {
-                let _ = writeln!(f, "{}", self.describer.json(&e));
+            if self.json_out.is_some() || self.learning.is_some() {
+                let v = self.describer.json(&e);
+                self.line(&v);
             }
         }
     }
 
     fn dns(&mut self, e: &DnsEvent) {
         self.summary.add_dns(e);
+        if self.json_out.is_some() || self.learning.is_some() {
+            let v = self.describer.dns_json(e);
+            self.line(&v);
+        }
+    }
+
+    fn line(&mut self, v: &serde_json::Value) {
         if let Some(f) = self.json_out.as_mut() {
-            let _ = writeln!(f, "{}", self.describer.dns_json(e));
+            let _ = writeln!(f, "{v}");
+        }
+        if let Some(o) = self.learning.as_mut() {
+            o.add(v, None);
         }
     }
 }
