@@ -57,7 +57,10 @@ pub mod reason {
     /// would resolve names past egressd's DNS proxy. Refused without an
     /// event: every glibc lookup tries nscd first.
     pub const NAME_SERVICE: u8 = 12;
-    pub const COUNT: u32 = 13;
+    /// The rule allowing the destination has spent its upload budget for
+    /// the current window.
+    pub const BUDGET: u8 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 /// Counter slots per policy: one per (verdict, protocol class, reason), then

@@ -13,14 +13,17 @@ pub const MAX_PORTSETS: u32 = 16384;
 pub const PROTO_BIT_TCP: u8 = 1;
 pub const PROTO_BIT_UDP: u8 = 2;
 
-/// One range of destination ports, inclusive, for the protocols in `protos`.
+/// One range of destination ports, inclusive, for the protocols in
+/// `protos`, allowed by the rule in slot `rule` (see [`crate::rules`];
+/// 0: not counted).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortRange {
     pub lo: u16,
     pub hi: u16,
     pub protos: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    pub rule: u16,
 }
 
 /// The ports a prefix allows: `ranges[..count]`.

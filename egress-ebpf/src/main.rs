@@ -7,6 +7,10 @@
 //! live in `maps`, the destination decoding in `dest`.
 #![no_std]
 #![no_main]
+// The atomic add of `rules` (the BPF target has no atomic RMW in core;
+// the eBPF build takes `-Z build-std`, so it may name the intrinsic).
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
 mod attempt;
 mod dest;
@@ -15,6 +19,7 @@ mod governing;
 mod judged;
 mod maps;
 mod packet;
+mod rules;
 mod udp;
 mod unix;
 mod verdict;
@@ -167,6 +172,13 @@ pub fn egress_sock_ops(ctx: SockOpsContext) -> u32 {
 #[cgroup_skb(egress)]
 pub fn egress_packet(ctx: SkBuffContext) -> i32 {
     packet::judge_packet(&ctx)
+}
+
+/// Every packet a governed socket receives: counts the bytes that came
+/// back through an allowed rule (see `rules`). Never drops.
+#[cgroup_skb(ingress)]
+pub fn egress_packet_in(ctx: SkBuffContext) -> i32 {
+    packet::count_received(&ctx)
 }
 
 #[cfg(not(test))]

@@ -14,7 +14,7 @@ use crate::{
     dest::Dest,
     dns,
     governing::{governing, Caller, Live},
-    judged, udp,
+    judged, rules, udp,
     verdict::{check, class_of, in_portset, is_loopback},
 };
 
@@ -214,7 +214,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     if matches!(&parsed, Some(p) if p.established && !p.options) && from_tcp_socket(ctx) {
         let cookie = judged::packet_cookie(ctx);
         match judged::state(cookie) {
-            None => return PASS,
+            None => return stream_packet(ctx, cookie, parsed.as_ref(), audit),
             Some(judged::AUDITED) if audit => return PASS,
             Some(_) => stream = cookie,
         }
@@ -251,7 +251,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     // where the bind hook could not see), except to loopback.
     if syn_ack && !options && !is_loopback(&dest) {
         let sport = read::<u16>(ctx, l4).map_or(0, u16::from_be);
-        if listen_set == 0 || !in_portset(listen_set, PROTO_BIT_TCP, sport) {
+        if listen_set == 0 || in_portset(listen_set, PROTO_BIT_TCP, sport).is_none() {
             return attempt.conclude(audit, reason::LISTEN);
         }
     }
@@ -262,15 +262,20 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         reason::PROTOCOL
     } else {
         match check(table, if fragment_without_ports { 0 } else { bit }, &dest) {
-            reason::NONE => {
+            (reason::NONE, rule) => {
                 if stream != 0 {
                     judged::judged(stream);
+                    rules::remember(stream, rule);
                 }
-                return PASS;
+                let bytes = payload(ctx, proto, l4);
+                if rules::charge(rule, bytes, class == proto_class::UDP) || audit {
+                    return PASS;
+                }
+                reason::BUDGET
             }
             // A UDP connect to this destination waited for this datagram:
             // its event, with the process, is reported now (once in audit).
-            _ if class == proto_class::UDP && !fragment_without_ports => {
+            (_, _) if class == proto_class::UDP && !fragment_without_ports => {
                 if let Some((cookie, e)) = udp::deferred(ctx, &dest) {
                     if audit {
                         udp::forget(cookie);
@@ -285,13 +290,63 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
             // In audit mode the socket call was already reported; do not
             // report (and count) every packet of the connection again. An
             // unjudged stream made no such call: it is reported once.
-            _ if audit && stream == 0 => return PASS,
-            _ if audit => {
+            (_, _) if audit && stream == 0 => return PASS,
+            (_, _) if audit => {
                 judged::audited(stream);
                 reason::PACKET
             }
-            _ => reason::PACKET,
+            (_, _) => reason::PACKET,
         }
     };
     attempt.conclude(audit, why)
+}
+
+/// Payload bytes of a TCP or UDP packet whose transport header is at `l4`
+/// (for a GSO packet, of all its segments: `len` counts them all).
+#[inline(always)]
+fn payload(ctx: &SkBuffContext, proto: u8, l4: usize) -> u64 {
+    let header = match proto {
+        // The data offset: the high four bits of byte 12, in words.
+        6 => read::<u8>(ctx, l4 + 12).map_or(20, |b| usize::from(b >> 4) * 4),
+        17 | 136 => 8,
+        _ => 0,
+    };
+    u64::from(ctx.len()).saturating_sub((l4 + header) as u64)
+}
+
+/// A segment of a TCP connection whose peer was judged: counted to the
+/// rule its destination was allowed by, and dropped (counted, without an
+/// event: TCP sends it again) when it would take that rule past its
+/// upload budget, unless the policy audits.
+#[inline(always)]
+fn stream_packet(ctx: &SkBuffContext, cookie: u64, parsed: Option<&Parsed>, audit: bool) -> i32 {
+    let rule = rules::of_socket(cookie);
+    let Some(p) = parsed else {
+        return PASS;
+    };
+    if rule == 0 || rules::charge(rule, payload(ctx, p.proto, p.l4), false) || audit {
+        PASS
+    } else {
+        DROP
+    }
+}
+
+/// A packet a governed socket receives: its payload counted to the rule
+/// its socket was allowed by. Always passes.
+#[inline(always)]
+pub fn count_received(ctx: &SkBuffContext) -> i32 {
+    let cookie = judged::packet_cookie(ctx);
+    if cookie == 0 {
+        return PASS;
+    }
+    let rule = rules::of_socket(cookie);
+    if rule == 0 {
+        return PASS;
+    }
+    if let Some(p) = parse(ctx) {
+        if !p.later_fragment {
+            rules::received(rule, payload(ctx, p.proto, p.l4));
+        }
+    }
+    PASS
 }

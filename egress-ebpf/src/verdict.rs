@@ -28,10 +28,11 @@ pub fn class_of(protocol: u32) -> (u8, u8) {
     }
 }
 
-/// Why `dest` is not allowed in `table`, or `reason::NONE`. With
+/// Why `dest` is not allowed in `table` (`reason::NONE` when it is), and
+/// the slot of the rule that allows it (0: none, or not counted). With
 /// `proto_bit` 0 (a fragment without ports) any port of the address passes.
 #[inline(always)]
-pub fn check(table: u32, proto_bit: u8, dest: &Dest) -> u8 {
+pub fn check(table: u32, proto_bit: u8, dest: &Dest) -> (u8, u32) {
     let set_id = if dest.family == AF_INET {
         let a = &dest.addr;
         let data = allow::v4_key(table, &[a[0], a[1], a[2], a[3]]);
@@ -41,28 +42,26 @@ pub fn check(table: u32, proto_bit: u8, dest: &Dest) -> u8 {
         ALLOW_V6.get(Key::new(TABLE_BITS + 128, data)).copied()
     };
     let Some(set_id) = set_id else {
-        return reason::NO_RULE;
+        return (reason::NO_RULE, 0);
     };
     if proto_bit == 0 {
         return if PORTSETS.get(set_id).is_some() {
-            reason::NONE
+            (reason::NONE, 0)
         } else {
-            reason::PORT
+            (reason::PORT, 0)
         };
     }
-    if in_portset(set_id, proto_bit, dest.port) {
-        reason::NONE
-    } else {
-        reason::PORT
+    match in_portset(set_id, proto_bit, dest.port) {
+        Some(rule) => (reason::NONE, rule),
+        None => (reason::PORT, 0),
     }
 }
 
-/// Whether port set `set_id` holds `port` for protocol `proto_bit`.
+/// Whether port set `set_id` holds `port` for protocol `proto_bit`: the
+/// slot of the rule of the first range that does.
 #[inline(always)]
-pub fn in_portset(set_id: u32, proto_bit: u8, port: u16) -> bool {
-    let Some(set) = PORTSETS.get(set_id) else {
-        return false;
-    };
+pub fn in_portset(set_id: u32, proto_bit: u8, port: u16) -> Option<u32> {
+    let set = PORTSETS.get(set_id)?;
     let mut i = 0;
     while i < MAX_PORT_RANGES {
         if i as u32 >= set.count {
@@ -70,11 +69,11 @@ pub fn in_portset(set_id: u32, proto_bit: u8, port: u16) -> bool {
         }
         let r = &set.ranges[i];
         if r.protos & proto_bit != 0 && port >= r.lo && port <= r.hi {
-            return true;
+            return Some(u32::from(r.rule));
         }
         i += 1;
     }
-    false
+    None
 }
 
 #[inline(always)]
@@ -162,14 +161,22 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
             return to_proxy.conclude(audit, reason::NONE);
         }
     }
-    let why = if class == proto_class::OTHER {
-        reason::PROTOCOL
+    let (why, rule) = if class == proto_class::OTHER {
+        (reason::PROTOCOL, 0)
     } else if dest.family == 0 {
-        reason::NO_DEST
+        (reason::NO_DEST, 0)
     } else if reaches_loopback(&dest) && !in_host_netns(ctx) {
-        reason::OTHER_NETNS_LOOPBACK
+        (reason::OTHER_NETNS_LOOPBACK, 0)
     } else {
         check(table, proto_bit, &dest)
+    };
+    // Allowed by a rule whose upload budget is spent: refused until its
+    // window turns.
+    let why = if why == reason::NONE && crate::rules::spent(rule) {
+        crate::rules::over_budget(rule);
+        reason::BUDGET
+    } else {
+        why
     };
     // A UDP connect sends nothing: its verdict waits for the first datagram
     // (see `udp`).
@@ -184,6 +191,14 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         crate::udp::forget_socket(ctx);
     }
     let ret = attempt.conclude(audit, why);
+    if why == reason::NONE && rule != 0 {
+        // SAFETY: the helper takes the program's own context.
+        let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
+        if class == proto_class::TCP && is_connect(hook) {
+            crate::rules::connection(rule);
+        }
+        crate::rules::remember(cookie, rule);
+    }
     // A connect audit mode let through (reported here) passes the
     // backstop only while the policy audits: once it enforces, the
     // connection's segments are judged again.
@@ -311,7 +326,9 @@ pub fn judge_bind(ctx: &SockAddrContext, hook: u8, local: Dest) -> i32 {
     let (audit, why) = match live {
         None => (false, reason::NO_POLICY),
         Some(_) if attempt.class == proto_class::OTHER => (false, reason::PROTOCOL),
-        Some(l) if l.listen_set != 0 && in_portset(l.listen_set, proto_bit, local.port) => {
+        Some(l)
+            if l.listen_set != 0 && in_portset(l.listen_set, proto_bit, local.port).is_some() =>
+        {
             (l.audit, reason::NONE)
         }
         Some(l) => (l.audit, reason::LISTEN),

@@ -19,37 +19,64 @@ use crate::netns::Netns;
 pub struct Listener {
     pub addr: SocketAddr,
     hits: Arc<AtomicU64>,
+    /// Payload bytes received (TCP: read from accepted connections; UDP:
+    /// the datagrams counted).
+    bytes: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
 impl Listener {
     /// Counts accepted TCP connections on `addr` inside `ns`.
     pub fn tcp(ns: &Netns, addr: &str) -> Result<Listener> {
+        Self::tcp_replying(ns, addr, 0)
+    }
+
+    /// As `tcp`, and answers each connection, once it has read all the
+    /// peer sent, with `reply` bytes.
+    pub fn tcp_replying(ns: &Netns, addr: &str, reply: usize) -> Result<Listener> {
         let addr: SocketAddr = addr.parse()?;
         let sock = ns.run(move || Ok(TcpListener::bind(addr)?))?;
         sock.set_nonblocking(true)?;
-        let (hits, stop) = (
+        let (hits, bytes, stop) = (
+            Arc::new(AtomicU64::new(0)),
             Arc::new(AtomicU64::new(0)),
             Arc::new(AtomicBool::new(false)),
         );
-        let (h, s) = (hits.clone(), stop.clone());
+        let (h, b, s) = (hits.clone(), bytes.clone(), stop.clone());
         thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 match sock.accept() {
                     Ok((mut conn, _)) => {
                         h.fetch_add(1, Ordering::SeqCst);
+                        let b = b.clone();
                         thread::spawn(move || {
                             let _ = conn.set_nonblocking(false);
                             let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                            let mut sink = Vec::new();
-                            let _ = conn.read_to_end(&mut sink);
+                            let mut chunk = vec![0u8; 65536];
+                            loop {
+                                match conn.read(&mut chunk) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        b.fetch_add(n as u64, Ordering::SeqCst);
+                                    }
+                                    Err(_) => return,
+                                }
+                            }
+                            if reply > 0 {
+                                let _ = std::io::Write::write_all(&mut conn, &vec![b'r'; reply]);
+                            }
                         });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(2)),
                 }
             }
         });
-        Ok(Listener { addr, hits, stop })
+        Ok(Listener {
+            addr,
+            hits,
+            bytes,
+            stop,
+        })
     }
 
     /// Counts UDP datagrams received on `addr` inside `ns`.
@@ -118,6 +145,13 @@ impl Listener {
         thread::sleep(Duration::from_millis(100));
         self.hits.load(Ordering::SeqCst)
     }
+
+    /// The payload bytes received so far, after giving in-flight packets a
+    /// moment.
+    pub fn bytes(&self) -> u64 {
+        thread::sleep(Duration::from_millis(100));
+        self.bytes.load(Ordering::SeqCst)
+    }
 }
 
 /// Counts, on a thread of its own, the messages received on `sock` that
@@ -128,22 +162,29 @@ fn counting(
     matches: impl Fn(&[u8]) -> bool + Send + 'static,
 ) -> Result<Listener> {
     sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-    let (hits, stop) = (
+    let (hits, bytes, stop) = (
+        Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicBool::new(false)),
     );
-    let (h, s) = (hits.clone(), stop.clone());
+    let (h, b, s) = (hits.clone(), bytes.clone(), stop.clone());
     thread::spawn(move || {
         let mut buf = vec![0u8; 65536];
         while !s.load(Ordering::SeqCst) {
             if let Ok(n) = sock.recv(&mut buf) {
                 if matches(&buf[..n]) {
                     h.fetch_add(1, Ordering::SeqCst);
+                    b.fetch_add(n as u64, Ordering::SeqCst);
                 }
             }
         }
     });
-    Ok(Listener { addr, hits, stop })
+    Ok(Listener {
+        addr,
+        hits,
+        bytes,
+        stop,
+    })
 }
 
 impl Drop for Listener {

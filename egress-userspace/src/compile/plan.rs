@@ -9,10 +9,10 @@ use ipnet::IpNet;
 
 use super::{
     find,
-    ports::{Rules, Specs},
+    ports::{Group, Rules, Specs},
     CompileError, Compiled, Entry,
 };
-use crate::policy::{unmap, Destination, Host, Policy, PortRange, Protocol};
+use crate::policy::{unmap, Destination, Host, Policy};
 
 /// Merges the (prefix, rule group) pairs into one entry per prefix, and
 /// gives each entry the groups of every shorter prefix that covers it.
@@ -77,7 +77,7 @@ pub struct Plan {
     name: String,
     /// Rules are grouped by what they allow (protocol and ports): entries
     /// carry group ids, so that a million rules with the same ports share one.
-    groups: Vec<(Protocol, Vec<PortRange>)>,
+    groups: Vec<Group>,
     /// Each host rule, with its group.
     hosts: Vec<(Host, u32)>,
     /// The prefix rules' entries.
@@ -93,14 +93,22 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan of a policy whose rules are not counted.
     pub fn new(policy: &Policy) -> Result<Plan, CompileError> {
-        let mut groups: Vec<(Protocol, Vec<PortRange>)> = Vec::new();
-        let mut group_ids: HashMap<(Protocol, Vec<PortRange>), u32> = HashMap::new();
+        Plan::counted(policy, &[])
+    }
+
+    /// The plan of a policy whose rule `i` counts to slot `slots[i]` (0, or
+    /// past the end: not counted).
+    pub fn counted(policy: &Policy, slots: &[u16]) -> Result<Plan, CompileError> {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut group_ids: HashMap<Group, u32> = HashMap::new();
         let mut hosts = Vec::new();
         let mut v4: Vec<(u32, u8, u32)> = Vec::new();
         let mut v6: Vec<(u128, u8, u32)> = Vec::new();
-        for rule in &policy.rules {
-            let sig = (rule.protocol, rule.port_ranges());
+        for (n, rule) in policy.rules.iter().enumerate() {
+            let slot = slots.get(n).copied().unwrap_or(0);
+            let sig = (rule.protocol, rule.port_ranges(), slot);
             let i = *group_ids.entry(sig.clone()).or_insert_with(|| {
                 groups.push(sig);
                 groups.len() as u32 - 1
@@ -229,7 +237,8 @@ mod tests {
             lo,
             hi,
             protos,
-            _pad: [0; 3],
+            _pad: 0,
+            rule: 0,
         }
     }
 

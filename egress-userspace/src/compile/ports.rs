@@ -10,58 +10,65 @@ use egress_common::{PortRange as KernelRange, MAX_PORT_RANGES, PROTO_BIT_TCP, PR
 use super::{CompileError, Compiled, Entry, PortSpec};
 use crate::policy::{Policy, PortRange, Protocol};
 
-/// TCP and UDP ranges of a set of rules, before normalising.
+/// TCP and UDP ranges of a set of rules, before normalising, each with
+/// the slot of the rule it comes from (0: not counted).
 #[derive(Default, Clone)]
 pub(super) struct Ports {
-    tcp: Vec<(u16, u16)>,
-    udp: Vec<(u16, u16)>,
+    tcp: Vec<(u16, u16, u16)>,
+    udp: Vec<(u16, u16, u16)>,
 }
 
 impl Ports {
-    pub(super) fn add(&mut self, protocol: Protocol, ranges: &[PortRange]) {
+    pub(super) fn add(&mut self, protocol: Protocol, ranges: &[PortRange], slot: u16) {
         for r in ranges {
             if matches!(protocol, Protocol::Tcp | Protocol::Any) {
-                self.tcp.push((r.lo, r.hi));
+                self.tcp.push((slot, r.lo, r.hi));
             }
             if matches!(protocol, Protocol::Udp | Protocol::Any) {
-                self.udp.push((r.lo, r.hi));
+                self.udp.push((slot, r.lo, r.hi));
             }
         }
     }
 }
 
-/// Sorts and merges overlapping or adjacent ranges.
-fn merged(mut v: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+/// Sorts and merges overlapping or adjacent ranges of the same rule.
+fn merged(mut v: Vec<(u16, u16, u16)>) -> Vec<(u16, u16, u16)> {
     v.sort_unstable();
-    let mut out: Vec<(u16, u16)> = Vec::with_capacity(v.len());
-    for (lo, hi) in v {
+    let mut out: Vec<(u16, u16, u16)> = Vec::with_capacity(v.len());
+    for (slot, lo, hi) in v {
         match out.last_mut() {
-            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
-            _ => out.push((lo, hi)),
+            Some(last) if last.0 == slot && u32::from(lo) <= u32::from(last.2) + 1 => {
+                last.2 = last.2.max(hi)
+            }
+            _ => out.push((slot, lo, hi)),
         }
     }
     out
 }
 
-fn kernel_ranges(ranges: &[(u16, u16)], protos: u8) -> impl Iterator<Item = KernelRange> + '_ {
-    ranges.iter().map(move |&(lo, hi)| KernelRange {
+fn kernel_ranges(ranges: &[(u16, u16, u16)], protos: u8) -> impl Iterator<Item = KernelRange> + '_ {
+    ranges.iter().map(move |&(rule, lo, hi)| KernelRange {
         lo,
         hi,
         protos,
-        _pad: [0; 3],
+        _pad: 0,
+        rule,
     })
 }
 
 fn spec(ports: Ports) -> PortSpec {
     let tcp = merged(ports.tcp);
     let udp = merged(ports.udp);
-    let out = if tcp == udp {
+    let mut out: Vec<KernelRange> = if tcp == udp {
         kernel_ranges(&tcp, PROTO_BIT_TCP | PROTO_BIT_UDP).collect()
     } else {
         kernel_ranges(&tcp, PROTO_BIT_TCP)
             .chain(kernel_ranges(&udp, PROTO_BIT_UDP))
             .collect()
     };
+    // The same ports of two rules: the kernel counts them to the first.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|r| seen.insert((r.lo, r.hi, r.protos)));
     PortSpec(out)
 }
 
@@ -73,7 +80,7 @@ pub fn listen_spec(policy: &Policy) -> Result<Option<PortSpec>, CompileError> {
     }
     let mut ports = Ports::default();
     for l in &policy.listen {
-        ports.add(l.protocol, &l.ports);
+        ports.add(l.protocol, &l.ports, 0);
     }
     let spec = spec(ports);
     if spec.0.len() > MAX_PORT_RANGES {
@@ -115,10 +122,15 @@ impl Rules {
     }
 }
 
+/// Rules that allow the same thing and count to the same slot: protocol,
+/// ports, rule slot (0: not counted; uncounted rules with the same ports
+/// share one group, however many there are).
+pub(super) type Group = (Protocol, Vec<PortRange>, u16);
+
 /// One port set per distinct set of rule groups, shared by its entries.
 pub(super) struct Specs<'a> {
     policy: &'a str,
-    groups: &'a [(Protocol, Vec<PortRange>)],
+    groups: &'a [Group],
     ids: HashMap<Rules, u32>,
     /// The groups behind each spec.
     pub(super) sets: Vec<Rules>,
@@ -127,7 +139,7 @@ pub(super) struct Specs<'a> {
 }
 
 impl<'a> Specs<'a> {
-    pub(super) fn new(policy: &'a str, groups: &'a [(Protocol, Vec<PortRange>)]) -> Specs<'a> {
+    pub(super) fn new(policy: &'a str, groups: &'a [Group]) -> Specs<'a> {
         Specs {
             policy,
             groups,
@@ -175,8 +187,8 @@ impl<'a> Specs<'a> {
             None => {
                 let mut ports = Ports::default();
                 for &i in rules.slice() {
-                    let (protocol, ranges) = &self.groups[i as usize];
-                    ports.add(*protocol, ranges);
+                    let (protocol, ranges, slot) = &self.groups[i as usize];
+                    ports.add(*protocol, ranges, *slot);
                 }
                 let spec = spec(ports);
                 if spec.0.len() > MAX_PORT_RANGES {

@@ -98,6 +98,7 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::LISTEN => "listen_not_allowed",
         reason::UNIX => "unix_not_allowed",
         reason::NAME_SERVICE => "name_service_socket",
+        reason::BUDGET => "budget_spent",
         _ => "unknown",
     }
 }

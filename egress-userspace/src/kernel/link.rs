@@ -14,6 +14,7 @@ use std::{
 
 /// `enum bpf_attach_type` values of the kernel ABI.
 pub mod attach_type {
+    pub const CGROUP_INET_INGRESS: u32 = 0;
     pub const CGROUP_INET_EGRESS: u32 = 1;
     pub const CGROUP_INET_SOCK_CREATE: u32 = 2;
     pub const CGROUP_INET4_CONNECT: u32 = 10;

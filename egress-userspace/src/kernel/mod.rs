@@ -10,6 +10,7 @@ pub mod link;
 pub mod lsm;
 pub mod mounts;
 pub mod pins;
+pub mod rules;
 pub mod sys;
 pub mod tables;
 pub mod trie;
@@ -27,7 +28,8 @@ use aya::{
     Ebpf,
 };
 use egress_common::{
-    map_names, program_names, DnsAsker, PolicyInfo, PortSet, UnixKey, V4Key, V6Key,
+    map_names, program_names, Budget, BudgetState, DnsAsker, PolicyInfo, PortSet, RuleStats,
+    UnixKey, V4Key, V6Key,
 };
 use link::attach_type;
 
@@ -49,7 +51,7 @@ enum Kind {
 /// Every program with its kind and attach type, in attach order: socket
 /// creation and options first, so that no raw socket or source route can be
 /// set up while the others are being attached.
-const PROGRAMS: [(&str, Kind, u32); 14] = {
+const PROGRAMS: [(&str, Kind, u32); 15] = {
     use attach_type as a;
     use program_names as p;
     [
@@ -58,6 +60,7 @@ const PROGRAMS: [(&str, Kind, u32); 14] = {
         // Before the backstop: an accepted socket is known to it as such.
         (p::SOCK_OPS, Kind::SockOps, a::CGROUP_SOCK_OPS),
         (p::PACKET_EGRESS, Kind::Skb, a::CGROUP_INET_EGRESS),
+        (p::PACKET_INGRESS, Kind::Skb, a::CGROUP_INET_INGRESS),
         (p::BIND4, Kind::SockAddr, a::CGROUP_INET4_BIND),
         (p::BIND6, Kind::SockAddr, a::CGROUP_INET6_BIND),
         (p::CONNECT4, Kind::SockAddr, a::CGROUP_INET4_CONNECT),
@@ -131,6 +134,9 @@ pub struct Maps {
     pub config: Array<MapData, u64>,
     pub dns_askers: HashMap<MapData, u32, DnsAsker>,
     pub unix_allow: LpmTrie<MapData, UnixKey, u32>,
+    pub rule_stats: PerCpuArray<MapData, RuleStats>,
+    pub budgets: Array<MapData, Budget>,
+    pub budget_state: Array<MapData, BudgetState>,
 }
 
 /// The loaded programs and their maps.
@@ -243,6 +249,9 @@ impl Kernel {
             config: self.take(map_names::CONFIG)?,
             dns_askers: self.take(map_names::DNS_ASKERS)?,
             unix_allow: self.take(map_names::UNIX_ALLOW)?,
+            rule_stats: self.take(map_names::RULE_STATS)?,
+            budgets: self.take(map_names::BUDGETS)?,
+            budget_state: self.take(map_names::BUDGET_STATE)?,
         };
         let events = self.take(map_names::EVENTS)?;
         Ok((maps, events))

@@ -68,6 +68,7 @@ pub fn parse_allow(s: &str) -> Result<Rule, String> {
         dest,
         ports,
         protocol,
+        budget: None,
         line: 0,
     })
 }

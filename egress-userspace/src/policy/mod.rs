@@ -7,6 +7,7 @@
 //! `suffix` knows the public suffixes, below which anyone can make a name;
 //! `unix` reads `channels.unix`.
 
+pub mod budget;
 pub mod dest;
 pub mod error;
 pub mod family;
@@ -97,6 +98,8 @@ pub struct Rule {
     /// Empty means every port.
     pub ports: Vec<PortRange>,
     pub protocol: Protocol,
+    /// An upload budget on what goes to the rule's destinations.
+    pub budget: Option<budget::Budget>,
     /// 1-based line in the source file (0 for the command line).
     pub line: usize,
 }
@@ -131,6 +134,35 @@ impl std::fmt::Display for Destination {
 }
 
 impl Rule {
+    /// The rule in a few words, as metrics, `status` and `exec` name it:
+    /// `api.model.test:443`, `203.0.113.0/28:8000-8010`,
+    /// `203.0.113.7:9000/udp`, `list.txt:8080` (a `cidr_file`), `:*`
+    /// for every port.
+    pub fn label(&self) -> String {
+        let dest = match &self.dest {
+            Destination::List(l) => l.file.file_name().map_or_else(
+                || l.file.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+            Destination::Net(n) if n.0.prefix_len() == n.0.max_prefix_len() => {
+                n.0.addr().to_string()
+            }
+            d => d.to_string(),
+        };
+        let ports = if self.ports.is_empty() {
+            "*".to_string()
+        } else {
+            let p: Vec<String> = self.ports.iter().map(PortRange::to_string).collect();
+            p.join(",")
+        };
+        let proto = match self.protocol {
+            Protocol::Tcp => "",
+            Protocol::Udp => "/udp",
+            Protocol::Any => "/any",
+        };
+        format!("{dest}:{ports}{proto}")
+    }
+
     /// The ports this rule allows; all ports when none are listed.
     pub fn port_ranges(&self) -> Vec<PortRange> {
         if self.ports.is_empty() {

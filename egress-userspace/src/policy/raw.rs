@@ -49,6 +49,7 @@ pub(super) struct RawRule {
     pub(super) dest: Destination,
     pub(super) ports: Vec<PortRange>,
     pub(super) protocol: Protocol,
+    pub(super) budget: Option<super::budget::Budget>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +66,8 @@ pub(super) struct RawRuleFields {
     /// `public_suffix: intended`: a wildcard directly over a shared public
     /// suffix (`*.github.io`) is meant, knowing anyone can make names there.
     pub(super) public_suffix: Option<Intended>,
+    /// `budget: {upload: SIZE, per: WINDOW}`.
+    pub(super) budget: Option<super::budget::RawBudget>,
 }
 
 /// The one value of an explicit opt-in.
@@ -175,6 +178,7 @@ impl RawRule {
             dest,
             ports: r.ports.unwrap_or_default(),
             protocol: r.protocol,
+            budget: r.budget.map(Into::into),
         })
     }
 }

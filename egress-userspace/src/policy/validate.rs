@@ -88,6 +88,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
             dest: r.dest,
             ports: r.ports,
             protocol: r.protocol,
+            budget: r.budget,
             line,
         });
     }

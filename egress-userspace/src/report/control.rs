@@ -72,6 +72,29 @@ pub fn status(allowlist: &Allowlist) -> Value {
                 })
                 .unwrap_or_default();
             let view = p.view();
+            let rules: Vec<Value> = allowlist
+                .rule_counts(p.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(label, s)| {
+                    let budget = view
+                        .policy
+                        .rules
+                        .iter()
+                        .find(|r| r.label() == label)
+                        .and_then(|r| r.budget)
+                        .map(|b| json!({"bytes": b.bytes, "window_seconds": b.window.as_secs()}));
+                    json!({
+                        "rule": label,
+                        "connections": s.connections,
+                        "datagrams": s.datagrams,
+                        "bytes_out": s.bytes_out,
+                        "bytes_in": s.bytes_in,
+                        "over_budget": s.over_budget,
+                        "budget": budget,
+                    })
+                })
+                .collect();
             json!({
                 "name": view.policy.name,
                 "mode": view.policy.mode.to_string(),
@@ -85,6 +108,7 @@ pub fn status(allowlist: &Allowlist) -> Value {
                 "audited": counts.as_ref().map_or(0, |c| c.total(egress_common::verdict::AUDITED)),
                 "events_lost": counts.as_ref().map_or(0, |c| c.lost),
                 "counters": counters,
+                "rules": rules,
             })
         })
         .collect();
@@ -294,6 +318,29 @@ pub async fn print_status(instance: &str, as_json: bool) -> Result<()> {
             "  allowed {}, denied {}, audited {}, events lost {}",
             p["allowed"], p["denied"], p["audited"], p["events_lost"]
         );
+        for r in p["rules"].as_array().into_iter().flatten() {
+            let n = |k: &str| r[k].as_u64().unwrap_or(0);
+            let stats = egress_common::RuleStats {
+                connections: n("connections"),
+                datagrams: n("datagrams"),
+                bytes_out: n("bytes_out"),
+                bytes_in: n("bytes_in"),
+                over_budget: n("over_budget"),
+            };
+            let line = super::describe::rule_line(&stats).unwrap_or_else(|| "nothing yet".into());
+            let budget = match r["budget"].as_object() {
+                Some(b) => format!(
+                    " (budget {} per {}s)",
+                    crate::policy::budget::human(b["bytes"].as_u64().unwrap_or(0)),
+                    b["window_seconds"]
+                ),
+                None => String::new(),
+            };
+            println!(
+                "  rule {}{budget}: {line}",
+                r["rule"].as_str().unwrap_or("?")
+            );
+        }
     }
     println!(
         "UNIX sockets: {}",

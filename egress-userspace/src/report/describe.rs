@@ -57,6 +57,27 @@ pub fn compact(v: &serde_json::Value) -> String {
     )
 }
 
+/// What went through one rule, in a few words (None: nothing did).
+pub fn rule_line(s: &egress_common::RuleStats) -> Option<String> {
+    use crate::policy::budget::human;
+    if *s == egress_common::RuleStats::default() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    if s.connections > 0 || s.datagrams == 0 {
+        parts.push(format!("{} connection(s)", s.connections));
+    }
+    if s.datagrams > 0 {
+        parts.push(format!("{} datagram(s)", s.datagrams));
+    }
+    parts.push(format!("{} out", human(s.bytes_out)));
+    parts.push(format!("{} in", human(s.bytes_in)));
+    if s.over_budget > 0 {
+        parts.push(format!("{} refused over its budget", s.over_budget));
+    }
+    Some(parts.join(", "))
+}
+
 /// RFC 3339 UTC time with milliseconds.
 pub fn timestamp(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

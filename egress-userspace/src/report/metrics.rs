@@ -47,6 +47,7 @@ pub struct Metrics {
     reload_ok: IntGauge,
     reload_ok_time: IntGauge,
     dns_latency: HistogramVec,
+    rules: super::rule_metrics::RuleMetrics,
     /// Held while a scrape brings the gauges up to date and renders them,
     /// so that no scrape sees another's half-reset gauges.
     scrape: Mutex<()>,
@@ -147,6 +148,7 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("unique metric");
                 h
             },
+            rules: super::rule_metrics::RuleMetrics::new(&r),
             scrape: Mutex::default(),
             registry: r,
             seen: Mutex::default(),
@@ -276,7 +278,7 @@ impl Metrics {
                 .inc_by(counts.lost.saturating_sub(*prev));
             *prev = counts.lost;
         }
-        Ok(())
+        self.rules.sync(allowlist)
     }
 
     /// Creates a policy's bounded series at 0, so that its first refusal

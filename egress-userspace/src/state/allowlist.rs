@@ -10,15 +10,16 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use egress_common::{DnsAsker, PolicyInfo, MAX_POLICIES, MODE_AUDIT, MODE_ENFORCE};
+use egress_common::{DnsAsker, PolicyInfo, RuleStats, MAX_POLICIES, MODE_AUDIT, MODE_ENFORCE};
 
 use crate::{
     compile::plan::Plan,
     kernel::cgroup::Cgroup,
-    kernel::{counters, tables::Tables, Attachment, Kernel},
+    kernel::{counters, rules, tables::Tables, Attachment, Kernel},
     policy::{special, Host, Mode, Policy},
     state::{
         addresses::Addresses,
+        rule_slots::RuleSlots,
         view::{PolicyView, ViewCell},
     },
 };
@@ -44,6 +45,8 @@ pub struct Installed {
     pub stale: bool,
     /// Governed cgroups: path and id.
     pub cgroups: Vec<(Cgroup, u64)>,
+    /// The kernel's slot of each rule, in the policy's order (0: not counted).
+    pub slots: Vec<u16>,
 }
 
 impl Installed {
@@ -82,6 +85,8 @@ pub struct Allowlist {
     pub tables: Tables,
     pub installed: Vec<Installed>,
     pub names: Names,
+    /// Where the kernel counts each rule.
+    slots: RuleSlots,
     /// Policy ids are never reused, so a retired policy's id refers to nothing.
     next_id: u32,
 }
@@ -118,6 +123,7 @@ impl Allowlist {
                 tables: Tables::new(maps),
                 installed: Vec::new(),
                 names: Names::default(),
+                slots: RuleSlots::default(),
                 next_id: 1,
             },
             events,
@@ -162,7 +168,8 @@ impl Allowlist {
             );
         }
         let view = PolicyView::new(policy)?;
-        let plan = Arc::new(Plan::new(&view.policy)?);
+        let slots = self.slots.assign(&view.policy, &mut self.tables.maps)?;
+        let plan = Arc::new(Plan::counted(&view.policy, &slots)?);
         let learned = plan.learned(&HashMap::new())?;
         let listen = crate::compile::ports::listen_spec(&view.policy)?;
         let listen_set = self.tables.listen_set(listen.as_ref())?;
@@ -179,6 +186,7 @@ impl Allowlist {
             learned: HashMap::new(),
             stale: false,
             cgroups: Vec::new(),
+            slots,
         });
         Ok(id)
     }
@@ -209,7 +217,8 @@ impl Allowlist {
             }
         }
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
-        let plan = Arc::new(Plan::new(policy)?);
+        let slots = self.slots.assign(policy, &mut self.tables.maps)?;
+        let plan = Arc::new(Plan::counted(policy, &slots)?);
         let entries = plan.learned(&resolved)?;
         let listen = crate::compile::ports::listen_spec(policy)?;
         let listen_set = self.tables.listen_set(listen.as_ref())?;
@@ -225,6 +234,7 @@ impl Allowlist {
         let old = std::mem::replace(&mut p.table, table);
         p.view.set(view);
         p.plan = plan;
+        p.slots = slots;
         p.learned = learned;
         // The new table holds every learned address (or the reload failed).
         p.stale = false;
@@ -240,6 +250,7 @@ impl Allowlist {
             return Ok(());
         };
         let p = self.installed.remove(pos);
+        self.slots.release(&p.view().policy.name);
         for (_, cgroup_id) in &p.cgroups {
             self.tables.remove_cgroup(*cgroup_id, id)?;
         }
@@ -299,5 +310,23 @@ impl Allowlist {
     /// The counters of policy `id`.
     pub fn counts(&self, id: u32) -> Result<counters::PolicyCounts> {
         counters::read(&self.tables.maps.counters, id)
+    }
+
+    /// What went through each counted rule of policy `id`, by its label.
+    pub fn rule_counts(&self, id: u32) -> Result<Vec<(String, RuleStats)>> {
+        let Some(p) = self.get(id) else {
+            return Ok(Vec::new());
+        };
+        let view = p.view();
+        let mut out: Vec<(String, RuleStats)> = Vec::new();
+        for (rule, slot) in view.policy.rules.iter().zip(&p.slots) {
+            let label = rule.label();
+            // Two rules with one label share a slot: listed once.
+            if *slot == 0 || out.iter().any(|(l, _)| *l == label) {
+                continue;
+            }
+            out.push((label, rules::stats(&self.tables.maps, *slot)?));
+        }
+        Ok(out)
     }
 }

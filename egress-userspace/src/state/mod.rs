@@ -5,4 +5,5 @@
 pub mod addresses;
 pub mod allowlist;
 pub mod learn;
+pub mod rule_slots;
 pub mod view;

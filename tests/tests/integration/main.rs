@@ -15,6 +15,7 @@ mod kubernetes;
 mod learn;
 mod live_view;
 mod loopback;
+mod permitted;
 mod prometheus;
 mod raw_sockets;
 mod reload;

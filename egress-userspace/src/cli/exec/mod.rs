@@ -323,6 +323,10 @@ async fn run_governed(
             rec.summary.lost = c.lost;
             rec.summary.counted = c.total(verdict::DENIED) + c.total(verdict::AUDITED);
         }
+        match e.rule_counts(id) {
+            Ok(rules) => rec.summary.rules = rules,
+            Err(err) => tracing::warn!("reading the rules' counters: {err:#}"),
+        }
     }
     governor.abort_tasks();
     sweeper.abort();

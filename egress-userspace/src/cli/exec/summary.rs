@@ -25,6 +25,8 @@ pub struct Summary {
     /// audited) attempts the kernel counted, events or not.
     pub lost: u64,
     pub counted: u64,
+    /// What went through each allowed rule, by its label.
+    pub rules: Vec<(String, egress_common::RuleStats)>,
 }
 
 /// Distinct lines the summary keeps (an agent may try endless destinations).
@@ -86,6 +88,11 @@ impl Summary {
 
     pub fn print(&self, audit: bool) {
         let mut err = std::io::stderr().lock();
+        for (label, s) in &self.rules {
+            if let Some(line) = crate::report::describe::rule_line(s) {
+                let _ = writeln!(err, "egressd: {label}: {line}");
+            }
+        }
         let verb = if audit { "would have denied" } else { "denied" };
         if self.lost > 0 {
             let _ = writeln!(
