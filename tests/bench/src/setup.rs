@@ -70,7 +70,9 @@ pub(crate) fn entries(n: usize) -> Vec<String> {
     v
 }
 
-/// A policy allowing the benchmark's destination and `entries` (written to
+/// A policy allowing the benchmark's destination (its rule carries an upload
+/// budget the run never reaches, so that every packet pays for counting and
+/// budget charging) and `entries` (written to
 /// a `cidr_file` beside the policy, as large allowlists are).
 pub(crate) fn policy_yaml(
     name: &str,
@@ -85,7 +87,7 @@ pub(crate) fn policy_yaml(
     let file = format!("{name}.list");
     tmp.write(&file, &list).expect("writing the list");
     format!(
-        "name: {name}\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [8080, 8081]\n    protocol: any\n  - cidr_file: {file}\n    ports: [8080]\n  - host: {NEW_NAME}\n    ports: [443]\ndns:\n  upstream: [{UPSTREAM}]\n",
+        "name: {name}\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [8080, 8081]\n    protocol: any\n    budget: {{upload: 1000 GiB, per: 1d}}\n  - cidr_file: {file}\n    ports: [8080]\n  - host: {NEW_NAME}\n    ports: [443]\ndns:\n  upstream: [{UPSTREAM}]\n",
         cg.rel_str()
     )
 }
