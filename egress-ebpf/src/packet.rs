@@ -195,6 +195,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         audit,
         dns_port,
         listen_set,
+        budgets,
         ..
     }) = live
     else {
@@ -214,7 +215,10 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     if matches!(&parsed, Some(p) if p.established && !p.options) && from_tcp_socket(ctx) {
         let cookie = judged::packet_cookie(ctx);
         match judged::state(cookie) {
-            None => return stream_packet(ctx, cookie, parsed.as_ref(), audit),
+            None => {
+                let budgeted = if budgets { table } else { 0 };
+                return stream_packet(ctx, cookie, parsed.as_ref(), audit, budgeted);
+            }
             Some(judged::AUDITED) if audit => return PASS,
             Some(_) => stream = cookie,
         }
@@ -317,13 +321,27 @@ fn payload(ctx: &SkBuffContext, proto: u8, l4: usize) -> u64 {
 /// A segment of a TCP connection whose peer was judged: counted to the
 /// rule its destination was allowed by, and dropped (counted, without an
 /// event: TCP sends it again) when it would take that rule past its
-/// upload budget, unless the policy audits.
+/// upload budget, unless the policy audits. Where the policy has budgets
+/// (`budgeted`: its table, else 0), a socket whose rule is not remembered
+/// (pushed out of the LRU map by many others) has it looked up again.
 #[inline(always)]
-fn stream_packet(ctx: &SkBuffContext, cookie: u64, parsed: Option<&Parsed>, audit: bool) -> i32 {
-    let rule = rules::of_socket(cookie);
+fn stream_packet(
+    ctx: &SkBuffContext,
+    cookie: u64,
+    parsed: Option<&Parsed>,
+    audit: bool,
+    budgeted: u32,
+) -> i32 {
     let Some(p) = parsed else {
         return PASS;
     };
+    let mut rule = rules::of_socket(cookie);
+    if rule == 0 && budgeted != 0 {
+        if let (reason::NONE, r) = check(budgeted, PROTO_BIT_TCP, &p.dest) {
+            rules::remember(cookie, r);
+            rule = r;
+        }
+    }
     if rule == 0 || rules::charge(rule, payload(ctx, p.proto, p.l4), false) || audit {
         PASS
     } else {

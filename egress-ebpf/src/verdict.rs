@@ -191,7 +191,9 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         crate::udp::forget_socket(ctx);
     }
     let ret = attempt.conclude(audit, why);
-    if why == reason::NONE && rule != 0 {
+    // Remembered wherever the call goes on (audit mode lets a spent budget
+    // through, and counts what follows to the rule all the same).
+    if rule != 0 && ret == RET_ALLOW {
         // SAFETY: the helper takes the program's own context.
         let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
         if class == proto_class::TCP && is_connect(hook) {

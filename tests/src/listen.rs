@@ -51,7 +51,7 @@ impl Listener {
                         let b = b.clone();
                         thread::spawn(move || {
                             let _ = conn.set_nonblocking(false);
-                            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                            let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
                             let mut chunk = vec![0u8; 65536];
                             loop {
                                 match conn.read(&mut chunk) {
