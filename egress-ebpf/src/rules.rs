@@ -70,6 +70,15 @@ pub fn remember(cookie: u64, slot: u32) {
     }
 }
 
+/// Remembers the rule of a socket that has just connected (no lookup
+/// first: a new socket is not in the map).
+#[inline(always)]
+pub fn remember_new(cookie: u64, slot: u32) {
+    if slot != 0 {
+        let _ = SOCKET_RULE.insert(cookie, slot, 0);
+    }
+}
+
 /// The rule the socket with `cookie` was allowed by (0: none known).
 #[inline(always)]
 pub fn of_socket(cookie: u64) -> u32 {

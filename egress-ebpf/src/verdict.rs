@@ -196,10 +196,14 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
     if rule != 0 && ret == RET_ALLOW {
         // SAFETY: the helper takes the program's own context.
         let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
-        if class == proto_class::TCP && is_connect(hook) {
-            crate::rules::connection(rule);
+        if is_connect(hook) {
+            if class == proto_class::TCP {
+                crate::rules::connection(rule);
+            }
+            crate::rules::remember_new(cookie, rule);
+        } else {
+            crate::rules::remember(cookie, rule);
         }
-        crate::rules::remember(cookie, rule);
     }
     // A connect audit mode let through (reported here) passes the
     // backstop only while the policy audits: once it enforces, the

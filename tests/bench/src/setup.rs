@@ -86,8 +86,15 @@ pub(crate) fn policy_yaml(
     });
     let file = format!("{name}.list");
     tmp.write(&file, &list).expect("writing the list");
+    // EGRESS_BENCH_BUDGET=0 leaves the budget out (to measure an egressd
+    // from before budgets, side by side with this one).
+    let budget = if std::env::var("EGRESS_BENCH_BUDGET").as_deref() == Ok("0") {
+        ""
+    } else {
+        "    budget: {upload: 1000 GiB, per: 1d}\n"
+    };
     format!(
-        "name: {name}\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [8080, 8081]\n    protocol: any\n    budget: {{upload: 1000 GiB, per: 1d}}\n  - cidr_file: {file}\n    ports: [8080]\n  - host: {NEW_NAME}\n    ports: [443]\ndns:\n  upstream: [{UPSTREAM}]\n",
+        "name: {name}\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [8080, 8081]\n    protocol: any\n{budget}  - cidr_file: {file}\n    ports: [8080]\n  - host: {NEW_NAME}\n    ports: [443]\ndns:\n  upstream: [{UPSTREAM}]\n",
         cg.rel_str()
     )
 }

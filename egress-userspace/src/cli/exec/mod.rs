@@ -196,6 +196,13 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
     killed.and(unpinned).and(removed)?;
     summary.print(audit);
     if let (Some(file), Some(observed)) = (&opts.learn, observed) {
+        if summary.lost > 0 {
+            eprintln!(
+                "egressd: warning: {} event(s) were lost, so {} may miss what they saw: learn again (it adds to the file), with a larger --ring-buffer-bytes",
+                summary.lost,
+                file.display()
+            );
+        }
         let command: Vec<String> = opts
             .command
             .iter()
