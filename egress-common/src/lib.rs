@@ -33,7 +33,7 @@ pub use policies::{
 pub use portsets::{
     PortRange, PortSet, MAX_PORTSETS, MAX_PORT_RANGES, PROTO_BIT_TCP, PROTO_BIT_UDP,
 };
-pub use rules::{Budget, BudgetState, RuleStats, MAX_RULE_SLOTS, MAX_SOCKET_RULES};
+pub use rules::{Budget, BudgetState, RuleStats, MAX_RULE_SLOTS};
 pub use sockets::{MAX_PENDING_UDP, MAX_UNJUDGED_SOCKETS};
 pub use unix::{unix_entry, UnixKey, MAX_UNIX_ENTRIES, UNIX_KEY_LEN, UNIX_PATH_MAX};
 
@@ -47,7 +47,7 @@ pub mod map_names {
         events::EVENTS,
         policies::{CGROUP_POLICY, POLICIES},
         portsets::PORTSETS,
-        rules::{BUDGETS, BUDGET_STATE, RULE_STATS, SOCKET_RULE},
+        rules::{BUDGETS, BUDGET_STATE, RULE_STATS},
         sockets::{PENDING_UDP, UNJUDGED},
         unix::UNIX_ALLOW,
     };
@@ -68,7 +68,8 @@ pub mod program_names {
     pub const GETPEERNAME4: &str = "egress_getpeername4";
     pub const GETPEERNAME6: &str = "egress_getpeername6";
     pub const PACKET_EGRESS: &str = "egress_packet";
-    /// Every packet a governed socket receives: bytes in, by rule.
+    /// Every packet a governed socket receives: bytes in, by the rule that
+    /// allows its source.
     pub const PACKET_INGRESS: &str = "egress_packet_in";
     pub const SOCK_OPS: &str = "egress_sock_ops";
     pub const BIND4: &str = "egress_bind4";

@@ -37,16 +37,10 @@ pub struct PolicyInfo {
     /// Socket families the policy opens beyond UNIX, IP and netlink: bit
     /// n for family n (`channels.families`), judged where BPF LSM runs.
     pub families: u64,
-    /// Non-zero when a rule of the policy carries an upload budget: then a
-    /// connection whose rule the backstop does not find remembered (pushed
-    /// out of `SOCKET_RULE`) is looked up again, so that no socket escapes
-    /// its budget.
-    pub budgets: u32,
-    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, explicit padding, no invalid bit patterns.
 unsafe impl aya::Pod for PolicyInfo {}
 
-const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 24);

@@ -1,15 +1,12 @@
-//! `RULE_STATS`, `SOCKET_RULE`, `BUDGETS` and `BUDGET_STATE`: what went
-//! out (and came back) through each allow rule, and the upload budgets
-//! some rules carry. A rule is known to the kernel by its slot, carried in
-//! the port ranges it allows ([`crate::PortRange::rule`]); slot 0 is no
-//! rule (not counted). Userspace gives each policy's rules their slots.
+//! `RULE_STATS`, `BUDGETS` and `BUDGET_STATE`: what went out (and came
+//! back) through each allow rule, and the upload budgets some rules carry.
+//! A rule is known to the kernel by its slot, carried in the port ranges it
+//! allows ([`crate::PortRange::rule`]): the allowlist lookup of a packet's
+//! peer finds it. Slot 0 is no rule (not counted). Userspace gives each
+//! policy's rules their slots.
 
 /// `PerCpuArray<RuleStats>` indexed by rule slot.
 pub const RULE_STATS: &str = "RULE_STATS";
-/// `LruHashMap<u64 socket cookie, u32 rule slot>`: the rule a connected
-/// (or sending) socket's destination was allowed by, so that its later
-/// packets, both ways, count to that rule without a lookup of their own.
-pub const SOCKET_RULE: &str = "SOCKET_RULE";
 /// `Array<Budget>` indexed by rule slot: written by userspace.
 pub const BUDGETS: &str = "BUDGETS";
 /// `Array<BudgetState>` indexed by rule slot: written by the programs.
@@ -17,8 +14,6 @@ pub const BUDGET_STATE: &str = "BUDGET_STATE";
 
 /// Rule slots over all policies of one daemon (slot 0 is none).
 pub const MAX_RULE_SLOTS: u32 = 4096;
-/// Sockets remembered with their rule (an LRU map: closed sockets go first).
-pub const MAX_SOCKET_RULES: u32 = 262144;
 
 /// What went through one rule, per CPU (userspace sums them).
 #[repr(C)]
@@ -30,7 +25,7 @@ pub struct RuleStats {
     pub datagrams: u64,
     /// Payload bytes sent (TCP and UDP, without headers).
     pub bytes_out: u64,
-    /// Payload bytes received on sockets this rule allowed.
+    /// Payload bytes received from the rule's destinations.
     pub bytes_in: u64,
     /// Connections, datagrams and packets refused because the rule's
     /// upload budget was spent.

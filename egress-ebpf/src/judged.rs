@@ -1,7 +1,8 @@
 //! TCP sockets whose peer no hook judged: accepted ones. A connected socket
 //! had its destination judged by the connect hook (and its SYN by the
-//! backstop), so its later segments (no SYN) pass the backstop with one
-//! lookup that finds nothing here. An accepted socket's handshake may have
+//! backstop), so its later segments (no SYN) pass the backstop's judgement
+//! with one lookup that finds nothing here (those with payload are looked
+//! up in the allowlist to be counted to their rule, see `rules`). An accepted socket's handshake may have
 //! been answered by a SYN cookie where no program could see it, so the
 //! `sock_ops` program puts it here when it is established, and each of its
 //! segments is judged by its peer until one passes. A connect that audit

@@ -175,7 +175,7 @@ pub fn egress_packet(ctx: SkBuffContext) -> i32 {
 }
 
 /// Every packet a governed socket receives: counts the bytes that came
-/// back through an allowed rule (see `rules`). Never drops.
+/// from a peer an allowed rule allows (see `rules`). Never drops.
 #[cgroup_skb(ingress)]
 pub fn egress_packet_in(ctx: SkBuffContext) -> i32 {
     packet::count_received(&ctx)

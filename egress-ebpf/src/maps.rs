@@ -8,8 +8,8 @@ use aya_ebpf::{
 use egress_common::{
     Budget, BudgetState, DnsAsker, DnsOrigin, Event, PolicyInfo, PortSet, RuleStats, UnixKey,
     V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES, MAX_ALLOW_ENTRIES, MAX_CGROUPS, MAX_DNS_ASKERS,
-    MAX_DNS_SOCKETS, MAX_PENDING_UDP, MAX_POLICIES, MAX_PORTSETS, MAX_RULE_SLOTS, MAX_SOCKET_RULES,
-    MAX_UNIX_ENTRIES, MAX_UNJUDGED_SOCKETS,
+    MAX_DNS_SOCKETS, MAX_PENDING_UDP, MAX_POLICIES, MAX_PORTSETS, MAX_RULE_SLOTS, MAX_UNIX_ENTRIES,
+    MAX_UNJUDGED_SOCKETS,
 };
 
 /// Cgroup id -> policy id, for each governed cgroup. Written by userspace when
@@ -93,11 +93,6 @@ pub static CONFIG: Array<u64> = Array::with_max_entries(egress_common::config::L
 /// Written by the programs, summed by userspace.
 #[map(name = "RULE_STATS")]
 pub static RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MAX_RULE_SLOTS, 0);
-
-/// Socket cookie -> the rule slot its destination was allowed by. Written
-/// by the connect and sendmsg programs, read by the packet programs.
-#[map(name = "SOCKET_RULE")]
-pub static SOCKET_RULE: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_SOCKET_RULES, 0);
 
 /// Rule slot -> its upload budget (bytes 0: none). Written by userspace.
 #[map(name = "BUDGETS")]

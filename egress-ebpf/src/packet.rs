@@ -3,8 +3,11 @@
 //! carrying IPv4 options or IPv6 routing, hop-by-hop or destination-options
 //! headers (source routing can send a packet somewhere other than the
 //! address the connect/sendmsg hooks approved), and anything else the
-//! socket hooks missed. Allowed packets are not counted (the socket calls
-//! were); dropped ones are, with reason `ip_options` or `packet`.
+//! socket hooks missed. Allowed packets are not counted as attempts (the
+//! socket calls were); dropped ones are, with reason `ip_options` or
+//! `packet`. An allowed packet's payload is counted to the rule that
+//! allows its destination, and charged to that rule's upload budget (see
+//! `rules`); `count_received` does the same for what arrives.
 
 use aya_ebpf::programs::SkBuffContext;
 use egress_common::{hook, proto_class, reason, AF_INET, AF_INET6, PROTO_BIT_TCP};
@@ -195,7 +198,6 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         audit,
         dns_port,
         listen_set,
-        budgets,
         ..
     }) = live
     else {
@@ -204,8 +206,9 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     };
     let parsed = parse(ctx);
     // The rest of a TCP connection whose peer was judged (by the connect
-    // hook, or here) passes with one lookup that finds nothing, and no
-    // allowlist lookup: that per-packet cost is what a bulk transfer pays.
+    // hook, or here) passes with one lookup that finds nothing; a segment
+    // with payload then has its rule looked up, to count and charge it
+    // (`stream_packet`): that per-packet cost is what a bulk transfer pays.
     // Only for a TCP socket's own segments: a raw socket (made before its
     // cgroup was governed) could write SYN-less segments to anywhere. A
     // socket whose peer no hook judged (an accepted one) is judged below,
@@ -215,10 +218,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     if matches!(&parsed, Some(p) if p.established && !p.options) && from_tcp_socket(ctx) {
         let cookie = judged::packet_cookie(ctx);
         match judged::state(cookie) {
-            None => {
-                let budgeted = if budgets { table } else { 0 };
-                return stream_packet(ctx, cookie, parsed.as_ref(), audit, budgeted);
-            }
+            None => return stream_packet(ctx, parsed.as_ref(), audit, table),
             Some(judged::AUDITED) if audit => return PASS,
             Some(_) => stream = cookie,
         }
@@ -269,7 +269,6 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
             (reason::NONE, rule) => {
                 if stream != 0 {
                     judged::judged(stream);
-                    rules::remember(stream, rule);
                 }
                 let bytes = payload(ctx, proto, l4);
                 if rules::charge(rule, bytes, class == proto_class::UDP) || audit {
@@ -318,31 +317,25 @@ fn payload(ctx: &SkBuffContext, proto: u8, l4: usize) -> u64 {
     u64::from(ctx.len()).saturating_sub((l4 + header) as u64)
 }
 
-/// A segment of a TCP connection whose peer was judged: counted to the
-/// rule its destination was allowed by, and dropped (counted, without an
-/// event: TCP sends it again) when it would take that rule past its
-/// upload budget, unless the policy audits. Where the policy has budgets
-/// (`budgeted`: its table, else 0), a socket whose rule is not remembered
-/// (pushed out of the LRU map by many others) has it looked up again.
+/// A segment of a TCP connection whose peer was judged. One that carries
+/// payload is counted to the rule that allows its destination (found in
+/// `table`, the lookup the fast path otherwise spares), and dropped
+/// (counted, without an event: TCP sends it again) when it would take that
+/// rule past its upload budget, unless the policy audits. ACKs without
+/// payload pass with no lookup.
 #[inline(always)]
-fn stream_packet(
-    ctx: &SkBuffContext,
-    cookie: u64,
-    parsed: Option<&Parsed>,
-    audit: bool,
-    budgeted: u32,
-) -> i32 {
+fn stream_packet(ctx: &SkBuffContext, parsed: Option<&Parsed>, audit: bool, table: u32) -> i32 {
     let Some(p) = parsed else {
         return PASS;
     };
-    let mut rule = rules::of_socket(cookie);
-    if rule == 0 && budgeted != 0 {
-        if let (reason::NONE, r) = check(budgeted, PROTO_BIT_TCP, &p.dest) {
-            rules::remember(cookie, r);
-            rule = r;
-        }
+    let bytes = payload(ctx, p.proto, p.l4);
+    if bytes == 0 {
+        return PASS;
     }
-    if rule == 0 || rules::charge(rule, payload(ctx, p.proto, p.l4), false) || audit {
+    // A destination no longer allowed (a reload removed it) passes as
+    // before: the connection was judged when it was made.
+    let (why, rule) = check(table, PROTO_BIT_TCP, &p.dest);
+    if why != reason::NONE || rules::charge(rule, bytes, false) || audit {
         PASS
     } else {
         DROP
@@ -350,21 +343,46 @@ fn stream_packet(
 }
 
 /// A packet a governed socket receives: its payload counted to the rule
-/// its socket was allowed by. Always passes.
+/// that allows its source (as a destination: address, port, protocol).
+/// Always passes.
 #[inline(always)]
 pub fn count_received(ctx: &SkBuffContext) -> i32 {
-    let cookie = judged::packet_cookie(ctx);
-    if cookie == 0 {
+    let Some(p) = parse(ctx) else {
+        return PASS;
+    };
+    let (class, bit) = class_of(u32::from(p.proto));
+    if p.later_fragment || p.options || class == proto_class::OTHER {
         return PASS;
     }
-    let rule = rules::of_socket(cookie);
-    if rule == 0 {
+    let bytes = payload(ctx, p.proto, p.l4);
+    if bytes == 0 {
         return PASS;
     }
-    if let Some(p) = parse(ctx) {
-        if !p.later_fragment {
-            rules::received(rule, payload(ctx, p.proto, p.l4));
-        }
+    let Some(source) = source_of(ctx, p.dest.family, p.l4) else {
+        return PASS;
+    };
+    let (_, Some(Live { table, .. })) = governing(Caller::Packet(ctx.skb.skb)) else {
+        return PASS;
+    };
+    if let (reason::NONE, rule) = check(table, bit, &source) {
+        rules::received(rule, bytes);
     }
     PASS
+}
+
+/// The source of a received packet (address and port), as a `Dest`.
+#[inline(always)]
+fn source_of(ctx: &SkBuffContext, family: u8, l4: usize) -> Option<Dest> {
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        let a: [u8; 4] = read(ctx, 12)?;
+        addr[..4].copy_from_slice(&a);
+    } else {
+        addr = read(ctx, 8)?;
+    }
+    Some(Dest {
+        family,
+        addr,
+        port: u16::from_be(read::<u16>(ctx, l4)?),
+    })
 }

@@ -1,9 +1,10 @@
 //! What goes out through each allow rule, and its upload budget. The
-//! verdict finds the rule a destination is allowed by (the slot in the
-//! port range that holds its port); a connected socket is remembered with
-//! its rule (`SOCKET_RULE`), so that its later packets count to that rule
-//! with one lookup and no allowlist lookup. Bytes are payload bytes (what
-//! the peer's application reads), counted as packets leave and arrive.
+//! allowlist lookup finds the rule a peer is allowed by (the slot in the
+//! port range that holds its port): at connect for the connection count,
+//! and for each packet that carries payload, both ways, for the bytes.
+//! Nothing is kept per socket, so nothing can be pushed out or outlive
+//! it: every byte counts to the rule that allows where it goes. Bytes are
+//! payload bytes (what the peer's application reads).
 //!
 //! A budget is charged by each packet as it leaves: a packet that would
 //! take the rule past its budget is dropped (TCP sends it again later, and
@@ -14,7 +15,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
-use crate::maps::{BUDGETS, BUDGET_STATE, RULE_STATS, SOCKET_RULE};
+use crate::maps::{BUDGETS, BUDGET_STATE, RULE_STATS};
 
 /// Adds `v` to `*p` atomically, the result unused (BPF's plain atomic add).
 ///
@@ -56,34 +57,6 @@ pub fn connection(slot: u32) {
         // SAFETY: a per-CPU slot, touched only by this CPU while this program runs.
         unsafe { (*s).connections += 1 };
     }
-}
-
-/// Remembers the rule of the socket with `cookie` (unless it is already).
-#[inline(always)]
-pub fn remember(cookie: u64, slot: u32) {
-    if slot == 0 {
-        return;
-    }
-    // SAFETY: the value is a plain u32 owned by the map.
-    if unsafe { SOCKET_RULE.get(cookie) }.copied() != Some(slot) {
-        let _ = SOCKET_RULE.insert(cookie, slot, 0);
-    }
-}
-
-/// Remembers the rule of a socket that has just connected (no lookup
-/// first: a new socket is not in the map).
-#[inline(always)]
-pub fn remember_new(cookie: u64, slot: u32) {
-    if slot != 0 {
-        let _ = SOCKET_RULE.insert(cookie, slot, 0);
-    }
-}
-
-/// The rule the socket with `cookie` was allowed by (0: none known).
-#[inline(always)]
-pub fn of_socket(cookie: u64) -> u32 {
-    // SAFETY: the value is a plain u32 owned by the map.
-    unsafe { SOCKET_RULE.get(cookie) }.copied().unwrap_or(0)
 }
 
 /// Whether rule `slot`'s budget is spent for the current window: new

@@ -191,19 +191,8 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         crate::udp::forget_socket(ctx);
     }
     let ret = attempt.conclude(audit, why);
-    // Remembered wherever the call goes on (audit mode lets a spent budget
-    // through, and counts what follows to the rule all the same).
-    if rule != 0 && ret == RET_ALLOW {
-        // SAFETY: the helper takes the program's own context.
-        let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
-        if is_connect(hook) {
-            if class == proto_class::TCP {
-                crate::rules::connection(rule);
-            }
-            crate::rules::remember_new(cookie, rule);
-        } else {
-            crate::rules::remember(cookie, rule);
-        }
+    if why == reason::NONE && class == proto_class::TCP && is_connect(hook) {
+        crate::rules::connection(rule);
     }
     // A connect audit mode let through (reported here) passes the
     // backstop only while the policy audits: once it enforces, the

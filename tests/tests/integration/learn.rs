@@ -77,6 +77,17 @@ impl Setup {
     }
 }
 
+/// The rules the job's run gives: its two names and its bare address.
+fn has_the_jobs_rules(text: &str) {
+    for rule in [
+        "- host: api.model.test\n    ports: [443]\n",
+        "- host: files.store.test\n    ports: [8443]\n",
+        "- ip: 203.0.113.7\n    ports: [9000]\n    protocol: udp\n",
+    ] {
+        assert!(text.contains(rule), "no `{rule}` in\n{text}");
+    }
+}
+
 fn check(file: &std::path::Path) -> std::process::Output {
     Command::new(bin()).arg("check").arg(file).output().unwrap()
 }
@@ -96,13 +107,7 @@ fn a_learned_policy_allows_the_run_and_nothing_else() {
     let r = s.job(&["--learn", file_arg], &[]);
     assert_eq!(r.code, Some(0), "{r:?}");
     let text = std::fs::read_to_string(&file).unwrap();
-    for rule in [
-        "- host: api.model.test\n    ports: [443]\n",
-        "- host: files.store.test\n    ports: [8443]\n",
-        "- ip: 203.0.113.7\n    ports: [9000]\n    protocol: udp\n",
-    ] {
-        assert!(text.contains(rule), "no `{rule}` in\n{text}");
-    }
+    has_the_jobs_rules(&text);
     assert!(text.contains("name: job\nmode: enforce\n"), "{text}");
     assert!(
         text.contains("# api.model.test: seen 1 time(s) on tcp port(s) 443, by python3"),
@@ -185,13 +190,7 @@ fn learn_reads_a_runs_events() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = std::fs::read_to_string(&file).unwrap();
-    for rule in [
-        "- host: api.model.test\n    ports: [443]\n",
-        "- host: files.store.test\n    ports: [8443]\n",
-        "- ip: 203.0.113.7\n    ports: [9000]\n    protocol: udp\n",
-    ] {
-        assert!(text.contains(rule), "no `{rule}` in\n{text}");
-    }
+    has_the_jobs_rules(&text);
     assert!(check(&file).status.success());
     // Events of two policies need a choice.
     let mixed = s
