@@ -71,7 +71,7 @@ pub(crate) fn programs(r: &Value) -> String {
     };
     let pr = &big["egressd"]["programs"];
     let mut s = format!(
-        "\n## Where the time goes ({} entries)\n\nThe kernel's run time of each egressd program (BPF statistics, `kernel.bpf_stats_enabled`, on for one extra pass of {} connects of each kind and one bulk transfer; they add two clock reads to each run, about 60 ns here, which an empty program also shows).\n\n| workload | program | runs | ns |\n|---|---|---|---|\n",
+        "\n## Where the time goes ({} entries)\n\nThe kernel's run time of each egressd program (BPF statistics, `kernel.bpf_stats_enabled`, on for one extra pass of {} connects of each kind and one bulk transfer; they add two clock reads to each run, about 60 ns here, which an empty program also shows). The benchmark's rule carries an upload budget it never reaches, so each packet with payload pays for its allowlist lookup, its count and its budget charge (`egress_packet` out; `egress_packet_i`, the ingress program, in; see the README's Permitted channels). Divide a program's ns by its runs for its cost per packet.\n\n| workload | program | runs | ns |\n|---|---|---|---|\n",
         big["entries"], r["connects"]
     );
     for (kind, unit) in [
