@@ -37,10 +37,16 @@ pub struct PolicyInfo {
     /// Socket families the policy opens beyond UNIX, IP and netlink: bit
     /// n for family n (`channels.families`), judged where BPF LSM runs.
     pub families: u64,
+    /// Non-zero when a rule of the policy carries an upload budget: then a
+    /// connection whose destination has left the allowlist (its address
+    /// expired or was pushed out, or a reload removed it) sends no more
+    /// data, which no rule's budget would be charged for.
+    pub budgets: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, explicit padding, no invalid bit patterns.
 unsafe impl aya::Pod for PolicyInfo {}
 
-const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<PolicyInfo>() == 32);

@@ -97,6 +97,7 @@ pub fn governing(caller: Caller) -> (u32, Option<Live>) {
                 dns_port: info.dns_port,
                 listen_set: info.listen_set,
                 families: info.families,
+                budgets: info.budgets != 0,
             }),
         ),
         _ => (policy, None),
@@ -111,4 +112,6 @@ pub struct Live {
     pub dns_port: u32,
     pub listen_set: u32,
     pub families: u64,
+    /// A rule of the policy carries an upload budget.
+    pub budgets: bool,
 }

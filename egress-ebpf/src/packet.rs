@@ -198,6 +198,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         audit,
         dns_port,
         listen_set,
+        budgets,
         ..
     }) = live
     else {
@@ -218,7 +219,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     if matches!(&parsed, Some(p) if p.established && !p.options) && from_tcp_socket(ctx) {
         let cookie = judged::packet_cookie(ctx);
         match judged::state(cookie) {
-            None => return stream_packet(ctx, parsed.as_ref(), audit, table),
+            None => return stream_packet(ctx, &unparsed, parsed.as_ref(), audit, table, budgets),
             Some(judged::AUDITED) if audit => return PASS,
             Some(_) => stream = cookie,
         }
@@ -323,8 +324,21 @@ fn payload(ctx: &SkBuffContext, proto: u8, l4: usize) -> u64 {
 /// (counted, without an event: TCP sends it again) when it would take that
 /// rule past its upload budget, unless the policy audits. ACKs without
 /// payload pass with no lookup.
+///
+/// A destination no longer allowed (its address expired or was pushed out
+/// of its host rule, or a reload removed it) passes as before, the
+/// connection judged when it was made; except under a policy with
+/// `budgets`, where the agent could make that happen to escape a budget:
+/// there its data is dropped and reported (`packet_destination_not_allowed`).
 #[inline(always)]
-fn stream_packet(ctx: &SkBuffContext, parsed: Option<&Parsed>, audit: bool, table: u32) -> i32 {
+fn stream_packet(
+    ctx: &SkBuffContext,
+    unparsed: &Attempt,
+    parsed: Option<&Parsed>,
+    audit: bool,
+    table: u32,
+    budgets: bool,
+) -> i32 {
     let Some(p) = parsed else {
         return PASS;
     };
@@ -332,10 +346,20 @@ fn stream_packet(ctx: &SkBuffContext, parsed: Option<&Parsed>, audit: bool, tabl
     if bytes == 0 {
         return PASS;
     }
-    // A destination no longer allowed (a reload removed it) passes as
-    // before: the connection was judged when it was made.
     let (why, rule) = check(table, PROTO_BIT_TCP, &p.dest);
-    if why != reason::NONE || rules::charge(rule, bytes, false) || audit {
+    if why != reason::NONE {
+        if !budgets || audit {
+            return PASS;
+        }
+        let attempt = Attempt {
+            protocol: p.proto,
+            class: proto_class::TCP,
+            dest: p.dest,
+            ..*unparsed
+        };
+        return attempt.conclude(audit, reason::PACKET);
+    }
+    if rules::charge(rule, bytes, false) || audit {
         PASS
     } else {
         DROP

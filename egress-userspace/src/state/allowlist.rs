@@ -77,6 +77,8 @@ fn policy_info(policy: &Policy, table: u32, dns_port: u16, listen_set: u32) -> P
             .iter()
             .filter(|f| f.number() < 64)
             .fold(0, |bits, f| bits | 1 << f.number()),
+        budgets: u32::from(policy.rules.iter().any(|r| r.budget.is_some())),
+        _pad: 0,
     }
 }
 

@@ -265,3 +265,70 @@ s.close()
     let out_bytes = t["bytes_out"].as_u64().unwrap();
     assert!(out_bytes.abs_diff(3_000_000) <= 1500, "{t}");
 }
+
+/// Escaping a budget by making the connected address leave the allowlist:
+/// the agent pushes it out of its wildcard rule (which holds 64 addresses)
+/// with lookups of other names under it, then sends on over the
+/// connection it made before. Under a policy with budgets that data is
+/// dropped and reported, and nothing past the budget arrives.
+#[test]
+fn pushing_the_address_out_of_its_host_rule_does_not_escape_the_budget() {
+    require_root();
+    let ns = Netns::new("budgetevict").unwrap();
+    let tmp = TempDir::new("budgetevict").unwrap();
+    let cg = TestCgroup::new("budgetevict").unwrap();
+    let names: Vec<(String, [String; 1])> = (0..70)
+        .map(|i| (format!("n{i}.cdn.test"), [format!("203.0.113.{}", 100 + i)]))
+        .collect();
+    let up = ["198.51.100.2".to_string()];
+    let mut zone: Vec<(&str, Vec<&str>, u32)> =
+        vec![("up.cdn.test", up.iter().map(String::as_str).collect(), 300)];
+    for (n, a) in &names {
+        zone.push((n, a.iter().map(String::as_str).collect(), 300));
+    }
+    let zone: Vec<(&str, &[&str], u32)> =
+        zone.iter().map(|(n, a, t)| (*n, a.as_slice(), *t)).collect();
+    let _upstream = egress_tests::dns::DnsServer::start(&ns, "198.51.100.53:53", &zone).unwrap();
+    let tcp = Listener::tcp(&ns, "198.51.100.2:443").unwrap();
+    let policy = tmp
+        .write(
+            "evict.yaml",
+            &format!("name: evict\ncgroups: [{}]\nallow:\n  - host: \"*.cdn.test\"\n    ports: [443]\n    budget: {{upload: 64 KiB, per: 60s}}\ndns:\n  upstream: [198.51.100.53]\n", cg.rel_str()),
+        )
+        .unwrap();
+    let d = Daemon::start(&ns, &policy).unwrap();
+    // glibc asks a documentation address where no server runs: only
+    // egressd's redirect to its proxy answers.
+    let conf = tmp
+        .write("resolv.conf", "nameserver 203.0.113.53\noptions attempts:1 timeout:2\n")
+        .unwrap();
+    const EVICT: &str = r#"
+import socket, time
+s = socket.create_connection(("up.cdn.test", 443), timeout=3)
+s.sendall(b"u" * 10000)
+for i in range(70):
+    socket.getaddrinfo(f"n{i}.cdn.test", 443, socket.AF_INET)
+print("pushed out", flush=True)
+time.sleep(0.5)
+try:
+    s.sendall(b"u" * 1000000)
+except OSError as e:
+    print("stalled", e)
+"#;
+    let mount = format!("mount --bind {} /etc/resolv.conf && exec python3 -c \"$0\"", conf.display());
+    let out = cg
+        .run(&ns, "unshare", &["--mount", "sh", "-c", &mount, EVICT])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pushed out"), "{out:?}");
+    thread::sleep(Duration::from_secs(2));
+    let arrived = tcp.bytes();
+    assert!(
+        (10_000..=64 * 1024).contains(&arrived),
+        "{arrived} bytes arrived with a budget of 65536: {out:?}"
+    );
+    let events = d.events();
+    assert!(
+        events.iter().any(|e| e["reason"] == "packet_destination_not_allowed" && e["daddr"] == "198.51.100.2"),
+        "{events:?}"
+    );
+}
