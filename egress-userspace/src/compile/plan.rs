@@ -310,6 +310,23 @@ mod tests {
     }
 
     #[test]
+    fn a_port_two_rules_allow_counts_to_the_first_written() {
+        let p = policy(
+            "  - cidr: 203.0.113.0/24\n    ports: [443]\n  - ip: 203.0.113.5\n    ports: [443, 8443]\n",
+        );
+        // Slots handed out in another order than the rules' (as after a reload).
+        let c = Plan::counted(&p, &[9, 3]).unwrap().prefixes;
+        let a = u32::from(std::net::Ipv4Addr::new(203, 0, 113, 5));
+        let ranges = ports_v4(&c, a, 32).unwrap();
+        let first = ranges.iter().find(|r| r.lo <= 443 && 443 <= r.hi).unwrap();
+        assert_eq!(first.rule, 9, "{ranges:?}");
+        assert!(
+            ranges.iter().any(|r| r.lo == 8443 && r.rule == 3),
+            "{ranges:?}"
+        );
+    }
+
+    #[test]
     fn too_many_ranges_is_an_error() {
         let ports: Vec<String> = (1..=17).map(|i| (i * 10).to_string()).collect();
         let p = policy(&format!(

@@ -10,44 +10,49 @@ use egress_common::{PortRange as KernelRange, MAX_PORT_RANGES, PROTO_BIT_TCP, PR
 use super::{CompileError, Compiled, Entry, PortSpec};
 use crate::policy::{Policy, PortRange, Protocol};
 
-/// TCP and UDP ranges of a set of rules, before normalising, each with
-/// the slot of the rule it comes from (0: not counted).
+/// One range before normalising: the order of its rule group in the policy
+/// (the kernel takes the first range that holds a port, so a port two
+/// rules allow counts to the rule written first), the rule's slot (0: not
+/// counted), and the ports.
+type Range = (u32, u16, u16, u16);
+
+/// TCP and UDP ranges of a set of rules, before normalising.
 #[derive(Default, Clone)]
 pub(super) struct Ports {
-    tcp: Vec<(u16, u16, u16)>,
-    udp: Vec<(u16, u16, u16)>,
+    tcp: Vec<Range>,
+    udp: Vec<Range>,
 }
 
 impl Ports {
-    pub(super) fn add(&mut self, protocol: Protocol, ranges: &[PortRange], slot: u16) {
+    pub(super) fn add(&mut self, protocol: Protocol, ranges: &[PortRange], slot: u16, order: u32) {
         for r in ranges {
             if matches!(protocol, Protocol::Tcp | Protocol::Any) {
-                self.tcp.push((slot, r.lo, r.hi));
+                self.tcp.push((order, slot, r.lo, r.hi));
             }
             if matches!(protocol, Protocol::Udp | Protocol::Any) {
-                self.udp.push((slot, r.lo, r.hi));
+                self.udp.push((order, slot, r.lo, r.hi));
             }
         }
     }
 }
 
-/// Sorts and merges overlapping or adjacent ranges of the same rule.
-fn merged(mut v: Vec<(u16, u16, u16)>) -> Vec<(u16, u16, u16)> {
+/// Sorts and merges overlapping or adjacent ranges of the same rule group.
+fn merged(mut v: Vec<Range>) -> Vec<Range> {
     v.sort_unstable();
-    let mut out: Vec<(u16, u16, u16)> = Vec::with_capacity(v.len());
-    for (slot, lo, hi) in v {
+    let mut out: Vec<Range> = Vec::with_capacity(v.len());
+    for (order, slot, lo, hi) in v {
         match out.last_mut() {
-            Some(last) if last.0 == slot && u32::from(lo) <= u32::from(last.2) + 1 => {
-                last.2 = last.2.max(hi)
+            Some(last) if last.0 == order && u32::from(lo) <= u32::from(last.3) + 1 => {
+                last.3 = last.3.max(hi)
             }
-            _ => out.push((slot, lo, hi)),
+            _ => out.push((order, slot, lo, hi)),
         }
     }
     out
 }
 
-fn kernel_ranges(ranges: &[(u16, u16, u16)], protos: u8) -> impl Iterator<Item = KernelRange> + '_ {
-    ranges.iter().map(move |&(rule, lo, hi)| KernelRange {
+fn kernel_ranges(ranges: &[Range], protos: u8) -> impl Iterator<Item = KernelRange> + '_ {
+    ranges.iter().map(move |&(_, rule, lo, hi)| KernelRange {
         lo,
         hi,
         protos,
@@ -80,7 +85,7 @@ pub fn listen_spec(policy: &Policy) -> Result<Option<PortSpec>, CompileError> {
     }
     let mut ports = Ports::default();
     for l in &policy.listen {
-        ports.add(l.protocol, &l.ports, 0);
+        ports.add(l.protocol, &l.ports, 0, 0);
     }
     let spec = spec(ports);
     if spec.0.len() > MAX_PORT_RANGES {
@@ -188,7 +193,10 @@ impl<'a> Specs<'a> {
                 let mut ports = Ports::default();
                 for &i in rules.slice() {
                     let (protocol, ranges, slot) = &self.groups[i as usize];
-                    ports.add(*protocol, ranges, *slot);
+                    // Uncounted groups merge with each other, as before
+                    // there were slots, and come after the counted ones.
+                    let order = if *slot == 0 { u32::MAX } else { i };
+                    ports.add(*protocol, ranges, *slot, order);
                 }
                 let spec = spec(ports);
                 if spec.0.len() > MAX_PORT_RANGES {

@@ -77,12 +77,11 @@ pub fn status(allowlist: &Allowlist) -> Value {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(label, s)| {
-                    let budget = view
-                        .policy
-                        .rules
+                    let labels = crate::state::rule_slots::labels(&view.policy);
+                    let budget = labels
                         .iter()
-                        .find(|r| r.label() == label)
-                        .and_then(|r| r.budget)
+                        .position(|l| *l == label)
+                        .and_then(|i| view.policy.rules[i].budget)
                         .map(|b| json!({"bytes": b.bytes, "window_seconds": b.window.as_secs()}));
                     json!({
                         "rule": label,

@@ -321,13 +321,13 @@ impl Allowlist {
         };
         let view = p.view();
         let mut out: Vec<(String, RuleStats)> = Vec::new();
-        for (rule, slot) in view.policy.rules.iter().zip(&p.slots) {
-            let label = rule.label();
-            // Two rules with one label share a slot: listed once.
-            if *slot == 0 || out.iter().any(|(l, _)| *l == label) {
-                continue;
+        for (label, slot) in super::rule_slots::labels(&view.policy)
+            .into_iter()
+            .zip(&p.slots)
+        {
+            if *slot != 0 {
+                out.push((label, rules::stats(&self.tables.maps, *slot)?));
             }
-            out.push((label, rules::stats(&self.tables.maps, *slot)?));
         }
         Ok(out)
     }

@@ -3,8 +3,8 @@
 //! across reloads as long as its policy keeps it (the same policy name and
 //! the same rule, by its label), so that its counters and its budget's
 //! window go on; a slot given up is zeroed before another rule takes it.
-//! Past `MAX_RULE_SLOTS` rules, the rest are not counted (and their
-//! budgets not kept): `assign` says so.
+//! Past `MAX_RULE_SLOTS` rules, the rest are not counted (`assign` warns),
+//! and a policy whose budgeted rule gets no slot does not load.
 
 use std::collections::HashMap;
 
@@ -15,6 +15,26 @@ use crate::{
     kernel::{rules, Maps},
     policy::Policy,
 };
+
+/// Each rule's label, as metrics and `status` name it; a label that two
+/// rules share (`ip: X` and `cidr: X/32`) is told apart by `#2`, `#3`...,
+/// so that each keeps a slot and a budget of its own.
+pub fn labels(policy: &Policy) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(policy.rules.len());
+    for r in &policy.rules {
+        let label = r.label();
+        let seen = out
+            .iter()
+            .filter(|l| **l == label || l.starts_with(&format!("{label} #")))
+            .count();
+        out.push(if seen == 0 {
+            label
+        } else {
+            format!("{label} #{}", seen + 1)
+        });
+    }
+    out
+}
 
 #[derive(Default)]
 pub struct RuleSlots {
@@ -29,7 +49,7 @@ impl RuleSlots {
     /// written; this policy's rules that `policy` no longer has give their
     /// slots up.
     pub fn assign(&mut self, policy: &Policy, maps: &mut Maps) -> Result<Vec<u16>> {
-        let labels: Vec<String> = policy.rules.iter().map(|r| r.label()).collect();
+        let labels = labels(policy);
         let gone: Vec<(String, String)> = self
             .by_rule
             .keys()
@@ -52,6 +72,12 @@ impl RuleSlots {
                         self.by_rule.insert(key, s);
                         s
                     }
+                    None if rule.budget.is_some() => anyhow::bail!(
+                        "policy `{}`: the rule `{}` carries a budget, but every one of the kernel's {} rule slots is taken: its budget cannot be kept (load fewer rules)",
+                        policy.name,
+                        rule.label(),
+                        MAX_RULE_SLOTS - 1
+                    ),
                     None => {
                         uncounted += 1;
                         0
@@ -99,5 +125,28 @@ impl RuleSlots {
             }
         });
         self.free.extend(freed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_that_share_a_label_are_told_apart() {
+        let p = crate::policy::validate::parse(
+            "name: p\nallow:\n  - ip: 203.0.113.5\n  - cidr: 203.0.113.5/32\n  - ip: 203.0.113.5\n    protocol: udp\n  - cidr: 203.0.113.5/32\n",
+            std::path::Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            labels(&p),
+            [
+                "203.0.113.5:*",
+                "203.0.113.5:* #2",
+                "203.0.113.5:*/udp",
+                "203.0.113.5:* #3"
+            ]
+        );
     }
 }

@@ -286,8 +286,10 @@ fn pushing_the_address_out_of_its_host_rule_does_not_escape_the_budget() {
     for (n, a) in &names {
         zone.push((n, a.iter().map(String::as_str).collect(), 300));
     }
-    let zone: Vec<(&str, &[&str], u32)> =
-        zone.iter().map(|(n, a, t)| (*n, a.as_slice(), *t)).collect();
+    let zone: Vec<(&str, &[&str], u32)> = zone
+        .iter()
+        .map(|(n, a, t)| (*n, a.as_slice(), *t))
+        .collect();
     let _upstream = egress_tests::dns::DnsServer::start(&ns, "198.51.100.53:53", &zone).unwrap();
     let tcp = Listener::tcp(&ns, "198.51.100.2:443").unwrap();
     let policy = tmp
@@ -300,7 +302,10 @@ fn pushing_the_address_out_of_its_host_rule_does_not_escape_the_budget() {
     // glibc asks a documentation address where no server runs: only
     // egressd's redirect to its proxy answers.
     let conf = tmp
-        .write("resolv.conf", "nameserver 203.0.113.53\noptions attempts:1 timeout:2\n")
+        .write(
+            "resolv.conf",
+            "nameserver 203.0.113.53\noptions attempts:1 timeout:2\n",
+        )
         .unwrap();
     const EVICT: &str = r#"
 import socket, time
@@ -315,11 +320,17 @@ try:
 except OSError as e:
     print("stalled", e)
 "#;
-    let mount = format!("mount --bind {} /etc/resolv.conf && exec python3 -c \"$0\"", conf.display());
+    let mount = format!(
+        "mount --bind {} /etc/resolv.conf && exec python3 -c \"$0\"",
+        conf.display()
+    );
     let out = cg
         .run(&ns, "unshare", &["--mount", "sh", "-c", &mount, EVICT])
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("pushed out"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pushed out"),
+        "{out:?}"
+    );
     thread::sleep(Duration::from_secs(2));
     let arrived = tcp.bytes();
     assert!(
@@ -328,7 +339,9 @@ except OSError as e:
     );
     let events = d.events();
     assert!(
-        events.iter().any(|e| e["reason"] == "packet_destination_not_allowed" && e["daddr"] == "198.51.100.2"),
+        events.iter().any(
+            |e| e["reason"] == "packet_destination_not_allowed" && e["daddr"] == "198.51.100.2"
+        ),
         "{events:?}"
     );
 }

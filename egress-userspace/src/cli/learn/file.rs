@@ -12,7 +12,10 @@ use super::{
     rules::{comment_text, learned, render},
     Outcome,
 };
-use crate::{policy::validate::parse, report::describe::timestamp};
+use crate::{
+    policy::{validate::parse, Policy},
+    report::describe::timestamp,
+};
 
 pub fn write(file: &Path, o: &Observed, source: &str) -> Result<Outcome> {
     let old = match std::fs::read_to_string(file) {
@@ -25,8 +28,25 @@ pub fn write(file: &Path, o: &Observed, source: &str) -> Result<Outcome> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
     };
-    let rules = learned(o, old.as_ref().map(|(_, p)| p));
-    let notes = notes(o);
+    let mut notes = notes(o);
+    // Each rule must stand on its own (an address no rule may name, say):
+    // one that does not is left out and said, not the whole file lost.
+    let rules: Vec<_> = learned(o, old.as_ref().map(|(_, p)| p))
+        .into_iter()
+        .filter(|r| {
+            let one = format!("name: one\nallow:\n{}", render(std::slice::from_ref(r), 2));
+            match parse(&one, file) {
+                Ok(_) => true,
+                Err(e) => {
+                    notes.push(format!(
+                        "no rule written for what was reached: {}",
+                        e.message
+                    ));
+                    false
+                }
+            }
+        })
+        .collect();
     let mut outcome = Outcome {
         added: rules.len(),
         notes: notes.clone(),
@@ -73,11 +93,18 @@ pub fn write(file: &Path, o: &Observed, source: &str) -> Result<Outcome> {
             file.display()
         )
     })?;
-    let before = old.as_ref().map_or(0, |(_, p)| p.rules.len());
-    if new.rules.len() != before + rules.len() {
+    let before = match &old {
+        Some((_, p)) => p.clone(),
+        None => parse(
+            &format!("name: {}\nmode: enforce\n", policy_name(file)),
+            file,
+        )?,
+    };
+    if !only_rules_added(&before, &new, rules.len()) {
         bail!(
-            "adding to {} would not keep its {before} rule(s) and add {} (its allow list is not a plain block list?): it is left as it was; learn into a new file and merge by hand",
+            "adding to {} would change more than its allow list (keeping its {} rule(s) and adding {}; is its allow list a plain block list?): it is left as it was; learn into a new file and merge by hand",
             file.display(),
+            before.rules.len(),
             rules.len()
         );
     }
@@ -86,6 +113,21 @@ pub fn write(file: &Path, o: &Observed, source: &str) -> Result<Outcome> {
     replace(file, &text)?;
     outcome.warnings = super::warnings(file)?;
     Ok(outcome)
+}
+
+/// Whether `new` is `old` with `added` rules at the end of its allow list
+/// and nothing else changed: what the run saw (names, paths, process
+/// names the agent chose) must not change any other field.
+fn only_rules_added(old: &Policy, new: &Policy, added: usize) -> bool {
+    new.rules.len() == old.rules.len() + added
+        && new.rules[..old.rules.len()] == old.rules[..]
+        && Policy {
+            rules: Vec::new(),
+            ..new.clone()
+        } == Policy {
+            rules: Vec::new(),
+            ..old.clone()
+        }
 }
 
 /// What the rules cannot say, for the file's comments and the terminal.
@@ -216,20 +258,32 @@ fn splice(text: &str, at: Insert, items: &str) -> String {
     out
 }
 
-/// Writes `text` beside `file`, then renames it over `file`.
+/// Writes `text` beside `file` (a new file of a random name: never through
+/// a link someone planted there, as egressd writes as root in a directory
+/// the agent may write to), then renames it over `file`.
 fn replace(file: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
     let dir = file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let mut random = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .context("reading /dev/urandom")?;
     let tmp = dir.join(format!(
-        ".{}.learned-{}",
+        ".{}.learned-{:016x}",
         file.file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("policy"),
-        std::process::id()
+        u64::from_ne_bytes(random)
     ));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, file).with_context(|| {
         let _ = std::fs::remove_file(&tmp);
         format!("replacing {}", file.display())

@@ -51,9 +51,14 @@ pub fn learned(o: &Observed, existing: Option<&Policy>) -> Vec<Learned> {
         .collect();
     let wildcards = wildcards(names.iter().map(String::as_str));
     for ((dest, t), (ports, seen)) in destinations {
-        // A name is written into the file only as a valid host name: the
-        // agent chose it, and must not write YAML of its own.
-        if matches!(&dest, Reached::Host(h) if h.parse::<crate::policy::Host>().is_err()) {
+        // A name is written into the file only as a valid exact host name:
+        // the agent chose it, and must not write YAML of its own, nor a
+        // wildcard (a query for a literal `*.name`).
+        let valid = |h: &str| {
+            h.parse::<crate::policy::Host>()
+                .is_ok_and(|h| !h.is_wildcard())
+        };
+        if matches!(&dest, Reached::Host(h) if !valid(h)) {
             continue;
         }
         let (dest, name) = match dest {
@@ -199,17 +204,22 @@ pub fn render(rules: &[Learned], indent: usize) -> String {
 }
 
 /// `text` made safe to stand in a one-line YAML comment: what the agent
-/// chose (its process names, the names it asked for) cannot end the
-/// comment and write a rule.
+/// chose (its process names, the names it asked for, socket paths) cannot
+/// end the comment and write YAML of its own. Only printable ASCII stays;
+/// anything else (control characters, and U+2028 and U+2029, which YAML
+/// reads as line breaks) is written as `\u{..}`.
 pub fn comment_text(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '\n' | '\t' => ' ',
-            c if c.is_control() => '?',
-            c => c,
-        })
-        .take(400)
-        .collect()
+    let mut out = String::new();
+    for c in text.chars().take(400) {
+        match c {
+            '\n' | '\t' => out.push(' '),
+            c if c.is_ascii_graphic() || c == ' ' => out.push(c),
+            c => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -312,6 +322,15 @@ mod tests {
             text.lines().all(|l| !l.trim_start().starts_with("- cidr")),
             "{text}"
         );
+        // Line and paragraph separators are line breaks to YAML.
+        assert_eq!(
+            comment_text("a\u{2028}b\u{2029}c\u{85}d \u{e9}"),
+            "a\\u{2028}b\\u{2029}c\\u{85}d \\u{e9}"
+        );
+        // A query for a literal wildcard name writes no rule.
+        let mut o = Observed::default();
+        connect(&mut o, "*.corp.test", "198.51.100.9", "tcp", 443);
+        assert!(learned(&o, None).is_empty());
     }
 
     #[test]
