@@ -152,6 +152,59 @@ fn rule_warnings(rule: &Rule) -> Vec<String> {
     out
 }
 
+/// Whether two rules can allow the same packet: destinations that overlap
+/// (prefixes, or names one of which matches the other; a name and a
+/// prefix cannot be told before the name is answered), a protocol and a
+/// port in common.
+fn overlap(a: &Rule, b: &Rule) -> bool {
+    use super::Protocol;
+    let dests = match (&a.dest, &b.dest) {
+        (Destination::Net(x), Destination::Net(y)) => {
+            let (x, y) = (super::unmap(x.0), super::unmap(y.0));
+            x.contains(&y.network()) || y.contains(&x.network())
+        }
+        (Destination::Host(x), Destination::Host(y)) => {
+            let name = |h: &super::Host| {
+                if h.is_wildcard() {
+                    format!("x.{}", h.as_str())
+                } else {
+                    h.as_str().to_string()
+                }
+            };
+            x == y || x.matches(&name(y)) || y.matches(&name(x))
+        }
+        _ => false,
+    };
+    let protos =
+        a.protocol == Protocol::Any || b.protocol == Protocol::Any || a.protocol == b.protocol;
+    let ports = a
+        .port_ranges()
+        .iter()
+        .any(|p| b.port_ranges().iter().any(|q| p.lo <= q.hi && q.lo <= p.hi));
+    dests && protos && ports
+}
+
+/// A rule with a budget that an earlier rule overlaps: what both allow
+/// counts to the earlier rule (the first in the file), not to the budget.
+fn budget_warnings(policy: &Policy) -> Vec<Warning> {
+    let mut out = Vec::new();
+    for (i, r) in policy.rules.iter().enumerate() {
+        if r.budget.is_none() {
+            continue;
+        }
+        if let Some(earlier) = policy.rules[..i].iter().find(|e| overlap(e, r)) {
+            out.push(Warning {
+                line: r.line,
+                message: format!(
+                    "`{}` has an upload budget, but the rule on line {} (`{}`) comes first and allows some of the same: what both allow counts to that rule, not to this budget; give the budgeted destination no earlier rule",
+                    r.dest, earlier.line, earlier.dest
+                ),
+            });
+        }
+    }
+    out
+}
+
 /// Warnings for every rule of a policy, in file order.
 pub fn lint(policy: &Policy) -> Vec<Warning> {
     let mut out: Vec<Warning> = policy
@@ -172,6 +225,7 @@ pub fn lint(policy: &Policy) -> Vec<Warning> {
             .filter_map(super::unix::shared_dir_warning)
             .map(|message| Warning { line: 0, message }),
     );
+    out.extend(budget_warnings(policy));
     out
 }
 
@@ -184,6 +238,28 @@ mod tests {
     fn warnings(allow: &str) -> Vec<String> {
         let p = parse(&format!("name: a\nallow:\n{allow}"), Path::new("p.yaml")).unwrap();
         lint(&p).into_iter().map(|w| w.message).collect()
+    }
+
+    #[test]
+    fn flags_a_budget_an_earlier_rule_overlaps() {
+        let budget = "    budget: {upload: 1 MiB, per: 1h}\n";
+        let w = warnings(&format!(
+            "  - cidr: 203.0.113.0/24\n    ports: [443]\n  - ip: 203.0.113.5\n    ports: [443]\n{budget}"
+        ));
+        assert!(w.iter().any(|m| m.contains("comes first")), "{w:?}");
+        let w = warnings(&format!(
+            "  - host: \"*.storage.test\"\n    ports: [443]\n  - host: up.storage.test\n    ports: [443]\n{budget}"
+        ));
+        assert!(w.iter().any(|m| m.contains("comes first")), "{w:?}");
+        // Other ports, another protocol, the budgeted rule first: no warning.
+        for allow in [
+            format!("  - cidr: 203.0.113.0/24\n    ports: [80]\n  - ip: 203.0.113.5\n    ports: [443]\n{budget}"),
+            format!("  - cidr: 203.0.113.0/24\n    ports: [443]\n    protocol: udp\n  - ip: 203.0.113.5\n    ports: [443]\n{budget}"),
+            format!("  - ip: 203.0.113.5\n    ports: [443]\n{budget}  - cidr: 203.0.113.0/24\n    ports: [443]\n"),
+        ] {
+            let w = warnings(&allow);
+            assert!(!w.iter().any(|m| m.contains("comes first")), "{allow}: {w:?}");
+        }
     }
 
     #[test]
