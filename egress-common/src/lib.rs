@@ -29,6 +29,7 @@ pub use dns::{asker_key, DnsAsker, DnsOrigin, MAX_DNS_ASKERS, MAX_DNS_SOCKETS};
 pub use events::{hook, Event, UnixEvent, EVENTS_BYTES};
 pub use policies::{
     PolicyInfo, MAX_CGROUPS, MAX_CGROUP_DEPTH, MAX_POLICIES, MODE_AUDIT, MODE_ENFORCE,
+    POLICY_RELEASED,
 };
 pub use portsets::{
     PortRange, PortSet, MAX_PORTSETS, MAX_PORT_RANGES, PROTO_BIT_TCP, PROTO_BIT_UDP,

@@ -8,6 +8,12 @@ pub const POLICIES: &str = "POLICIES";
 
 /// Policy ids run from 1 to `MAX_POLICIES - 1`; 0 means "no policy found".
 pub const MAX_POLICIES: u32 = 256;
+/// `CGROUP_POLICY` value of a released cgroup: one below a cgroup the
+/// programs are attached to (the kubepods parent, where a pod is refused
+/// everything until it is classified) that no policy governs, such as a
+/// pod no policy selects. Everything it does passes, uncounted and
+/// unreported, as if no program were attached.
+pub const POLICY_RELEASED: u32 = u32::MAX;
 /// Governed cgroups, over all policies of one daemon.
 pub const MAX_CGROUPS: u32 = 16384;
 /// Deepest cgroup level the kernel walks when looking for a governing ancestor.

@@ -10,7 +10,7 @@ use aya_ebpf::{
         bpf_skb_cgroup_id,
     },
 };
-use egress_common::{MAX_CGROUP_DEPTH, MODE_AUDIT};
+use egress_common::{MAX_CGROUP_DEPTH, MODE_AUDIT, POLICY_RELEASED};
 
 use crate::maps::{CGROUP_POLICY, POLICIES};
 
@@ -80,13 +80,22 @@ fn find_policy(caller: Caller) -> u32 {
     found
 }
 
+/// Whether policy id `policy` (as `governing` returned it) says that the
+/// caller's cgroup was released: then the hook lets everything pass and
+/// counts nothing.
+#[inline(always)]
+pub fn released(policy: u32) -> bool {
+    policy == POLICY_RELEASED
+}
+
 /// The policy governing the caller and its live table and mode: `None`
-/// when no policy of this daemon governs it or the policy is not live.
+/// when no policy of this daemon governs it, the policy is not live, or
+/// the cgroup was released (see `released`).
 #[inline(always)]
 pub fn governing(caller: Caller) -> (u32, Option<Live>) {
     let policy = find_policy(caller);
-    if policy == 0 {
-        return (0, None);
+    if policy == 0 || released(policy) {
+        return (policy, None);
     }
     match POLICIES.get(policy) {
         Some(info) if info.table != 0 => (

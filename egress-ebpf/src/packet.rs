@@ -16,7 +16,7 @@ use crate::{
     attempt::{conclude_deferred, Attempt},
     dest::Dest,
     dns,
-    governing::{governing, Caller, Live},
+    governing::{governing, released, Caller, Live},
     judged, rules, udp,
     verdict::{check, class_of, in_portset, is_loopback},
 };
@@ -184,6 +184,9 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
 pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     let caller = Caller::Packet(ctx.skb.skb);
     let (policy, live) = governing(caller);
+    if released(policy) {
+        return PASS;
+    }
     // An attempt with no protocol or destination known yet.
     let unparsed = Attempt {
         caller,

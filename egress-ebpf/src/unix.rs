@@ -14,9 +14,9 @@ use egress_common::{
 };
 
 use crate::{
-    attempt::{returned, tally, Attempt},
+    attempt::{returned, tally, Attempt, RET_ALLOW},
     dest::Dest,
-    governing::{governing, Caller, Live},
+    governing::{governing, released, Caller, Live},
     maps::{bump, EVENTS, UNIX_ALLOW},
 };
 
@@ -118,6 +118,9 @@ pub fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
     let caller = Caller::Task;
     let (policy, live) = governing(caller);
     let Some(name) = read_name(ctx) else {
+        if released(policy) {
+            return RET_ALLOW;
+        }
         // Unreadable: judged as a name nothing allows.
         let empty = Name {
             raw: [0; UNIX_PATH_MAX],
@@ -126,6 +129,9 @@ pub fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
         return conclude(policy, live, reason::UNIX, hook, &empty);
     };
     let Some(Live { table, .. }) = live else {
+        if released(policy) {
+            return RET_ALLOW;
+        }
         return conclude(policy, live, reason::NO_POLICY, hook, &name);
     };
     let (data, unplain) = key_of(table, &name);

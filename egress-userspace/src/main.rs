@@ -49,13 +49,26 @@ enum Command {
         /// 4 MiB). Counters stay exact when it overflows.
         #[arg(long, value_name = "BYTES")]
         ring_buffer_bytes: Option<u32>,
-        /// Kubernetes: a PodList JSON file of this node's pods (kept fresh by
-        /// the DaemonSet's sidecar), for policies with `pods:` selectors.
+        /// Kubernetes: govern this node's pods, watched through the API
+        /// server (KUBECONFIG, ~/.kube/config, or the pod's service
+        /// account), for policies with `pods:` selectors. Pods are refused
+        /// everything until classified.
+        #[arg(long, requires = "node")]
+        kubernetes: bool,
+        /// Kubernetes: the API server's kubeconfig (default: KUBECONFIG,
+        /// ~/.kube/config, or the pod's service account).
         #[arg(long, value_name = "FILE")]
-        pods_file: Option<PathBuf>,
-        /// Kubernetes: only pods on this node.
+        kubeconfig: Option<PathBuf>,
+        /// Kubernetes: the name of this node.
         #[arg(long, env = "NODE_NAME")]
         node: Option<String>,
+        /// Kubernetes: egressd's own pod's uid (never held as pending).
+        #[arg(long, env = "POD_UID", value_name = "UID")]
+        pod_uid: Option<String>,
+        /// Kubernetes: once the node's pods are governed, remove the
+        /// NoSchedule taint with this key from the node.
+        #[arg(long, value_name = "KEY")]
+        ready_taint: Option<String>,
         /// Kubernetes: where kubepods.slice (or kubepods) is, relative to the
         /// cgroup2 root (default: the root).
         #[arg(long, value_name = "PATH")]
@@ -252,8 +265,11 @@ fn main() -> ExitCode {
             no_metrics,
             instance,
             ring_buffer_bytes,
-            pods_file,
+            kubernetes,
+            kubeconfig,
             node,
+            pod_uid,
+            ready_taint,
             kubepods_root,
         } => {
             let opts = daemon::RunOptions {
@@ -261,10 +277,12 @@ fn main() -> ExitCode {
                 metrics_addr: (!no_metrics).then_some(metrics_addr),
                 instance,
                 ring_bytes: ring_buffer_bytes,
-                pods: pods_file.map(|file| egressd::runtime::pods::PodSource {
-                    file,
+                kubernetes: node.filter(|_| kubernetes).map(|node| daemon::KubeOptions {
                     node,
+                    kubeconfig,
                     kubepods_root: kubepods_root.unwrap_or_default(),
+                    own_uid: pod_uid,
+                    ready_taint,
                 }),
             };
             match runtime().block_on(daemon::run(opts)) {

@@ -2,11 +2,13 @@
 //! namespaces with documentation addresses (`netns`), listeners that count
 //! what reaches them (`listen`), a DNS server for `.test` names (`dns`), and
 //! the real egressd binary run as `exec` or as a daemon (`egressd`), and
-//! programs outside any governed cgroup (`outside`).
+//! programs outside any governed cgroup (`outside`), and a Kubernetes API
+//! server that replays what a test sets (`kube_api`).
 //!
 //! Nothing here sends a packet outside a namespace the test created.
 pub mod dns;
 pub mod egressd;
+pub mod kube_api;
 pub mod listen;
 pub mod netns;
 pub mod outside;

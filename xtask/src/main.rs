@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: see `usage()`.
 
 mod demo;
+mod image;
 mod layers;
 mod vm;
 
@@ -22,6 +23,9 @@ tasks:
           errors), host crates and eBPF crate
   test    unit tests, then the root integration tests (needs root)
   demo    play the prompt-injection scenario in a throwaway namespace (needs root)
+  image   egressd's container image (a static binary on an empty base), built
+          with buildah without pulling anything; prints its OCI archive's
+          path (needs root)
   bench   measure egressd against no enforcement and nftables; writes
           BENCHMARKS.md and bench-results.json (needs root; --smoke: tiny sizes)
   vm-test the integration tests in VMs on Debian's 5.10, 6.1 and 6.12 kernels
@@ -231,6 +235,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some("vm-test") => vm::run(&args[1..]),
+        Some("image") => image::run(&target_dir()),
         Some("bench") => {
             require_root("bench").and_then(|_| bench(args.iter().any(|a| a == "--smoke")))
         }

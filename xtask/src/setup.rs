@@ -19,6 +19,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     // musl's resolver, as Alpine-based agent images have it.
     ("musl-gcc", "musl-tools"),
+    // `kubectl kustomize deploy/kubernetes`, checked by a test.
+    ("kubectl", "kubectl"),
 ];
 
 /// True if `cmd` is an executable on PATH.

@@ -10,6 +10,42 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+/// The path of the cgroup whose id is `id`, on the cgroup2 mount `root`
+/// (as this process sees it), if it exists: opened by its kernfs file
+/// handle (the id itself), as `open_by_handle_at(2)` allows root to.
+pub fn path_of_id(root: &Path, id: u64) -> Option<PathBuf> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    /// `struct file_handle` with kernfs's 8-byte handle.
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        id: u64,
+    }
+    const FILEID_KERNFS: i32 = 0xfe;
+    let mount = fs::File::open(root).ok()?;
+    let mut handle = Handle {
+        bytes: 8,
+        kind: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: a valid directory fd and a file_handle of the size it says.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            &mut handle as *mut Handle,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the syscall returned a new descriptor, now owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+}
+
 /// One cgroup v2 directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {

@@ -18,7 +18,8 @@ pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
 }
 
 /// Reads a policy file, or every `*.yaml`/`*.yml` file of a directory.
-/// Policy names must be unique, and no cgroup may be governed twice.
+/// Policy names must be unique, no cgroup may be governed twice, and no
+/// two policies' pod selectors may overlap.
 pub fn load_path(path: &Path) -> Result<Vec<Policy>, PolicyError> {
     let files = if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
@@ -72,6 +73,20 @@ pub fn load_path(path: &Path) -> Result<Vec<Policy>, PolicyError> {
                     other.name,
                     other.source
                 )));
+            }
+        }
+        for (i, s) in p.pods.iter().enumerate() {
+            for other in &policies {
+                if let Some(j) = other.pods.iter().position(|o| o.overlaps(s)) {
+                    return Err(clash(format!(
+                        "pod selector {} of policy `{}` can select the same pods as selector {} of policy `{}` ({}): a pod is governed by one policy; make them exclusive (a namespace, or a label one requires and the other excludes with `matchExpressions`)",
+                        i + 1,
+                        p.name,
+                        j + 1,
+                        other.name,
+                        other.source
+                    )));
+                }
             }
         }
         policies.push(p);

@@ -17,6 +17,7 @@ pub mod lint;
 pub mod load;
 pub mod raw;
 pub mod resolver;
+pub mod selector;
 pub mod special;
 pub mod suffix;
 pub mod unix;
@@ -27,6 +28,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 pub use family::Family;
 pub use fields::{Mode, Net, PortRange, Protocol};
 pub use host::Host;
+pub use selector::PodSelector;
 
 /// A validated policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,27 +70,6 @@ pub struct Channels {
     pub io_uring: bool,
     /// UNIX socket names the processes may connect or send to.
     pub unix: Vec<unix::UnixName>,
-}
-
-/// Pods a policy governs: those in `namespace` (`*`: any) carrying every
-/// label in `labels` (as a Kubernetes `matchLabels`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PodSelector {
-    pub namespace: String,
-    #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, String>,
-}
-
-impl PodSelector {
-    pub fn matches(
-        &self,
-        namespace: &str,
-        labels: &std::collections::BTreeMap<String, String>,
-    ) -> bool {
-        (self.namespace == "*" || self.namespace == namespace)
-            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-    }
 }
 
 /// One allow rule: a destination, its ports, its protocol.

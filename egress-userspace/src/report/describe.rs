@@ -15,6 +15,7 @@ use serde_json::json;
 use super::{
     events::{address, comm, comm_of, hook_name, protocol_name, unix_name, Record},
     metrics::NO_POLICY_LABEL,
+    pod_names::PodNames,
 };
 use crate::{
     kernel::counters::{reason_name, verdict_name},
@@ -125,6 +126,8 @@ pub struct DnsEvent {
 pub struct Describer {
     pub policies: HashMap<u32, String>,
     pub names: Names,
+    /// The Kubernetes pod of an event's cgroup (on a node: `run --kubernetes`).
+    pub pods: PodNames,
 }
 
 impl Describer {
@@ -133,6 +136,7 @@ impl Describer {
         Describer {
             policies: allowlist.policy_names(),
             names: allowlist.names.clone(),
+            pods: PodNames::default(),
         }
     }
 
@@ -174,6 +178,12 @@ impl Describer {
             v["gid"] = json!(a.gid);
             v["comm"] = json!(comm_of(&a.comm));
             v["cgroup_id"] = json!(a.cgroup_id);
+            if let Some(pod) = self.pods.of(a.cgroup_id) {
+                v["pod_uid"] = json!(pod.uid);
+                if let Some(name) = pod.name {
+                    v["pod"] = json!(name);
+                }
+            }
         }
         v
     }
@@ -192,6 +202,7 @@ impl Describer {
     }
 
     fn line<'a>(&'a self, e: &'a Record, time: &'a str) -> Line<'a> {
+        let pod = self.pods.of(e.cgroup_id);
         Line {
             cgroup_id: e.cgroup_id,
             comm: comm(e),
@@ -210,6 +221,8 @@ impl Describer {
             pid: e.tgid,
             policy: self.policy(e.policy_id),
             path: e.unix.as_deref().map(unix_name),
+            pod_uid: pod.as_ref().map(|p| p.uid.clone()),
+            pod: pod.and_then(|p| p.name),
             protocol: if e.family == AF_UNIX {
                 "unix".into()
             } else {
@@ -239,6 +252,12 @@ struct Line<'a> {
     /// The UNIX socket name, for UNIX events only.
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
+    /// The Kubernetes pod (`namespace/name`), where egressd knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<String>,
+    /// The pod's uid, for a process in a pod's cgroup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_uid: Option<String>,
     policy: &'a str,
     protocol: Cow<'static, str>,
     reason: &'static str,

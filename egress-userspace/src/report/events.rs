@@ -232,6 +232,7 @@ mod tests {
         let d = Describer {
             policies: HashMap::new(),
             names: Default::default(),
+            pods: Default::default(),
         };
         let j = d.json(&r);
         assert_eq!(j["path"], "@a\\x0ab");

@@ -10,4 +10,5 @@ pub mod endpoint;
 pub mod events;
 pub mod explain;
 pub mod metrics;
+pub mod pod_names;
 pub mod rule_metrics;

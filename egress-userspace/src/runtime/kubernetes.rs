@@ -1,23 +1,20 @@
-//! Kubernetes: which pods on this node a policy selects, and where their
-//! cgroups are. Pods come from a PodList (the API's JSON, as `kubectl get
-//! pods -o json` writes it; the DaemonSet's sidecar keeps such a file
-//! fresh). A pod's cgroup is found under both cgroup drivers:
+//! Kubernetes: the pods on this node, which policy each belongs to, and
+//! where their cgroups are. Pods come from the API server (`pod_watch`);
+//! here they are plain data. A pod's cgroup is found under both cgroup
+//! drivers:
 //!
 //! - systemd: `kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_>.slice`
 //!   (Guaranteed pods directly under `kubepods.slice`; `-` in the uid becomes `_`);
 //! - cgroupfs: `kubepods/<qos>/pod<uid>` (Guaranteed directly under `kubepods`).
 //!
-//! Governing the pod's cgroup governs every container in it (sub-cgroups).
+//! Every container of a pod is in a cgroup below the pod's.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result};
-use serde_json::Value;
-
-use crate::policy::Policy;
+use crate::policy::{selector::Labels, Policy};
 
 /// A pod's quality-of-service class, which places its cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,59 +29,63 @@ pub struct Pod {
     pub uid: String,
     pub namespace: String,
     pub name: String,
-    pub node: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub qos: Qos,
 }
 
-/// The pods of a PodList (or a single Pod) that run on `node`.
-pub fn parse_pods(json: &str, node: Option<&str>) -> Result<Vec<Pod>> {
-    let v: Value = serde_json::from_str(json).context("the pods file is not JSON")?;
-    let items: Vec<&Value> = match v.get("items").and_then(Value::as_array) {
-        Some(items) => items.iter().collect(),
-        None => vec![&v],
-    };
-    let mut pods = Vec::new();
-    for item in items {
-        let meta = &item["metadata"];
-        let (Some(uid), Some(namespace), Some(name)) = (
-            meta["uid"].as_str(),
-            meta["namespace"].as_str(),
-            meta["name"].as_str(),
-        ) else {
-            continue;
-        };
-        // A uid becomes part of a path: accept only what uids look like.
-        if !uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') || uid.is_empty() {
-            continue;
+impl Pod {
+    /// The pod as egressd needs it; None without a uid, name or namespace,
+    /// or with a uid that is not one (it becomes part of a path).
+    pub fn from_api(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Pod> {
+        let meta = &pod.metadata;
+        let uid = meta.uid.as_deref()?;
+        if uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return None;
         }
-        let pod_node = item["spec"]["nodeName"].as_str().unwrap_or("");
-        if node.is_some_and(|n| n != pod_node) {
-            continue;
-        }
-        let qos = match item["status"]["qosClass"].as_str() {
+        let qos = match pod.status.as_ref().and_then(|s| s.qos_class.as_deref()) {
             Some("Guaranteed") => Qos::Guaranteed,
             Some("BestEffort") => Qos::BestEffort,
             _ => Qos::Burstable,
         };
-        let labels = meta["labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        pods.push(Pod {
+        Some(Pod {
             uid: uid.to_string(),
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            node: pod_node.to_string(),
-            labels,
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+            labels: meta.labels.clone().unwrap_or_default(),
             qos,
-        });
+        })
     }
-    Ok(pods)
+}
+
+/// What egressd knows of the cluster: this node's pods (by uid) and every
+/// namespace's labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cluster {
+    pub pods: BTreeMap<String, Pod>,
+    pub namespaces: BTreeMap<String, Labels>,
+}
+
+impl Cluster {
+    /// The policy that selects `pod`, if any (selectors of two policies
+    /// never overlap: `policy::load` refuses that).
+    pub fn policy_of<'a>(&self, policies: &'a [Policy], pod: &Pod) -> Option<&'a Policy> {
+        let empty = Labels::new();
+        let ns = self.namespaces.get(&pod.namespace).unwrap_or(&empty);
+        policies.iter().find(|p| {
+            p.pods
+                .iter()
+                .any(|s| s.matches(&pod.namespace, ns, &pod.labels))
+        })
+    }
+}
+
+/// How a pod's cgroup is to be governed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Class {
+    /// By this policy.
+    Policy(String),
+    /// By none: the pod is known and no policy selects it.
+    Released,
 }
 
 /// Where the pod's cgroup is, relative to `kubepods_root` (itself relative
@@ -123,32 +124,73 @@ pub fn pod_parents(kubepods_root: &Path) -> Vec<PathBuf> {
     .collect()
 }
 
-/// For each policy with pod selectors: the cgroups (relative to the cgroup2
-/// root `cgroup_root`) of the pods it selects whose cgroup exists now.
-/// A pod selected by two policies is governed by the first (in file order).
-pub fn pod_cgroups(
+/// Where the pod's cgroup is now (relative to the cgroup2 root), under
+/// either driver; None if it has none yet.
+pub fn pod_cgroup(cgroup_root: &Path, kubepods_root: &Path, pod: &Pod) -> Option<PathBuf> {
+    cgroup_candidates(kubepods_root, pod)
+        .into_iter()
+        .find(|rel| cgroup_root.join(rel).join("cgroup.procs").exists())
+}
+
+/// The cgroups of the pods known now whose cgroup exists, and how each is
+/// to be governed; `own_uid` (egressd's own pod) is released whatever
+/// selects it.
+pub fn classify(
     policies: &[Policy],
-    pods: &[Pod],
+    cluster: &Cluster,
+    own_uid: Option<&str>,
     cgroup_root: &Path,
     kubepods_root: &Path,
-) -> BTreeMap<String, Vec<PathBuf>> {
-    let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for pod in pods {
-        let Some(policy) = policies.iter().find(|p| {
-            p.pods
-                .iter()
-                .any(|s| s.matches(&pod.namespace, &pod.labels))
-        }) else {
+) -> BTreeMap<PathBuf, (Class, Pod)> {
+    let mut out = BTreeMap::new();
+    for pod in cluster.pods.values() {
+        let Some(rel) = pod_cgroup(cgroup_root, kubepods_root, pod) else {
             continue;
         };
-        let found = cgroup_candidates(kubepods_root, pod)
-            .into_iter()
-            .find(|rel| cgroup_root.join(rel).join("cgroup.procs").exists());
-        if let Some(rel) = found {
-            out.entry(policy.name.clone()).or_default().push(rel);
-        }
+        let class = match cluster.policy_of(policies, pod) {
+            Some(p) if own_uid != Some(pod.uid.as_str()) => Class::Policy(p.name.clone()),
+            _ => Class::Released,
+        };
+        out.insert(rel, (class, pod.clone()));
     }
     out
+}
+
+/// The uid of the pod this process runs in, found by its pid among the
+/// kubepods cgroups' processes (None outside a pod).
+pub fn own_pod_uid(cgroup_root: &Path, kubepods_root: &Path) -> Option<String> {
+    let me = std::process::id().to_string();
+    let mut dirs: Vec<(PathBuf, usize)> = kubepods_cgroups(cgroup_root, kubepods_root)
+        .into_iter()
+        .map(|rel| (cgroup_root.join(rel), 0))
+        .collect();
+    while let Some((dir, depth)) = dirs.pop() {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if procs.lines().any(|l| l == me) {
+            return crate::report::pod_names::pod_uid(&dir);
+        }
+        if depth < 4 {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                dirs.extend(
+                    entries
+                        .filter_map(|e| e.ok())
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| (e.path(), depth + 1)),
+                );
+            }
+        }
+    }
+    None
+}
+
+/// The kubepods cgroups (relative to the cgroup2 root) that exist: where
+/// pod cgroups appear.
+pub fn kubepods_cgroups(cgroup_root: &Path, kubepods_root: &Path) -> Vec<PathBuf> {
+    ["kubepods.slice", "kubepods"]
+        .iter()
+        .map(|p| kubepods_root.join(p))
+        .filter(|rel| cgroup_root.join(rel).join("cgroup.procs").exists())
+        .collect()
 }
 
 #[cfg(test)]
@@ -156,23 +198,33 @@ mod tests {
     use super::*;
     use crate::policy::validate::parse;
 
-    /// Recorded API objects (trimmed `kubectl get pods -A -o json`).
-    const PODS: &str = r#"{"apiVersion":"v1","kind":"PodList","items":[
+    /// Recorded API objects (a trimmed PodList of one node's pods).
+    const PODS: &str = r#"{"apiVersion":"v1","kind":"PodList","metadata":{"resourceVersion":"1"},"items":[
       {"metadata":{"name":"summarizer-7d9f","namespace":"agents","uid":"0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70",
                    "labels":{"app":"doc-summarizer","tier":"agent"}},
-       "spec":{"nodeName":"node-a"},"status":{"qosClass":"Burstable","phase":"Running"}},
+       "spec":{"nodeName":"node-a","containers":[]},"status":{"qosClass":"Burstable","phase":"Running"}},
       {"metadata":{"name":"coder-0","namespace":"agents","uid":"aa11bb22-2222-4c3b-9a55-2b1c0d9e8f71",
                    "labels":{"app":"coding-agent"}},
-       "spec":{"nodeName":"node-a"},"status":{"qosClass":"Guaranteed"}},
-      {"metadata":{"name":"summarizer-other-node","namespace":"agents","uid":"bb11bb22-3333-4c3b-9a55-2b1c0d9e8f72",
-                   "labels":{"app":"doc-summarizer"}},
-       "spec":{"nodeName":"node-b"},"status":{"qosClass":"BestEffort"}},
+       "spec":{"nodeName":"node-a","containers":[]},"status":{"qosClass":"Guaranteed"}},
       {"metadata":{"name":"web","namespace":"default","uid":"cc11bb22-4444-4c3b-9a55-2b1c0d9e8f73",
                    "labels":{"app":"doc-summarizer"}},
-       "spec":{"nodeName":"node-a"},"status":{"qosClass":"BestEffort"}},
+       "spec":{"nodeName":"node-a","containers":[]},"status":{"qosClass":"BestEffort"}},
       {"metadata":{"name":"evil","namespace":"agents","uid":"../../etc","labels":{"app":"doc-summarizer"}},
-       "spec":{"nodeName":"node-a"},"status":{}}
+       "spec":{"nodeName":"node-a","containers":[]},"status":{}}
     ]}"#;
+
+    fn pods() -> Vec<Pod> {
+        let list: k8s_openapi::List<k8s_openapi::api::core::v1::Pod> =
+            serde_json::from_str(PODS).unwrap();
+        list.items.iter().filter_map(Pod::from_api).collect()
+    }
+
+    fn cluster() -> Cluster {
+        Cluster {
+            pods: pods().into_iter().map(|p| (p.uid.clone(), p)).collect(),
+            namespaces: BTreeMap::new(),
+        }
+    }
 
     fn policies() -> Vec<Policy> {
         let a = "name: doc\npods:\n  - namespace: agents\n    labels: {app: doc-summarizer}\nallow: []\n";
@@ -184,22 +236,18 @@ mod tests {
     }
 
     #[test]
-    fn parses_pods_on_this_node_only() {
-        let pods = parse_pods(PODS, Some("node-a")).unwrap();
+    fn reads_api_pods_and_refuses_a_path_for_a_uid() {
+        let pods = pods();
         let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["summarizer-7d9f", "coder-0", "web"],
-            "a path in a uid is refused"
-        );
+        assert_eq!(names, ["summarizer-7d9f", "coder-0", "web"]);
         assert_eq!(pods[0].qos, Qos::Burstable);
         assert_eq!(pods[1].qos, Qos::Guaranteed);
-        assert_eq!(parse_pods(PODS, None).unwrap().len(), 4);
+        assert_eq!(pods[0].labels["tier"], "agent");
     }
 
     #[test]
     fn cgroup_paths_under_both_drivers() {
-        let pods = parse_pods(PODS, Some("node-a")).unwrap();
+        let pods = pods();
         let [systemd, cgroupfs] = cgroup_candidates(Path::new(""), &pods[0]);
         assert_eq!(
             systemd,
@@ -223,26 +271,58 @@ mod tests {
     }
 
     /// Against a synthetic cgroup tree: the systemd layout for one pod, the
-    /// cgroupfs layout for another, and a selected pod not started yet.
+    /// cgroupfs layout for others, and a selected pod not started yet.
     #[test]
-    fn selection_and_mapping_against_a_cgroup_tree() {
+    fn classification_against_a_cgroup_tree() {
         let root = std::env::temp_dir().join(format!("egressd-kube-{}", std::process::id()));
-        let pods = parse_pods(PODS, Some("node-a")).unwrap();
-        let [systemd, _] = cgroup_candidates(Path::new(""), &pods[0]);
-        let [_, cgroupfs] = cgroup_candidates(Path::new(""), &pods[1]);
-        for dir in [&systemd, &cgroupfs] {
+        let pods = pods();
+        let [summarizer, _] = cgroup_candidates(Path::new(""), &pods[0]);
+        let [_, coder] = cgroup_candidates(Path::new(""), &pods[1]);
+        let [_, web] = cgroup_candidates(Path::new(""), &pods[2]);
+        for dir in [&summarizer, &coder, &web] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
             std::fs::write(root.join(dir).join("cgroup.procs"), "").unwrap();
         }
-        let got = pod_cgroups(&policies(), &pods, &root, Path::new(""));
+        let got = classify(&policies(), &cluster(), None, &root, Path::new(""));
+        let classes: Vec<(&PathBuf, &Class)> = got.iter().map(|(r, (c, _))| (r, c)).collect();
         assert_eq!(
-            got["doc"],
-            vec![systemd.clone()],
-            "only agents/app=doc-summarizer, started"
+            classes,
+            [
+                (&web, &Class::Released),
+                (&coder, &Class::Policy("coder".into())),
+                (&summarizer, &Class::Policy("doc".into())),
+            ],
+            "web matches the labels, not the namespace: released"
         );
-        assert_eq!(got["coder"], vec![cgroupfs]);
-        // `web` matches the labels but not the namespace: governed by no one.
-        assert_eq!(got.values().map(Vec::len).sum::<usize>(), 2);
+        // egressd's own pod is released whatever selects it.
+        let own = classify(
+            &policies(),
+            &cluster(),
+            Some(&pods[1].uid),
+            &root,
+            Path::new(""),
+        );
+        assert_eq!(own[&coder].0, Class::Released);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn namespace_labels_select() {
+        let p = parse(
+            "name: ai\npods:\n  - namespace: \"*\"\n    namespaceSelector: {matchLabels: {team: ai}}\nallow: []\n",
+            Path::new("ai.yaml"),
+        )
+        .unwrap();
+        let mut c = cluster();
+        let pod = c.pods.values().find(|p| p.name == "web").unwrap().clone();
+        assert!(c.policy_of(std::slice::from_ref(&p), &pod).is_none());
+        c.namespaces.insert(
+            "default".into(),
+            [("team".to_string(), "ai".to_string())].into(),
+        );
+        assert_eq!(
+            c.policy_of(std::slice::from_ref(&p), &pod).unwrap().name,
+            "ai"
+        );
     }
 }

@@ -1,107 +1,155 @@
-//! Kubernetes pods on this node, as the daemon learns of them (a PodList
-//! file, polled), and the cgroups of those each policy selects.
+//! Kubernetes pods on this node, governed from their first process.
+//!
+//! The programs are attached once, to the kubepods cgroup (`kubepods.slice`
+//! or `kubepods`), under a built-in policy, `kubernetes-pending`, that
+//! allows nothing. Every pod's cgroup is below it, so a pod whose cgroup
+//! appears is refused everything until egressd has classified it: then its
+//! cgroup is mapped to the policy that selects it, or released (a pod no
+//! policy selects passes as if no program were attached). No moment exists
+//! in which a selected pod's process runs ungoverned, whatever the order in
+//! which kubelet creates the cgroup and egressd learns of the pod.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use tokio::sync::watch;
 
-use super::{kubernetes, supervisor::Governor, watch::stamp};
-use crate::policy::Policy;
+use super::{
+    kubernetes::{self, Class, Cluster},
+    supervisor::Governor,
+};
+use crate::policy::{validate::parse, Policy};
 
-/// Where this node's pods are listed (a PodList file kept fresh by the
-/// DaemonSet's sidecar), and where their cgroups are.
+/// The built-in policy of pods not classified yet.
+pub const PENDING: &str = "kubernetes-pending";
+
+/// Where this node's pods come from, and where their cgroups are.
 pub struct PodSource {
-    pub file: PathBuf,
-    /// Only pods scheduled on this node (None: every pod in the file).
-    pub node: Option<String>,
+    /// The pods, as the API server tells them.
+    pub cluster: watch::Receiver<Option<Cluster>>,
     /// The directory holding `kubepods.slice` or `kubepods`, relative to
     /// the cgroup2 root (empty: the root itself).
     pub kubepods_root: PathBuf,
+    /// egressd's own pod, never held.
+    pub own_uid: Option<String>,
 }
 
-/// The pods last read, and what governs them.
+/// The pods known, and what governs them.
 pub struct Pods {
     pub source: Option<PodSource>,
-    pub pods: Vec<kubernetes::Pod>,
-    pub seen: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
-    /// Whether the pods file was read once (until then, an earlier run's
-    /// pinned programs must stay: they govern the pods).
-    pub loaded: bool,
+    /// None until the pods and namespaces have been listed.
+    pub cluster: Option<Cluster>,
 }
 
 impl Pods {
-    /// Reads the pods file again if it changed; a file that cannot be read
-    /// keeps the pods known so far. Returns whether anything changed.
-    pub fn refresh(&mut self) -> bool {
+    pub fn new(source: Option<PodSource>) -> Pods {
+        Pods {
+            source,
+            cluster: None,
+        }
+    }
+
+    /// Waits for the next state of the cluster and takes it (never returns
+    /// without a source, or once the watchers are gone).
+    pub async fn next(&mut self) {
+        let Some(src) = self.source.as_mut() else {
+            return std::future::pending().await;
+        };
+        if src.cluster.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        self.cluster = src.cluster.borrow_and_update().clone();
+    }
+
+    /// The policies to run: `base`, and `kubernetes-pending` on the kubepods
+    /// cgroups when pods are watched.
+    pub fn expand(&self, base: &[Policy], root: &Path) -> Result<Vec<Policy>> {
+        let mut out = base.to_vec();
         let Some(src) = &self.source else {
-            return false;
+            return Ok(out);
         };
-        let now = stamp(&src.file);
-        if now == self.seen {
-            return false;
+        if base.iter().any(|p| p.name == PENDING) {
+            bail!("policy name `{PENDING}` is egressd's own (pods not classified yet): rename the policy");
         }
-        self.seen = now;
-        let read = std::fs::read_to_string(&src.file)
-            .map_err(anyhow::Error::from)
-            .and_then(|t| kubernetes::parse_pods(&t, src.node.as_deref()));
-        match read {
-            Ok(pods) => {
-                let changed = pods != self.pods || !self.loaded;
-                self.pods = pods;
-                self.loaded = true;
-                changed
-            }
-            Err(e) => {
-                tracing::warn!(file = %src.file.display(), "reading pods: {e:#}; keeping the pods known so far");
-                false
-            }
+        let cgroups = kubernetes::kubepods_cgroups(root, &src.kubepods_root);
+        if cgroups.is_empty() {
+            bail!(
+                "no kubepods cgroup (kubepods.slice or kubepods) under {}: is kubelet running on this node, and is --kubepods-root right?",
+                root.join(&src.kubepods_root).display()
+            );
         }
+        let mut pending = parse(
+            &format!("name: {PENDING}\nmode: enforce\nallow: []\n"),
+            Path::new("(built in)"),
+        )?;
+        pending.cgroups = cgroups;
+        out.push(pending);
+        Ok(out)
     }
 
-    /// `base` with each policy's cgroups extended by those of the pods it
-    /// selects (that exist now); and, per policy, the pod cgroups alone.
-    pub fn expand(
-        &self,
-        base: &[Policy],
-        root: &Path,
-    ) -> (Vec<Policy>, BTreeMap<String, Vec<PathBuf>>) {
-        let map = match &self.source {
-            Some(src) => kubernetes::pod_cgroups(base, &self.pods, root, &src.kubepods_root),
-            None => BTreeMap::new(),
+    /// How each pod cgroup that exists now is to be governed: those of the
+    /// pods known (selected or released) and egressd's own (released).
+    fn classes(&self, base: &[Policy], root: &Path) -> BTreeMap<PathBuf, Class> {
+        let Some(src) = &self.source else {
+            return BTreeMap::new();
         };
-        let expanded = base
-            .iter()
-            .map(|p| {
-                let mut p = p.clone();
-                p.cgroups
-                    .extend(map.get(&p.name).cloned().unwrap_or_default());
-                p
-            })
-            .collect();
-        (expanded, map)
+        let empty = Cluster::default();
+        let cluster = self.cluster.as_ref().unwrap_or(&empty);
+        let mut out: BTreeMap<PathBuf, Class> = kubernetes::classify(
+            base,
+            cluster,
+            src.own_uid.as_deref(),
+            root,
+            &src.kubepods_root,
+        )
+        .into_iter()
+        .map(|(rel, (class, _))| (rel, class))
+        .collect();
+        if let Some(uid) = &src.own_uid {
+            for qos in [
+                kubernetes::Qos::Guaranteed,
+                kubernetes::Qos::Burstable,
+                kubernetes::Qos::BestEffort,
+            ] {
+                let own = kubernetes::Pod {
+                    uid: uid.clone(),
+                    namespace: String::new(),
+                    name: String::new(),
+                    labels: Default::default(),
+                    qos,
+                };
+                if let Some(rel) = kubernetes::pod_cgroup(root, &src.kubepods_root, &own) {
+                    out.insert(rel, Class::Released);
+                }
+            }
+        }
+        out
     }
 
-    /// Governs the cgroups of the pods each policy selects now, and
-    /// releases those of pods that are gone; one policy's failure does not
-    /// stop the others (and the next poll tries again).
+    /// Maps each pod cgroup to its policy (or releases it), and forgets
+    /// those of pods that are gone: they are held again (pending).
     pub fn sync(&self, governor: &mut Governor, base: &[Policy], root: &Path) -> Result<()> {
-        let (expanded, map) = self.expand(base, root);
-        let mut first_error = None;
-        for p in &expanded {
-            let pods = map.get(&p.name).cloned().unwrap_or_default();
-            if let Err(e) = governor.set_cgroups(&p.name, &p.cgroups, &pods) {
-                first_error.get_or_insert(e.context(format!("policy `{}`", p.name)));
-            }
+        if self.source.is_none() {
+            return Ok(());
         }
-        first_error.map_or(Ok(()), Err)
+        governor.set_pods(&self.classes(base, root))
     }
 
-    /// Whether the pods are known (or none are used).
+    /// Whether the pods are known (or none are watched).
     pub fn ready(&self) -> bool {
-        self.source.is_none() || self.loaded
+        self.source.is_none() || self.cluster.is_some()
+    }
+
+    /// Each known pod's `namespace/name`, by uid.
+    pub fn names(&self) -> std::collections::HashMap<String, String> {
+        self.cluster
+            .iter()
+            .flat_map(|c| c.pods.values())
+            .map(|p| (p.uid.clone(), format!("{}/{}", p.namespace, p.name)))
+            .collect()
     }
 
     /// Where pod cgroups appear, to watch.

@@ -8,7 +8,7 @@
 //! so that a broken file never replaces what is enforced.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex},
 };
@@ -27,7 +27,7 @@ use crate::{
     policy::Policy,
     report::describe::DnsEvent,
     report::metrics::Metrics,
-    runtime::watch::Change,
+    runtime::{kubernetes::Class, watch::Change},
     state::allowlist::Allowlist,
     state::learn::Learner,
 };
@@ -39,10 +39,7 @@ struct Running {
     refreshers: Vec<JoinHandle<()>>,
     /// Governed cgroups: path relative to the cgroup2 root -> cgroup id.
     cgroups: HashMap<PathBuf, u64>,
-    /// Those of them that belong to pods: when one is removed, the pod is
-    /// gone; it is released, not created again.
-    pod_cgroups: std::collections::HashSet<PathBuf>,
-    /// A DNS proxy inside each pod's network namespace.
+    /// A DNS proxy inside the network namespace of each pod it governs.
     pod_proxies: HashMap<PathBuf, JoinHandle<()>>,
     /// The policy's proxy, to serve pods with.
     dns: Proxy,
@@ -56,6 +53,9 @@ pub struct Governor {
     pin_dir: PathBuf,
     cgroup_root: PathBuf,
     running: HashMap<String, Running>,
+    /// Pod cgroups below the kubepods cgroup (where the programs are
+    /// attached), mapped to a policy or released: path -> (cgroup id, how).
+    pods: HashMap<PathBuf, (u64, Class)>,
 }
 
 impl Governor {
@@ -73,6 +73,7 @@ impl Governor {
             pin_dir,
             cgroup_root,
             running: HashMap::new(),
+            pods: HashMap::new(),
         }
     }
 
@@ -148,7 +149,6 @@ impl Governor {
                 proxy,
                 refreshers,
                 cgroups: HashMap::new(),
-                pod_cgroups: Default::default(),
                 pod_proxies: HashMap::new(),
                 dns,
             },
@@ -209,9 +209,6 @@ impl Governor {
             }
             let cgroup = Cgroup::at(&self.cgroup_root, rel);
             if !cgroup.exists() {
-                if r.pod_cgroups.contains(rel) {
-                    continue; // a pod that is gone: nothing to create
-                }
                 tracing::info!(policy = name, cgroup = %cgroup.path.display(), "creating the governed cgroup");
                 cgroup.create()?;
             }
@@ -247,31 +244,79 @@ impl Governor {
         Ok(())
     }
 
-    /// Makes `wanted` (static cgroups and those of selected pods, `pods`
-    /// among them) the governed cgroups of running policy `name`: the new
-    /// ones are governed before the old ones are released.
-    pub fn set_cgroups(&mut self, name: &str, wanted: &[PathBuf], pods: &[PathBuf]) -> Result<()> {
-        let Some(r) = self.running.get_mut(name) else {
-            return Ok(());
-        };
-        r.pod_cgroups = pods.iter().cloned().collect();
-        // DNS inside each pod's own network namespace.
-        r.pod_proxies.retain(|rel, task| {
-            let keep = pods.contains(rel);
-            if !keep {
-                task.abort();
+    /// Makes `classes` the pod cgroups mapped below the kubepods cgroup:
+    /// each to the id of the policy that selects its pod (with a DNS proxy
+    /// in the pod's network namespace), or released. A pod cgroup no longer
+    /// in `classes` (the pod is gone, or not known) is unmapped, and so held
+    /// again by `kubernetes-pending`. A pod selected by a policy that is not
+    /// running stays held.
+    pub fn set_pods(&mut self, classes: &BTreeMap<PathBuf, Class>) -> Result<()> {
+        let allowlist = self.allowlist.clone();
+        let mut e = allowlist
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut first_error = None;
+        let stale: Vec<PathBuf> = self
+            .pods
+            .keys()
+            .filter(|rel| !classes.contains_key(*rel))
+            .cloned()
+            .collect();
+        for rel in stale {
+            let (cgroup_id, class) = self.pods.remove(&rel).expect("listed");
+            if let Err(err) = e.unmap_cgroup(cgroup_id, self.value_of(&class).unwrap_or(0)) {
+                first_error.get_or_insert(err);
             }
-            keep
-        });
-        for rel in pods {
-            if !r.pod_proxies.contains_key(rel) {
-                let cgroup = Cgroup::at(&self.cgroup_root, rel);
+            stop_pod_proxy(&mut self.running, &rel, &class);
+            tracing::info!(cgroup = %rel.display(), "pod no longer known: held until it is");
+        }
+        for (rel, class) in classes {
+            let cgroup = Cgroup::at(&self.cgroup_root, rel);
+            let Ok(cgroup_id) = cgroup.id() else {
+                continue; // gone meanwhile
+            };
+            if self.pods.get(rel) == Some(&(cgroup_id, class.clone())) {
+                continue;
+            }
+            let Some(value) = self.value_of(class) else {
+                continue;
+            };
+            // The new value replaces the old in one update.
+            if let Err(err) = e.map_cgroup(cgroup_id, value) {
+                first_error.get_or_insert(err);
+                continue;
+            }
+            if let Some((old_id, old_class)) = self.pods.remove(rel) {
+                if old_id != cgroup_id {
+                    let _ = e.unmap_cgroup(old_id, self.value_of(&old_class).unwrap_or(0));
+                }
+                stop_pod_proxy(&mut self.running, rel, &old_class);
+            }
+            if let Class::Policy(name) = class {
+                let r = self.running.get_mut(name).expect("value_of found it");
                 let task = tokio::spawn(serve_pod(r.dns.clone(), cgroup));
                 r.pod_proxies.insert(rel.clone(), task);
+                tracing::info!(policy = name, cgroup = %rel.display(), "pod governed");
+            } else {
+                tracing::info!(cgroup = %rel.display(), "pod released: no policy selects it");
             }
+            self.pods.insert(rel.clone(), (cgroup_id, class.clone()));
         }
-        self.govern_cgroups(name, wanted)?;
-        self.release_cgroups(name, wanted)
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The `CGROUP_POLICY` value for a pod of class `class`; None for a
+    /// policy that is not running.
+    fn value_of(&self, class: &Class) -> Option<u32> {
+        match class {
+            Class::Released => Some(egress_common::POLICY_RELEASED),
+            Class::Policy(name) => self.running.get(name).map(|r| r.id),
+        }
+    }
+
+    /// The pod cgroups mapped now, and how.
+    pub fn pods(&self) -> impl Iterator<Item = (&PathBuf, &(u64, Class))> {
+        self.pods.iter()
     }
 
     /// The directories holding governed cgroups, to watch for changes.
@@ -302,22 +347,6 @@ impl Governor {
                     .map(|rel| (name.clone(), rel.clone()))
             });
             let Some((name, rel)) = hit else { continue };
-            let is_pod = self.running[&name].pod_cgroups.contains(&rel);
-            if is_pod && !change.created {
-                // The pod is gone: release its cgroup (the caller recomputes
-                // which pods are selected).
-                let r = self.running.get_mut(&name).expect("running");
-                let wanted: Vec<PathBuf> =
-                    r.cgroups.keys().filter(|c| **c != rel).cloned().collect();
-                r.pod_cgroups.remove(&rel);
-                if let Some(proxy) = r.pod_proxies.remove(&rel) {
-                    proxy.abort();
-                }
-                if let Err(e) = self.release_cgroups(&name, &wanted) {
-                    first_error.get_or_insert(e);
-                }
-                continue;
-            }
             if !change.created {
                 tracing::warn!(policy = name, cgroup = %path.display(), "governed cgroup removed: creating it again");
             }
@@ -339,9 +368,6 @@ impl Governor {
             return Ok(());
         };
         if !cgroup.exists() {
-            if r.pod_cgroups.contains(rel) {
-                return Ok(()); // a pod that is gone is released, not recreated
-            }
             cgroup.create()?;
         }
         let new_id = cgroup.id()?;
@@ -361,37 +387,16 @@ impl Governor {
 
     /// Checks every governed cgroup against the cgroup tree (what inotify
     /// may have missed: a queue overflow, a watched parent removed): a
-    /// removed one is created again (a pod's is released), a recreated one
-    /// governed again.
+    /// removed one is created again, a recreated one governed again.
     pub fn verify_all(&mut self) -> Result<()> {
-        let all: Vec<(String, PathBuf, bool)> = self
+        let all: Vec<(String, PathBuf)> = self
             .running
             .iter()
-            .flat_map(|(n, r)| {
-                r.cgroups
-                    .keys()
-                    .map(|rel| (n.clone(), rel.clone(), r.pod_cgroups.contains(rel)))
-            })
+            .flat_map(|(n, r)| r.cgroups.keys().map(|rel| (n.clone(), rel.clone())))
             .collect();
         let mut first_error = None;
-        for (name, rel, is_pod) in all {
-            let exists = Cgroup::at(&self.cgroup_root, &rel).exists();
-            let result = if is_pod && !exists {
-                let change = Change {
-                    dir: self
-                        .cgroup_root
-                        .join(&rel)
-                        .parent()
-                        .map(PathBuf::from)
-                        .unwrap_or_default(),
-                    name: rel.file_name().map(PathBuf::from).unwrap_or_default(),
-                    created: false,
-                };
-                self.on_changes(&[change])
-            } else {
-                self.regovern(&name, &rel)
-            };
-            if let Err(e) = result {
+        for (name, rel) in all {
+            if let Err(e) = self.regovern(&name, &rel) {
                 first_error.get_or_insert(e);
             }
         }
@@ -407,6 +412,18 @@ impl Governor {
             for (_, t) in r.pod_proxies.drain() {
                 t.abort();
             }
+        }
+    }
+}
+
+/// Stops the DNS proxy a policy ran in a pod's network namespace.
+fn stop_pod_proxy(running: &mut HashMap<String, Running>, rel: &PathBuf, class: &Class) {
+    if let Class::Policy(name) = class {
+        if let Some(task) = running
+            .get_mut(name)
+            .and_then(|r| r.pod_proxies.remove(rel))
+        {
+            task.abort();
         }
     }
 }

@@ -271,6 +271,18 @@ impl Allowlist {
         self.tables.remove_cgroup(cgroup_id, id)
     }
 
+    /// Maps a cgroup below a governed one (a pod's, below the kubepods
+    /// cgroup) to policy id `value` (or `POLICY_RELEASED`), without
+    /// attaching anything: the programs of its ancestor judge it.
+    pub fn map_cgroup(&mut self, cgroup_id: u64, value: u32) -> Result<()> {
+        self.tables.set_cgroup(cgroup_id, value)
+    }
+
+    /// Undoes `map_cgroup` (if the cgroup is still mapped to `value`).
+    pub fn unmap_cgroup(&mut self, cgroup_id: u64, value: u32) -> Result<()> {
+        self.tables.remove_cgroup(cgroup_id, value)
+    }
+
     /// Rebuilds address -> name from what every policy holds now.
     pub(super) fn refresh_names(&self) {
         let mut names = self

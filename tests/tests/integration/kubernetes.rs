@@ -7,15 +7,41 @@ use std::{path::PathBuf, process::Command};
 
 use egress_tests::egressd::{bin, TempDir};
 
+/// The Kubernetes objects in deploy/kubernetes: every YAML file but the
+/// kustomization (kustomize's own file, which has no API schema).
 fn manifests() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| !p.ends_with("kustomization.yaml"))
         .collect();
     v.sort();
     v
+}
+
+/// `kubectl apply -k deploy/kubernetes` applies every manifest: the
+/// kustomization lists each file (`  - NAME.yaml` under `resources:`),
+/// the Namespace first.
+#[test]
+fn the_kustomization_lists_every_manifest() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let text = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    let listed: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "resources:")
+        .skip(1)
+        .map_while(|l| l.strip_prefix("  - "))
+        .collect();
+    assert_eq!(listed.first(), Some(&"namespace.yaml"), "{listed:?}");
+    let mut listed: Vec<String> = listed.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    let files: Vec<String> = manifests()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listed, files);
 }
 
 /// The pod seccomp profile (OCI format, for `seccompProfile: Localhost`)
@@ -77,13 +103,31 @@ fn the_agent_seccomp_profile_refuses_what_exec_refuses() {
     }
 }
 
+/// What `kubectl apply -k deploy/kubernetes` applies, built by kubectl's
+/// kustomize, validates against the schemas of the Kubernetes versions the
+/// README names; the Namespace comes first, and the image is the
+/// kustomization's.
 #[test]
 fn manifests_validate_against_the_kubernetes_schemas() {
-    let files = manifests();
-    assert!(files.len() >= 5, "{files:?}");
+    assert!(manifests().len() >= 5);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let built = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("kubectl (cargo xtask setup installs it)");
+    assert!(built.status.success(), "{built:?}");
+    let objects = String::from_utf8(built.stdout).unwrap();
+    assert!(
+        objects.starts_with("apiVersion: v1\nkind: Namespace\n"),
+        "{objects}"
+    );
+    assert!(objects.contains("image: egressd:0.1.0\n"), "{objects}");
+    let tmp = TempDir::new("k8s").unwrap();
+    let all = tmp.write("all.yaml", &objects).unwrap();
     let out = Command::new("kubernetes-validate")
-        .args(["--strict", "--kubernetes-version", "1.31.0"])
-        .args(&files)
+        .args(["--strict", "-k", "1.31.0", "-k", "1.33.0", "-k", "1.36.0"])
+        .arg(&all)
         .output()
         .expect("kubernetes-validate (pip install kubernetes-validate)");
     let text = format!(
@@ -96,13 +140,14 @@ fn manifests_validate_against_the_kubernetes_schemas() {
     for kind in [
         "daemonset/egressd",
         "configmap/egressd-policies",
-        "clusterrole/egressd-pod-reader",
+        "clusterrole/egressd",
+        "clusterrolebinding/egressd",
+        "namespace/egressd-system",
         "service/egressd-metrics",
     ] {
         assert!(text.contains(kind), "{kind} was not validated: {text}");
     }
     // The validator can fail: an unknown field is refused.
-    let tmp = TempDir::new("k8s").unwrap();
     let bad = tmp
         .write(
             "bad.yaml",
@@ -157,31 +202,21 @@ fn configmap_policies_pass_check() {
 }
 
 mod governed_pods {
-    use std::path::Path;
+    use std::time::Duration;
 
     use egress_tests::{
-        egressd::{bin, Daemon, TempDir, TestCgroup},
+        egressd::{Daemon, TempDir, TestCgroup},
+        kube_api::{pod, ApiServer},
         listen::Listener,
         netns::Netns,
         require_root,
     };
+    use serde_json::json;
 
     const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+    const TAINT: &str = "egressd.io/not-ready";
 
-    fn pod(name: &str, ns: &str, uid: &str, node: &str, qos: &str) -> String {
-        format!(
-            r#"{{"metadata":{{"name":"{name}","namespace":"{ns}","uid":"{uid}","labels":{{"app":"doc-summarizer"}}}},"spec":{{"nodeName":"{node}"}},"status":{{"qosClass":"{qos}"}}}}"#
-        )
-    }
-
-    fn pod_list(pods: &[String]) -> String {
-        format!(
-            r#"{{"apiVersion":"v1","kind":"PodList","items":[{}]}}"#,
-            pods.join(",")
-        )
-    }
-
-    /// A pod's cgroup under the kubepods tree, and one container in it
+    /// The cgroup of a pod (kubelet's layout), and of one container in it
     /// (both removed on drop).
     fn start_pod(kube: &TestCgroup, rel: &str) -> (TestCgroup, TestCgroup) {
         let pod = kube.child_path(rel).unwrap();
@@ -189,110 +224,237 @@ mod governed_pods {
         (container, pod)
     }
 
-    /// Pods selected by namespace and labels on this node are governed, from
-    /// a synthetic kubepods tree (both cgroup drivers) and a PodList file;
-    /// a pod that starts later is governed when its cgroup appears.
+    fn systemd_burstable(uid: &str) -> String {
+        format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+            uid.replace('-', "_")
+        )
+    }
+
+    /// What a connect from `cg` to the listener gives: "ok" or "error: 1".
+    fn probe(cg: &TestCgroup, ns: &Netns) -> String {
+        String::from_utf8_lossy(
+            &cg.run(ns, PROBE, &["tcp", "203.0.113.9:443"])
+                .unwrap()
+                .stdout,
+        )
+        .trim()
+        .to_string()
+    }
+
+    /// Probes until `want` (at most 10 s); the last answer.
+    fn probe_until(cg: &TestCgroup, ns: &Netns, want: &str) -> String {
+        let mut got = String::new();
+        for _ in 0..100 {
+            got = probe(cg, ns);
+            if got == want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        got
+    }
+
+    /// egressd started with `--kubernetes` against a test API server.
+    fn daemon(
+        ns: &Netns,
+        api: &ApiServer,
+        tmp: &TempDir,
+        kube: &TestCgroup,
+        policy: &str,
+    ) -> Daemon {
+        let policy = tmp.write("p.yaml", policy).unwrap();
+        let kubeconfig = api.kubeconfig(&tmp.0).unwrap();
+        Daemon::start_with(
+            ns,
+            &policy,
+            &[
+                "--kubernetes",
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+                "--node",
+                "node-a",
+                "--kubepods-root",
+                &kube.rel_str(),
+                "--ready-taint",
+                TAINT,
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Waits (at most 10 s) for egressd to remove the taint: the node's
+    /// pods were listed and governed.
+    fn wait_untainted(api: &ApiServer) {
+        for _ in 0..100 {
+            if !api.patches().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let patches = api.patches();
+        assert_eq!(
+            patches.len(),
+            1,
+            "the taint was not removed: {:?}",
+            api.requests()
+        );
+        assert_eq!(patches[0]["spec"]["taints"], json!([]), "{patches:?}");
+        assert_eq!(patches[0]["metadata"]["resourceVersion"], "7");
+    }
+
+    /// Pods are watched through the API server (this node's only), selected
+    /// by namespace labels and pod labels with matchExpressions, under both
+    /// cgroup drivers. A pod whose cgroup kubelet creates while egressd runs
+    /// is refused everything before egressd knows it (its first process's
+    /// connect is refused, and the listener gets nothing), then governed by
+    /// its policy or released. A watch that expires (410 Gone) is followed
+    /// by a new list, which replaces what was known.
     #[test]
-    fn selected_pods_are_governed() {
+    fn pods_are_held_until_classified() {
         require_root();
         let ns = Netns::new("kube").unwrap();
         let target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+        let api = ApiServer::start(
+            &ns,
+            "127.0.0.1:16443",
+            &[("agents", json!({"team": "ai"})), ("default", json!({}))],
+            Some(TAINT),
+        )
+        .unwrap();
         let kube = TestCgroup::new("kube").unwrap();
         kube.cgroup.create().unwrap();
-        let (a, b, c, d) = (
+        let agent = json!({"app": "doc-summarizer", "tier": "agent"});
+        let uids = [
             "0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70",
             "aa11bb22-2222-4c3b-9a55-2b1c0d9e8f71",
             "bb11bb22-3333-4c3b-9a55-2b1c0d9e8f72",
             "cc11bb22-4444-4c3b-9a55-2b1c0d9e8f73",
+            "dd11bb22-5555-4c3b-9a55-2b1c0d9e8f74",
+            "ee11bb22-6666-4c3b-9a55-2b1c0d9e8f75",
+        ];
+        let summarizer = pod("summarizer", "agents", uids[0], agent.clone(), "Burstable");
+        let web = pod("web", "default", uids[1], agent.clone(), "BestEffort");
+        let debug = pod(
+            "summarizer-debug",
+            "agents",
+            uids[2],
+            json!({"app": "doc-summarizer", "tier": "debug"}),
+            "Burstable",
         );
+        api.add_pod(summarizer);
+        api.add_pod(web.clone());
+        api.add_pod(debug);
+        let (a_cg, _a) = start_pod(&kube, &systemd_burstable(uids[0]));
+        let (w_cg, _w) = start_pod(&kube, &format!("kubepods/besteffort/pod{}", uids[1]));
+        let (g_cg, _g) = start_pod(&kube, &systemd_burstable(uids[2]));
         let tmp = TempDir::new("kube").unwrap();
-        let pods = tmp
-            .write(
-                "pods.json",
-                &pod_list(&[
-                    pod("summarizer", "agents", a, "node-a", "Burstable"),
-                    pod("web", "default", b, "node-a", "BestEffort"),
-                    pod("summarizer-2", "agents", c, "node-a", "Guaranteed"),
-                    pod("elsewhere", "agents", d, "node-b", "Burstable"),
-                ]),
-            )
-            .unwrap();
-        let (a_cg, _a_pod) = start_pod(
-            &kube,
-            &format!(
-                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
-                a.replace('-', "_")
-            ),
-        );
-        let (b_cg, _b_pod) = start_pod(&kube, &format!("kubepods/besteffort/pod{b}"));
-        let (d_cg, _d_pod) = start_pod(
-            &kube,
-            &format!(
-                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
-                d.replace('-', "_")
-            ),
-        );
-        let policy = tmp
-            .write("p.yaml", "name: doc\npods:\n  - namespace: agents\n    labels: {app: doc-summarizer}\nallow: []\n")
-            .unwrap();
-        let kubepods_root = kube.rel_str();
-        let _daemon = Daemon::start_with(
-            &ns,
-            &policy,
-            &[
-                "--pods-file",
-                pods.to_str().unwrap(),
-                "--node",
-                "node-a",
-                "--kubepods-root",
-                &kubepods_root,
-            ],
-        )
-        .unwrap();
-        let probe = |cg: &TestCgroup| {
-            String::from_utf8_lossy(
-                &cg.run(&ns, PROBE, &["tcp", "203.0.113.9:443"])
-                    .unwrap()
-                    .stdout,
-            )
-            .trim()
-            .to_string()
-        };
-        assert_eq!(
-            probe(&a_cg),
-            "error: 1",
-            "a selected pod's container is governed"
-        );
-        assert_eq!(probe(&b_cg), "ok", "another namespace is not selected");
-        assert_eq!(
-            probe(&d_cg),
-            "ok",
-            "a pod on another node is not this egressd's"
-        );
-
-        // summarizer-2 starts now: kubelet creates its cgroup (Guaranteed,
-        // systemd driver).
-        let c_pod = kube
-            .child_path(&format!(
-                "kubepods.slice/kubepods-pod{}.slice",
-                c.replace('-', "_")
-            ))
-            .unwrap();
-        let governed = std::process::Command::new(bin())
-            .args(["governed", "--policy", "doc", "--wait", "3", "--cgroup"])
-            .arg(Path::new(&c_pod.rel_str()))
-            .output()
-            .unwrap();
+        let daemon = daemon(&ns, &api, &tmp, &kube,
+            "name: doc\npods:\n  - namespace: \"*\"\n    namespaceSelector: {matchLabels: {team: ai}}\n    labels: {app: doc-summarizer}\n    matchExpressions: [{key: tier, operator: NotIn, values: [debug]}]\nallow: []\n");
+        wait_untainted(&api);
         assert!(
-            governed.status.success(),
-            "the new pod was not governed: {governed:?}"
+            api.requests()
+                .iter()
+                .any(|r| r.starts_with("GET /api/v1/pods?")
+                    && r.contains("fieldSelector=spec.nodeName%3Dnode-a")),
+            "pods are listed for this node only: {:?}",
+            api.requests()
         );
-        let c_cg = c_pod.child("cri-containerd-4567.scope").unwrap();
-        assert_eq!(probe(&c_cg), "error: 1");
-        // Only the two pods no policy selects reached the listener.
-        assert_eq!(target.count(), 2);
-    }
+        assert_eq!(probe(&a_cg, &ns), "error: 1", "a selected pod is governed");
+        assert_eq!(
+            probe(&w_cg, &ns),
+            "ok",
+            "a namespace without the label: released"
+        );
+        assert_eq!(
+            probe(&g_cg, &ns),
+            "ok",
+            "excluded by matchExpressions: released"
+        );
 
+        // kubelet creates two pods' cgroups (Guaranteed, cgroupfs; Burstable,
+        // systemd) before egressd has heard of the pods: their first
+        // processes are refused, under kubernetes-pending.
+        let late = pod("late", "agents", uids[3], agent.clone(), "Guaranteed");
+        let other = pod(
+            "other",
+            "default",
+            uids[4],
+            json!({"app": "web"}),
+            "Burstable",
+        );
+        let (l_cg, _l) = start_pod(&kube, &format!("kubepods/pod{}", uids[3]));
+        let (o_cg, _o) = start_pod(&kube, &systemd_burstable(uids[4]));
+        let n = daemon.events().len();
+        assert_eq!(probe(&l_cg, &ns), "error: 1");
+        assert_eq!(
+            probe(&o_cg, &ns),
+            "error: 1",
+            "held until egressd knows the pod"
+        );
+        let pending = daemon.wait_events(n + 2);
+        for uid in &uids[3..5] {
+            assert!(
+                pending
+                    .iter()
+                    .any(|e| e["policy"] == "kubernetes-pending" && e["pod_uid"] == *uid),
+                "no pending event names pod {uid}: {pending:?}"
+            );
+        }
+        api.add_pod(late);
+        api.add_pod(other);
+        assert_eq!(probe_until(&o_cg, &ns, "ok"), "ok", "released once known");
+        assert!(
+            daemon.wait_log(|l| l.contains("pod governed") && l.contains(uids[3])),
+            "{:?}",
+            daemon.log.lock().unwrap()
+        );
+        assert_eq!(probe(&l_cg, &ns), "error: 1", "governed once known");
+        let n = daemon.events().len();
+        assert_eq!(probe(&l_cg, &ns), "error: 1");
+        let named = daemon.wait_events(n + 1);
+        assert!(
+            named[n..].iter().any(|e| e["policy"] == "doc"
+                && e["pod"] == "agents/late"
+                && e["pod_uid"] == uids[3]),
+            "the event names the pod: {:?}",
+            &named[n..]
+        );
+
+        // The watch expires (410 Gone); meanwhile `web` was deleted and a
+        // new pod listed, which egressd learns from its next list.
+        let lists_before = api
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch=true"))
+            .count();
+        let (n_cg, _n) = start_pod(&kube, &systemd_burstable(uids[5]));
+        api.set_quietly(web, false);
+        api.set_quietly(pod("new", "default", uids[5], json!({}), "Burstable"), true);
+        api.expire_watches();
+        assert_eq!(
+            probe_until(&n_cg, &ns, "ok"),
+            "ok",
+            "a pod from the relist is released"
+        );
+        assert_eq!(
+            probe_until(&w_cg, &ns, "error: 1"),
+            "error: 1",
+            "a pod gone from the relist is held again"
+        );
+        let lists = api
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch=true"))
+            .count();
+        assert!(
+            lists > lists_before,
+            "no relist after 410: {:?}",
+            api.requests()
+        );
+        // What reached the listener: the released pods' connects only.
+        assert_eq!(target.count(), 4, "web, debug, other, new");
+    }
     /// A pod has a network namespace of its own: its DNS, redirected to
     /// loopback there, is answered by a proxy egressd opens inside it.
     #[test]
@@ -309,16 +471,19 @@ mod governed_pods {
             ],
         )
         .unwrap();
+        let api =
+            ApiServer::start(&host, "127.0.0.1:16443", &[("agents", json!({}))], None).unwrap();
         let kube = TestCgroup::new("kubedns").unwrap();
         kube.cgroup.create().unwrap();
         let uid = "dd11bb22-5555-4c3b-9a55-2b1c0d9e8f74";
         let tmp = TempDir::new("kubedns").unwrap();
-        let pods = tmp
-            .write(
-                "pods.json",
-                &pod_list(&[pod("summarizer", "agents", uid, "node-a", "Burstable")]),
-            )
-            .unwrap();
+        api.add_pod(pod(
+            "summarizer",
+            "agents",
+            uid,
+            json!({"app": "doc-summarizer"}),
+            "Burstable",
+        ));
         let (container, _pod) = start_pod(&kube, &format!("kubepods/burstable/pod{uid}"));
         // The pod's sandbox: a process in the pod's cgroup and namespace.
         let mut sandbox = container
@@ -326,26 +491,13 @@ mod governed_pods {
             .arg("30")
             .spawn()
             .unwrap();
-        let policy = tmp
-            .write(
-                "p.yaml",
-                "name: doc\npods:\n  - namespace: agents\n    labels: {app: doc-summarizer}\nallow:\n  - host: api.model.test\n    ports: [443]\ndns:\n  upstream: [198.51.100.53]\n",
-            )
-            .unwrap();
-        let kubepods_root = kube.rel_str();
-        let daemon = Daemon::start_with(
+        let daemon = daemon(
             &host,
-            &policy,
-            &[
-                "--pods-file",
-                pods.to_str().unwrap(),
-                "--node",
-                "node-a",
-                "--kubepods-root",
-                &kubepods_root,
-            ],
-        )
-        .unwrap();
+            &api,
+            &tmp,
+            &kube,
+            "name: doc\npods:\n  - namespace: agents\n    labels: {app: doc-summarizer}\nallow:\n  - host: api.model.test\n    ports: [443]\ndns:\n  upstream: [198.51.100.53]\n",
+        );
         let mut ready = false;
         for _ in 0..100 {
             if daemon

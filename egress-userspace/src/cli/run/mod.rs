@@ -27,6 +27,8 @@ use crate::{
     report::endpoint,
     report::events::EventStream,
     report::metrics::Metrics,
+    report::pod_names::PodNames,
+    runtime::pod_watch,
     runtime::pods::{PodSource, Pods},
     runtime::supervisor::Governor,
     runtime::watch::stamp,
@@ -50,7 +52,18 @@ pub struct RunOptions {
     /// Size of the events ring buffer in bytes (None: the built-in 4 MiB).
     pub ring_bytes: Option<u32>,
     /// Kubernetes pods, for policies that select pods.
-    pub pods: Option<PodSource>,
+    pub kubernetes: Option<KubeOptions>,
+}
+
+pub struct KubeOptions {
+    pub node: String,
+    pub kubeconfig: Option<PathBuf>,
+    /// Where kubepods.slice (or kubepods) is, relative to the cgroup2 root.
+    pub kubepods_root: PathBuf,
+    /// egressd's own pod.
+    pub own_uid: Option<String>,
+    /// The taint to remove from the node once its pods are governed.
+    pub ready_taint: Option<String>,
 }
 
 /// Loads and checks every policy before anything is attached.
@@ -110,7 +123,15 @@ async fn reload(
             return Err(why);
         }
     };
-    let (expanded, _) = pods.expand(&policies, root);
+    let expanded = match pods.expand(&policies, root) {
+        Ok(p) => p,
+        Err(e) => {
+            let why = format!("reload refused, the running policies stay in force: {e:#}");
+            tracing::error!("{why}");
+            governor.metrics.reload(false);
+            return Err(why);
+        }
+    };
     match governor.apply(expanded).await {
         Ok(()) => {
             governor.metrics.reload(true);
@@ -206,13 +227,24 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut base = load_policies(&opts.policy)?;
     let root = mounts::cgroup2_root()?;
     let mut seen = stamp(&opts.policy);
-    let mut pods = Pods {
-        source: opts.pods,
-        pods: Vec::new(),
-        seen: Vec::new(),
-        loaded: false,
+    let kube = match &opts.kubernetes {
+        Some(k) => Some((pod_watch::client(k.kubeconfig.as_deref()).await?, k)),
+        None => None,
     };
-    pods.refresh();
+    // The watchers start once this run's programs hold the pods and the
+    // previous run's are gone: these could refuse egressd's own pod.
+    let (start_watching, may_start) = tokio::sync::oneshot::channel();
+    let mut pods = Pods::new(kube.as_ref().map(|(client, k)| {
+        PodSource {
+            cluster: pod_watch::spawn(client.clone(), &k.node, may_start),
+            kubepods_root: k.kubepods_root.clone(),
+            // Known from the downward API, else found by egressd's own pid.
+            own_uid: k
+                .own_uid
+                .clone()
+                .or_else(|| crate::runtime::kubernetes::own_pod_uid(&root, &k.kubepods_root)),
+        }
+    }));
     // Links pinned by an earlier run keep enforcing until the new ones are
     // pinned in a generation of their own; then the old ones are removed.
     let pin_dir = pins::new_generation(&opts.instance)?;
@@ -228,29 +260,30 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         pin_dir.clone(),
         root.clone(),
     );
-    governor.apply(pods.expand(&base, &root).0).await?;
+    governor.apply(pods.expand(&base, &root)?).await?;
     metrics.loaded(true);
+    // egressd's own pod first: it must reach the API server.
     pods.sync(&mut governor, &base, &root)?;
     tokio::spawn(refresh::sweep(allowlist.clone(), refresh::SWEEP_PERIOD));
     // Now that the new links are pinned, remove this instance's old ones
-    // (also those left by an earlier run that failed half-way) - unless the
-    // pods are not known yet: then the old links still govern them.
-    let mut old_generations = true;
-    if pods.ready() {
-        pins::remove_other_generations(&opts.instance, &pin_dir)?;
-        old_generations = false;
-    } else {
-        tracing::warn!(
-            "the pods file cannot be read yet: keeping the previous run's programs until it can"
-        );
-    }
+    // (also those left by an earlier run that failed half-way). Pods are
+    // held by `kubernetes-pending` until the API server has been heard.
+    pins::remove_other_generations(&opts.instance, &pin_dir)?;
+    let _ = start_watching.send(());
 
+    let health = Arc::new(endpoint::Health::default());
+    health.beat();
+    health.set_ready(pods.ready());
+    let mut untaint = kube.as_ref().and_then(|(_, k)| k.ready_taint.clone());
     let mut events = EventStream::new(ring).context("watching the event ring buffer")?;
     let mut describer = Describer::of(
         &allowlist
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
+    if kube.is_some() {
+        describer.pods = PodNames::new(root.clone());
+    }
     if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -260,6 +293,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             listener,
             metrics.clone(),
             allowlist.clone(),
+            health.clone(),
         ));
     }
     let feed: EventFeed = tokio::sync::broadcast::channel(1024).0;
@@ -306,12 +340,32 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 if let Err(e) = governor.on_changes(&changes) {
                     tracing::error!("{e:#}");
                 }
-                // A pod's cgroup appeared or went: govern the pods selected now.
+                // A pod's cgroup appeared or went: classify it.
                 let parents = pods.parents(&root);
                 if changes.iter().any(|c| parents.contains(&c.dir)) {
-                    pods.refresh();
                     if let Err(e) = pods.sync(&mut governor, &base, &root) {
                         tracing::error!("governing pods: {e:#}");
+                    }
+                }
+            }
+            () = pods.next() => {
+                describer.pods.set(pods.names());
+                if let Err(e) = pods.sync(&mut governor, &base, &root) {
+                    tracing::error!("governing pods: {e:#}");
+                }
+                health.set_ready(pods.ready());
+                if let (Some(taint), Some((client, k))) = (untaint.take(), &kube) {
+                    if pods.ready() {
+                        let (client, node) = (client.clone(), k.node.clone());
+                        tokio::spawn(async move {
+                            match pod_watch::remove_taint(client, &node, &taint).await {
+                                Ok(true) => tracing::info!(node, taint, "pods governed: taint removed"),
+                                Ok(false) => {}
+                                Err(e) => tracing::error!("{e:#}"),
+                            }
+                        });
+                    } else {
+                        untaint = Some(taint);
                     }
                 }
             }
@@ -333,18 +387,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             _ = watchdog_tick(&mut watchdog) => notify_systemd("WATCHDOG=1"),
             _ = poll.tick() => {
+                health.beat();
                 if let Err(e) = governor.verify_all() {
                     tracing::error!("checking governed cgroups: {e:#}");
                 }
-                pods.refresh();
                 if let Err(e) = pods.sync(&mut governor, &base, &root) {
                     tracing::error!("governing pods: {e:#}");
-                }
-                if old_generations && pods.ready() {
-                    match pins::remove_other_generations(&opts.instance, &pin_dir) {
-                        Ok(()) => old_generations = false,
-                        Err(e) => tracing::error!("removing the previous run's programs: {e:#}"),
-                    }
                 }
                 watch_all(&governor, &mut watcher, &pods.parents(&root));
                 let now = stamp(&opts.policy);
