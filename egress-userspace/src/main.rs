@@ -144,9 +144,11 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         policy: Option<String>,
     },
-    /// Validate policy files and warn about broad rules.
+    /// Validate policy files (a directory: its *.yaml files), alone and
+    /// together (names, cgroups, overlapping pod selectors), and warn about
+    /// broad rules.
     Check {
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "PATH")]
         files: Vec<PathBuf>,
         /// Fail on warnings too.
         #[arg(long)]

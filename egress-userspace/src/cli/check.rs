@@ -1,17 +1,35 @@
-//! `egressd check FILE...`: validate policies and warn about broad rules.
+//! `egressd check PATH...`: validate policies (each file, then the files
+//! together, as `run` would load them) and warn about broad rules.
 
 use std::{io::Write, path::PathBuf};
 
 use crate::{compile::load, policy::lint::lint};
 
-/// Checks each file; prints one verdict per file and its warnings.
+/// Checks each file (a directory: each of its policy files), and each
+/// against those before it (a policy name or cgroup used twice, pod
+/// selectors that overlap); prints one verdict per file and its warnings.
 /// Returns true if every file is usable (and, with `strict`, warning-free).
-pub fn check(files: &[PathBuf], strict: bool) -> bool {
+pub fn check(paths: &[PathBuf], strict: bool) -> bool {
     let mut ok = true;
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
-    for file in files {
-        match load::file(file) {
+    let mut files = Vec::new();
+    for path in paths {
+        match crate::policy::load::files_of(path) {
+            Ok(f) => files.extend(f),
+            Err(e) => {
+                ok = false;
+                let _ = writeln!(err, "{e}");
+            }
+        }
+    }
+    let mut loaded = Vec::new();
+    for file in &files {
+        let result = load::file(file).and_then(|policy| {
+            crate::policy::load::clashes(&loaded, &policy)?;
+            Ok(policy)
+        });
+        match result {
             Ok(policy) => {
                 let mut warnings = lint(&policy);
                 if !policy.channels.unix.is_empty() {
@@ -43,6 +61,7 @@ pub fn check(files: &[PathBuf], strict: bool) -> bool {
                     policy.cgroups.len(),
                     warnings.len()
                 );
+                loaded.push(policy);
             }
             Err(e) => {
                 ok = false;

@@ -17,79 +17,90 @@ pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
     parse(&text, path)
 }
 
+/// The policy files `path` names: itself, or every `*.yaml`/`*.yml` file
+/// of a directory, sorted.
+pub fn files_of(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| PolicyError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read directory: {e}"),
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml") | Some("yml")
+            )
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(PolicyError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: "no *.yaml or *.yml policy files in this directory".into(),
+        });
+    }
+    Ok(files)
+}
+
 /// Reads a policy file, or every `*.yaml`/`*.yml` file of a directory.
 /// Policy names must be unique, no cgroup may be governed twice, and no
 /// two policies' pod selectors may overlap.
 pub fn load_path(path: &Path) -> Result<Vec<Policy>, PolicyError> {
-    let files = if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| PolicyError {
-                file: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read directory: {e}"),
-            })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml") | Some("yml")
-                )
-            })
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(PolicyError {
-                file: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                message: "no *.yaml or *.yml policy files in this directory".into(),
-            });
-        }
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
     let mut policies: Vec<Policy> = Vec::new();
-    for file in files {
+    for file in files_of(path)? {
         let p = load_file(&file)?;
-        let clash = |message: String| PolicyError {
-            file: file.clone(),
-            line: 0,
-            column: 0,
-            message,
-        };
-        if let Some(other) = policies.iter().find(|o| o.name == p.name) {
+        clashes(&policies, &p)?;
+        policies.push(p);
+    }
+    Ok(policies)
+}
+
+/// What policy `p` (from its `source` file) cannot share with `others`,
+/// loaded with it: its name, a cgroup, pods its selectors can select.
+pub fn clashes(others: &[Policy], p: &Policy) -> Result<(), PolicyError> {
+    let clash = |message: String| PolicyError {
+        file: PathBuf::from(&p.source),
+        line: 0,
+        column: 0,
+        message,
+    };
+    if let Some(other) = others.iter().find(|o| o.name == p.name) {
+        return Err(clash(format!(
+            "policy name `{}` is already used by {}",
+            p.name, other.source
+        )));
+    }
+    for c in &p.cgroups {
+        if let Some(other) = others.iter().find(|o| o.cgroups.contains(c)) {
             return Err(clash(format!(
-                "policy name `{}` is already used by {}",
-                p.name, other.source
+                "cgroup `{}` is already governed by policy `{}` ({})",
+                c.display(),
+                other.name,
+                other.source
             )));
         }
-        for c in &p.cgroups {
-            if let Some(other) = policies.iter().find(|o| o.cgroups.contains(c)) {
+    }
+    for (i, s) in p.pods.iter().enumerate() {
+        for other in others {
+            if let Some(j) = other.pods.iter().position(|o| o.overlaps(s)) {
                 return Err(clash(format!(
-                    "cgroup `{}` is already governed by policy `{}` ({})",
-                    c.display(),
+                    "pod selector {} of policy `{}` can select the same pods as selector {} of policy `{}` ({}): a pod is governed by one policy; make them exclusive (a namespace, or a label one requires and the other excludes with `matchExpressions`)",
+                    i + 1,
+                    p.name,
+                    j + 1,
                     other.name,
                     other.source
                 )));
             }
         }
-        for (i, s) in p.pods.iter().enumerate() {
-            for other in &policies {
-                if let Some(j) = other.pods.iter().position(|o| o.overlaps(s)) {
-                    return Err(clash(format!(
-                        "pod selector {} of policy `{}` can select the same pods as selector {} of policy `{}` ({}): a pod is governed by one policy; make them exclusive (a namespace, or a label one requires and the other excludes with `matchExpressions`)",
-                        i + 1,
-                        p.name,
-                        j + 1,
-                        other.name,
-                        other.source
-                    )));
-                }
-            }
-        }
-        policies.push(p);
     }
-    Ok(policies)
+    Ok(())
 }

@@ -27,6 +27,10 @@ pub enum Qos {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
     pub uid: String,
+    /// The uid kubelet names the pod's cgroup by: its own, or for a static
+    /// pod's mirror, the config hash kubelet gave the static pod (the
+    /// `kubernetes.io/config.mirror` annotation).
+    pub cgroup_uid: String,
     pub namespace: String,
     pub name: String,
     pub labels: Labels,
@@ -47,8 +51,14 @@ impl Pod {
             Some("BestEffort") => Qos::BestEffort,
             _ => Qos::Burstable,
         };
+        let mirror = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("kubernetes.io/config.mirror"))
+            .filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
         Some(Pod {
             uid: uid.to_string(),
+            cgroup_uid: mirror.map_or(uid, String::as_str).to_string(),
             namespace: meta.namespace.clone()?,
             name: meta.name.clone()?,
             labels: meta.labels.clone().unwrap_or_default(),
@@ -68,14 +78,15 @@ pub struct Cluster {
 impl Cluster {
     /// The policy that selects `pod`, if any (selectors of two policies
     /// never overlap: `policy::load` refuses that).
-    pub fn policy_of<'a>(&self, policies: &'a [Policy], pod: &Pod) -> Option<&'a Policy> {
-        let empty = Labels::new();
-        let ns = self.namespaces.get(&pod.namespace).unwrap_or(&empty);
-        policies.iter().find(|p| {
+    /// None while the pod's namespace is not known (its labels could
+    /// select it): the pod cannot be classified yet.
+    pub fn policy_of<'a>(&self, policies: &'a [Policy], pod: &Pod) -> Option<Option<&'a Policy>> {
+        let ns = self.namespaces.get(&pod.namespace)?;
+        Some(policies.iter().find(|p| {
             p.pods
                 .iter()
                 .any(|s| s.matches(&pod.namespace, ns, &pod.labels))
-        })
+        }))
     }
 }
 
@@ -91,7 +102,7 @@ pub enum Class {
 /// Where the pod's cgroup is, relative to `kubepods_root` (itself relative
 /// to the cgroup2 root), under the systemd and the cgroupfs driver.
 pub fn cgroup_candidates(kubepods_root: &Path, pod: &Pod) -> [PathBuf; 2] {
-    let under = pod.uid.replace('-', "_");
+    let under = pod.cgroup_uid.replace('-', "_");
     let systemd = match pod.qos {
         Qos::Guaranteed => PathBuf::from(format!("kubepods.slice/kubepods-pod{under}.slice")),
         Qos::Burstable => PathBuf::from(format!(
@@ -102,9 +113,9 @@ pub fn cgroup_candidates(kubepods_root: &Path, pod: &Pod) -> [PathBuf; 2] {
         )),
     };
     let cgroupfs = match pod.qos {
-        Qos::Guaranteed => PathBuf::from(format!("kubepods/pod{}", pod.uid)),
-        Qos::Burstable => PathBuf::from(format!("kubepods/burstable/pod{}", pod.uid)),
-        Qos::BestEffort => PathBuf::from(format!("kubepods/besteffort/pod{}", pod.uid)),
+        Qos::Guaranteed => PathBuf::from(format!("kubepods/pod{}", pod.cgroup_uid)),
+        Qos::Burstable => PathBuf::from(format!("kubepods/burstable/pod{}", pod.cgroup_uid)),
+        Qos::BestEffort => PathBuf::from(format!("kubepods/besteffort/pod{}", pod.cgroup_uid)),
     };
     [kubepods_root.join(systemd), kubepods_root.join(cgroupfs)]
 }
@@ -134,7 +145,9 @@ pub fn pod_cgroup(cgroup_root: &Path, kubepods_root: &Path, pod: &Pod) -> Option
 
 /// The cgroups of the pods known now whose cgroup exists, and how each is
 /// to be governed; `own_uid` (egressd's own pod) is released whatever
-/// selects it.
+/// selects it. Left out, and so held: a pod whose namespace is not known
+/// yet, and a cgroup two API objects claim (a pod posing as another's
+/// static pod mirror).
 pub fn classify(
     policies: &[Policy],
     cluster: &Cluster,
@@ -142,13 +155,24 @@ pub fn classify(
     cgroup_root: &Path,
     kubepods_root: &Path,
 ) -> BTreeMap<PathBuf, (Class, Pod)> {
+    let mut claims: BTreeMap<&str, usize> = BTreeMap::new();
+    for pod in cluster.pods.values() {
+        *claims.entry(pod.cgroup_uid.as_str()).or_default() += 1;
+    }
     let mut out = BTreeMap::new();
     for pod in cluster.pods.values() {
+        if claims[pod.cgroup_uid.as_str()] > 1 {
+            tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), "two pods claim one cgroup: held");
+            continue;
+        }
         let Some(rel) = pod_cgroup(cgroup_root, kubepods_root, pod) else {
             continue;
         };
-        let class = match cluster.policy_of(policies, pod) {
-            Some(p) if own_uid != Some(pod.uid.as_str()) => Class::Policy(p.name.clone()),
+        let Some(policy) = cluster.policy_of(policies, pod) else {
+            continue;
+        };
+        let class = match policy {
+            Some(p) if own_uid != Some(pod.cgroup_uid.as_str()) => Class::Policy(p.name.clone()),
             _ => Class::Released,
         };
         out.insert(rel, (class, pod.clone()));
@@ -222,7 +246,10 @@ mod tests {
     fn cluster() -> Cluster {
         Cluster {
             pods: pods().into_iter().map(|p| (p.uid.clone(), p)).collect(),
-            namespaces: BTreeMap::new(),
+            namespaces: [("agents", Labels::new()), ("default", Labels::new())]
+                .into_iter()
+                .map(|(n, l)| (n.to_string(), l))
+                .collect(),
         }
     }
 
@@ -243,6 +270,23 @@ mod tests {
         assert_eq!(pods[0].qos, Qos::Burstable);
         assert_eq!(pods[1].qos, Qos::Guaranteed);
         assert_eq!(pods[0].labels["tier"], "agent");
+        assert_eq!(pods[0].cgroup_uid, pods[0].uid);
+    }
+
+    /// A static pod's cgroup is named by its config hash, which its mirror
+    /// pod carries in an annotation.
+    #[test]
+    fn a_static_pods_cgroup_is_its_config_hash() {
+        let json = r#"{"metadata":{"name":"kube-apiserver-node-a","namespace":"kube-system",
+            "uid":"9a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d",
+            "annotations":{"kubernetes.io/config.mirror":"5f4dcc3b5aa765d61d8327deb882cf99"}},
+            "spec":{"containers":[]},"status":{"qosClass":"Burstable"}}"#;
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_str(json).unwrap();
+        let pod = Pod::from_api(&pod).unwrap();
+        assert_eq!(pod.cgroup_uid, "5f4dcc3b5aa765d61d8327deb882cf99");
+        let [systemd, cgroupfs] = cgroup_candidates(Path::new(""), &pod);
+        assert!(systemd.ends_with("kubepods-burstable-pod5f4dcc3b5aa765d61d8327deb882cf99.slice"));
+        assert!(cgroupfs.ends_with("burstable/pod5f4dcc3b5aa765d61d8327deb882cf99"));
     }
 
     #[test]
@@ -303,6 +347,20 @@ mod tests {
             Path::new(""),
         );
         assert_eq!(own[&coder].0, Class::Released);
+        // A pod whose namespace is not known yet is not classified.
+        let mut c = cluster();
+        c.namespaces.remove("agents");
+        let held = classify(&policies(), &c, None, &root, Path::new(""));
+        assert!(!held.contains_key(&summarizer) && held.contains_key(&web));
+        // A pod claiming another's cgroup (a forged mirror annotation): both held.
+        let mut c = cluster();
+        let mut forged = c.pods.values().find(|p| p.name == "web").unwrap().clone();
+        forged.uid = "ffffffff-0000-4c3b-9a55-2b1c0d9e8f79".into();
+        forged.cgroup_uid = pods[0].uid.clone();
+        forged.labels.clear();
+        c.pods.insert(forged.uid.clone(), forged);
+        let held = classify(&policies(), &c, None, &root, Path::new(""));
+        assert!(!held.contains_key(&summarizer), "{held:?}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 
@@ -315,13 +373,22 @@ mod tests {
         .unwrap();
         let mut c = cluster();
         let pod = c.pods.values().find(|p| p.name == "web").unwrap().clone();
-        assert!(c.policy_of(std::slice::from_ref(&p), &pod).is_none());
+        c.namespaces.remove("default");
+        assert!(
+            c.policy_of(std::slice::from_ref(&p), &pod).is_none(),
+            "namespace unknown: not classified"
+        );
+        c.namespaces.insert("default".into(), Labels::new());
+        assert_eq!(c.policy_of(std::slice::from_ref(&p), &pod), Some(None));
         c.namespaces.insert(
             "default".into(),
             [("team".to_string(), "ai".to_string())].into(),
         );
         assert_eq!(
-            c.policy_of(std::slice::from_ref(&p), &pod).unwrap().name,
+            c.policy_of(std::slice::from_ref(&p), &pod)
+                .unwrap()
+                .unwrap()
+                .name,
             "ai"
         );
     }

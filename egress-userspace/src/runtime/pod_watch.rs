@@ -95,12 +95,15 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
 
 /// Starts watching the pods on `node` and the namespaces once `start`
 /// fires; the receiver holds None until both have been listed, then each
-/// new state of the cluster.
+/// new state of the cluster. `healthy` is false from a watcher's error to
+/// its next event (the daemon is then not ready: what it knows may be old).
 pub fn spawn(
     client: Client,
     node: &str,
     start: tokio::sync::oneshot::Receiver<()>,
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> watch::Receiver<Option<Cluster>> {
+    use std::sync::atomic::Ordering::Relaxed;
     let (tx, rx) = watch::channel(None);
     let pods_api: Api<ApiPod> = Api::all(client.clone());
     let ns_api: Api<Namespace> = Api::all(client);
@@ -118,19 +121,27 @@ pub fn spawn(
         loop {
             let changed = tokio::select! {
                 Some(e) = pods.next() => match e {
-                    Ok(e) => known_pods.apply(e, |p: &ApiPod| Pod::from_api(p).map(|p| (p.uid.clone(), p))),
+                    Ok(e) => {
+                        healthy.store(true, Relaxed);
+                        known_pods.apply(e, |p: &ApiPod| Pod::from_api(p).map(|p| (p.uid.clone(), p)))
+                    }
                     Err(e) => {
+                        healthy.store(false, Relaxed);
                         tracing::warn!("watching pods: {e}; trying again");
-                        false
+                        true
                     }
                 },
                 Some(e) = namespaces.next() => match e {
-                    Ok(e) => known_ns.apply(e, |n: &Namespace| {
-                        Some((n.metadata.name.clone()?, n.metadata.labels.clone().unwrap_or_default()))
-                    }),
+                    Ok(e) => {
+                        healthy.store(true, Relaxed);
+                        known_ns.apply(e, |n: &Namespace| {
+                            Some((n.metadata.name.clone()?, n.metadata.labels.clone().unwrap_or_default()))
+                        })
+                    }
                     Err(e) => {
+                        healthy.store(false, Relaxed);
                         tracing::warn!("watching namespaces: {e}; trying again");
-                        false
+                        true
                     }
                 },
                 else => break,

@@ -35,6 +35,8 @@ pub struct PodSource {
     pub kubepods_root: PathBuf,
     /// egressd's own pod, never held.
     pub own_uid: Option<String>,
+    /// Whether the watchers are hearing from the API server.
+    pub healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The pods known, and what governs them.
@@ -116,6 +118,7 @@ impl Pods {
             ] {
                 let own = kubernetes::Pod {
                     uid: uid.clone(),
+                    cgroup_uid: uid.clone(),
                     namespace: String::new(),
                     name: String::new(),
                     labels: Default::default(),
@@ -138,9 +141,15 @@ impl Pods {
         governor.set_pods(&self.classes(base, root))
     }
 
-    /// Whether the pods are known (or none are watched).
+    /// Whether the pods are known, and the API server is heard (or no
+    /// pods are watched).
     pub fn ready(&self) -> bool {
-        self.source.is_none() || self.cluster.is_some()
+        match &self.source {
+            None => true,
+            Some(src) => {
+                self.cluster.is_some() && src.healthy.load(std::sync::atomic::Ordering::Relaxed)
+            }
+        }
     }
 
     /// Each known pod's `namespace/name`, by uid.
@@ -148,7 +157,7 @@ impl Pods {
         self.cluster
             .iter()
             .flat_map(|c| c.pods.values())
-            .map(|p| (p.uid.clone(), format!("{}/{}", p.namespace, p.name)))
+            .map(|p| (p.cgroup_uid.clone(), format!("{}/{}", p.namespace, p.name)))
             .collect()
     }
 

@@ -56,6 +56,10 @@ pub struct Governor {
     /// Pod cgroups below the kubepods cgroup (where the programs are
     /// attached), mapped to a policy or released: path -> (cgroup id, how).
     pods: HashMap<PathBuf, (u64, Class)>,
+    /// Pod cgroups a policy governed whose pod it no longer selects (or
+    /// that are no longer known): held, whatever they are classified as,
+    /// until the cgroup is gone.
+    held: HashMap<PathBuf, u64>,
 }
 
 impl Governor {
@@ -74,6 +78,7 @@ impl Governor {
             cgroup_root,
             running: HashMap::new(),
             pods: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -248,14 +253,19 @@ impl Governor {
     /// each to the id of the policy that selects its pod (with a DNS proxy
     /// in the pod's network namespace), or released. A pod cgroup no longer
     /// in `classes` (the pod is gone, or not known) is unmapped, and so held
-    /// again by `kubernetes-pending`. A pod selected by a policy that is not
-    /// running stays held.
+    /// again by `kubernetes-pending`; so is a pod selected by a policy that
+    /// is not running, and one a policy governed that is now classified
+    /// otherwise (for as long as its cgroup lives).
     pub fn set_pods(&mut self, classes: &BTreeMap<PathBuf, Class>) -> Result<()> {
         let allowlist = self.allowlist.clone();
         let mut e = allowlist
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut first_error = None;
+        // Held pods stay held while their cgroup lives.
+        let root = self.cgroup_root.clone();
+        self.held
+            .retain(|rel, id| Cgroup::at(&root, rel).id().ok() == Some(*id));
         let stale: Vec<PathBuf> = self
             .pods
             .keys()
@@ -268,17 +278,40 @@ impl Governor {
                 first_error.get_or_insert(err);
             }
             stop_pod_proxy(&mut self.running, &rel, &class);
-            tracing::info!(cgroup = %rel.display(), "pod no longer known: held until it is");
+            if matches!(class, Class::Policy(_)) {
+                self.held.insert(rel.clone(), cgroup_id);
+            }
+            tracing::info!(cgroup = %rel.display(), "pod no longer known: held");
         }
         for (rel, class) in classes {
             let cgroup = Cgroup::at(&self.cgroup_root, rel);
             let Ok(cgroup_id) = cgroup.id() else {
                 continue; // gone meanwhile
             };
-            if self.pods.get(rel) == Some(&(cgroup_id, class.clone())) {
+            if self.held.get(rel) == Some(&cgroup_id)
+                || self.pods.get(rel) == Some(&(cgroup_id, class.clone()))
+            {
                 continue;
             }
-            let Some(value) = self.value_of(class) else {
+            // A pod a policy governed is never released, nor handed to
+            // another policy, while it lives: its labels (or its
+            // namespace's) may be changed by whoever may patch them, the
+            // agent among them. It is held until it is restarted.
+            let was = self.pods.get(rel).cloned();
+            let leaves = matches!(&was, Some((id, Class::Policy(_))) if *id == cgroup_id);
+            let value = if leaves { None } else { self.value_of(class) };
+            let Some(value) = value else {
+                if let Some((old_id, old_class)) = self.pods.remove(rel) {
+                    if let Err(err) = e.unmap_cgroup(old_id, self.value_of(&old_class).unwrap_or(0))
+                    {
+                        first_error.get_or_insert(err);
+                    }
+                    stop_pod_proxy(&mut self.running, rel, &old_class);
+                }
+                if leaves {
+                    self.held.insert(rel.clone(), cgroup_id);
+                    tracing::warn!(cgroup = %rel.display(), "a governed pod is no longer selected by its policy: held (refused everything) until it is restarted");
+                }
                 continue;
             };
             // The new value replaces the old in one update.

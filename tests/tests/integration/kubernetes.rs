@@ -201,6 +201,51 @@ fn configmap_policies_pass_check() {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// Two policies whose pod selectors can select one pod are refused by
+/// `check` (files, or their directory), and by `run` as it loads them.
+#[test]
+fn check_refuses_overlapping_pod_selectors() {
+    let tmp = TempDir::new("k8s-overlap").unwrap();
+    let a = tmp
+        .write(
+            "a.yaml",
+            "name: a\npods:\n  - namespace: agents\n    labels: {app: x}\nallow: []\n",
+        )
+        .unwrap();
+    let b = tmp
+        .write(
+            "b.yaml",
+            "name: b\npods:\n  - namespace: \"*\"\n    matchExpressions: [{key: app, operator: In, values: [x, y]}]\nallow: []\n",
+        )
+        .unwrap();
+    for args in [vec![a.clone(), b.clone()], vec![tmp.0.clone()]] {
+        let out = Command::new(bin())
+            .arg("check")
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("b.yaml")
+                && err.contains("can select the same pods as selector 1 of policy `a`"),
+            "{err}"
+        );
+    }
+    // Made exclusive: b no longer selects app=x in `agents`.
+    tmp.write(
+        "b.yaml",
+        "name: b\npods:\n  - namespace: \"*\"\n    matchExpressions: [{key: app, operator: In, values: [y]}]\nallow: []\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .arg("check")
+        .arg(&tmp.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
 mod governed_pods {
     use std::time::Duration;
 
@@ -240,6 +285,17 @@ mod governed_pods {
         )
         .trim()
         .to_string()
+    }
+
+    /// A refused probe from `cg`, and the policy the event names.
+    fn refused_under(daemon: &Daemon, cg: &TestCgroup, ns: &Netns) -> String {
+        let n = daemon.events().len();
+        assert_eq!(probe(cg, ns), "error: 1");
+        let events = daemon.wait_events(n + 1);
+        events
+            .get(n)
+            .map(|e| e["policy"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
     }
 
     /// Probes until `want` (at most 10 s); the last answer.
@@ -360,7 +416,11 @@ mod governed_pods {
             "pods are listed for this node only: {:?}",
             api.requests()
         );
-        assert_eq!(probe(&a_cg, &ns), "error: 1", "a selected pod is governed");
+        assert_eq!(
+            refused_under(&daemon, &a_cg, &ns),
+            "doc",
+            "a selected pod is governed by its policy"
+        );
         assert_eq!(
             probe(&w_cg, &ns),
             "ok",
@@ -420,6 +480,31 @@ mod governed_pods {
             "the event names the pod: {:?}",
             &named[n..]
         );
+
+        // The agent takes its label off (whoever may patch its pod may):
+        // no longer selected, it is held, not released.
+        api.add_pod(pod(
+            "summarizer",
+            "agents",
+            uids[0],
+            json!({"tier": "agent"}),
+            "Burstable",
+        ));
+        assert!(
+            daemon.wait_log(
+                |l| l.contains("no longer selected") && l.contains(&uids[0].replace('-', "_"))
+            ),
+            "{:?}",
+            daemon.log.lock().unwrap()
+        );
+        assert_eq!(refused_under(&daemon, &a_cg, &ns), "kubernetes-pending");
+        // A pod in a namespace egressd has not heard of (its labels could
+        // select it) is held too.
+        let stranger = "ab11bb22-7777-4c3b-9a55-2b1c0d9e8f77";
+        let (s_cg, _s) = start_pod(&kube, &systemd_burstable(stranger));
+        api.add_pod(pod("stranger", "new-ns", stranger, json!({}), "Burstable"));
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(refused_under(&daemon, &s_cg, &ns), "kubernetes-pending");
 
         // The watch expires (410 Gone); meanwhile `web` was deleted and a
         // new pod listed, which egressd learns from its next list.

@@ -234,9 +234,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // The watchers start once this run's programs hold the pods and the
     // previous run's are gone: these could refuse egressd's own pod.
     let (start_watching, may_start) = tokio::sync::oneshot::channel();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut pods = Pods::new(kube.as_ref().map(|(client, k)| {
         PodSource {
-            cluster: pod_watch::spawn(client.clone(), &k.node, may_start),
+            cluster: pod_watch::spawn(client.clone(), &k.node, may_start, healthy.clone()),
+            healthy: healthy.clone(),
             kubepods_root: k.kubepods_root.clone(),
             // Known from the downward API, else found by egressd's own pid.
             own_uid: k
@@ -388,6 +390,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = watchdog_tick(&mut watchdog) => notify_systemd("WATCHDOG=1"),
             _ = poll.tick() => {
                 health.beat();
+                health.set_ready(pods.ready());
                 if let Err(e) = governor.verify_all() {
                     tracing::error!("checking governed cgroups: {e:#}");
                 }
