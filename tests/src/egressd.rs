@@ -241,7 +241,7 @@ pub struct Instance(pub String);
 static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 impl Instance {
-    fn new(name: String) -> Instance {
+    pub fn new(name: String) -> Instance {
         static AT_EXIT: std::sync::Once = std::sync::Once::new();
         AT_EXIT.call_once(|| {
             extern "C" fn clean_up() {

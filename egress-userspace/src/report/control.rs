@@ -99,6 +99,7 @@ pub fn status(allowlist: &Allowlist) -> Value {
                 "mode": view.policy.mode.to_string(),
                 "source": view.policy.source,
                 "cgroups": p.cgroups.iter().map(|(c, id)| json!({"path": c.path, "id": id})).collect::<Vec<_>>(),
+                "pods": p.pods.iter().map(|(c, id)| json!({"path": c.path, "id": id})).collect::<Vec<_>>(),
                 "entries": {"ipv4": v4, "ipv6": v6},
                 "dns_proxy_port": p.dns_port,
                 "learned_names": p.learned.len(),
@@ -125,8 +126,12 @@ pub fn status(allowlist: &Allowlist) -> Value {
         Ok(()) => "judged: socket() of a family other than UNIX, IP and netlink is refused unless channels.families names it (BPF LSM socket_create)".to_string(),
         Err(why) => format!("not judged: {why}"),
     };
+    let mut released: Vec<&std::path::Path> =
+        allowlist.released.values().map(|c| c.path.as_path()).collect();
+    released.sort();
     json!({
         "policies": policies,
+        "pods_released": released,
         "unix_sockets": unix,
         "socket_families": families,
         "channels_not_closed": open,
@@ -313,6 +318,13 @@ pub async fn print_status(instance: &str, as_json: bool) -> Result<()> {
                 c["id"]
             );
         }
+        for c in p["pods"].as_array().into_iter().flatten() {
+            println!(
+                "  governs pod {} (id {})",
+                c["path"].as_str().unwrap_or("?"),
+                c["id"]
+            );
+        }
         println!(
             "  allowed {}, denied {}, audited {}, events lost {}",
             p["allowed"], p["denied"], p["audited"], p["events_lost"]
@@ -340,6 +352,12 @@ pub async fn print_status(instance: &str, as_json: bool) -> Result<()> {
                 r["rule"].as_str().unwrap_or("?")
             );
         }
+    }
+    if let Some(released) = doc["pods_released"].as_array().filter(|r| !r.is_empty()) {
+        println!(
+            "pods released (no policy selects them): {}",
+            released.len()
+        );
     }
     println!(
         "UNIX sockets: {}",

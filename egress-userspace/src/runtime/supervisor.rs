@@ -315,7 +315,7 @@ impl Governor {
                 continue;
             };
             // The new value replaces the old in one update.
-            if let Err(err) = e.map_cgroup(cgroup_id, value) {
+            if let Err(err) = e.map_cgroup(&cgroup, cgroup_id, value) {
                 first_error.get_or_insert(err);
                 continue;
             }

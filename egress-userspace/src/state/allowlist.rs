@@ -45,6 +45,9 @@ pub struct Installed {
     pub stale: bool,
     /// Governed cgroups: path and id.
     pub cgroups: Vec<(Cgroup, u64)>,
+    /// Pod cgroups it governs below the kubepods cgroup (no programs of
+    /// their own): path and id.
+    pub pods: Vec<(Cgroup, u64)>,
     /// The kernel's slot of each rule, in the policy's order (0: not counted).
     pub slots: Vec<u16>,
 }
@@ -91,6 +94,8 @@ pub struct Allowlist {
     slots: RuleSlots,
     /// Policy ids are never reused, so a retired policy's id refers to nothing.
     next_id: u32,
+    /// Pod cgroups released (no policy selects the pod): id -> path.
+    pub released: HashMap<u64, Cgroup>,
 }
 
 impl Allowlist {
@@ -127,6 +132,7 @@ impl Allowlist {
                 names: Names::default(),
                 slots: RuleSlots::default(),
                 next_id: 1,
+                released: HashMap::new(),
             },
             events,
         ))
@@ -188,6 +194,7 @@ impl Allowlist {
             learned: HashMap::new(),
             stale: false,
             cgroups: Vec::new(),
+            pods: Vec::new(),
             slots,
         });
         Ok(id)
@@ -274,13 +281,29 @@ impl Allowlist {
     /// Maps a cgroup below a governed one (a pod's, below the kubepods
     /// cgroup) to policy id `value` (or `POLICY_RELEASED`), without
     /// attaching anything: the programs of its ancestor judge it.
-    pub fn map_cgroup(&mut self, cgroup_id: u64, value: u32) -> Result<()> {
-        self.tables.set_cgroup(cgroup_id, value)
+    pub fn map_cgroup(&mut self, cgroup: &Cgroup, cgroup_id: u64, value: u32) -> Result<()> {
+        self.tables.set_cgroup(cgroup_id, value)?;
+        self.forget_pod(cgroup_id);
+        if value == egress_common::POLICY_RELEASED {
+            self.released.insert(cgroup_id, cgroup.clone());
+        } else if let Some(p) = self.get_mut(value) {
+            p.pods.push((cgroup.clone(), cgroup_id));
+        }
+        Ok(())
     }
 
     /// Undoes `map_cgroup` (if the cgroup is still mapped to `value`).
     pub fn unmap_cgroup(&mut self, cgroup_id: u64, value: u32) -> Result<()> {
-        self.tables.remove_cgroup(cgroup_id, value)
+        self.tables.remove_cgroup(cgroup_id, value)?;
+        self.forget_pod(cgroup_id);
+        Ok(())
+    }
+
+    fn forget_pod(&mut self, cgroup_id: u64) {
+        self.released.remove(&cgroup_id);
+        for p in &mut self.installed {
+            p.pods.retain(|(_, id)| *id != cgroup_id);
+        }
     }
 
     /// Rebuilds address -> name from what every policy holds now.

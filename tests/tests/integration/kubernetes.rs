@@ -421,6 +421,17 @@ mod governed_pods {
             "doc",
             "a selected pod is governed by its policy"
         );
+        // `status` says which pods each policy governs, and how many are released.
+        let status = std::process::Command::new(egress_tests::egressd::bin())
+            .args(["status", "--instance", &daemon.instance])
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            status.contains(&format!("governs pod /")) && status.contains(&uids[0].replace('-', "_")),
+            "{status}"
+        );
+        assert!(status.contains("pods released (no policy selects them): 2"), "{status}");
         assert_eq!(
             probe(&w_cg, &ns),
             "ok",

@@ -9,6 +9,7 @@ mod bench_smoke;
 mod bpffs;
 mod channels;
 mod cli;
+mod container;
 mod daemon;
 mod dns;
 mod kubernetes;

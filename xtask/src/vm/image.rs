@@ -99,6 +99,16 @@ fn place_sources(stage: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The OCI archive `cargo xtask image` writes, if it is there.
+fn container_image() -> Option<PathBuf> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ebpf::workspace_root().join("target"))
+        .join("image");
+    let archive = dir.join(format!("egressd-{}.oci.tar", env!("CARGO_PKG_VERSION")));
+    archive.is_file().then_some(archive)
+}
+
 /// Single-quotes a word for sh.
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -140,12 +150,18 @@ pub fn make(
     let vm = stage.join("egressd-vm");
     write_new(&vm.join("init"), INIT, 0o755)?;
     write_new(&vm.join("run-tests"), RUN_TESTS, 0o755)?;
+    // The container image, if `cargo xtask image` wrote it (container.rs).
+    let archive = container_image();
+    if let Some(a) = &archive {
+        place(&stage, a)?;
+    }
     let env = format!(
-        "EGRESSD_BIN={}\nWORKSPACE={}\nTEST_TIMEOUT={}\nTOOLS={}\n",
+        "EGRESSD_BIN={}\nWORKSPACE={}\nTEST_TIMEOUT={}\nTOOLS={}\nEGRESSD_IMAGE={}\n",
         sh_quote(&bins.egressd.to_string_lossy()),
         sh_quote(&ebpf::workspace_root().to_string_lossy()),
         plan.test_timeout.as_secs(),
         sh_quote(&rootfs::TOOLS.join(" ")),
+        sh_quote(&archive.map(|a| a.to_string_lossy().into_owned()).unwrap_or_default()),
     );
     write_new(&vm.join("env"), &env, 0o644)?;
     let binds: String = binds(bins)

@@ -29,6 +29,10 @@ impl fmt::Display for Lane {
 /// Test modules the systemd lane runs: those about systemd and the daemon.
 const SYSTEMD_LANE_FILES: &[&str] = &["systemd", "systemd_live", "daemon"];
 
+/// Test modules whose tests are ignored on a host and run in the direct
+/// lane: podman needs a pure cgroup2 host.
+const DIRECT_LANE_IGNORED: &[&str] = &["container"];
+
 /// A test module, or one test in it, that the VM does not run.
 pub struct Exclusion {
     pub file: &'static str,
@@ -114,8 +118,9 @@ impl Plan {
                 sh_quote(name),
                 sh_quote(&path.to_string_lossy())
             );
-            // Tests that need systemd as PID 1 are ignored elsewhere.
-            if lane == Lane::Systemd {
+            // Tests that need systemd as PID 1, or podman, are ignored
+            // elsewhere.
+            if lane == Lane::Systemd || DIRECT_LANE_IGNORED.contains(&name.as_str()) {
                 line.push_str(" --include-ignored");
             }
             line.push_str(" --exact");

@@ -26,6 +26,9 @@ pub const PACKAGES: &[&str] = &[
     "util-linux",   // unshare, mount
     "kmod",         // modprobe (veth, nf_tables and virtio are modules)
     "nodejs",       // a client in dns.rs
+    "podman",       // runs egressd's image beside a container (container.rs)
+    "crun",         // podman's runtime
+    "netavark",     // containers-common's container-network-stack (virtual: debootstrap names a real one)
 ];
 
 /// Commands the init script checks for and reports when missing.
@@ -43,6 +46,7 @@ pub const TOOLS: &[&str] = &[
     "timeout",
     "node",
     "getent",
+    "podman",
 ];
 
 /// FNV-1a, 64 bits: a stable key (std's hasher may change between Rust
