@@ -126,8 +126,11 @@ pub fn status(allowlist: &Allowlist) -> Value {
         Ok(()) => "judged: socket() of a family other than UNIX, IP and netlink is refused unless channels.families names it (BPF LSM socket_create)".to_string(),
         Err(why) => format!("not judged: {why}"),
     };
-    let mut released: Vec<&std::path::Path> =
-        allowlist.released.values().map(|c| c.path.as_path()).collect();
+    let mut released: Vec<&std::path::Path> = allowlist
+        .released
+        .values()
+        .map(|c| c.path.as_path())
+        .collect();
     released.sort();
     json!({
         "policies": policies,
@@ -354,10 +357,7 @@ pub async fn print_status(instance: &str, as_json: bool) -> Result<()> {
         }
     }
     if let Some(released) = doc["pods_released"].as_array().filter(|r| !r.is_empty()) {
-        println!(
-            "pods released (no policy selects them): {}",
-            released.len()
-        );
+        println!("pods released (no policy selects them): {}", released.len());
     }
     println!(
         "UNIX sockets: {}",

@@ -42,6 +42,24 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// A root filesystem for the agent's containers: the probe and the shared
+/// libraries `ldd` says it loads, at their paths.
+fn agent_rootfs(dir: &std::path::Path) {
+    let ldd = Command::new("ldd").arg(PROBE).output().expect("ldd");
+    assert!(ldd.status.success(), "{}", text(&ldd));
+    let libs: Vec<String> = String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(String::from)
+        .collect();
+    assert!(libs.iter().any(|l| l.contains("libc.so")), "{libs:?}");
+    for lib in libs.iter().map(String::as_str).chain([PROBE]) {
+        let to = dir.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
+}
+
 /// The egressd container, removed on drop.
 struct Egressd(String);
 
@@ -82,15 +100,32 @@ fn the_image_governs_containers_podman_starts() {
     assert!(loaded.status.success(), "{}", text(&loaded));
     let ns = Netns::new("ctr").unwrap();
     let target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
-    let api = ApiServer::start(&ns, "127.0.0.1:16443", &[("agents", json!({}))], Some(TAINT))
-        .unwrap();
+    let api = ApiServer::start(
+        &ns,
+        "127.0.0.1:16443",
+        &[("agents", json!({}))],
+        Some(TAINT),
+    )
+    .unwrap();
     let (agent, web, unknown) = (
         "0a2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70",
         "0b11bb22-2222-4c3b-9a55-2b1c0d9e8f71",
         "0c11bb22-3333-4c3b-9a55-2b1c0d9e8f72",
     );
-    api.add_pod(pod("agent", "agents", agent, json!({"app": "agent"}), "BestEffort"));
-    api.add_pod(pod("web", "agents", web, json!({"app": "web"}), "BestEffort"));
+    api.add_pod(pod(
+        "agent",
+        "agents",
+        agent,
+        json!({"app": "agent"}),
+        "BestEffort",
+    ));
+    api.add_pod(pod(
+        "web",
+        "agents",
+        web,
+        json!({"app": "web"}),
+        "BestEffort",
+    ));
     let kube = TestCgroup::new("ctr").unwrap();
     let _besteffort = kube.child_path("kubepods/besteffort").unwrap();
     let tmp = TempDir::new("ctr").unwrap();
@@ -106,19 +141,51 @@ fn the_image_governs_containers_podman_starts() {
     let network = format!("ns:/run/netns/{}", ns.name);
     let name = format!("egressd-test-{}", std::process::id());
     let started = podman(&[
-        "run", "-d", "--name", &name, "--network", &network, "--pid", "host", "--read-only",
-        "--cap-drop", "all", "--cap-add", CAPS,
-        "--security-opt", "seccomp=unconfined",
-        "-v", "/sys/fs/cgroup:/sys/fs/cgroup",
-        "-v", "/sys/fs/bpf:/sys/fs/bpf",
-        "-v", "/run/egressd:/run/egressd",
-        "-v", &format!("{}:/etc/egressd/policies:ro", tmp.0.join("policies").display()),
-        "-v", &format!("{}:/kubeconfig:ro", kubeconfig.display()),
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        &network,
+        "--pid",
+        "host",
+        "--read-only",
+        "--cap-drop",
+        "all",
+        "--cap-add",
+        CAPS,
+        "--security-opt",
+        "seccomp=unconfined",
+        "-v",
+        "/sys/fs/cgroup:/sys/fs/cgroup",
+        "-v",
+        "/sys/fs/bpf:/sys/fs/bpf",
+        "-v",
+        "/run/egressd:/run/egressd",
+        "-v",
+        &format!(
+            "{}:/etc/egressd/policies:ro",
+            tmp.0.join("policies").display()
+        ),
+        "-v",
+        &format!("{}:/kubeconfig:ro", kubeconfig.display()),
         "localhost/egressd:0.1.0",
-        "run", "--kubernetes", "--kubeconfig", "/kubeconfig", "--node", "node-a",
-        "--kubepods-root", &kube.rel_str(), "--policy", "/etc/egressd/policies",
-        "--instance", &instance.0, "--metrics-addr", "127.0.0.1:19469",
-        "--ready-taint", TAINT,
+        "run",
+        "--kubernetes",
+        "--kubeconfig",
+        "/kubeconfig",
+        "--node",
+        "node-a",
+        "--kubepods-root",
+        &kube.rel_str(),
+        "--policy",
+        "/etc/egressd/policies",
+        "--instance",
+        &instance.0,
+        "--metrics-addr",
+        "127.0.0.1:19469",
+        "--ready-taint",
+        TAINT,
     ]);
     assert!(started.status.success(), "{}", text(&started));
     let egressd = Egressd(name);
@@ -134,25 +201,63 @@ fn the_image_governs_containers_podman_starts() {
     // each container in a cgroup below it.
     let pods: Vec<TestCgroup> = [agent, web, unknown]
         .iter()
-        .map(|uid| kube.child_path(&format!("kubepods/besteffort/pod{uid}")).unwrap())
+        .map(|uid| {
+            kube.child_path(&format!("kubepods/besteffort/pod{uid}"))
+                .unwrap()
+        })
         .collect();
-    assert!(egressd.wait_log(&["pod governed", agent]), "{}", egressd.logs());
-    assert!(egressd.wait_log(&["pod released", web]), "{}", egressd.logs());
+    assert!(
+        egressd.wait_log(&["pod governed", agent]),
+        "{}",
+        egressd.logs()
+    );
+    assert!(
+        egressd.wait_log(&["pod released", web]),
+        "{}",
+        egressd.logs()
+    );
+    let rootfs = tmp.0.join("agent");
+    agent_rootfs(&rootfs);
+    let rootfs = rootfs.to_string_lossy().into_owned();
     let container = |uid: &str| {
         let parent = format!("/{}/kubepods/besteffort/pod{uid}", kube.rel_str());
         let out = podman(&[
-            "run", "--rm", "--network", &network, "--cgroup-parent", &parent,
-            "--rootfs", "/", PROBE, "tcp", "203.0.113.9:443",
+            "run",
+            "--rm",
+            "--network",
+            &network,
+            "--cgroup-parent",
+            &parent,
+            "-e",
+            "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu",
+            "--rootfs",
+            &rootfs,
+            PROBE,
+            "tcp",
+            "203.0.113.9:443",
         ]);
-        (String::from_utf8_lossy(&out.stdout).trim().to_string(), text(&out))
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            text(&out),
+        )
     };
     let (got, all) = container(agent);
-    assert_eq!(got, "error: 1", "the selected pod's container is governed: {all}");
+    assert_eq!(
+        got, "error: 1",
+        "the selected pod's container is governed: {all}"
+    );
     let (got, all) = container(web);
     assert_eq!(got, "ok", "a pod no policy selects is released: {all}");
     let (got, all) = container(unknown);
-    assert_eq!(got, "error: 1", "a pod egressd has not heard of is held: {all}");
-    assert_eq!(target.count(), 1, "only the released pod's container reached it");
+    assert_eq!(
+        got, "error: 1",
+        "a pod egressd has not heard of is held: {all}"
+    );
+    assert_eq!(
+        target.count(),
+        1,
+        "only the released pod's container reached it"
+    );
     drop(egressd);
     drop(pods);
 }

@@ -428,10 +428,13 @@ mod governed_pods {
             .unwrap();
         let status = String::from_utf8_lossy(&status.stdout);
         assert!(
-            status.contains(&format!("governs pod /")) && status.contains(&uids[0].replace('-', "_")),
+            status.contains("governs pod /") && status.contains(&uids[0].replace('-', "_")),
             "{status}"
         );
-        assert!(status.contains("pods released (no policy selects them): 2"), "{status}");
+        assert!(
+            status.contains("pods released (no policy selects them): 2"),
+            "{status}"
+        );
         assert_eq!(
             probe(&w_cg, &ns),
             "ok",

@@ -161,7 +161,11 @@ pub fn make(
         sh_quote(&ebpf::workspace_root().to_string_lossy()),
         plan.test_timeout.as_secs(),
         sh_quote(&rootfs::TOOLS.join(" ")),
-        sh_quote(&archive.map(|a| a.to_string_lossy().into_owned()).unwrap_or_default()),
+        sh_quote(
+            &archive
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
     );
     write_new(&vm.join("env"), &env, 0o644)?;
     let binds: String = binds(bins)

@@ -28,7 +28,7 @@ pub const PACKAGES: &[&str] = &[
     "nodejs",       // a client in dns.rs
     "podman",       // runs egressd's image beside a container (container.rs)
     "crun",         // podman's runtime
-    "netavark",     // containers-common's container-network-stack (virtual: debootstrap names a real one)
+    "netavark", // containers-common's container-network-stack (virtual: debootstrap names a real one)
 ];
 
 /// Commands the init script checks for and reports when missing.
