@@ -83,6 +83,16 @@ impl Pods {
                 root.join(&src.kubepods_root).display()
             );
         }
+        if let Some(p) = base.iter().find(|p| {
+            p.cgroups
+                .iter()
+                .any(|c| cgroups.iter().any(|k| c.starts_with(k) || k.starts_with(c)))
+        }) {
+            bail!(
+                "policy `{}` names a cgroup at, above or below the kubepods cgroup: with --kubernetes, select pods with `pods:` instead",
+                p.name
+            );
+        }
         let mut pending = parse(
             &format!("name: {PENDING}\nmode: enforce\nallow: []\n"),
             Path::new("(built in)"),
@@ -171,5 +181,49 @@ impl Pods {
                 .collect(),
             None => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pods(root: &Path) -> Pods {
+        std::fs::create_dir_all(root.join("k/kubepods")).unwrap();
+        std::fs::write(root.join("k/kubepods/cgroup.procs"), "").unwrap();
+        Pods::new(Some(PodSource {
+            cluster: watch::channel(None).1,
+            kubepods_root: PathBuf::from("k"),
+            own_uid: None,
+            healthy: Default::default(),
+        }))
+    }
+
+    #[test]
+    fn pending_holds_the_kubepods_cgroup_and_nothing_else_may() {
+        let root = std::env::temp_dir().join(format!("egressd-pods-{}", std::process::id()));
+        let pods = pods(&root);
+        let policy = |cgroups: &str| {
+            parse(
+                &format!("name: p\ncgroups: [{cgroups}]\nallow: []\n"),
+                Path::new("p.yaml"),
+            )
+            .unwrap()
+        };
+        let run = pods.expand(&[policy("agents.slice")], &root).unwrap();
+        assert_eq!(run[1].name, PENDING);
+        assert_eq!(run[1].cgroups, [PathBuf::from("k/kubepods")]);
+        assert!(run[1].rules.is_empty());
+        for clash in ["k/kubepods/besteffort", "k/kubepods", "k"] {
+            let e = pods.expand(&[policy(clash)], &root).unwrap_err();
+            assert!(
+                e.to_string().contains("select pods with `pods:`"),
+                "{clash}: {e}"
+            );
+        }
+        let mut named = policy("agents.slice");
+        named.name = PENDING.into();
+        assert!(pods.expand(&[named], &root).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

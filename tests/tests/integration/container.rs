@@ -1,6 +1,6 @@
 //! The container image (`cargo xtask image`) under a real runtime: podman
-//! runs it as the DaemonSet does (host PID namespace, the capabilities and
-//! mounts of deploy/kubernetes/daemonset.yaml, a read-only root), against
+//! runs it as the DaemonSet does (host PID namespace, the capabilities
+//! deploy/kubernetes/daemonset.yaml adds, its mounts, a read-only root), against
 //! a test API server, and it governs the containers podman starts beside
 //! it in pod cgroups laid out as kubelet's cgroupfs driver lays them out.
 //! crun refuses this host's hybrid cgroup layout, so the VM lane runs it
@@ -22,8 +22,26 @@ use serde_json::json;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 const TAINT: &str = "egressd.io/not-ready";
-/// What deploy/kubernetes/daemonset.yaml adds, all else dropped.
-const CAPS: &str = "BPF,PERFMON,NET_ADMIN,SYS_ADMIN,SYS_RESOURCE,SYS_PTRACE";
+
+/// The capabilities deploy/kubernetes/daemonset.yaml adds (it drops all
+/// others), as podman's `--cap-add` takes them.
+fn daemonset_caps() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubernetes/daemonset.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let caps: Vec<&str> = text
+        .lines()
+        .skip_while(|l| l.trim() != "add:")
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .map_while(|l| l.strip_prefix("- "))
+        .collect();
+    assert!(caps.contains(&"BPF") && caps.len() >= 3, "{caps:?}");
+    caps.join(",")
+}
 
 fn podman(args: &[&str]) -> Output {
     Command::new("podman")
@@ -153,7 +171,7 @@ fn the_image_governs_containers_podman_starts() {
         "--cap-drop",
         "all",
         "--cap-add",
-        CAPS,
+        &daemonset_caps(),
         "--security-opt",
         "seccomp=unconfined",
         "-v",

@@ -103,8 +103,8 @@ fn release_freed_memory() {
     }
 }
 
-/// Loads the policy files again and applies them (with the cgroups of the
-/// pods they select); returns the new policies, or what went wrong (logged
+/// Loads the policy files again and applies them (with
+/// `kubernetes-pending` where pods are watched); returns the new policies, or what went wrong (logged
 /// and counted). A file that fails to load changes nothing: the running
 /// policies stay in force.
 async fn reload(
@@ -114,16 +114,11 @@ async fn reload(
     pods: &Pods,
     root: &Path,
 ) -> Result<Vec<Policy>, String> {
-    let policies = match load_policies(path) {
-        Ok(p) => p,
-        Err(e) => {
-            let why = format!("reload refused, the running policies stay in force: {e:#}");
-            tracing::error!("{why}");
-            governor.metrics.reload(false);
-            return Err(why);
-        }
-    };
-    let expanded = match pods.expand(&policies, root) {
+    let loaded = load_policies(path).and_then(|policies| {
+        let expanded = pods.expand(&policies, root)?;
+        Ok((policies, expanded))
+    });
+    let (policies, expanded) = match loaded {
         Ok(p) => p,
         Err(e) => {
             let why = format!("reload refused, the running policies stay in force: {e:#}");
