@@ -261,7 +261,9 @@ impl Instance {
 }
 
 fn remove_instance(name: &str) {
-    let _ = std::fs::remove_file(egressd::report::control::socket_path(name));
+    let socket = egressd::report::control::socket_path(name);
+    let _ = std::fs::remove_file(socket.with_extension("held"));
+    let _ = std::fs::remove_file(socket);
     let _ = Command::new(bin())
         .args(["detach", "--instance", name])
         .stdout(Stdio::null())

@@ -13,10 +13,15 @@ pub fn check(paths: &[PathBuf], strict: bool) -> bool {
     let mut ok = true;
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
-    let mut files = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for path in paths {
         match crate::policy::load::files_of(path) {
-            Ok(f) => files.extend(f),
+            // A file named twice (or by its directory too) is checked once.
+            Ok(f) => files.extend(
+                f.into_iter()
+                    .filter(|f| seen.insert(std::fs::canonicalize(f).unwrap_or(f.clone()))),
+            ),
             Err(e) => {
                 ok = false;
                 let _ = writeln!(err, "{e}");

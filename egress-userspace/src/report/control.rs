@@ -135,6 +135,7 @@ pub fn status(allowlist: &Allowlist) -> Value {
     json!({
         "policies": policies,
         "pods_released": released,
+        "pods_held": allowlist.held,
         "unix_sockets": unix,
         "socket_families": families,
         "channels_not_closed": open,
@@ -358,6 +359,12 @@ pub async fn print_status(instance: &str, as_json: bool) -> Result<()> {
     }
     if let Some(released) = doc["pods_released"].as_array().filter(|r| !r.is_empty()) {
         println!("pods released (no policy selects them): {}", released.len());
+    }
+    for held in doc["pods_held"].as_array().into_iter().flatten() {
+        println!(
+            "pod held, refused everything until it is restarted (its policy no longer selects it): {}",
+            held.as_str().unwrap_or("?")
+        );
     }
     println!(
         "UNIX sockets: {}",

@@ -76,6 +76,36 @@ impl<T> Known<T> {
     }
 }
 
+/// Whether the watchers hear from the API server: not after an error,
+/// until `QUIET` has passed without one (a watch that resumes says nothing,
+/// and the watchers' backoff retries a failing one within 30 s, each retry
+/// failing anew).
+#[derive(Default)]
+pub struct WatchHealth {
+    /// When a watcher last failed (seconds since the epoch; 0: never).
+    last_error: std::sync::atomic::AtomicU64,
+}
+
+const QUIET: u64 = 40;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl WatchHealth {
+    fn failed(&self) {
+        self.last_error
+            .store(now_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn ok(&self) -> bool {
+        let last = self.last_error.load(std::sync::atomic::Ordering::Relaxed);
+        last == 0 || now_secs().saturating_sub(last) >= QUIET
+    }
+}
+
 /// The API client: from `kubeconfig` if given, else as kubectl finds it.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
     let config = match kubeconfig {
@@ -95,15 +125,14 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
 
 /// Starts watching the pods on `node` and the namespaces once `start`
 /// fires; the receiver holds None until both have been listed, then each
-/// new state of the cluster. `healthy` is false from a watcher's error to
-/// its next event (the daemon is then not ready: what it knows may be old).
+/// new state of the cluster. `health` says whether either watcher failed
+/// lately (the daemon is then not ready: what it knows may be old).
 pub fn spawn(
     client: Client,
     node: &str,
     start: tokio::sync::oneshot::Receiver<()>,
-    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    health: std::sync::Arc<WatchHealth>,
 ) -> watch::Receiver<Option<Cluster>> {
-    use std::sync::atomic::Ordering::Relaxed;
     let (tx, rx) = watch::channel(None);
     let pods_api: Api<ApiPod> = Api::all(client.clone());
     let ns_api: Api<Namespace> = Api::all(client);
@@ -122,24 +151,22 @@ pub fn spawn(
             let changed = tokio::select! {
                 Some(e) = pods.next() => match e {
                     Ok(e) => {
-                        healthy.store(true, Relaxed);
                         known_pods.apply(e, |p: &ApiPod| Pod::from_api(p).map(|p| (p.uid.clone(), p)))
                     }
                     Err(e) => {
-                        healthy.store(false, Relaxed);
+                        health.failed();
                         tracing::warn!("watching pods: {e}; trying again");
                         true
                     }
                 },
                 Some(e) = namespaces.next() => match e {
                     Ok(e) => {
-                        healthy.store(true, Relaxed);
                         known_ns.apply(e, |n: &Namespace| {
                             Some((n.metadata.name.clone()?, n.metadata.labels.clone().unwrap_or_default()))
                         })
                     }
                     Err(e) => {
-                        healthy.store(false, Relaxed);
+                        health.failed();
                         tracing::warn!("watching namespaces: {e}; trying again");
                         true
                     }

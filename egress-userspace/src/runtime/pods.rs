@@ -36,7 +36,7 @@ pub struct PodSource {
     /// egressd's own pod, never held.
     pub own_uid: Option<String>,
     /// Whether the watchers are hearing from the API server.
-    pub healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub health: std::sync::Arc<super::pod_watch::WatchHealth>,
 }
 
 /// The pods known, and what governs them.
@@ -156,9 +156,7 @@ impl Pods {
     pub fn ready(&self) -> bool {
         match &self.source {
             None => true,
-            Some(src) => {
-                self.cluster.is_some() && src.healthy.load(std::sync::atomic::Ordering::Relaxed)
-            }
+            Some(src) => self.cluster.is_some() && src.health.ok(),
         }
     }
 
@@ -195,7 +193,7 @@ mod tests {
             cluster: watch::channel(None).1,
             kubepods_root: PathBuf::from("k"),
             own_uid: None,
-            healthy: Default::default(),
+            health: Default::default(),
         }))
     }
 

@@ -27,7 +27,7 @@ use crate::{
     policy::Policy,
     report::describe::DnsEvent,
     report::metrics::Metrics,
-    runtime::{kubernetes::Class, watch::Change},
+    runtime::{held::Held, kubernetes::Class, watch::Change},
     state::allowlist::Allowlist,
     state::learn::Learner,
 };
@@ -56,10 +56,9 @@ pub struct Governor {
     /// Pod cgroups below the kubepods cgroup (where the programs are
     /// attached), mapped to a policy or released: path -> (cgroup id, how).
     pods: HashMap<PathBuf, (u64, Class)>,
-    /// Pod cgroups a policy governed whose pod it no longer selects (or
-    /// that are no longer known): held, whatever they are classified as,
-    /// until the cgroup is gone.
-    held: HashMap<PathBuf, u64>,
+    /// Pod cgroups a policy governed whose pod it no longer selects: held,
+    /// whatever they are classified as, until the cgroup is gone.
+    held: Held,
 }
 
 impl Governor {
@@ -78,7 +77,7 @@ impl Governor {
             cgroup_root,
             running: HashMap::new(),
             pods: HashMap::new(),
-            held: HashMap::new(),
+            held: Held::default(),
         }
     }
 
@@ -255,7 +254,7 @@ impl Governor {
     /// in `classes` (the pod is gone, or not known) is unmapped, and so held
     /// again by `kubernetes-pending`; so is a pod selected by a policy that
     /// is not running, and one a policy governed that is now classified
-    /// otherwise (for as long as its cgroup lives).
+    /// otherwise (for as long as its cgroup lives, across restarts).
     pub fn set_pods(&mut self, classes: &BTreeMap<PathBuf, Class>) -> Result<()> {
         let allowlist = self.allowlist.clone();
         let mut e = allowlist
@@ -263,9 +262,7 @@ impl Governor {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut first_error = None;
         // Held pods stay held while their cgroup lives.
-        let root = self.cgroup_root.clone();
-        self.held
-            .retain(|rel, id| Cgroup::at(&root, rel).id().ok() == Some(*id));
+        self.held.prune(&self.cgroup_root);
         let stale: Vec<PathBuf> = self
             .pods
             .keys()
@@ -278,17 +275,14 @@ impl Governor {
                 first_error.get_or_insert(err);
             }
             stop_pod_proxy(&mut self.running, &rel, &class);
-            if matches!(class, Class::Policy(_)) {
-                self.held.insert(rel.clone(), cgroup_id);
-            }
-            tracing::info!(cgroup = %rel.display(), "pod no longer known: held");
+            tracing::info!(cgroup = %rel.display(), "pod no longer known: held until it is");
         }
         for (rel, class) in classes {
             let cgroup = Cgroup::at(&self.cgroup_root, rel);
             let Ok(cgroup_id) = cgroup.id() else {
                 continue; // gone meanwhile
             };
-            if self.held.get(rel) == Some(&cgroup_id)
+            if self.held.contains(rel, cgroup_id)
                 || self.pods.get(rel) == Some(&(cgroup_id, class.clone()))
             {
                 continue;
@@ -335,7 +329,13 @@ impl Governor {
             }
             self.pods.insert(rel.clone(), (cgroup_id, class.clone()));
         }
+        e.held = self.held.paths();
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Remembers held pods in `file` (and takes over those it holds).
+    pub fn remember_held(&mut self, file: PathBuf) {
+        self.held = Held::load(file, &self.cgroup_root);
     }
 
     /// The `CGROUP_POLICY` value for a pod of class `class`; None for a

@@ -96,6 +96,9 @@ pub struct Allowlist {
     next_id: u32,
     /// Pod cgroups released (no policy selects the pod): id -> path.
     pub released: HashMap<u64, Cgroup>,
+    /// Pod cgroups held for good (a policy governed the pod, and it no
+    /// longer matches): paths below the cgroup2 root.
+    pub held: Vec<std::path::PathBuf>,
 }
 
 impl Allowlist {
@@ -133,6 +136,7 @@ impl Allowlist {
                 slots: RuleSlots::default(),
                 next_id: 1,
                 released: HashMap::new(),
+                held: Vec::new(),
             },
             events,
         ))
@@ -294,9 +298,8 @@ impl Allowlist {
 
     /// Undoes `map_cgroup` (if the cgroup is still mapped to `value`).
     pub fn unmap_cgroup(&mut self, cgroup_id: u64, value: u32) -> Result<()> {
-        self.tables.remove_cgroup(cgroup_id, value)?;
         self.forget_pod(cgroup_id);
-        Ok(())
+        self.tables.remove_cgroup(cgroup_id, value)
     }
 
     fn forget_pod(&mut self, cgroup_id: u64) {

@@ -179,6 +179,8 @@ fn the_image_governs_containers_podman_starts() {
         "-v",
         "/sys/fs/bpf:/sys/fs/bpf",
         "-v",
+        "/sys/kernel/security:/sys/kernel/security:ro",
+        "-v",
         "/run/egressd:/run/egressd",
         "-v",
         &format!(

@@ -553,6 +553,39 @@ mod governed_pods {
         );
         // What reached the listener: the released pods' connects only.
         assert_eq!(target.count(), 4, "web, debug, other, new");
+
+        // egressd restarts (an upgrade): the relabelled pod stays held.
+        let instance = daemon.kill().unwrap();
+        let args = [
+            "--kubernetes",
+            "--kubeconfig",
+            &tmp.0.join("kubeconfig").to_string_lossy(),
+            "--node",
+            "node-a",
+            "--kubepods-root",
+            &kube.rel_str(),
+        ]
+        .map(String::from);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let again = Daemon::start_instance(&ns, &tmp.0.join("p.yaml"), &instance.0, &args).unwrap();
+        assert!(
+            again
+                .wait_log(|l| l.contains("pod released") && l.contains(&uids[5].replace('-', "_"))),
+            "{:?}",
+            again.log.lock().unwrap()
+        );
+        assert_eq!(refused_under(&again, &a_cg, &ns), "kubernetes-pending");
+        let status = std::process::Command::new(egress_tests::egressd::bin())
+            .args(["status", "--instance", &again.instance])
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            status.contains("pod held") && status.contains(&uids[0].replace('-', "_")),
+            "{status}"
+        );
+        drop(again);
+        drop(instance);
     }
     /// A pod has a network namespace of its own: its DNS, redirected to
     /// loopback there, is answered by a proxy egressd opens inside it.

@@ -229,11 +229,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // The watchers start once this run's programs hold the pods and the
     // previous run's are gone: these could refuse egressd's own pod.
     let (start_watching, may_start) = tokio::sync::oneshot::channel();
-    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let health_of_watch = Arc::new(pod_watch::WatchHealth::default());
     let mut pods = Pods::new(kube.as_ref().map(|(client, k)| {
         PodSource {
-            cluster: pod_watch::spawn(client.clone(), &k.node, may_start, healthy.clone()),
-            healthy: healthy.clone(),
+            cluster: pod_watch::spawn(client.clone(), &k.node, may_start, health_of_watch.clone()),
+            health: health_of_watch.clone(),
             kubepods_root: k.kubepods_root.clone(),
             // Known from the downward API, else found by egressd's own pid.
             own_uid: k
@@ -257,6 +257,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         pin_dir.clone(),
         root.clone(),
     );
+    if kube.is_some() {
+        let file = control::socket_path(&opts.instance).with_extension("held");
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        governor.remember_held(file);
+    }
     governor.apply(pods.expand(&base, &root)?).await?;
     metrics.loaded(true);
     // egressd's own pod first: it must reach the API server.
