@@ -347,11 +347,6 @@ impl Governor {
         }
     }
 
-    /// The pod cgroups mapped now, and how.
-    pub fn pods(&self) -> impl Iterator<Item = (&PathBuf, &(u64, Class))> {
-        self.pods.iter()
-    }
-
     /// The directories holding governed cgroups, to watch for changes.
     pub fn watched_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self
