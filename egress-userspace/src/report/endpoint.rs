@@ -49,7 +49,8 @@ impl Health {
     }
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the epoch (0 if the clock is before it).
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

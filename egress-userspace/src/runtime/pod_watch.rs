@@ -20,6 +20,7 @@ use kube::{
 use tokio::sync::watch;
 
 use super::kubernetes::{Cluster, Pod};
+use crate::report::endpoint::now_secs;
 
 /// What the watchers have seen of one kind of object: the current set, and
 /// the set being listed again (between `Init` and `InitDone`).
@@ -87,12 +88,6 @@ pub struct WatchHealth {
 }
 
 const QUIET: u64 = 40;
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 impl WatchHealth {
     fn failed(&self) {
