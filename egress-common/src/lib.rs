@@ -35,7 +35,7 @@ pub use portsets::{
     PortRange, PortSet, MAX_PORTSETS, MAX_PORT_RANGES, PROTO_BIT_TCP, PROTO_BIT_UDP,
 };
 pub use rules::{Budget, BudgetState, RuleStats, MAX_RULE_SLOTS};
-pub use sockets::{MAX_PENDING_UDP, MAX_UNJUDGED_SOCKETS};
+pub use sockets::{SocketRecord, MAX_PENDING_UDP, RECORD_ALLOWED, RECORD_AUDITED};
 pub use unix::{unix_entry, UnixKey, MAX_UNIX_ENTRIES, UNIX_KEY_LEN, UNIX_PATH_MAX};
 
 /// Every map's name, as both halves look it up.
@@ -49,7 +49,7 @@ pub mod map_names {
         policies::{CGROUP_POLICY, POLICIES},
         portsets::PORTSETS,
         rules::{BUDGETS, BUDGET_STATE, RULE_STATS},
-        sockets::{PENDING_UDP, UNJUDGED},
+        sockets::{PENDING_UDP, SOCKETS},
         unix::UNIX_ALLOW,
     };
 }
@@ -72,7 +72,6 @@ pub mod program_names {
     /// Every packet a governed socket receives: bytes in, by the rule that
     /// allows its source.
     pub const PACKET_INGRESS: &str = "egress_packet_in";
-    pub const SOCK_OPS: &str = "egress_sock_ops";
     pub const BIND4: &str = "egress_bind4";
     pub const BIND6: &str = "egress_bind6";
     /// `lsm_cgroup/socket_create` (BPF LSM, Linux 6.0), where the LSM runs.

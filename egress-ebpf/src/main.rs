@@ -16,19 +16,17 @@ mod attempt;
 mod dest;
 mod dns;
 mod governing;
-mod judged;
 mod maps;
 mod packet;
+mod record;
 mod rules;
 mod udp;
 mod unix;
 mod verdict;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, sock_ops},
-    programs::{
-        LsmContext, SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext,
-    },
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use egress_common::hook;
 
@@ -158,14 +156,6 @@ fn judge_option(ctx: &SockoptContext, caller: governing::Caller) -> i32 {
         )
     };
     verdict::judge_option(caller, level, optname)
-}
-
-/// TCP events: remembers accepted sockets, whose peer no hook judged (see
-/// `judged`).
-#[sock_ops]
-pub fn egress_sock_ops(ctx: SockOpsContext) -> u32 {
-    judged::on_sock_op(&ctx);
-    1
 }
 
 /// Every packet a governed socket sends: the backstop (see `packet`).

@@ -9,7 +9,6 @@ use egress_common::{
     Budget, BudgetState, DnsAsker, DnsOrigin, Event, PolicyInfo, PortSet, RuleStats, UnixKey,
     V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES, MAX_ALLOW_ENTRIES, MAX_CGROUPS, MAX_DNS_ASKERS,
     MAX_DNS_SOCKETS, MAX_PENDING_UDP, MAX_POLICIES, MAX_PORTSETS, MAX_RULE_SLOTS, MAX_UNIX_ENTRIES,
-    MAX_UNJUDGED_SOCKETS,
 };
 
 /// Cgroup id -> policy id, for each governed cgroup. Written by userspace when
@@ -53,15 +52,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map(name = "DNS_ORIGIN")]
 pub static DNS_ORIGIN: LruHashMap<u64, DnsOrigin> =
     LruHashMap::with_max_entries(MAX_DNS_SOCKETS, 0);
-
-/// Socket cookie -> `judged::ACCEPTED` or `judged::AUDITED`, for TCP
-/// sockets whose peer no hook judged (see `judged`). Written by the
-/// sock_ops program (accepted sockets), the connect programs (audit) and
-/// the backstop, read by the backstop. Least recently used entries go
-/// first: closed sockets' entries, never looked up again, before those of
-/// sockets still sending (each segment looks its socket up).
-#[map(name = "UNJUDGED")]
-pub static UNJUDGED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_UNJUDGED_SOCKETS, 0);
 
 /// Socket cookie -> the event of a UDP connect() to a destination not
 /// allowed (see `udp`). Written by the connect programs, read by the

@@ -7,17 +7,23 @@
 //! socket calls were); dropped ones are, with reason `ip_options` or
 //! `packet`. An allowed packet's payload is counted to the rule that
 //! allows its destination, and charged to that rule's upload budget (see
-//! `rules`); `count_received` does the same for what arrives.
+//! `rules`); `count_received` does the same for what arrives. A TCP
+//! socket's segments are judged by its record (see `record`): one lookup,
+//! no allowlist, once its peer passed.
 
-use aya_ebpf::programs::SkBuffContext;
-use egress_common::{hook, proto_class, reason, AF_INET, AF_INET6, PROTO_BIT_TCP};
+use aya_ebpf::{bindings::bpf_sock, programs::SkBuffContext};
+use egress_common::{
+    hook, proto_class, reason, SocketRecord, AF_INET, AF_INET6, MODE_AUDIT, PROTO_BIT_TCP,
+    RECORD_ALLOWED, RECORD_AUDITED,
+};
 
 use crate::{
     attempt::{conclude_deferred, Attempt},
     dest::Dest,
     dns,
     governing::{governing, released, Caller, Live},
-    judged, rules, udp,
+    maps::POLICIES,
+    record, rules, udp,
     verdict::{check, class_of, in_portset, is_loopback},
 };
 
@@ -39,9 +45,6 @@ struct Parsed {
     dest: Dest,
     /// IPv4 options, or an IPv6 routing/hop-by-hop/destination-options header.
     options: bool,
-    /// A TCP segment without SYN: part of a connection whose SYN this
-    /// backstop (and the connect hook) already judged.
-    established: bool,
     /// A TCP SYN-ACK: a listening socket answering.
     syn_ack: bool,
     /// A fragment after the first: it carries no ports (its first
@@ -49,27 +52,6 @@ struct Parsed {
     later_fragment: bool,
     /// Where the transport header starts.
     l4: usize,
-}
-
-/// Whether the packet belongs to a TCP stream socket (not a raw socket).
-#[inline(always)]
-fn from_tcp_socket(ctx: &SkBuffContext) -> bool {
-    // SAFETY: `sk` of the context is readable in cgroup_skb programs; it is
-    // checked for null and made a full socket before its fields are read.
-    unsafe {
-        let sk = core::ptr::read_volatile(core::ptr::addr_of!((*ctx.skb.skb).__bindgen_anon_2.sk));
-        if sk.is_null() {
-            return false;
-        }
-        let full = aya_ebpf::helpers::bpf_sk_fullsock(sk);
-        if full.is_null() {
-            return false;
-        }
-        const SOCK_STREAM: u32 = 1;
-        const IPPROTO_TCP: u32 = 6;
-        core::ptr::read_volatile(core::ptr::addr_of!((*full).type_)) == SOCK_STREAM
-            && core::ptr::read_volatile(core::ptr::addr_of!((*full).protocol)) == IPPROTO_TCP
-    }
 }
 
 /// Reads a `T` at `off` from the start of the IP header: straight from the
@@ -133,7 +115,6 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
             proto,
             dest,
             options,
-            established: flags != 0 && flags & SYN == 0,
             syn_ack: flags & (SYN | ACK) == SYN | ACK,
             later_fragment: !first,
             l4: 20,
@@ -170,7 +151,6 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
             proto: next,
             dest,
             options,
-            established: flags != 0 && flags & SYN == 0,
             syn_ack: flags & (SYN | ACK) == SYN | ACK,
             later_fragment: !first,
             l4,
@@ -182,6 +162,76 @@ fn parse(ctx: &SkBuffContext) -> Option<Parsed> {
 /// Judges one outgoing packet: 1 to pass it, 0 to drop it.
 #[inline(always)]
 pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
+    let parsed = parse(ctx);
+    // A TCP socket's own segment (a raw socket, made before its cgroup was
+    // governed, could write segments to anywhere): its record, if it has
+    // one, says whether its peer passed (see `record`).
+    let sk = match &parsed {
+        Some(p) if p.proto == 6 && !p.options && !p.later_fragment => record::tcp_socket_of(ctx),
+        _ => None,
+    };
+    let mut stale = false;
+    if let (Some(p), Some(sk)) = (&parsed, sk) {
+        match on_record(ctx, p, sk) {
+            Recorded::Verdict(v) => return v,
+            Recorded::Stale => stale = true,
+            Recorded::None => {}
+        }
+    }
+    judge_unrecorded(ctx, parsed, sk, stale)
+}
+
+/// What a socket's record says of its segment.
+enum Recorded {
+    /// The record is live: this is the verdict.
+    Verdict(i32),
+    /// Its peer passed under a table the policy has since replaced: judged
+    /// again, and passes as before where it no longer would (see
+    /// `judge_unrecorded`).
+    Stale,
+    /// No record, or one that passed only while the policy audited.
+    None,
+}
+
+/// The fast path: one lookup of the socket's record, one of its policy.
+/// A segment of an allowed peer is counted to the record's rule and
+/// charged to its budget (a segment without payload, an ACK, passes).
+#[inline(always)]
+fn on_record(ctx: &SkBuffContext, p: &Parsed, sk: *mut bpf_sock) -> Recorded {
+    let Some(rec) = record::get(sk) else {
+        return Recorded::None;
+    };
+    // SAFETY: the socket's storage, a plain 16-byte value.
+    let r = unsafe { *rec };
+    let live = matches!(POLICIES.get(r.policy), Some(i) if i.table != 0 && i.table == r.table);
+    let audit = matches!(POLICIES.get(r.policy), Some(i) if i.mode == MODE_AUDIT);
+    match r.verdict {
+        RECORD_ALLOWED if live => {
+            let bytes = payload(ctx, p.proto, p.l4);
+            let v = if bytes == 0 || rules::charge(r.rule, bytes, false) || audit {
+                PASS
+            } else {
+                DROP
+            };
+            Recorded::Verdict(v)
+        }
+        RECORD_ALLOWED => Recorded::Stale,
+        RECORD_AUDITED if live && audit => Recorded::Verdict(PASS),
+        _ => Recorded::None,
+    }
+}
+
+/// The slow path: a packet of a socket without a live record (an accepted
+/// TCP socket, UDP, a connect's SYN where no record could be made), judged
+/// by its destination under the policy that governs its cgroup. A TCP
+/// socket whose peer passes gets its record here.
+#[inline(always)]
+fn judge_unrecorded(
+    ctx: &SkBuffContext,
+    parsed: Option<Parsed>,
+    sk: Option<*mut bpf_sock>,
+    stale: bool,
+) -> i32 {
     let caller = Caller::Packet(ctx.skb.skb);
     let (policy, live) = governing(caller);
     if released(policy) {
@@ -208,25 +258,6 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         unparsed.conclude(false, reason::NO_POLICY);
         return DROP;
     };
-    let parsed = parse(ctx);
-    // The rest of a TCP connection whose peer was judged (by the connect
-    // hook, or here) passes with one lookup that finds nothing; a segment
-    // with payload then has its rule looked up, to count and charge it
-    // (`stream_packet`): that per-packet cost is what a bulk transfer pays.
-    // Only for a TCP socket's own segments: a raw socket (made before its
-    // cgroup was governed) could write SYN-less segments to anywhere. A
-    // socket whose peer no hook judged (an accepted one) is judged below,
-    // and takes the cheap path once its peer passes. Options are still
-    // refused below.
-    let mut stream = 0;
-    if matches!(&parsed, Some(p) if p.established && !p.options) && from_tcp_socket(ctx) {
-        let cookie = judged::packet_cookie(ctx);
-        match judged::state(cookie) {
-            None => return stream_packet(ctx, &unparsed, parsed.as_ref(), audit, table, budgets),
-            Some(judged::AUDITED) if audit => return PASS,
-            Some(_) => stream = cookie,
-        }
-    }
     let Some(Parsed {
         proto,
         dest,
@@ -264,6 +295,18 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         }
     }
     let fragment_without_ports = later_fragment && class != proto_class::OTHER;
+    let remember = |verdict: u8, rule: u32| {
+        if let Some(sk) = sk {
+            let r = SocketRecord {
+                verdict,
+                rule,
+                policy,
+                table,
+                ..SocketRecord::default()
+            };
+            record::set(sk, r);
+        }
+    };
     let why = if options {
         reason::IP_OPTIONS
     } else if class == proto_class::OTHER {
@@ -271,9 +314,7 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     } else {
         match check(table, if fragment_without_ports { 0 } else { bit }, &dest) {
             (reason::NONE, rule) => {
-                if stream != 0 {
-                    judged::judged(stream);
-                }
+                remember(RECORD_ALLOWED, rule);
                 let bytes = payload(ctx, proto, l4);
                 if rules::charge(rule, bytes, class == proto_class::UDP) || audit {
                     return PASS;
@@ -294,12 +335,21 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
                 }
                 reason::PACKET
             }
+            // Its peer passed when it was judged, and no longer would (a
+            // reload removed it): the connection goes on, uncounted, as
+            // judged when made; except under a policy with budgets, which
+            // no rule would be charged for.
+            (_, _) if stale && (!budgets || audit) => {
+                remember(RECORD_ALLOWED, 0);
+                return PASS;
+            }
             // In audit mode the socket call was already reported; do not
-            // report (and count) every packet of the connection again. An
-            // unjudged stream made no such call: it is reported once.
-            (_, _) if audit && stream == 0 => return PASS,
+            // report (and count) every packet of the connection again. A
+            // TCP socket whose peer no hook judged made no such call: it
+            // is reported once.
+            (_, _) if audit && sk.is_none() => return PASS,
             (_, _) if audit => {
-                judged::audited(stream);
+                remember(RECORD_AUDITED, 0);
                 reason::PACKET
             }
             (_, _) => reason::PACKET,
@@ -321,54 +371,6 @@ fn payload(ctx: &SkBuffContext, proto: u8, l4: usize) -> u64 {
     u64::from(ctx.len()).saturating_sub((l4 + header) as u64)
 }
 
-/// A segment of a TCP connection whose peer was judged. One that carries
-/// payload is counted to the rule that allows its destination (found in
-/// `table`, the lookup the fast path otherwise spares), and dropped
-/// (counted, without an event: TCP sends it again) when it would take that
-/// rule past its upload budget, unless the policy audits. ACKs without
-/// payload pass with no lookup.
-///
-/// A destination no longer allowed (its address expired or was pushed out
-/// of its host rule, or a reload removed it) passes as before, the
-/// connection judged when it was made; except under a policy with
-/// `budgets`, where the agent could make that happen to escape a budget:
-/// there its data is dropped and reported (`packet_destination_not_allowed`).
-#[inline(always)]
-fn stream_packet(
-    ctx: &SkBuffContext,
-    unparsed: &Attempt,
-    parsed: Option<&Parsed>,
-    audit: bool,
-    table: u32,
-    budgets: bool,
-) -> i32 {
-    let Some(p) = parsed else {
-        return PASS;
-    };
-    let bytes = payload(ctx, p.proto, p.l4);
-    if bytes == 0 {
-        return PASS;
-    }
-    let (why, rule) = check(table, PROTO_BIT_TCP, &p.dest);
-    if why != reason::NONE {
-        if !budgets || audit {
-            return PASS;
-        }
-        let attempt = Attempt {
-            protocol: p.proto,
-            class: proto_class::TCP,
-            dest: p.dest,
-            ..*unparsed
-        };
-        return attempt.conclude(audit, reason::PACKET);
-    }
-    if rules::charge(rule, bytes, false) || audit {
-        PASS
-    } else {
-        DROP
-    }
-}
-
 /// A packet a governed socket receives: its payload counted to the rule
 /// that allows its source (as a destination: address, port, protocol).
 /// Always passes.
@@ -384,6 +386,19 @@ pub fn count_received(ctx: &SkBuffContext) -> i32 {
     let bytes = payload(ctx, p.proto, p.l4);
     if bytes == 0 {
         return PASS;
+    }
+    // A TCP socket with a live record: counted to its rule, no lookup.
+    if p.proto == 6 {
+        if let Some(rec) = record::tcp_socket_of(ctx).and_then(record::get) {
+            // SAFETY: the socket's storage, a plain 16-byte value.
+            let r = unsafe { *rec };
+            if r.verdict == RECORD_ALLOWED
+                && matches!(POLICIES.get(r.policy), Some(i) if i.table == r.table)
+            {
+                rules::received(r.rule, bytes);
+                return PASS;
+            }
+        }
     }
     let Some(source) = source_of(ctx, p.dest.family, p.l4) else {
         return PASS;

@@ -5,8 +5,8 @@ use aya_ebpf::{
     helpers::bpf_get_netns_cookie, maps::lpm_trie::Key, programs::SockAddrContext, EbpfContext,
 };
 use egress_common::{
-    allow, config, hook, proto_class, reason, AF_INET, MAX_PORT_RANGES, PROTO_BIT_TCP,
-    PROTO_BIT_UDP, TABLE_BITS,
+    allow, config, hook, proto_class, reason, SocketRecord, AF_INET, MAX_PORT_RANGES,
+    PROTO_BIT_TCP, PROTO_BIT_UDP, RECORD_ALLOWED, RECORD_AUDITED, TABLE_BITS,
 };
 
 use crate::{
@@ -194,14 +194,27 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         crate::udp::forget_socket(ctx);
     }
     let ret = attempt.conclude(audit, why);
-    if why == reason::NONE && class == proto_class::TCP && is_connect(hook) {
-        crate::rules::connection(rule);
-    }
-    // A connect audit mode let through (reported here) passes the
-    // backstop only while the policy audits: once it enforces, the
-    // connection's segments are judged again.
-    if why != reason::NONE && ret == RET_ALLOW && class == proto_class::TCP {
-        crate::judged::audited_connect(ctx);
+    if class == proto_class::TCP && is_connect(hook) {
+        // The socket's record: its segments pass the backstop on it. A
+        // connect audit mode let through (reported here) passes only while
+        // the policy audits: once it enforces, its segments are judged
+        // again. A refused connect leaves no record.
+        let verdict = if why == reason::NONE {
+            crate::rules::connection(rule);
+            RECORD_ALLOWED
+        } else if ret == RET_ALLOW {
+            RECORD_AUDITED
+        } else {
+            0
+        };
+        let record = SocketRecord {
+            verdict,
+            rule,
+            policy: attempt.policy,
+            table,
+            ..SocketRecord::default()
+        };
+        crate::record::on_connect(ctx, (verdict != 0).then_some(record));
     }
     ret
 }

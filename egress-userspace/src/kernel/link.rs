@@ -26,7 +26,6 @@ pub mod attach_type {
     pub const CGROUP_SETSOCKOPT: u32 = 22;
     pub const CGROUP_INET4_GETPEERNAME: u32 = 29;
     pub const CGROUP_INET6_GETPEERNAME: u32 = 30;
-    pub const CGROUP_SOCK_OPS: u32 = 3;
     pub const CGROUP_INET4_BIND: u32 = 8;
     pub const CGROUP_INET6_BIND: u32 = 9;
     pub const CGROUP_UNIX_CONNECT: u32 = 49;

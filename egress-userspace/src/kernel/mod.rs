@@ -11,6 +11,7 @@ pub mod lsm;
 pub mod mounts;
 pub mod pins;
 pub mod rules;
+pub mod sockets;
 pub mod sys;
 pub mod tables;
 pub mod trie;
@@ -24,7 +25,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, SockOps},
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt},
     Ebpf,
 };
 use egress_common::{
@@ -45,20 +46,17 @@ enum Kind {
     Sock,
     Sockopt,
     Skb,
-    SockOps,
 }
 
 /// Every program with its kind and attach type, in attach order: socket
 /// creation and options first, so that no raw socket or source route can be
 /// set up while the others are being attached.
-const PROGRAMS: [(&str, Kind, u32); 15] = {
+const PROGRAMS: [(&str, Kind, u32); 14] = {
     use attach_type as a;
     use program_names as p;
     [
         (p::SOCK_CREATE, Kind::Sock, a::CGROUP_INET_SOCK_CREATE),
         (p::SETSOCKOPT, Kind::Sockopt, a::CGROUP_SETSOCKOPT),
-        // Before the backstop: an accepted socket is known to it as such.
-        (p::SOCK_OPS, Kind::SockOps, a::CGROUP_SOCK_OPS),
         (p::PACKET_EGRESS, Kind::Skb, a::CGROUP_INET_EGRESS),
         (p::PACKET_INGRESS, Kind::Skb, a::CGROUP_INET_INGRESS),
         (p::BIND4, Kind::SockAddr, a::CGROUP_INET4_BIND),
@@ -113,6 +111,8 @@ pub enum KernelError {
     Unix(String),
     #[error("BPF LSM runs here, but its program did not load: {0}")]
     Lsm(String),
+    #[error("{0}")]
+    Sockets(String),
     #[error("the eBPF object has no map `{0}`")]
     MissingMap(&'static str),
     #[error("map `{name}`")]
@@ -164,11 +164,14 @@ impl Kernel {
         if OBJECT.is_empty() {
             return Err(KernelError::NoObject);
         }
+        let sockets = sockets::Pinned::new().map_err(|e| KernelError::Sockets(format!("{e:#}")))?;
         let mut loader = aya::EbpfLoader::new();
         if let Some(bytes) = ring_bytes {
             loader.map_max_entries(map_names::EVENTS, bytes);
         }
+        loader.map_pin_path(map_names::SOCKETS, sockets.path.as_path());
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Object)?;
+        drop(sockets);
         let mut stand_ins = Vec::new();
         for (name, kind, _) in PROGRAMS {
             let loaded = load_program(&mut ebpf, name, kind);
@@ -315,7 +318,6 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str, kind: Kind) -> Result<(), K
         Kind::Sock => <&mut CgroupSock>::try_from(prog).and_then(|p| p.load()),
         Kind::Sockopt => <&mut CgroupSockopt>::try_from(prog).and_then(|p| p.load()),
         Kind::Skb => <&mut CgroupSkb>::try_from(prog).and_then(|p| p.load()),
-        Kind::SockOps => <&mut SockOps>::try_from(prog).and_then(|p| p.load()),
     };
     loaded.map_err(|source| KernelError::Load { name, source })
 }

@@ -72,7 +72,8 @@ fn map_fd(map: &Map) -> Result<BorrowedFd<'_>> {
         | Map::LruHashMap(d)
         | Map::LpmTrie(d)
         | Map::PerCpuArray(d)
-        | Map::RingBuf(d) => d,
+        | Map::RingBuf(d)
+        | Map::SkStorage(d) => d,
         _ => bail!("a map of a kind the UNIX programs' loader does not know"),
     };
     Ok(data.fd().as_fd())
