@@ -69,6 +69,19 @@ impl Cgroup {
             .ino())
     }
 
+    /// The ids of this cgroup and of every cgroup below it.
+    pub fn all_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.id().into_iter().collect();
+        if let Ok(dir) = fs::read_dir(&self.path) {
+            for e in dir.flatten() {
+                if e.path().is_dir() {
+                    ids.extend(Cgroup { path: e.path() }.all_ids());
+                }
+            }
+        }
+        ids
+    }
+
     pub fn exists(&self) -> bool {
         self.path.join("cgroup.procs").is_file()
     }

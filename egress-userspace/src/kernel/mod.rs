@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod counters;
+pub mod diag;
 pub mod link;
 pub mod lsm;
 pub mod mounts;

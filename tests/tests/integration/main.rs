@@ -14,6 +14,7 @@ mod daemon;
 mod dns;
 mod kubernetes;
 mod learn;
+mod leftovers;
 mod live_view;
 mod loopback;
 mod permitted;

@@ -9,6 +9,7 @@ mod spawn;
 mod summary;
 
 use std::{
+    collections::HashSet,
     ffi::OsString,
     fs::File,
     io::Write,
@@ -31,6 +32,7 @@ use crate::{
     cli::usage::UsageError,
     dns::refresh,
     kernel::cgroup::Cgroup,
+    kernel::diag,
     kernel::mounts,
     kernel::pins,
     policy::{
@@ -190,7 +192,11 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
     // Clean up whatever happened: no process left, no pin, no cgroup; each
     // step is tried even if an earlier one failed.
     let killed = cgroup.kill_all(Duration::from_secs(5));
-    let unpinned = pins::remove_tree(&pin_dir);
+    let unpinned = if close_sockets(&cgroup, &instance) {
+        pins::remove_tree(&pin_dir)
+    } else {
+        Ok(())
+    };
     let removed = cgroup.remove();
     let (status, summary, observed) = result?;
     killed.and(unpinned).and(removed)?;
@@ -220,6 +226,32 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
         )?;
     }
     Ok(exit_code(status))
+}
+
+/// Once the command's processes are gone, and before its programs are:
+/// what its sockets still hold may not leave after the programs (see
+/// `kernel::diag`). Waits a moment for them to deliver what an allowed
+/// peer is owed, then destroys every one left. False when some could not
+/// be destroyed: then the programs stay pinned, and egressd says so.
+fn close_sockets(cgroup: &Cgroup, instance: &str) -> bool {
+    let ids: HashSet<u64> = cgroup.all_ids().into_iter().collect();
+    if ids.is_empty() {
+        return true;
+    }
+    match diag::close_leftovers(&ids, Duration::from_secs(2)) {
+        Ok(diag::Closed { failed: None, .. }) => true,
+        Ok(diag::Closed {
+            failed: Some((n, e)),
+            ..
+        }) => {
+            eprintln!("egressd: {n} socket(s) the command made outlive it and could not be destroyed ({e}; the kernel needs CONFIG_INET_DIAG_DESTROY): its programs stay attached until `egressd detach --instance {instance}`");
+            false
+        }
+        Err(e) => {
+            eprintln!("egressd: the command's sockets could not be listed ({e}): its programs stay attached until `egressd detach --instance {instance}`");
+            false
+        }
+    }
 }
 
 /// The signals `exec` forwards to its command.
