@@ -168,10 +168,10 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
     // one, says whether its peer passed (see `record`).
     let sk = match &parsed {
         Some(p) if p.proto == 6 && !p.options && !p.later_fragment => record::tcp_socket_of(ctx),
-        _ => None,
+        _ => core::ptr::null_mut(),
     };
     let mut stale = false;
-    if let (Some(p), Some(sk)) = (&parsed, sk) {
+    if let (Some(p), false) = (&parsed, sk.is_null()) {
         match on_record(ctx, p, sk) {
             Recorded::Verdict(v) => return v,
             Recorded::Stale => stale = true,
@@ -198,11 +198,9 @@ enum Recorded {
 /// charged to its budget (a segment without payload, an ACK, passes).
 #[inline(always)]
 fn on_record(ctx: &SkBuffContext, p: &Parsed, sk: *mut bpf_sock) -> Recorded {
-    let Some(rec) = record::get(sk) else {
+    let Some(r) = record::get(sk) else {
         return Recorded::None;
     };
-    // SAFETY: the socket's storage, a plain 16-byte value.
-    let r = unsafe { *rec };
     let live = matches!(POLICIES.get(r.policy), Some(i) if i.table != 0 && i.table == r.table);
     let audit = matches!(POLICIES.get(r.policy), Some(i) if i.mode == MODE_AUDIT);
     match r.verdict {
@@ -224,12 +222,13 @@ fn on_record(ctx: &SkBuffContext, p: &Parsed, sk: *mut bpf_sock) -> Recorded {
 /// The slow path: a packet of a socket without a live record (an accepted
 /// TCP socket, UDP, a connect's SYN where no record could be made), judged
 /// by its destination under the policy that governs its cgroup. A TCP
-/// socket whose peer passes gets its record here.
+/// socket (`sk`, null for any other packet) whose peer passes gets its
+/// record here.
 #[inline(always)]
 fn judge_unrecorded(
     ctx: &SkBuffContext,
     parsed: Option<Parsed>,
-    sk: Option<*mut bpf_sock>,
+    sk: *mut bpf_sock,
     stale: bool,
 ) -> i32 {
     let caller = Caller::Packet(ctx.skb.skb);
@@ -296,7 +295,7 @@ fn judge_unrecorded(
     }
     let fragment_without_ports = later_fragment && class != proto_class::OTHER;
     let remember = |verdict: u8, rule: u32| {
-        if let Some(sk) = sk {
+        if !sk.is_null() {
             let r = SocketRecord {
                 verdict,
                 rule,
@@ -347,7 +346,7 @@ fn judge_unrecorded(
             // report (and count) every packet of the connection again. A
             // TCP socket whose peer no hook judged made no such call: it
             // is reported once.
-            (_, _) if audit && sk.is_none() => return PASS,
+            (_, _) if audit && sk.is_null() => return PASS,
             (_, _) if audit => {
                 remember(RECORD_AUDITED, 0);
                 reason::PACKET
@@ -389,9 +388,8 @@ pub fn count_received(ctx: &SkBuffContext) -> i32 {
     }
     // A TCP socket with a live record: counted to its rule, no lookup.
     if p.proto == 6 {
-        if let Some(rec) = record::tcp_socket_of(ctx).and_then(record::get) {
-            // SAFETY: the socket's storage, a plain 16-byte value.
-            let r = unsafe { *rec };
+        let sk = record::tcp_socket_of(ctx);
+        if let Some(r) = (!sk.is_null()).then(|| record::get(sk)).flatten() {
             if r.verdict == RECORD_ALLOWED
                 && matches!(POLICIES.get(r.policy), Some(i) if i.table == r.table)
             {

@@ -62,26 +62,32 @@ pub static SOCKETS: SkStorage = SkStorage::new();
 /// `BPF_SK_STORAGE_GET_F_CREATE`.
 const CREATE: u64 = 1;
 
-/// The full TCP socket a packet belongs to (None for a request socket
-/// answering a SYN, a time-wait socket, or anything but TCP).
+/// The full TCP socket a packet belongs to; null for a request socket
+/// answering a SYN, a time-wait socket, or anything but TCP. (A pointer,
+/// not an `Option`: Linux 5.10's verifier refuses the uninitialised
+/// payload an `Option` of a raw pointer leaves on the stack.)
 #[inline(always)]
-pub fn tcp_socket_of(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
+pub fn tcp_socket_of(ctx: &SkBuffContext) -> *mut bpf_sock {
     // SAFETY: `sk` of the context is readable in cgroup_skb programs; it is
     // checked for null and made a full socket before its fields are read.
     unsafe {
         let sk = core::ptr::read_volatile(core::ptr::addr_of!((*ctx.skb.skb).__bindgen_anon_2.sk));
         if sk.is_null() {
-            return None;
+            return core::ptr::null_mut();
         }
         let full = bpf_sk_fullsock(sk);
         if full.is_null() {
-            return None;
+            return core::ptr::null_mut();
         }
         const SOCK_STREAM: u32 = 1;
         const IPPROTO_TCP: u32 = 6;
         let tcp = core::ptr::read_volatile(core::ptr::addr_of!((*full).type_)) == SOCK_STREAM
             && core::ptr::read_volatile(core::ptr::addr_of!((*full).protocol)) == IPPROTO_TCP;
-        tcp.then_some(full)
+        if tcp {
+            full
+        } else {
+            core::ptr::null_mut()
+        }
     }
 }
 
@@ -92,12 +98,13 @@ fn socket_of_call(ctx: &SockAddrContext) -> *mut bpf_sock {
     unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ctx.sock_addr).__bindgen_anon_1.sk)) }
 }
 
-/// The record of `sk`, if it has one.
+/// The record of `sk` (a full socket from the context), if it has one.
 #[inline(always)]
-pub fn get(sk: *mut bpf_sock) -> Option<*mut SocketRecord> {
+pub fn get(sk: *mut bpf_sock) -> Option<SocketRecord> {
     // SAFETY: `sk` is a full socket from the context; no value, no flags.
     let p = unsafe { bpf_sk_storage_get(SOCKETS.ptr(), sk.cast(), core::ptr::null_mut(), 0) };
-    (!p.is_null()).then_some(p.cast())
+    // SAFETY: the socket's storage, a plain 16-byte value, read whole.
+    (!p.is_null()).then(|| unsafe { *(p as *const SocketRecord) })
 }
 
 /// Writes `record` as `sk`'s record, making one if it has none (when the

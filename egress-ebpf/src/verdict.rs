@@ -101,14 +101,16 @@ pub fn is_loopback(dest: &Dest) -> bool {
     }
 }
 
-/// Is the socket in egressd's own network namespace? Loopback rules mean
-/// this host's loopback, not that of a namespace the agent made.
+/// Is the socket in egressd's own network namespace? None where the
+/// kernel cannot tell (no namespace cookie for userspace before Linux
+/// 5.14). Loopback rules mean this host's loopback, not that of a
+/// namespace the agent made: unknown, they refuse; but DNS must still
+/// reach the proxy.
 #[inline(always)]
-fn in_host_netns(ctx: &SockAddrContext) -> bool {
-    // SAFETY: ctx is the program's context.
-    let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+fn in_egressd_netns(ctx: &SockAddrContext) -> Option<bool> {
     let host = CONFIG.get(config::HOST_NETNS_COOKIE).copied().unwrap_or(0);
-    host != 0 && cookie == host
+    // SAFETY: ctx is the program's context.
+    (host != 0).then(|| unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == host)
 }
 
 /// A sock_addr hook's attempt on `dest`: the calling task's, under the
@@ -160,7 +162,9 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
             dns::redirect(ctx, hook, &dest, dns_port);
             return to_proxy.conclude(audit, reason::NONE);
         }
-        if dns::is_proxy(&dest, dns_port) {
+        // Only egressd's own proxy: loopback in a network namespace the
+        // agent made is judged as loopback elsewhere (below).
+        if dns::is_proxy(&dest, dns_port) && in_egressd_netns(ctx) != Some(false) {
             return to_proxy.conclude(audit, reason::NONE);
         }
     }
@@ -168,7 +172,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         (reason::PROTOCOL, 0)
     } else if dest.family == 0 {
         (reason::NO_DEST, 0)
-    } else if reaches_loopback(&dest) && !in_host_netns(ctx) {
+    } else if reaches_loopback(&dest) && in_egressd_netns(ctx) != Some(true) {
         (reason::OTHER_NETNS_LOOPBACK, 0)
     } else {
         check(table, proto_bit, &dest)
