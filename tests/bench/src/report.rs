@@ -29,19 +29,18 @@ Notes on this machine and these figures:
   each repetition with its own floor takes out slow drift, not the noise
   of one repetition: read a ratio together with its spread.
 - connect(): the section above shows where egressd's time goes. A TCP
-  connect+close runs `sock_create`, `connect4`, `sock_ops` (on five TCP
-  events; it remembers accepted sockets, whose peer no hook judged) and,
-  on each of its packets (SYN, ACK, RST here), the egress backstop; the
-  benchmark's client also sets SO_LINGER, which runs `setsockopt`. About
-  60 ns of each run is the statistics' own clock reads. The backstop
-  reads headers straight from the packet; its SYN check is a second
-  allowlist lookup (defence in depth: it checks the packet's real
-  destination), its other packets take a fast path: one lookup of the
-  socket's cookie among the accepted sockets, which finds nothing for a
-  connected one, and, for a packet that carries payload, the allowlist
-  lookup of its destination that counts it to its rule (and charges the
-  rule's budget). The ingress program counts what arrives the same way;
-  on a packet without payload it stops before any lookup. What is left is about 1 µs per TCP connect+close and
+  connect+close runs `sock_create`, `connect4` (which also writes the
+  socket's record in socket storage) and, on each of its packets (SYN,
+  ACK, RST here), the egress backstop; the benchmark's client also sets
+  SO_LINGER, which runs `setsockopt`. About 60 ns of each run is the
+  statistics' own clock reads. The backstop reads headers straight from
+  the packet; a packet of a TCP socket whose record says its peer passed
+  (the connect hook's verdict, the SYN included) costs one lookup of that
+  record and one of its policy, and, for a packet that carries payload,
+  the count and budget charge of the rule the record names: no allowlist
+  lookup. The ingress program counts what arrives the same way; on a
+  packet without payload it stops before any lookup. What is left is
+  about 0.7 µs per TCP connect+close and
   0.2 µs per UDP connect(): 2 to 5 % of a loopback
   connect, which takes 7 to 30 µs, and well under 1 % of any connect
   that leaves the machine. The cost hardly depends on the number of

@@ -221,13 +221,18 @@ fn an_accepted_connection_from_a_peer_not_allowed_gets_nothing() {
             .args([PYTHON, "-c", &agent])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "listening");
+        if line.trim() != "listening" {
+            let _ = child.wait();
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
+            panic!("{family}, syncookies {cookies}: the agent did not listen: {line:?} {err}");
+        }
         let peer = format!(
             "import socket\n\
              got = 0; connected = 0\n\

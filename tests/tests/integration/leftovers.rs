@@ -200,6 +200,8 @@ lo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 fcntl.ioctl(lo, 0x8914, struct.pack("16sH14x", b"lo", 0x1 | 0x40))
 port = None
 for p in range(1, 65536):
+    if p == 53:
+        continue  # redirected to the proxy: never a self-connect
     t = socket.socket()
     try:
         t.connect(("127.0.0.1", p))
@@ -228,13 +230,23 @@ try:
 except OSError as e:
     print("refused", e.errno, flush=True)
 "#;
+    // exec's stderr to a file: a scan's refusals make it write a lot.
+    let tmp = TempDir::new("flood").unwrap();
+    let err = std::fs::File::create(tmp.0.join("stderr")).unwrap();
     let mut agent = ns
         .command(bin())
-        .args(["exec", "--allow", "198.51.100.1:443", "--listen", "8443", "--"])
+        .args([
+            "exec",
+            "--allow",
+            "198.51.100.1:443",
+            "--listen",
+            "8443",
+            "--",
+        ])
         .args([PYTHON, "-c", AGENT])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(err)
         .spawn()
         .unwrap();
     let mut out = BufReader::new(agent.stdout.take().unwrap());

@@ -21,6 +21,7 @@ mod permitted;
 mod prometheus;
 mod raw_sockets;
 mod reload;
+mod rewritten;
 mod side_doors;
 mod source_routing;
 mod systemd;
