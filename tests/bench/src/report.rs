@@ -39,9 +39,10 @@ Notes on this machine and these figures:
   record and one of its policy, and, for a packet that carries payload,
   the count and budget charge of the rule the record names: no allowlist
   lookup. The ingress program counts what arrives the same way; on a
-  packet without payload it stops before any lookup. What is left is
-  about 0.7 µs per TCP connect+close and
-  0.2 µs per UDP connect(): 2 to 5 % of a loopback
+  packet without payload it stops before any lookup. Creating the
+  record (socket storage, allocated with the socket's first connect) is
+  most of `connect4`'s time. What is left is 1 to 2 µs per TCP
+  connect+close and 0.2 to 0.5 µs per UDP connect(): 2 to 10 % of a loopback
   connect, which takes 7 to 30 µs, and well under 1 % of any connect
   that leaves the machine. The cost hardly depends on the number of
   entries (one longest-prefix lookup). nftables runs its chain on every
@@ -73,7 +74,7 @@ pub(crate) fn programs(r: &Value) -> String {
     };
     let pr = &big["egressd"]["programs"];
     let mut s = format!(
-        "\n## Where the time goes ({} entries)\n\nThe kernel's run time of each egressd program (BPF statistics, `kernel.bpf_stats_enabled`, on for one extra pass of {} connects of each kind and one bulk transfer; they add two clock reads to each run, about 60 ns here, which an empty program also shows). The benchmark's rule carries an upload budget it never reaches, so each packet with payload pays for its allowlist lookup, its count and its budget charge (`egress_packet` out; `egress_packet_i`, the ingress program, in; see the README's Permitted channels). Divide a program's ns by its runs for its cost per packet. A budget is precise per packet, not per connection: each packet is charged as it leaves, and the one that would take the rule past its budget is dropped (with TCP's segmentation offload, a packet of up to 64 KiB), so no more than the budget leaves in a window.\n\n| workload | program | runs | ns |\n|---|---|---|---|\n",
+        "\n## Where the time goes ({} entries)\n\nThe kernel's run time of each egressd program (BPF statistics, `kernel.bpf_stats_enabled`, on for one extra pass of {} connects of each kind and one bulk transfer; they add two clock reads to each run, about 60 ns here, which an empty program also shows). The benchmark's rule carries an upload budget it never reaches, so each packet with payload pays for the lookup of its socket's record (the ingress program's too), its count and its budget charge (`egress_packet` out; `egress_packet_i`, the ingress program, in; see the README's Permitted channels). Divide a program's ns by its runs for its cost per packet. A budget is precise per packet, not per connection: each packet is charged as it leaves, and the one that would take the rule past its budget is dropped (with TCP's segmentation offload, a packet of up to 64 KiB), so no more than the budget leaves in a window.\n\n| workload | program | runs | ns |\n|---|---|---|---|\n",
         big["entries"], r["connects"]
     );
     for (kind, unit) in [
