@@ -162,9 +162,14 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
             dns::redirect(ctx, hook, &dest, dns_port);
             return to_proxy.conclude(audit, reason::NONE);
         }
-        // Only egressd's own proxy: loopback in a network namespace the
-        // agent made is judged as loopback elsewhere (below).
-        if dns::is_proxy(&dest, dns_port) && in_egressd_netns(ctx) != Some(false) {
+        // A TCP connect only to egressd's own proxy: loopback in a
+        // network namespace the agent made is judged as loopback
+        // elsewhere (below). No client connects there on its own (DNS to
+        // port 53 is redirected above); a datagram sent on a redirected
+        // UDP socket (with control messages, it comes here) may be in a
+        // pod's namespace, where egressd serves that pod's proxy.
+        let own_proxy = class != proto_class::TCP || in_egressd_netns(ctx) != Some(false);
+        if dns::is_proxy(&dest, dns_port) && own_proxy {
             return to_proxy.conclude(audit, reason::NONE);
         }
     }
