@@ -36,7 +36,8 @@ const SOCKID_LEN: usize = 48;
 pub struct Socket {
     pub family: u8,
     pub protocol: u8,
-    /// Bytes sent but not acknowledged, or not sent yet (TCP).
+    /// Bytes sent but not acknowledged, or not sent yet (a TCP
+    /// connection; 0 for anything else).
     pub unsent: u32,
     pub cgroup: u64,
     /// `struct inet_diag_sockid`: addresses, ports, interface, cookie.
@@ -190,10 +191,18 @@ fn parse(msg: &[u8], protocol: u8) -> Option<Socket> {
         }
         off += (len + 3) & !3;
     }
+    // idiag_wqueue: for a TCP connection, bytes not yet acknowledged; for a
+    // listener, its backlog; for UDP, memory in flight (nothing to wait for).
+    const TCP_LISTEN: u8 = 10;
+    let tcp_data = protocol == libc::IPPROTO_TCP as u8 && body[1] != TCP_LISTEN;
     Some(Socket {
         family: body[0],
         protocol,
-        unsent: u32_at(body, 4 + SOCKID_LEN + 8),
+        unsent: if tcp_data {
+            u32_at(body, 4 + SOCKID_LEN + 8)
+        } else {
+            0
+        },
         cgroup,
         id,
     })
