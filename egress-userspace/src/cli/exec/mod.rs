@@ -189,10 +189,10 @@ pub async fn exec(opts: ExecOptions) -> Result<i32> {
     let pin_dir = pins::instance_dir(&instance)?;
     cgroup.create()?;
     let result = run_governed(policy, &cgroup_rel, &pin_dir, &opts, user, signals).await;
-    // Clean up whatever happened: no process left, no pin, no cgroup; each
-    // step is tried even if an earlier one failed.
-    // The programs stay while a process or a socket of the command may
-    // still send.
+    // Clean up whatever happened: no process left, no socket, no pin, no
+    // cgroup. The programs (the pins) stay while a process or a socket of
+    // the command may still send; the other steps are tried even if an
+    // earlier one failed.
     let killed = cgroup.kill_all(Duration::from_secs(5));
     let unpinned = if killed.is_ok() && close_sockets(&cgroup, &instance) {
         pins::remove_tree(&pin_dir)
