@@ -178,10 +178,11 @@ fn an_accepted_connection_from_a_peer_not_allowed_gets_nothing() {
     let ns = Netns::new("inbound").unwrap();
     // 2: every SYN-ACK is a cookie (the handshake always completes, unseen);
     // 1 (the default): cookies once the listen queue is full.
-    for (cookies, family, agent_addr, peer_addr) in [
-        ("2", "AF_INET", "198.51.100.1", "203.0.113.9"),
-        ("2", "AF_INET6", "2001:db8::1", "2001:db8::53"),
-        ("1", "AF_INET", "198.51.100.1", "203.0.113.9"),
+    // A port per round: a round does not wait for the last one's sockets.
+    for (cookies, family, agent_addr, peer_addr, port) in [
+        ("2", "AF_INET", "198.51.100.1", "203.0.113.9", "8080"),
+        ("2", "AF_INET6", "2001:db8::1", "2001:db8::53", "8081"),
+        ("1", "AF_INET", "198.51.100.1", "203.0.113.9", "8082"),
     ] {
         let set = ns
             .command("sysctl")
@@ -192,7 +193,7 @@ fn an_accepted_connection_from_a_peer_not_allowed_gets_nothing() {
         let agent = format!(
             "import socket, time\n\
              s = socket.socket(socket.{family}, socket.SOCK_STREAM)\n\
-             s.bind(('{agent_addr}', 8080)); s.listen(1); s.settimeout(0.5)\n\
+             s.bind(('{agent_addr}', {port})); s.listen(1); s.settimeout(0.5)\n\
              print('listening', flush=True)\n\
              end = time.time() + 12\n\
              while time.time() < end:\n\
@@ -215,7 +216,7 @@ fn an_accepted_connection_from_a_peer_not_allowed_gets_nothing() {
                 "[2001:db8::1]:443",
                 // It may listen (see the next test); its peers are judged.
                 "--listen",
-                "8080",
+                port,
                 "--",
             ])
             .args([PYTHON, "-c", &agent])
@@ -240,7 +241,7 @@ fn an_accepted_connection_from_a_peer_not_allowed_gets_nothing() {
              \x20   s = socket.socket(socket.{family}, socket.SOCK_STREAM)\n\
              \x20   s.bind(('{peer_addr}', 0)); s.settimeout(1)\n\
              \x20   try:\n\
-             \x20       s.connect(('{agent_addr}', 8080)); connected += 1\n\
+             \x20       s.connect(('{agent_addr}', {port})); connected += 1\n\
              \x20       got += len(s.recv(100))\n\
              \x20   except OSError:\n\
              \x20       pass\n\
