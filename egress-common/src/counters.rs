@@ -60,12 +60,18 @@ pub mod reason {
     /// The rule allowing the destination has spent its upload budget for
     /// the current window.
     pub const BUDGET: u8 = 13;
-    pub const COUNT: u32 = 14;
+    /// A connection to an address only host rules allow did not name, in
+    /// its first bytes, a host this policy's DNS answered with that
+    /// address for a rule allowing the port (or named none: no SNI,
+    /// Encrypted Client Hello, neither TLS nor HTTP); or a UDP datagram
+    /// to such an address, on which no name is judged.
+    pub const NAME: u8 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// Counter slots per policy: one per (verdict, protocol class, reason), then
 /// the lost-event slot.
-pub const COUNTERS_PER_POLICY: u32 = 128;
+pub const COUNTERS_PER_POLICY: u32 = 256;
 /// Slot (within a policy's counters) counting events the ring buffer could not take.
 pub const LOST_SLOT: u32 = verdict::COUNT * proto_class::COUNT * reason::COUNT;
 /// Length of the `COUNTERS` per-CPU array.

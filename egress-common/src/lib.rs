@@ -14,6 +14,7 @@ pub mod config;
 pub mod counters;
 pub mod dns;
 pub mod events;
+pub mod names;
 pub mod policies;
 pub mod portsets;
 pub mod rules;
@@ -27,6 +28,10 @@ pub use counters::{
 };
 pub use dns::{asker_key, DnsAsker, DnsOrigin, MAX_DNS_ASKERS, MAX_DNS_SOCKETS};
 pub use events::{hook, Event, UnixEvent, EVENTS_BYTES};
+pub use names::{
+    presented, Hello, NameEvent, NameKey, EVENT_NAME_LEN, HELLO_LEN, MAX_NAME_ENTRIES, NAME_FREE,
+    NAME_LEN, NAME_PASSED, NAME_PENDING, NAME_REFUSED, RANGE_NAMED,
+};
 pub use policies::{
     PolicyInfo, MAX_CGROUPS, MAX_CGROUP_DEPTH, MAX_POLICIES, MODE_AUDIT, MODE_ENFORCE,
     POLICY_RELEASED,
@@ -46,6 +51,7 @@ pub mod map_names {
         counters::COUNTERS,
         dns::{DNS_ASKERS, DNS_ORIGIN},
         events::EVENTS,
+        names::{HELLO, HELLO_DEPTH, NAMES},
         policies::{CGROUP_POLICY, POLICIES},
         portsets::PORTSETS,
         rules::{BUDGETS, BUDGET_STATE, RULE_STATS},

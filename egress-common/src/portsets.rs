@@ -22,7 +22,9 @@ pub struct PortRange {
     pub lo: u16,
     pub hi: u16,
     pub protos: u8,
-    pub _pad: u8,
+    /// `crate::names::RANGE_NAMED` for a host rule's range that checks
+    /// the name a connection presents; 0 otherwise.
+    pub flags: u8,
     pub rule: u16,
 }
 

@@ -39,17 +39,24 @@ pub const RECORD_AUDITED: u8 = 2;
 pub struct SocketRecord {
     /// `RECORD_ALLOWED` or `RECORD_AUDITED` (0: none).
     pub verdict: u8,
-    pub _pad: [u8; 3],
+    /// Where the name check stands (`crate::names`: `NAME_FREE`,
+    /// `NAME_PENDING`, `NAME_PASSED`, `NAME_REFUSED`).
+    pub name: u8,
+    pub _pad: [u8; 2],
     /// The slot of the rule that allows the peer (0: none, not counted).
     pub rule: u32,
     /// The policy that judged it.
     pub policy: u32,
     /// That policy's table when it judged.
     pub table: u32,
+    /// The process that connected, and its uid (0 for a socket whose peer
+    /// the backstop judged): a refusal of the name it presents reports them.
+    pub tgid: u32,
+    pub uid: u32,
 }
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, explicit padding, no invalid bit patterns.
 unsafe impl aya::Pod for SocketRecord {}
 
-const _: () = assert!(core::mem::size_of::<SocketRecord>() == 16);
+const _: () = assert!(core::mem::size_of::<SocketRecord>() == 24);

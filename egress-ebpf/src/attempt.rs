@@ -7,7 +7,9 @@
 //! UNIX sockets and the packet backstop.
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid};
-use egress_common::{counter_index, lost_index, reason, verdict, Event};
+use egress_common::{
+    counter_index, lost_index, reason, verdict, Event, NameEvent, EVENT_NAME_LEN, NAME_LEN,
+};
 
 use crate::{
     dest::Dest,
@@ -129,5 +131,34 @@ pub fn emit(e: &Event) {
         return;
     };
     entry.write(*e);
+    entry.submit(0);
+}
+
+/// Puts a name refusal on the ring buffer (or counts it lost): `e`, with
+/// the first `len` bytes of `name` (`cut`: the name was longer) and what
+/// was presented.
+#[inline(always)]
+pub fn emit_name(e: &Event, name: &[u8; NAME_LEN], len: u8, cut: u8, presented: u8) {
+    let Some(mut entry) = EVENTS.reserve::<NameEvent>(0) else {
+        bump(lost_index(e.policy_id));
+        return;
+    };
+    let p = entry.as_mut_ptr();
+    // SAFETY: the reserved entry is ours and large enough; every field
+    // is written.
+    unsafe {
+        (*p).event = *e;
+        let from = name.as_ptr() as *const u64;
+        let to = core::ptr::addr_of_mut!((*p).name) as *mut u64;
+        let mut i = 0;
+        while i < EVENT_NAME_LEN / 8 {
+            core::ptr::write_unaligned(to.add(i), core::ptr::read_unaligned(from.add(i)));
+            i += 1;
+        }
+        (*p).len = len;
+        (*p).cut = cut;
+        (*p).presented = presented;
+        (*p)._pad = [0; 5];
+    }
     entry.submit(0);
 }

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    Budget, BudgetState, DnsAsker, DnsOrigin, Event, PolicyInfo, PortSet, RuleStats, UnixKey,
+    Budget, BudgetState, DnsAsker, DnsOrigin, Event, Hello, NameKey, PolicyInfo, PortSet, RuleStats, UnixKey,
     V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES, MAX_ALLOW_ENTRIES, MAX_CGROUPS, MAX_DNS_ASKERS,
-    MAX_DNS_SOCKETS, MAX_PENDING_UDP, MAX_POLICIES, MAX_PORTSETS, MAX_RULE_SLOTS, MAX_UNIX_ENTRIES,
+    MAX_DNS_SOCKETS, MAX_NAME_ENTRIES, MAX_PENDING_UDP, MAX_POLICIES, MAX_PORTSETS, MAX_RULE_SLOTS, MAX_UNIX_ENTRIES,
 };
 
 /// Cgroup id -> policy id, for each governed cgroup. Written by userspace when
@@ -91,6 +91,24 @@ pub static BUDGETS: Array<Budget> = Array::with_max_entries(MAX_RULE_SLOTS, 0);
 /// Rule slot -> its budget's current window. Written by the programs.
 #[map(name = "BUDGET_STATE")]
 pub static BUDGET_STATE: Array<BudgetState> = Array::with_max_entries(MAX_RULE_SLOTS, 0);
+
+/// (table id, address, name) -> the port set of the host rules for which
+/// the policy's DNS answered the name with the address (see `names`).
+/// Written by userspace with the learned addresses; read by the backstop.
+#[map(name = "NAMES")]
+pub static NAMES: HashMap<NameKey, u32> = HashMap::with_max_entries(MAX_NAME_ENTRIES, NO_PREALLOC);
+
+/// Per CPU, two scratch spaces where the backstop reads a connection's
+/// first bytes (see `names`).
+#[map(name = "HELLO")]
+pub static HELLO: PerCpuArray<Hello> = PerCpuArray::with_max_entries(2, 0);
+
+/// Per CPU, how many `HELLO` slots are in use.
+#[map(name = "HELLO_DEPTH")]
+pub static HELLO_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// `BPF_F_NO_PREALLOC`: entries are allocated as they are written.
+const NO_PREALLOC: u32 = 1;
 
 /// Adds one to a counter slot.
 #[inline(always)]

@@ -13,8 +13,8 @@
 
 use aya_ebpf::{bindings::bpf_sock, programs::SkBuffContext};
 use egress_common::{
-    hook, proto_class, reason, SocketRecord, AF_INET, AF_INET6, MODE_AUDIT, PROTO_BIT_TCP,
-    RECORD_ALLOWED, RECORD_AUDITED,
+    hook, proto_class, reason, SocketRecord, AF_INET, AF_INET6, MODE_AUDIT, NAME_FREE,
+    NAME_PASSED, NAME_PENDING, NAME_REFUSED, PROTO_BIT_TCP, RECORD_ALLOWED, RECORD_AUDITED,
 };
 
 use crate::{
@@ -23,8 +23,8 @@ use crate::{
     dns,
     governing::{governing, released, Caller, Live},
     maps::POLICIES,
-    record, rules, udp,
-    verdict::{check, class_of, in_portset, is_loopback},
+    names, record, rules, udp,
+    verdict::{check, check_peer, class_of, in_portset, is_loopback},
 };
 
 const PASS: i32 = 1;
@@ -170,16 +170,20 @@ pub fn judge_packet(ctx: &SkBuffContext) -> i32 {
         Some(p) if p.proto == 6 && !p.options && !p.later_fragment => record::tcp_socket_of(ctx),
         _ => core::ptr::null_mut(),
     };
-    let mut stale = false;
+    let mut stale = NOT_STALE;
     if let (Some(p), false) = (&parsed, sk.is_null()) {
         match on_record(ctx, p, sk) {
             Recorded::Verdict(v) => return v,
-            Recorded::Stale => stale = true,
+            Recorded::Stale(name) => stale = name,
             Recorded::None => {}
         }
     }
     judge_unrecorded(ctx, parsed, sk, stale)
 }
+
+/// `judge_unrecorded`'s `stale` for a socket without a stale record (else
+/// it is where the record's name check stood).
+const NOT_STALE: u8 = u8::MAX;
 
 /// What a socket's record says of its segment.
 enum Recorded {
@@ -187,8 +191,8 @@ enum Recorded {
     Verdict(i32),
     /// Its peer passed under a table the policy has since replaced: judged
     /// again, and passes as before where it no longer would (see
-    /// `judge_unrecorded`).
-    Stale,
+    /// `judge_unrecorded`). Where its name check stood.
+    Stale(u8),
     /// No record, or one that passed only while the policy audited.
     None,
 }
@@ -206,14 +210,21 @@ fn on_record(ctx: &SkBuffContext, p: &Parsed, sk: *mut bpf_sock) -> Recorded {
     match r.verdict {
         RECORD_ALLOWED if live => {
             let bytes = payload(ctx, p.proto, p.l4);
-            let v = if bytes == 0 || rules::charge(r.rule, bytes, false) || audit {
-                PASS
-            } else {
-                DROP
+            if bytes == 0 {
+                return Recorded::Verdict(PASS);
+            }
+            let v = match r.name {
+                NAME_PENDING => {
+                    let off = payload_offset(ctx, p.l4);
+                    names::judge(ctx, &p.dest, off, bytes, sk, r, audit)
+                }
+                NAME_REFUSED => DROP,
+                _ if rules::charge(r.rule, bytes, false) || audit => PASS,
+                _ => DROP,
             };
             Recorded::Verdict(v)
         }
-        RECORD_ALLOWED => Recorded::Stale,
+        RECORD_ALLOWED => Recorded::Stale(r.name),
         RECORD_AUDITED if live && audit => Recorded::Verdict(PASS),
         _ => Recorded::None,
     }
@@ -229,7 +240,7 @@ fn judge_unrecorded(
     ctx: &SkBuffContext,
     parsed: Option<Parsed>,
     sk: *mut bpf_sock,
-    stale: bool,
+    stale: u8,
 ) -> i32 {
     let caller = Caller::Packet(ctx.skb.skb);
     let (policy, live) = governing(caller);
@@ -294,16 +305,17 @@ fn judge_unrecorded(
         }
     }
     let fragment_without_ports = later_fragment && class != proto_class::OTHER;
+    let record = |verdict: u8, rule: u32, name: u8| SocketRecord {
+        verdict,
+        name,
+        rule,
+        policy,
+        table,
+        ..SocketRecord::default()
+    };
     let remember = |verdict: u8, rule: u32| {
         if !sk.is_null() {
-            let r = SocketRecord {
-                verdict,
-                rule,
-                policy,
-                table,
-                ..SocketRecord::default()
-            };
-            record::set(sk, r);
+            record::set(sk, record(verdict, rule, NAME_FREE));
         }
     };
     let why = if options {
@@ -311,7 +323,37 @@ fn judge_unrecorded(
     } else if class == proto_class::OTHER {
         reason::PROTOCOL
     } else {
-        match check(table, if fragment_without_ports { 0 } else { bit }, &dest) {
+        let peer = check_peer(table, if fragment_without_ports { 0 } else { bit }, &dest);
+        match (peer.why, peer.rule) {
+            (reason::NONE, rule) if peer.named && proto == 6 => {
+                // A peer only host rules allow: its name is judged at the
+                // first data (see `names`), or was, before a reload.
+                let bytes = payload(ctx, proto, l4);
+                let name = match stale {
+                    n @ (NAME_PASSED | NAME_REFUSED) => n,
+                    _ => NAME_PENDING,
+                };
+                let r = record(RECORD_ALLOWED, rule, name);
+                if sk.is_null() {
+                    // Data no socket record can follow.
+                    if bytes == 0 || audit {
+                        return PASS;
+                    }
+                    reason::NAME
+                } else {
+                    record::set(sk, r);
+                    match name {
+                        _ if bytes == 0 => return PASS,
+                        // Judged when the socket sends it again, by its
+                        // record (`on_record`): this path is rare (a
+                        // record the kernel could not make at connect, a
+                        // reload), and the judge is costly to verify.
+                        NAME_PENDING | NAME_REFUSED => return DROP,
+                        _ if rules::charge(rule, bytes, false) || audit => return PASS,
+                        _ => reason::BUDGET,
+                    }
+                }
+            }
             (reason::NONE, rule) => {
                 remember(RECORD_ALLOWED, rule);
                 let bytes = payload(ctx, proto, l4);
@@ -332,13 +374,18 @@ fn judge_unrecorded(
                 if audit {
                     return PASS;
                 }
-                reason::PACKET
+                if peer.why == reason::NAME {
+                    reason::NAME
+                } else {
+                    reason::PACKET
+                }
             }
             // Its peer passed when it was judged, and no longer would (a
             // reload removed it): the connection goes on, uncounted, as
             // judged when made; except under a policy with budgets, which
             // no rule would be charged for.
-            (_, _) if stale && (!budgets || audit) => {
+            (_, _) if stale == NAME_REFUSED && !audit => reason::NAME,
+            (_, _) if stale != NOT_STALE && (!budgets || audit) => {
                 remember(RECORD_ALLOWED, 0);
                 return PASS;
             }
@@ -355,6 +402,12 @@ fn judge_unrecorded(
         }
     };
     attempt.conclude(audit, why)
+}
+
+/// Where the payload of the TCP segment whose header is at `l4` starts.
+#[inline(always)]
+fn payload_offset(ctx: &SkBuffContext, l4: usize) -> usize {
+    l4 + read::<u8>(ctx, l4 + 12).map_or(20, |b| usize::from(b >> 4) * 4)
 }
 
 /// Payload bytes of a TCP or UDP packet whose transport header is at `l4`

@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use egress_common::{
     allow, config, hook, proto_class, reason, SocketRecord, AF_INET, MAX_PORT_RANGES,
-    PROTO_BIT_TCP, PROTO_BIT_UDP, RECORD_ALLOWED, RECORD_AUDITED, TABLE_BITS,
+    NAME_FREE, NAME_PENDING, PROTO_BIT_TCP, PROTO_BIT_UDP, RANGE_NAMED, RECORD_ALLOWED,
+    RECORD_AUDITED, TABLE_BITS,
 };
 
 use crate::{
@@ -33,6 +34,31 @@ pub fn class_of(protocol: u32) -> (u8, u8) {
 /// `proto_bit` 0 (a fragment without ports) any port of the address passes.
 #[inline(always)]
 pub fn check(table: u32, proto_bit: u8, dest: &Dest) -> (u8, u32) {
+    let peer = check_peer(table, proto_bit, dest);
+    (peer.why, peer.rule)
+}
+
+/// What the allowlist says of a peer.
+#[derive(Clone, Copy)]
+pub struct Peer {
+    /// `reason::NONE` when allowed.
+    pub why: u8,
+    /// The slot of the rule that allows it (0: none, or not counted).
+    pub rule: u32,
+    /// Only host rules that check names allow it: a TCP connection must
+    /// present a name bound to the address (see `names`). UDP to such a
+    /// peer is refused (`reason::NAME`): no name is judged on it.
+    pub named: bool,
+}
+
+/// `check`, and whether the peer is named.
+#[inline(always)]
+pub fn check_peer(table: u32, proto_bit: u8, dest: &Dest) -> Peer {
+    let no = |why: u8| Peer {
+        why,
+        rule: 0,
+        named: false,
+    };
     let set_id = if dest.family == AF_INET {
         let a = &dest.addr;
         let data = allow::v4_key(table, &[a[0], a[1], a[2], a[3]]);
@@ -42,18 +68,23 @@ pub fn check(table: u32, proto_bit: u8, dest: &Dest) -> (u8, u32) {
         ALLOW_V6.get(Key::new(TABLE_BITS + 128, data)).copied()
     };
     let Some(set_id) = set_id else {
-        return (reason::NO_RULE, 0);
+        return no(reason::NO_RULE);
     };
     if proto_bit == 0 {
-        return if PORTSETS.get(set_id).is_some() {
-            (reason::NONE, 0)
+        return no(if PORTSETS.get(set_id).is_some() {
+            reason::NONE
         } else {
-            (reason::PORT, 0)
-        };
+            reason::PORT
+        });
     }
-    match in_portset(set_id, proto_bit, dest.port) {
-        Some(rule) => (reason::NONE, rule),
-        None => (reason::PORT, 0),
+    match find_range(set_id, proto_bit, dest.port) {
+        Some((_, true)) if proto_bit == PROTO_BIT_UDP => no(reason::NAME),
+        Some((rule, named)) => Peer {
+            why: reason::NONE,
+            rule,
+            named,
+        },
+        None => no(reason::PORT),
     }
 }
 
@@ -61,7 +92,16 @@ pub fn check(table: u32, proto_bit: u8, dest: &Dest) -> (u8, u32) {
 /// slot of the rule of the first range that does.
 #[inline(always)]
 pub fn in_portset(set_id: u32, proto_bit: u8, port: u16) -> Option<u32> {
+    find_range(set_id, proto_bit, port).map(|(rule, _)| rule)
+}
+
+/// The rule of the first range of port set `set_id` that holds `port` for
+/// protocol `proto_bit`, and whether every range that holds it is named
+/// (`RANGE_NAMED`): a range that is not, if any, is the one taken.
+#[inline(always)]
+pub fn find_range(set_id: u32, proto_bit: u8, port: u16) -> Option<(u32, bool)> {
     let set = PORTSETS.get(set_id)?;
+    let mut named_rule = None;
     let mut i = 0;
     while i < MAX_PORT_RANGES {
         if i as u32 >= set.count {
@@ -69,11 +109,16 @@ pub fn in_portset(set_id: u32, proto_bit: u8, port: u16) -> Option<u32> {
         }
         let r = &set.ranges[i];
         if r.protos & proto_bit != 0 && port >= r.lo && port <= r.hi {
-            return Some(u32::from(r.rule));
+            if r.flags & RANGE_NAMED == 0 {
+                return Some((u32::from(r.rule), false));
+            }
+            if named_rule.is_none() {
+                named_rule = Some(u32::from(r.rule));
+            }
         }
         i += 1;
     }
-    None
+    named_rule.map(|rule| (rule, true))
 }
 
 #[inline(always)]
@@ -173,14 +218,19 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
             return to_proxy.conclude(audit, reason::NONE);
         }
     }
-    let (why, rule) = if class == proto_class::OTHER {
-        (reason::PROTOCOL, 0)
+    let no = |why: u8| Peer {
+        why,
+        rule: 0,
+        named: false,
+    };
+    let Peer { why, rule, named } = if class == proto_class::OTHER {
+        no(reason::PROTOCOL)
     } else if dest.family == 0 {
-        (reason::NO_DEST, 0)
+        no(reason::NO_DEST)
     } else if reaches_loopback(&dest) && in_egressd_netns(ctx) != Some(true) {
-        (reason::OTHER_NETNS_LOOPBACK, 0)
+        no(reason::OTHER_NETNS_LOOPBACK)
     } else {
-        check(table, proto_bit, &dest)
+        check_peer(table, proto_bit, &dest)
     };
     // Allowed by a rule whose upload budget is spent: refused until its
     // window turns.
@@ -216,11 +266,17 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         } else {
             0
         };
+        // A peer only host rules allow: the first bytes must name a
+        // host bound to it (see `names`), by the process that connected.
+        let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
         let record = SocketRecord {
             verdict,
+            name: if named { NAME_PENDING } else { NAME_FREE },
             rule,
             policy: attempt.policy,
             table,
+            tgid: (pid_tgid >> 32) as u32,
+            uid: aya_ebpf::helpers::bpf_get_current_uid_gid() as u32,
             ..SocketRecord::default()
         };
         crate::record::on_connect(ctx, (verdict != 0).then_some(record));

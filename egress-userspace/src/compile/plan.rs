@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use super::{
     find,
     ports::{Group, Rules, Specs},
-    CompileError, Compiled, Entry,
+    CompileError, Compiled, Entry, PortSpec,
 };
 use crate::policy::{unmap, Destination, Host, Policy};
 
@@ -108,7 +108,12 @@ impl Plan {
         let mut v6: Vec<(u128, u8, u32)> = Vec::new();
         for (n, rule) in policy.rules.iter().enumerate() {
             let slot = slots.get(n).copied().unwrap_or(0);
-            let sig = (rule.protocol, rule.port_ranges(), slot);
+            let flags = if rule.checks_names() {
+                egress_common::RANGE_NAMED
+            } else {
+                0
+            };
+            let sig = (rule.protocol, rule.port_ranges(), slot, flags);
             let i = *group_ids.entry(sig.clone()).or_insert_with(|| {
                 groups.push(sig);
                 groups.len() as u32 - 1
@@ -176,6 +181,39 @@ impl Plan {
         Specs::new(&self.name, &self.groups).entries(l4, l6)
     }
 
+    /// The `NAMES` entries of the policy (see `egress_common::names`):
+    /// each name the policy's DNS answered with an address (`bound`: host
+    /// rule, address, name), with the ports of the host rules that check
+    /// names and learned it there. Names are lower case, without a final
+    /// dot; IPv4-mapped addresses are IPv4.
+    pub fn bound_names(
+        &self,
+        bound: &[(&Host, IpAddr, &str)],
+    ) -> Result<Vec<(IpAddr, String, PortSpec)>, CompileError> {
+        let group_of: HashMap<&Host, u32> = self.hosts.iter().map(|(h, g)| (h, *g)).collect();
+        let mut by: std::collections::BTreeMap<(IpAddr, String), Vec<u32>> = Default::default();
+        for (host, ip, name) in bound {
+            let Some(&group) = group_of.get(host) else {
+                continue;
+            };
+            if self.groups[group as usize].3 & egress_common::RANGE_NAMED == 0 {
+                continue;
+            }
+            let ip = unmap(IpNet::from(*ip)).addr();
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            by.entry((ip, name)).or_default().push(group);
+        }
+        let mut specs = Specs::new(&self.name, &self.groups);
+        let mut made = Vec::new();
+        let mut out = Vec::with_capacity(by.len());
+        for ((ip, name), groups) in by {
+            let rules = Rules::One(groups[0]).with(&groups);
+            let i = specs.of(rules, &mut made, &|| ip.to_string())?;
+            out.push((ip, name, made[i as usize].clone()));
+        }
+        Ok(out)
+    }
+
     /// The groups of the longest prefix entry covering `addr/len` (its own
     /// prefix included), which holds those of every shorter one.
     fn cover<A: Copy + Ord>(
@@ -237,7 +275,7 @@ mod tests {
             lo,
             hi,
             protos,
-            _pad: 0,
+            flags: 0,
             rule: 0,
         }
     }
@@ -302,7 +340,10 @@ mod tests {
         let learned4 = u32::from(std::net::Ipv4Addr::new(198, 51, 100, 7));
         assert_eq!(
             ports_v4(&learned, learned4, 32).unwrap(),
-            [r(443, 443, TCP)]
+            [KernelRange {
+                flags: egress_common::RANGE_NAMED,
+                ..r(443, 443, TCP)
+            }]
         );
         // unresolved: nothing, never everything
         let none = plan.learned(&HashMap::new()).unwrap();
@@ -324,6 +365,38 @@ mod tests {
             ranges.iter().any(|r| r.lo == 8443 && r.rule == 3),
             "{ranges:?}"
         );
+    }
+
+    #[test]
+    fn a_host_rule_checks_names_unless_it_opts_out_and_an_ip_rule_is_kept_beside_it() {
+        let p = policy(concat!(
+            "  - host: api.model.test\n    ports: [443]\n",
+            "  - host: git.model.test\n    ports: [22]\n    any_name_at_address: true\n",
+            "  - ip: 198.51.100.7\n    ports: [443]\n",
+        ));
+        let (api, git): (Host, Host) = ("api.model.test".parse().unwrap(), "git.model.test".parse().unwrap());
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let plan = Plan::counted(&p, &[1, 2, 3]).unwrap();
+        let resolved = HashMap::from([(api.clone(), vec![ip]), (git.clone(), vec![ip])]);
+        let learned = plan.learned(&resolved).unwrap();
+        let a = u32::from(std::net::Ipv4Addr::new(198, 51, 100, 7));
+        let ranges = ports_v4(&learned, a, 32).unwrap();
+        // The host rule's 443 (named) and the ip rule's 443 (not) both stay:
+        // the kernel takes the one that is not.
+        let at443: Vec<_> = ranges.iter().filter(|r| r.lo == 443).collect();
+        assert_eq!(at443.len(), 2, "{ranges:?}");
+        assert!(at443.iter().any(|r| r.flags == egress_common::RANGE_NAMED && r.rule == 1));
+        assert!(at443.iter().any(|r| r.flags == 0 && r.rule == 3));
+        let at22: Vec<_> = ranges.iter().filter(|r| r.lo == 22).collect();
+        assert_eq!((at22.len(), at22[0].flags), (1, 0), "{ranges:?}");
+        // Only the host rule that checks names binds its names.
+        let bound = plan
+            .bound_names(&[(&api, ip, "API.model.test."), (&git, ip, "git.model.test")])
+            .unwrap();
+        assert_eq!(bound.len(), 1, "{bound:?}");
+        assert_eq!((bound[0].0, bound[0].1.as_str()), (ip, "api.model.test"));
+        assert_eq!(bound[0].2 .0.len(), 1);
+        assert_eq!((bound[0].2 .0[0].lo, bound[0].2 .0[0].rule), (443, 1));
     }
 
     #[test]

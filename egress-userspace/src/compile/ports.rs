@@ -13,8 +13,8 @@ use crate::policy::{Policy, PortRange, Protocol};
 /// One range before normalising: the order of its rule group in the policy
 /// (the kernel takes the first range that holds a port, so a port two
 /// rules allow counts to the rule written first), the rule's slot (0: not
-/// counted), and the ports.
-type Range = (u32, u16, u16, u16);
+/// counted), the ports, and its flags (`RANGE_NAMED`).
+type Range = (u32, u16, u16, u16, u8);
 
 /// TCP and UDP ranges of a set of rules, before normalising.
 #[derive(Default, Clone)]
@@ -24,13 +24,20 @@ pub(super) struct Ports {
 }
 
 impl Ports {
-    pub(super) fn add(&mut self, protocol: Protocol, ranges: &[PortRange], slot: u16, order: u32) {
+    pub(super) fn add(
+        &mut self,
+        protocol: Protocol,
+        ranges: &[PortRange],
+        slot: u16,
+        order: u32,
+        flags: u8,
+    ) {
         for r in ranges {
             if matches!(protocol, Protocol::Tcp | Protocol::Any) {
-                self.tcp.push((order, slot, r.lo, r.hi));
+                self.tcp.push((order, slot, r.lo, r.hi, flags));
             }
             if matches!(protocol, Protocol::Udp | Protocol::Any) {
-                self.udp.push((order, slot, r.lo, r.hi));
+                self.udp.push((order, slot, r.lo, r.hi, flags));
             }
         }
     }
@@ -40,23 +47,25 @@ impl Ports {
 fn merged(mut v: Vec<Range>) -> Vec<Range> {
     v.sort_unstable();
     let mut out: Vec<Range> = Vec::with_capacity(v.len());
-    for (order, slot, lo, hi) in v {
+    for (order, slot, lo, hi, flags) in v {
         match out.last_mut() {
-            Some(last) if last.0 == order && u32::from(lo) <= u32::from(last.3) + 1 => {
+            Some(last)
+                if last.0 == order && last.4 == flags && u32::from(lo) <= u32::from(last.3) + 1 =>
+            {
                 last.3 = last.3.max(hi)
             }
-            _ => out.push((order, slot, lo, hi)),
+            _ => out.push((order, slot, lo, hi, flags)),
         }
     }
     out
 }
 
 fn kernel_ranges(ranges: &[Range], protos: u8) -> impl Iterator<Item = KernelRange> + '_ {
-    ranges.iter().map(move |&(_, rule, lo, hi)| KernelRange {
+    ranges.iter().map(move |&(_, rule, lo, hi, flags)| KernelRange {
         lo,
         hi,
         protos,
-        _pad: 0,
+        flags,
         rule,
     })
 }
@@ -72,8 +81,10 @@ fn spec(ports: Ports) -> PortSpec {
             .collect()
     };
     // The same ports of two rules: the kernel counts them to the first.
+    // (Not when one checks names and the other does not: the kernel takes
+    // the one that does not.)
     let mut seen = std::collections::HashSet::new();
-    out.retain(|r| seen.insert((r.lo, r.hi, r.protos)));
+    out.retain(|r| seen.insert((r.lo, r.hi, r.protos, r.flags)));
     PortSpec(out)
 }
 
@@ -85,7 +96,7 @@ pub fn listen_spec(policy: &Policy) -> Result<Option<PortSpec>, CompileError> {
     }
     let mut ports = Ports::default();
     for l in &policy.listen {
-        ports.add(l.protocol, &l.ports, 0, 0);
+        ports.add(l.protocol, &l.ports, 0, 0, 0);
     }
     let spec = spec(ports);
     if spec.0.len() > MAX_PORT_RANGES {
@@ -129,8 +140,9 @@ impl Rules {
 
 /// Rules that allow the same thing and count to the same slot: protocol,
 /// ports, rule slot (0: not counted; uncounted rules with the same ports
-/// share one group, however many there are).
-pub(super) type Group = (Protocol, Vec<PortRange>, u16);
+/// share one group, however many there are), and the flags of their
+/// ranges (`RANGE_NAMED` for a host rule that checks names).
+pub(super) type Group = (Protocol, Vec<PortRange>, u16, u8);
 
 /// One port set per distinct set of rule groups, shared by its entries.
 pub(super) struct Specs<'a> {
@@ -192,11 +204,15 @@ impl<'a> Specs<'a> {
             None => {
                 let mut ports = Ports::default();
                 for &i in rules.slice() {
-                    let (protocol, ranges, slot) = &self.groups[i as usize];
+                    let (protocol, ranges, slot, flags) = &self.groups[i as usize];
                     // Uncounted groups merge with each other, as before
                     // there were slots, and come after the counted ones.
-                    let order = if *slot == 0 { u32::MAX } else { i };
-                    ports.add(*protocol, ranges, *slot, order);
+                    let order = if *slot == 0 {
+                        u32::MAX - u32::from(*flags)
+                    } else {
+                        i
+                    };
+                    ports.add(*protocol, ranges, *slot, order, *flags);
                 }
                 let spec = spec(ports);
                 if spec.0.len() > MAX_PORT_RANGES {

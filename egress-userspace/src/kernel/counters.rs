@@ -99,6 +99,7 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::UNIX => "unix_not_allowed",
         reason::NAME_SERVICE => "name_service_socket",
         reason::BUDGET => "budget_spent",
+        reason::NAME => "name_not_at_address",
         _ => "unknown",
     }
 }

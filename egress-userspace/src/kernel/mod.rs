@@ -30,8 +30,8 @@ use aya::{
     Ebpf,
 };
 use egress_common::{
-    map_names, program_names, Budget, BudgetState, DnsAsker, PolicyInfo, PortSet, RuleStats,
-    UnixKey, V4Key, V6Key,
+    map_names, program_names, Budget, BudgetState, DnsAsker, NameKey, PolicyInfo, PortSet,
+    RuleStats, UnixKey, V4Key, V6Key,
 };
 use link::attach_type;
 
@@ -138,6 +138,7 @@ pub struct Maps {
     pub rule_stats: PerCpuArray<MapData, RuleStats>,
     pub budgets: Array<MapData, Budget>,
     pub budget_state: Array<MapData, BudgetState>,
+    pub names: HashMap<MapData, NameKey, u32>,
 }
 
 /// The loaded programs and their maps.
@@ -171,6 +172,11 @@ impl Kernel {
             loader.map_max_entries(map_names::EVENTS, bytes);
         }
         loader.map_pin_path(map_names::SOCKETS, sockets.path.as_path());
+        // For whoever changes the programs: the verifier's whole account
+        // of each instruction, in the error of a program it refuses.
+        if std::env::var_os("EGRESSD_VERIFIER_LOG").is_some() {
+            loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+        }
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Object)?;
         drop(sockets);
         let mut stand_ins = Vec::new();
@@ -256,6 +262,7 @@ impl Kernel {
             rule_stats: self.take(map_names::RULE_STATS)?,
             budgets: self.take(map_names::BUDGETS)?,
             budget_state: self.take(map_names::BUDGET_STATE)?,
+            names: self.take(map_names::NAMES)?,
         };
         let events = self.take(map_names::EVENTS)?;
         Ok((maps, events))

@@ -9,6 +9,7 @@
 
 use std::{
     collections::HashMap as StdHashMap,
+    net::IpAddr,
     os::fd::{AsFd, BorrowedFd},
     sync::Arc,
     time::{Duration, Instant},
@@ -16,7 +17,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{IterableMap, MapError};
-use egress_common::{PolicyInfo, PortSet, MAX_PORTSETS};
+use egress_common::{NameKey, PolicyInfo, PortSet, AF_INET, AF_INET6, MAX_PORTSETS, NAME_LEN};
 
 use super::{
     sys,
@@ -24,6 +25,31 @@ use super::{
     Maps,
 };
 use crate::compile::{plan::Plan, Compiled, Entry, PortSpec};
+
+/// The `NAMES` key of `name` bound to `ip` in `table` (None: a name too
+/// long for a key, which no DNS answer carries).
+pub fn name_key(table: u32, ip: IpAddr, name: &str) -> Option<NameKey> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > NAME_LEN - 3 {
+        return None;
+    }
+    let mut key = NameKey {
+        table,
+        ..NameKey::default()
+    };
+    match ip {
+        IpAddr::V4(a) => {
+            key.family = AF_INET;
+            key.addr[..4].copy_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            key.family = AF_INET6;
+            key.addr = a.octets();
+        }
+    }
+    key.name[..bytes.len()].copy_from_slice(bytes);
+    Some(key)
+}
 
 /// The kernel maps, and what userspace last wrote into them.
 pub struct Tables {
@@ -33,6 +59,8 @@ pub struct Tables {
     applied: StdHashMap<u32, Held>,
     /// Tables no policy refers to any more, and when they may be deleted.
     graveyard: Vec<(Instant, u32)>,
+    /// The `NAMES` entries written for each table, and their port sets.
+    names: StdHashMap<u32, StdHashMap<NameKey, u32>>,
 }
 
 /// What one table holds in the kernel: the plan's prefix entries, and
@@ -61,6 +89,7 @@ impl Tables {
             portsets: StdHashMap::new(),
             applied: StdHashMap::new(),
             graveyard: Vec::new(),
+            names: StdHashMap::new(),
         }
     }
 
@@ -179,6 +208,58 @@ impl Tables {
         }
     }
 
+    /// Brings the `NAMES` entries of `table` to `bound` (address, name,
+    /// the ports of the rules that bound it; see `Plan::bound_names`).
+    /// An entry that cannot be written is not (its name is refused: fail
+    /// closed), and the first error is returned.
+    pub fn sync_names(&mut self, table: u32, bound: Vec<(IpAddr, String, PortSpec)>) -> Result<()> {
+        let mut first: Option<anyhow::Error> = None;
+        let mut want: StdHashMap<NameKey, u32> = StdHashMap::with_capacity(bound.len());
+        for (ip, name, spec) in bound {
+            let Some(key) = name_key(table, ip, &name) else {
+                continue;
+            };
+            match self.portset(&spec) {
+                Ok(id) => {
+                    want.insert(key, id);
+                }
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        let held = self.names.entry(table).or_default();
+        held.retain(|key, _| {
+            if want.contains_key(key) {
+                return true;
+            }
+            match self.maps.names.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => false,
+                Err(e) => {
+                    first.get_or_insert(anyhow::Error::from(e).context("removing a bound name"));
+                    true
+                }
+            }
+        });
+        for (key, id) in want {
+            if held.get(&key) == Some(&id) {
+                continue;
+            }
+            match self.maps.names.insert(key, id, 0) {
+                Ok(()) => {
+                    held.insert(key, id);
+                }
+                Err(e) => {
+                    first.get_or_insert(
+                        anyhow::Error::from(e)
+                            .context(format!("writing the names bound in table {table}")),
+                    );
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     /// Schedules a table no policy refers to any more for deletion once
     /// `TABLE_GRACE` has passed (see `bury`).
     pub fn retire_table(&mut self, table: u32, now: Instant) {
@@ -198,6 +279,9 @@ impl Tables {
 
     /// Deletes a table that no policy refers to, at once.
     pub fn drop_table(&mut self, table: u32) -> Result<()> {
+        for key in self.names.remove(&table).unwrap_or_default().keys() {
+            let _ = self.maps.names.remove(key);
+        }
         let Some(held) = self.applied.remove(&table) else {
             return Ok(());
         };

@@ -69,6 +69,7 @@ pub fn parse_allow(s: &str) -> Result<Rule, String> {
         ports,
         protocol,
         budget: None,
+        any_name_at_address: false,
         line: 0,
     })
 }

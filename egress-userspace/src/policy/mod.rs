@@ -81,6 +81,9 @@ pub struct Rule {
     pub protocol: Protocol,
     /// An upload budget on what goes to the rule's destinations.
     pub budget: Option<budget::Budget>,
+    /// A host rule whose connections need not name the host (see
+    /// `Rule::checks_names`).
+    pub any_name_at_address: bool,
     /// 1-based line in the source file (0 for the command line).
     pub line: usize,
 }
@@ -115,6 +118,14 @@ impl std::fmt::Display for Destination {
 }
 
 impl Rule {
+    /// Whether a TCP connection to this rule's addresses must name, in
+    /// its first bytes, a host the policy's DNS answered with the address
+    /// (and UDP to them is refused): a host rule without
+    /// `any_name_at_address`.
+    pub fn checks_names(&self) -> bool {
+        matches!(self.dest, Destination::Host(_)) && !self.any_name_at_address
+    }
+
     /// The rule in a few words, as metrics, `status` and `exec` name it:
     /// `api.model.test:443`, `203.0.113.0/28:8000-8010`,
     /// `203.0.113.7:9000/udp`, `list.txt:8080` (a `cidr_file`), `:*`

@@ -50,6 +50,7 @@ pub(super) struct RawRule {
     pub(super) ports: Vec<PortRange>,
     pub(super) protocol: Protocol,
     pub(super) budget: Option<super::budget::Budget>,
+    pub(super) any_name_at_address: bool,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +69,11 @@ pub(super) struct RawRuleFields {
     pub(super) public_suffix: Option<Intended>,
     /// `budget: {upload: SIZE, per: WINDOW}`.
     pub(super) budget: Option<super::budget::RawBudget>,
+    /// `any_name_at_address: true` on a host rule: a connection to its
+    /// addresses may name any host (or none), for protocols that name no
+    /// host (SSH, a database); every name its front door serves is then
+    /// reachable.
+    pub(super) any_name_at_address: Option<bool>,
 }
 
 /// The one value of an explicit opt-in.
@@ -174,11 +180,17 @@ impl RawRule {
                     .into(),
             );
         }
+        if r.any_name_at_address.is_some() && !matches!(dest, Destination::Host(_)) {
+            return Err(format!(
+                "`any_name_at_address` is for host rules (a connection to an `ip` or `cidr` rule's address is not asked for a name), and `{dest}` is not one: remove it"
+            ));
+        }
         Ok(RawRule {
             dest,
             ports: r.ports.unwrap_or_default(),
             protocol: r.protocol,
             budget: r.budget.map(Into::into),
+            any_name_at_address: r.any_name_at_address.unwrap_or(false),
         })
     }
 }

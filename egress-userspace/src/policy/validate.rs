@@ -89,6 +89,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
             ports: r.ports,
             protocol: r.protocol,
             budget: r.budget,
+            any_name_at_address: r.any_name_at_address,
             line,
         });
     }

@@ -13,7 +13,7 @@ use egress_common::{hook, Event, AF_INET, AF_INET6, AF_UNIX};
 use serde_json::json;
 
 use super::{
-    events::{address, comm, comm_of, hook_name, protocol_name, unix_name, Record},
+    events::{address, comm, comm_of, hook_name, protocol_name, unix_name, Presented, Record},
     metrics::NO_POLICY_LABEL,
     pod_names::PodNames,
 };
@@ -221,6 +221,8 @@ impl Describer {
             pid: e.tgid,
             policy: self.policy(e.policy_id),
             path: e.unix.as_deref().map(unix_name),
+            presented: e.presented.as_ref().map(Presented::kind),
+            name: e.presented.as_ref().and_then(Presented::name),
             pod_uid: pod.as_ref().map(|p| p.uid.clone()),
             pod: pod.and_then(|p| p.name),
             protocol: if e.family == AF_UNIX {
@@ -248,6 +250,10 @@ struct Line<'a> {
     gid: u32,
     hook: &'static str,
     host: Option<String>,
+    /// The name a connection presented (escaped, cut at 128 bytes), for
+    /// `name_not_at_address` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     pid: u32,
     /// The UNIX socket name, for UNIX events only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -259,6 +265,9 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pod_uid: Option<String>,
     policy: &'a str,
+    /// What the first bytes were, for `name_not_at_address` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presented: Option<&'static str>,
     protocol: Cow<'static, str>,
     reason: &'static str,
     tid: u32,

@@ -7,7 +7,9 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use egress_common::{hook, Event, UnixEvent, AF_INET, AF_INET6, AF_UNIX};
+use egress_common::{
+    hook, presented, reason, Event, NameEvent, UnixEvent, AF_INET, AF_INET6, AF_UNIX,
+};
 use tokio::io::unix::AsyncFd;
 
 /// One ring-buffer record: an event, and for a UNIX socket the name it
@@ -16,6 +18,56 @@ use tokio::io::unix::AsyncFd;
 pub struct Record {
     pub event: Event,
     pub unix: Option<Vec<u8>>,
+    /// For a connection refused for the name it presented: what it
+    /// presented.
+    pub presented: Option<Presented>,
+}
+
+/// What a connection's first bytes presented (`NameEvent`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presented {
+    /// `egress_common::presented`.
+    pub what: u8,
+    /// The name as the kernel read it (lower case), cut at
+    /// `EVENT_NAME_LEN` bytes.
+    pub name: Vec<u8>,
+    pub cut: bool,
+}
+
+impl Presented {
+    /// The name, escaped: printable ASCII as it is, other bytes as
+    /// `\xNN`, and `...` when it was cut.
+    pub fn name(&self) -> Option<String> {
+        if self.name.is_empty() {
+            return None;
+        }
+        let mut out = String::new();
+        for &b in &self.name {
+            if b.is_ascii_graphic() && b != b'\\' {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+        if self.cut {
+            out.push_str("...");
+        }
+        Some(out)
+    }
+
+    /// What was presented, in a word.
+    pub fn kind(&self) -> &'static str {
+        match self.what {
+            presented::TLS => "tls_server_name",
+            presented::HTTP => "http_host",
+            presented::TLS_NO_SNI => "tls_without_server_name",
+            presented::TLS_ECH => "tls_encrypted_client_hello",
+            presented::TLS_UNREAD => "tls_unreadable",
+            presented::HTTP_NO_HOST => "http_without_host",
+            presented::DATAGRAM => "datagram",
+            _ => "no_name",
+        }
+    }
 }
 
 impl std::ops::Deref for Record {
@@ -27,7 +79,11 @@ impl std::ops::Deref for Record {
 
 impl From<Event> for Record {
     fn from(event: Event) -> Record {
-        Record { event, unix: None }
+        Record {
+            event,
+            unix: None,
+            presented: None,
+        }
     }
 }
 
@@ -39,6 +95,22 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
     }
     // SAFETY: Event is plain old data and the slice is long enough.
     let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+    if event.reason == reason::NAME && event.hook == hook::PACKET_EGRESS && event.protocol == 6 {
+        if bytes.len() < std::mem::size_of::<NameEvent>() {
+            return None;
+        }
+        // SAFETY: as above, for the longer NameEvent.
+        let n = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<NameEvent>()) };
+        let len = usize::from(n.len).min(n.name.len());
+        return Some(Record {
+            presented: Some(Presented {
+                what: n.presented,
+                name: n.name[..len].to_vec(),
+                cut: n.cut != 0,
+            }),
+            ..event.into()
+        });
+    }
     if event.family != AF_UNIX {
         return Some(event.into());
     }
@@ -49,8 +121,8 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
     let u = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<UnixEvent>()) };
     let len = usize::from(u.len).min(u.name.len());
     Some(Record {
-        event,
         unix: Some(u.name[..len].to_vec()),
+        ..event.into()
     })
 }
 

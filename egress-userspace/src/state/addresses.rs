@@ -1,7 +1,9 @@
 //! Addresses learned for a host rule, from egressd's own lookups and from
-//! the answers its DNS proxy gave the agent: each allowed until its TTL
-//! plus a grace period has passed since it was last seen, at most
-//! `MAX_PER_RULE` per rule (the soonest to expire are evicted first).
+//! the answers its DNS proxy gave the agent, with the names they were
+//! answered for: each (address, name) binding holds until its TTL plus a
+//! grace period has passed since it was last seen, and an address is
+//! allowed while one of its names is bound to it; at most `MAX_PER_RULE`
+//! addresses per rule (the soonest to expire are evicted first).
 
 use std::{
     collections::HashMap,
@@ -11,11 +13,25 @@ use std::{
 
 /// Addresses one host rule may hold at once.
 pub const MAX_PER_RULE: usize = 64;
+/// Names one address of a rule may be bound to at once (a wildcard's
+/// names often share a front door); the soonest to expire go first.
+pub const MAX_NAMES_PER_ADDRESS: usize = 16;
 
+/// Addresses learned for one host rule, each with the names it was
+/// answered for, and until when each binding holds. An address is allowed
+/// while any of its names is bound to it.
 #[derive(Debug, Default, Clone)]
 pub struct Addresses {
-    /// Address -> (allowed until, the name it was answered for).
-    until: HashMap<IpAddr, (Instant, String)>,
+    /// Address -> (name -> bound until), at most `MAX_NAMES_PER_ADDRESS`.
+    bound: HashMap<IpAddr, HashMap<String, Instant>>,
+}
+
+/// Until when an address is allowed: the latest of its names' deadlines.
+fn latest(names: &HashMap<String, Instant>) -> Option<(Instant, &str)> {
+    names
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+        .map(|(n, t)| (*t, n.as_str()))
 }
 
 impl Addresses {
@@ -34,22 +50,31 @@ impl Addresses {
             .checked_add(ttl.saturating_add(grace))
             .unwrap_or(now + Duration::from_secs(86_400 * 365));
         for ip in ips {
-            let e = self.until.entry(*ip).or_insert((until, name.to_string()));
-            if until >= e.0 {
-                *e = (until, name.to_string());
+            let names = self.bound.entry(*ip).or_default();
+            let t = names.entry(name.to_string()).or_insert(until);
+            *t = (*t).max(until);
+            while names.len() > MAX_NAMES_PER_ADDRESS {
+                let soonest = names
+                    .iter()
+                    .filter(|(n, _)| n.as_str() != name)
+                    .min_by_key(|(_, t)| **t)
+                    .map(|(n, _)| n.clone())
+                    .expect("more than one name");
+                names.remove(&soonest);
             }
         }
         let mut evicted = 0;
-        while self.until.len() > MAX_PER_RULE {
+        while self.bound.len() > MAX_PER_RULE {
+            let until_of = |names: &HashMap<String, Instant>| latest(names).map(|l| l.0);
             let oldest = self
-                .until
+                .bound
                 .iter()
                 .filter(|(ip, _)| !ips.contains(ip))
-                .min_by_key(|(_, (t, _))| *t)
-                .or_else(|| self.until.iter().min_by_key(|(_, (t, _))| *t))
+                .min_by_key(|(_, n)| until_of(n))
+                .or_else(|| self.bound.iter().min_by_key(|(_, n)| until_of(n)))
                 .map(|(ip, _)| *ip)
                 .expect("non-empty");
-            self.until.remove(&oldest);
+            self.bound.remove(&oldest);
             evicted += 1;
         }
         evicted
@@ -57,31 +82,49 @@ impl Addresses {
 
     /// Drops what expired by `now`; returns whether anything did.
     pub fn expire(&mut self, now: Instant) -> bool {
-        let before = self.until.len();
-        self.until.retain(|_, (t, _)| *t > now);
-        self.until.len() != before
+        let mut changed = false;
+        for names in self.bound.values_mut() {
+            let before = names.len();
+            names.retain(|_, t| *t > now);
+            changed |= names.len() != before;
+        }
+        self.bound.retain(|_, names| !names.is_empty());
+        changed
     }
 
     /// Keeps only the addresses `keep` accepts.
     pub fn retain(&mut self, keep: impl Fn(&IpAddr) -> bool) {
-        self.until.retain(|ip, _| keep(ip));
+        self.bound.retain(|ip, _| keep(ip));
     }
 
     /// The addresses, sorted.
     pub fn ips(&self) -> Vec<IpAddr> {
-        let mut ips: Vec<IpAddr> = self.until.keys().copied().collect();
+        let mut ips: Vec<IpAddr> = self.bound.keys().copied().collect();
         ips.sort();
         ips
     }
 
-    /// Until when `ip` is allowed, and the name it was answered for.
+    /// Until when `ip` is allowed, and the name it was last answered for.
     pub fn until(&self, ip: &IpAddr) -> Option<(Instant, &str)> {
-        self.until.get(ip).map(|(t, n)| (*t, n.as_str()))
+        self.bound.get(ip).and_then(latest)
     }
 
-    /// Address -> the name it was answered for.
+    /// Address -> the name whose binding lasts longest, for reports.
     pub fn names(&self) -> impl Iterator<Item = (&IpAddr, &str)> {
-        self.until.iter().map(|(ip, (_, n))| (ip, n.as_str()))
+        self.bound
+            .iter()
+            .filter_map(|(ip, names)| latest(names).map(|(_, n)| (ip, n)))
+    }
+
+    /// Every (address, name) bound, sorted.
+    pub fn bindings(&self) -> Vec<(IpAddr, &str)> {
+        let mut out: Vec<(IpAddr, &str)> = self
+            .bound
+            .iter()
+            .flat_map(|(ip, names)| names.keys().map(move |n| (*ip, n.as_str())))
+            .collect();
+        out.sort_unstable();
+        out
     }
 }
 
@@ -110,6 +153,34 @@ mod tests {
         assert!(!s.expire(t0 + secs(22)));
         assert!(s.expire(t0 + secs(24)));
         assert!(s.ips().is_empty());
+    }
+
+    #[test]
+    fn each_name_is_bound_to_an_address_until_its_own_deadline() {
+        let t0 = Instant::now();
+        let a = ip("198.51.100.1");
+        let secs = Duration::from_secs;
+        let mut s = Addresses::default();
+        s.record(t0, "one.cdn.test", &[a], secs(10), secs(0));
+        s.record(t0, "two.cdn.test", &[a], secs(30), secs(0));
+        assert_eq!(
+            s.bindings(),
+            vec![(a, "one.cdn.test"), (a, "two.cdn.test")]
+        );
+        assert_eq!(s.until(&a).map(|u| u.1), Some("two.cdn.test"));
+        assert!(s.expire(t0 + secs(11)));
+        assert_eq!(s.bindings(), vec![(a, "two.cdn.test")]);
+        assert_eq!(s.ips(), vec![a]);
+        assert!(s.expire(t0 + secs(31)));
+        assert!(s.ips().is_empty());
+        // At most MAX_NAMES_PER_ADDRESS names; the newest is kept.
+        for i in 0..=MAX_NAMES_PER_ADDRESS {
+            s.record(t0, &format!("n{i}.cdn.test"), &[a], secs(10 + i as u64), secs(0));
+        }
+        let b = s.bindings();
+        assert_eq!(b.len(), MAX_NAMES_PER_ADDRESS);
+        assert!(!b.contains(&(a, "n0.cdn.test")));
+        assert!(b.contains(&(a, &format!("n{MAX_NAMES_PER_ADDRESS}.cdn.test"))));
     }
 
     #[test]

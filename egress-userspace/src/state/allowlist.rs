@@ -233,9 +233,14 @@ impl Allowlist {
         let slots = self.slots.assign(policy, &mut self.tables.maps)?;
         let plan = Arc::new(Plan::counted(policy, &slots)?);
         let entries = plan.learned(&resolved)?;
+        let names = plan.bound_names(&super::learn::bindings(&learned))?;
         let listen = crate::compile::ports::listen_spec(policy)?;
         let listen_set = self.tables.listen_set(listen.as_ref())?;
         let table = self.tables.write_table(plan.clone(), entries)?;
+        if let Err(e) = self.tables.sync_names(table, names) {
+            let _ = self.tables.drop_table(table);
+            return Err(e);
+        }
         if let Err(e) = self
             .tables
             .set_policy(id, policy_info(policy, table, dns_port, listen_set))

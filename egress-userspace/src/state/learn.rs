@@ -96,9 +96,11 @@ impl Allowlist {
         let p = self.get_mut(id).context("no such policy")?;
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
         let entries = p.plan.learned(&resolved)?;
+        let names = p.plan.bound_names(&bindings(&learned))?;
         p.learned = learned;
         let table = p.table;
         let result = self.tables.update_learned(table, entries);
+        let result = result.and(self.tables.sync_names(table, names));
         self.get_mut(id).expect("checked").stale = result.is_err();
         self.refresh_names();
         result
@@ -118,11 +120,15 @@ impl Allowlist {
     ) -> Result<usize> {
         let p = self.get(id).context("no such policy")?;
         let mut learned = p.learned.clone();
-        let before = learned.get(rule).map(Addresses::ips);
+        let bound = |a: &Addresses| {
+            let b = a.bindings().into_iter();
+            b.map(|(ip, n)| (ip, n.to_string())).collect::<Vec<_>>()
+        };
+        let before = learned.get(rule).map(bound);
         let entry = learned.entry(rule.clone()).or_default();
         let evicted = entry.record(now, name, ips, ttl, grace);
-        if before.as_ref() == Some(&entry.ips()) && !p.stale {
-            // Same addresses: only deadlines moved.
+        if before.as_ref() == Some(&bound(entry)) && !p.stale {
+            // Same addresses and names: only deadlines moved.
             self.get_mut(id).expect("checked").learned = learned;
             return Ok(evicted);
         }
@@ -150,6 +156,14 @@ impl Allowlist {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Every (host rule, address, name) bound in `learned`.
+pub fn bindings(learned: &HashMap<Host, Addresses>) -> Vec<(&Host, IpAddr, &str)> {
+    learned
+        .iter()
+        .flat_map(|(h, a)| a.bindings().into_iter().map(move |(ip, n)| (h, ip, n)))
+        .collect()
 }
 
 /// What a DNS proxy may do to the allowlist: learn the answers of its own
