@@ -21,8 +21,16 @@ use egress_common::{presented, HELLO_LEN};
 const MASK: usize = HELLO_LEN - 1;
 /// Extensions a ClientHello may carry (browsers send about 20).
 const MAX_EXTENSIONS: u32 = 64;
-/// Bytes an HTTP request line may take before its Host line.
+/// Bytes an HTTP request line may take.
 const MAX_REQUEST_LINE: usize = 8192;
+/// Bytes of header lines searched for the Host line.
+const MAX_HEADERS: usize = 1024;
+/// "\nhost:", the last six bytes of the rolling window (oldest highest).
+const HOST: u64 = 0x0a_68_6f_73_74_3a;
+/// What makes the letters of "HOST" lower case (bit 5 of each letter).
+const CASE: u64 = 0x00_20_20_20_20_00;
+/// "\r\n\r\n": the blank line that ends the header lines.
+const END: u64 = 0x0d_0a_0d_0a;
 /// Longest name read (a DNS name is at most 253 bytes).
 pub const MAX_NAME: usize = 253;
 
@@ -89,12 +97,15 @@ fn has_newline(w: u64) -> bool {
     x.wrapping_sub(ONES) & !x & (ONES << 7) != 0
 }
 
-/// Two cells of the scratch map: where `n` (the bytes that are the
-/// connection's) is read afresh, and where a value is laundered.
+/// Cells of the scratch map: where `n` (the bytes that are the
+/// connection's) is read afresh, where a value is laundered, and where the
+/// Host lines found are counted (`hits`) and placed (`at`).
 #[derive(Clone, Copy)]
 pub struct Bounds {
     pub n: *const u32,
     pub slot: *mut u32,
+    pub hits: *mut u32,
+    pub at: *mut u32,
 }
 
 impl Bounds {
@@ -103,6 +114,18 @@ impl Bounds {
     fn n(&self) -> usize {
         // SAFETY: a cell of this CPU's scratch map value.
         (unsafe { core::ptr::read_volatile(self.n) } as usize) & (HELLO_LEN * 2 - 1)
+    }
+
+    #[inline(always)]
+    fn put(&self, cell: *mut u32, v: u32) {
+        // SAFETY: a cell of this CPU's scratch map value.
+        unsafe { core::ptr::write_volatile(cell, v) }
+    }
+
+    #[inline(always)]
+    fn get(&self, cell: *mut u32) -> u32 {
+        // SAFETY: a cell of this CPU's scratch map value.
+        unsafe { core::ptr::read_volatile(cell) }
     }
 
     /// `v`, as a value the verifier knows nothing of but its mask:
@@ -224,8 +247,8 @@ fn tls(d: &[u8; HELLO_LEN + 8], n: usize) -> Seen {
     UNREAD
 }
 
-/// A plain HTTP request: `METHOD target HTTP/1.x`, then `Host:` as its
-/// first header line. Nothing past `n` is read: the buffer holds an
+/// A plain HTTP request: `METHOD target HTTP/1.x`, and its one `Host:`
+/// line. Nothing past `n` is read: the buffer holds an
 /// earlier connection's bytes there.
 ///
 /// Each loop compares its index with a fresh read of `n` (`b.n()`), never
@@ -286,18 +309,46 @@ fn http(d: &[u8; HELLO_LEN + 8], b: Bounds) -> Seen {
     if at(d, i) != b'\n' {
         return Seen::no(presented::HTTP_NO_HOST);
     }
-    let h = i + 1;
-    if h + 6 > b.n() {
-        return more;
+    // The header lines, byte by byte (up to `MAX_HEADERS` bytes), for
+    // "\nHost:" in any case, until the blank line that ends them. A
+    // rolling window of the last six bytes, no state but memory: each
+    // Host line's place is written to `b.at`, and counted in `b.hits`.
+    // From the request line's "\r\n" (or "\n"), so that a request with
+    // no header line ends at once.
+    let i = i - 1;
+    b.put(b.hits, 0);
+    let mut window: u64 = 0;
+    let mut k = 0;
+    while k < MAX_HEADERS {
+        if k >= b.n().wrapping_sub(i) {
+            break;
+        }
+        window = ((window << 8) | u64::from(at(d, i + k))) & 0xffff_ffff_ffff;
+        if window | CASE == HOST {
+            b.put(b.at, (i + k + 1) as u32);
+            b.put(b.hits, b.get(b.hits) + 1);
+        }
+        if window & 0xffff_ffff == END {
+            break;
+        }
+        k += 1;
     }
-    let lower = |k: usize| at(d, h + k) | 0x20;
-    if lower(0) != b'h' || lower(1) != b'o' || lower(2) != b's' || lower(3) != b't' {
+    let k = b.launder(k);
+    let hits = b.get(b.hits);
+    if hits == 0 {
+        // Out of bytes before the blank line: a later write may bring the
+        // Host line.
+        return if i + k >= b.n() {
+            more
+        } else {
+            Seen::no(presented::HTTP_NO_HOST)
+        };
+    }
+    if hits > 1 {
+        // Which one a server takes is its own choice.
         return Seen::no(presented::HTTP_NO_HOST);
     }
-    if at(d, h + 4) != b':' {
-        return Seen::no(presented::HTTP_NO_HOST);
-    }
-    let spaces = h + 5;
+    let spaces = b.get(b.at) as usize & MASK;
     let mut k = 0;
     while k < 16 {
         if k >= b.n().wrapping_sub(spaces) || !matches!(at(d, spaces + k), b' ' | b'\t') {

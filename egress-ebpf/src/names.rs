@@ -128,6 +128,8 @@ fn judge_in(
     let bounds = hello::Bounds {
         n: &h.n,
         slot: &mut h.slot,
+        hits: &mut h.len,
+        at: &mut h.off,
     };
     let seen = hello::read(&h.data, bounds);
     // Through memory: one state for the verifier to carry on with.

@@ -8,6 +8,7 @@
 //! Nothing here sends a packet outside a namespace the test created.
 pub mod dns;
 pub mod egressd;
+pub mod front_door;
 pub mod kube_api;
 pub mod listen;
 pub mod netns;

@@ -190,18 +190,21 @@ impl Plan {
         &self,
         bound: &[(&Host, IpAddr, &str)],
     ) -> Result<Vec<(IpAddr, String, PortSpec)>, CompileError> {
-        let group_of: HashMap<&Host, u32> = self.hosts.iter().map(|(h, g)| (h, *g)).collect();
+        // Several rules may name one host (one per port, say).
+        let mut groups_of: HashMap<&Host, Vec<u32>> = HashMap::new();
+        for (h, g) in &self.hosts {
+            if self.groups[*g as usize].3 & egress_common::RANGE_NAMED != 0 {
+                groups_of.entry(h).or_default().push(*g);
+            }
+        }
         let mut by: std::collections::BTreeMap<(IpAddr, String), Vec<u32>> = Default::default();
         for (host, ip, name) in bound {
-            let Some(&group) = group_of.get(host) else {
+            let Some(groups) = groups_of.get(host) else {
                 continue;
             };
-            if self.groups[group as usize].3 & egress_common::RANGE_NAMED == 0 {
-                continue;
-            }
             let ip = unmap(IpNet::from(*ip)).addr();
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            by.entry((ip, name)).or_default().push(group);
+            by.entry((ip, name)).or_default().extend(groups);
         }
         let mut specs = Specs::new(&self.name, &self.groups);
         let mut made = Vec::new();
@@ -373,10 +376,14 @@ mod tests {
             "  - host: api.model.test\n    ports: [443]\n",
             "  - host: git.model.test\n    ports: [22]\n    any_name_at_address: true\n",
             "  - ip: 198.51.100.7\n    ports: [443]\n",
+            "  - host: api.model.test\n    ports: [80]\n",
         ));
-        let (api, git): (Host, Host) = ("api.model.test".parse().unwrap(), "git.model.test".parse().unwrap());
+        let (api, git): (Host, Host) = (
+            "api.model.test".parse().unwrap(),
+            "git.model.test".parse().unwrap(),
+        );
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
-        let plan = Plan::counted(&p, &[1, 2, 3]).unwrap();
+        let plan = Plan::counted(&p, &[1, 2, 3, 4]).unwrap();
         let resolved = HashMap::from([(api.clone(), vec![ip]), (git.clone(), vec![ip])]);
         let learned = plan.learned(&resolved).unwrap();
         let a = u32::from(std::net::Ipv4Addr::new(198, 51, 100, 7));
@@ -385,7 +392,9 @@ mod tests {
         // the kernel takes the one that is not.
         let at443: Vec<_> = ranges.iter().filter(|r| r.lo == 443).collect();
         assert_eq!(at443.len(), 2, "{ranges:?}");
-        assert!(at443.iter().any(|r| r.flags == egress_common::RANGE_NAMED && r.rule == 1));
+        assert!(at443
+            .iter()
+            .any(|r| r.flags == egress_common::RANGE_NAMED && r.rule == 1));
         assert!(at443.iter().any(|r| r.flags == 0 && r.rule == 3));
         let at22: Vec<_> = ranges.iter().filter(|r| r.lo == 22).collect();
         assert_eq!((at22.len(), at22[0].flags), (1, 0), "{ranges:?}");
@@ -395,8 +404,9 @@ mod tests {
             .unwrap();
         assert_eq!(bound.len(), 1, "{bound:?}");
         assert_eq!((bound[0].0, bound[0].1.as_str()), (ip, "api.model.test"));
-        assert_eq!(bound[0].2 .0.len(), 1);
-        assert_eq!((bound[0].2 .0[0].lo, bound[0].2 .0[0].rule), (443, 1));
+        // Both rules that name the host, each with its port and slot.
+        let ports: Vec<(u16, u16)> = bound[0].2 .0.iter().map(|r| (r.lo, r.rule)).collect();
+        assert_eq!(ports, [(443, 1), (80, 4)]);
     }
 
     #[test]

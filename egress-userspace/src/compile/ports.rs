@@ -61,13 +61,15 @@ fn merged(mut v: Vec<Range>) -> Vec<Range> {
 }
 
 fn kernel_ranges(ranges: &[Range], protos: u8) -> impl Iterator<Item = KernelRange> + '_ {
-    ranges.iter().map(move |&(_, rule, lo, hi, flags)| KernelRange {
-        lo,
-        hi,
-        protos,
-        flags,
-        rule,
-    })
+    ranges
+        .iter()
+        .map(move |&(_, rule, lo, hi, flags)| KernelRange {
+            lo,
+            hi,
+            protos,
+            flags,
+            rule,
+        })
 }
 
 fn spec(ports: Ports) -> PortSpec {

@@ -175,7 +175,8 @@ impl Kernel {
         // For whoever changes the programs: the verifier's whole account
         // of each instruction, in the error of a program it refuses.
         if std::env::var_os("EGRESSD_VERIFIER_LOG").is_some() {
-            loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+            loader
+                .verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
         }
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Object)?;
         drop(sockets);

@@ -163,10 +163,7 @@ mod tests {
         let mut s = Addresses::default();
         s.record(t0, "one.cdn.test", &[a], secs(10), secs(0));
         s.record(t0, "two.cdn.test", &[a], secs(30), secs(0));
-        assert_eq!(
-            s.bindings(),
-            vec![(a, "one.cdn.test"), (a, "two.cdn.test")]
-        );
+        assert_eq!(s.bindings(), vec![(a, "one.cdn.test"), (a, "two.cdn.test")]);
         assert_eq!(s.until(&a).map(|u| u.1), Some("two.cdn.test"));
         assert!(s.expire(t0 + secs(11)));
         assert_eq!(s.bindings(), vec![(a, "two.cdn.test")]);
@@ -175,7 +172,13 @@ mod tests {
         assert!(s.ips().is_empty());
         // At most MAX_NAMES_PER_ADDRESS names; the newest is kept.
         for i in 0..=MAX_NAMES_PER_ADDRESS {
-            s.record(t0, &format!("n{i}.cdn.test"), &[a], secs(10 + i as u64), secs(0));
+            s.record(
+                t0,
+                &format!("n{i}.cdn.test"),
+                &[a],
+                secs(10 + i as u64),
+                secs(0),
+            );
         }
         let b = s.bindings();
         assert_eq!(b.len(), MAX_NAMES_PER_ADDRESS);

@@ -17,6 +17,7 @@ mod learn;
 mod leftovers;
 mod live_view;
 mod loopback;
+mod names;
 mod permitted;
 mod prometheus;
 mod raw_sockets;
