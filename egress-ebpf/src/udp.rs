@@ -7,7 +7,7 @@
 //! cookie; the backstop judges every UDP datagram by its real destination,
 //! drops the first one to that destination (the send fails with EPERM) and
 //! reports the kept event then. Only the allowlist's own verdicts wait
-//! (`NO_RULE`, `PORT`), which the backstop repeats exactly; a loopback of
+//! (`NO_RULE`, `PORT`, `NAME`), which the backstop repeats exactly; a loopback of
 //! another network namespace is refused at connect, as before.
 
 use aya_ebpf::{
@@ -22,7 +22,7 @@ use crate::{dest::Dest, maps::PENDING_UDP};
 /// Whether a connect refused for `why` waits for its first datagram.
 #[inline(always)]
 pub fn waits(why: u8) -> bool {
-    why == reason::NO_RULE || why == reason::PORT
+    why == reason::NO_RULE || why == reason::PORT || why == reason::NAME
 }
 
 /// Keeps the event of a UDP connect that waits.

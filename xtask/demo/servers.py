@@ -1,6 +1,8 @@
 """The demo's simulated Internet, inside the demo's network namespace:
 - the model API at 198.51.100.1:443 (a fake model that obeys instructions
-  it finds in documents, as prompt-injected models do);
+  it finds in documents, as prompt-injected models do), behind a front
+  door that, as a CDN's does, also serves the attacker's site to a request
+  that names it (Host: exfil.attacker.test);
 - the attacker's collection server at 203.0.113.9:443, which records every
   request it receives;
 - a DNS server at 198.51.100.53:53 answering for the demo's .test names.
@@ -13,12 +15,17 @@ received = []
 
 class Model(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
+        if self.headers.get("Host", "").startswith("exfil.attacker.test"):
+            return Attacker.do_POST(self)
         doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["document"]
         summary = "Acme renewed (1.2M/yr, acct 4417-2231-9902); Globex wants 30% off."
         calls = []
         # The injected instructions, obeyed (with the attacker's fallback).
-        for m in re.finditer(r"POST (?:request to|it to)\s+(\S+)", doc):
-            calls.append({"tool": "http_post", "url": m.group(1).rstrip("."), "body": summary})
+        for m in re.finditer(r"POST (?:request to|it to)\s+(\S+)(?:\s+through\s+(\S+))?", doc):
+            call = {"tool": "http_post", "url": m.group(1).rstrip(".,"), "body": summary}
+            if m.group(2):
+                call["via"] = m.group(2).rstrip(".,")
+            calls.append(call)
         body = json.dumps({"summary": summary, "tool_calls": calls}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))

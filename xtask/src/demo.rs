@@ -221,10 +221,10 @@ pub fn run(egressd: &Path) -> Result<()> {
 
     step(
         4,
-        "What egressd saw: the refused lookup, and the refused connect by the process",
+        "What egressd saw: the refused lookup, the refused connect, and the attacker's name refused at the model API's address",
     );
     wait_for("the deny events", 5, || {
-        fs::read_to_string(&events).is_ok_and(|e| e.lines().count() >= 2)
+        fs::read_to_string(&events).is_ok_and(|e| e.lines().count() >= 3)
     })?;
     let lines = fs::read_to_string(&events)?;
     for line in lines.lines() {
@@ -235,6 +235,11 @@ pub fn run(egressd: &Path) -> Result<()> {
     }
     if !lines.contains("\"daddr\":\"203.0.113.9\"") || !lines.contains("\"comm\":\"python3\"") {
         bail!("no deny event for the attacker's address");
+    }
+    if !lines.contains("\"reason\":\"name_not_at_address\"")
+        || !lines.contains("\"name\":\"exfil.attacker.test\"")
+    {
+        bail!("no deny event for the attacker's name at the model API's address");
     }
 
     step(
@@ -267,7 +272,10 @@ pub fn run(egressd: &Path) -> Result<()> {
     if received.trim() != "0" {
         bail!("the attacker received data: enforcement failed");
     }
-    println!("\nThe summary never left: egressd refused to resolve the attacker's name, and");
-    println!("the kernel refused the connect() to its address before a packet was sent.");
+    println!("\nThe summary never left: egressd refused to resolve the attacker's name, the");
+    println!("kernel refused the connect() to its address before a packet was sent, and the");
+    println!("request that named the attacker's site at the model API's own address (its");
+    println!("front door serves both) was held in the kernel: that name was never answered");
+    println!("with that address by this policy's DNS.");
     Ok(())
 }

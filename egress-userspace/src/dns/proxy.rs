@@ -248,6 +248,18 @@ impl Proxy {
             }
             self.count("audited");
         }
+        // HTTPS and SVCB answers would tell clients of Encrypted Client
+        // Hello (which hides the name a connection presents, refused under
+        // a rule that checks names) and of HTTP/3 (QUIC, whose datagrams
+        // such a rule refuses): answered with no record, never forwarded,
+        // clients use A and AAAA, TLS over TCP, and the name in the clear.
+        if reason.is_none()
+            && matches!(q.qtype, RecordType::HTTPS | RecordType::SVCB)
+            && policy.names_checked_for(&q.name)
+        {
+            self.count("allowed");
+            return Some(reply_code(&query, ResponseCode::NoError));
+        }
         // Audit mode reports a query it let through once it is answered,
         // with the answer's addresses (`egressd learn` names what the
         // agent then reached by them).

@@ -71,6 +71,12 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
 
 fn rule_warnings(rule: &Rule) -> Vec<String> {
     let mut out = Vec::new();
+    if rule.any_name_at_address {
+        out.push(format!(
+            "`{}` has `any_name_at_address: true`: a connection to its addresses need not name this host, so every site its front door (a CDN, a cloud load balancer) serves on that address is reachable under this rule. Keep it for protocols that name no host (SSH, a database), on ports that carry nothing else",
+            rule.dest
+        ));
+    }
     if rule.ports.is_empty() {
         out.push(format!(
             "`{}` allows every port: list the ports the agent needs",
@@ -279,6 +285,15 @@ mod tests {
         assert!(warnings("  - cidr: 10.0.0.0/8\n    ports: [80]\n")[0].contains("private range"));
         assert!(warnings("  - host: api.model.test\n")[0].contains("every port"));
         assert!(warnings("  - host: api.model.test\n    ports: [443]\n").is_empty());
+        let w = warnings("  - host: git.model.test\n    ports: [22]\n    any_name_at_address: true\n");
+        assert!(w[0].contains("every site its front door"), "{w:?}");
+        let e = parse(
+            "name: a\nallow:\n  - ip: 198.51.100.1\n    ports: [22]\n    any_name_at_address: true\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is for host rules"), "{e}");
     }
 
     fn error(allow: &str) -> String {

@@ -271,6 +271,14 @@ impl Policy {
     }
 
     /// The host rules a queried name falls under, once each.
+    /// Whether a host rule that checks names (see `Rule::checks_names`)
+    /// matches `qname`.
+    pub fn names_checked_for(&self, qname: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.checks_names() && matches!(&r.dest, Destination::Host(h) if h.matches(qname)))
+    }
+
     pub fn host_rules_for(&self, qname: &str) -> Vec<Host> {
         let mut hosts: Vec<Host> = self
             .rules

@@ -180,7 +180,8 @@ fn alerts_fire_on_their_faults_and_not_on_normal_traffic() {
     let cg = TestCgroup::new("alerts").unwrap();
     let dir = TempDir::new("alerts").unwrap();
     let text = format!(
-        "name: agent\ncgroups: [{}]\nallow:\n  - host: api.model.test\n    ports: [443]\n\
+        // The probe writes bare bytes, which name no host.
+        "name: agent\ncgroups: [{}]\nallow:\n  - host: api.model.test\n    ports: [443]\n    any_name_at_address: true\n\
          dns:\n  upstream: [198.51.100.53]\n  min_ttl: 1\n  max_ttl: 2\n",
         cg.rel_str()
     );

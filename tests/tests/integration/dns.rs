@@ -445,6 +445,19 @@ fn only_address_query_types_are_forwarded() {
     );
     let r = dig(&ns, "@203.0.113.1 A img.cdn.test");
     assert_eq!(status(&r.stdout), "NOERROR", "{r:?}");
+    // HTTPS and SVCB records would offer Encrypted Client Hello and HTTP/3,
+    // which a rule that checks names refuses: answered empty, not asked.
+    for qtype in ["HTTPS", "SVCB"] {
+        let r = dig(&ns, &format!("@203.0.113.1 {qtype} svc.cdn.test"));
+        assert_eq!(status(&r.stdout), "NOERROR", "{r:?}");
+        assert!(r.stdout.contains("ANSWER: 0"), "{r:?}");
+        assert!(r.events.is_empty(), "{:?}", r.events);
+    }
+    let asked = upstream.asked();
+    assert!(
+        !asked.iter().any(|q| q.contains("svc.cdn.test")),
+        "the upstream was asked {asked:?}"
+    );
 }
 
 /// What audit mode learned is judged again when the policy starts to

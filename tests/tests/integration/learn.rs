@@ -18,12 +18,13 @@ use crate::dns::in_mount_ns;
 
 const UPSTREAM: &str = "198.51.100.53:53";
 
-/// The job: two names over TCP, one bare address over UDP.
+/// The job: two names over TCP (a request naming its host, as a host
+/// rule asks), one bare address over UDP.
 const JOB: &str = r#"
 import socket, sys
 for name, port in [("api.model.test", 443), ("files.store.test", 8443)] + [(n, 443) for n in sys.argv[1:]]:
     s = socket.create_connection((name, port), timeout=3)
-    s.sendall(b"report")
+    s.sendall(b"POST /report HTTP/1.1\r\nHost: %s\r\n\r\n" % name.encode())
     s.close()
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u.sendto(b"report", ("203.0.113.7", 9000))

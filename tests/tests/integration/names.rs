@@ -214,3 +214,58 @@ fn no_name_is_refused_and_a_split_client_hello_is_judged_whole() {
         r.events
     );
 }
+
+/// UDP to an address only a host rule allows names no host egressd can
+/// judge (QUIC's Initial among others): refused at once with EPERM, so a
+/// client falls back to TCP without waiting, both sent to an address and
+/// on a connected socket. Nothing reaches the door.
+#[test]
+fn datagrams_to_a_named_address_are_refused_at_once() {
+    require_root();
+    let ns = Netns::new("names-udp").unwrap();
+    let _dns = zone(&ns);
+    let door = egress_tests::listen::Listener::udp(&ns, "198.51.100.1:443").unwrap();
+    let script = "import socket\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        try: s.sendto(b'initial', ('198.51.100.1', 443)); print('sent')\n\
+        except PermissionError: print('refused')\n\
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        c.connect(('198.51.100.1', 443))\n\
+        try: c.send(b'initial'); print('sent')\n\
+        except PermissionError: print('refused')";
+    let args = ["--resolver", UPSTREAM, "--allow", "api.model.test:443/any"];
+    let r = exec(&ns, &args, &["python3", "-c", script]).unwrap();
+    assert_eq!(r.stdout, "refused\nrefused\n", "{r:?}");
+    assert_eq!(door.count(), 0, "a datagram reached the door");
+    assert_eq!(r.events.len(), 2, "{:?}", r.events);
+    for e in &r.events {
+        assert_eq!(e["reason"], "name_not_at_address", "{e}");
+        assert_eq!(e["protocol"], "udp", "{e}");
+        assert_eq!(e["comm"], "python3", "{e}");
+    }
+}
+
+/// Audit mode reports what enforce would refuse, and lets it through: the
+/// attacker's name reaches the door, reported once, with the name.
+#[test]
+fn audit_reports_the_name_enforce_would_refuse() {
+    require_root();
+    let ns = Netns::new("names-audit").unwrap();
+    let _dns = zone(&ns);
+    let door = FrontDoor::start(&ns, &[DOOR4], &["api.model.test", "attacker.test"]).unwrap();
+    let ca = door.cert_path().display().to_string();
+    let script = format!(
+        "curl -sS -m 3 --cacert {ca} --resolve attacker.test:443:{DOOR4} https://attacker.test/"
+    );
+    let mut args = ALLOW.to_vec();
+    args.push("--audit");
+    let r = exec(&ns, &args, &["sh", "-c", &script]).unwrap();
+    assert_eq!(r.stdout, "hello attacker.test", "{r:?}");
+    let conns = door.wait(1);
+    assert_eq!(named(&conns, "attacker.test").len(), 1, "{conns:?}");
+    assert_eq!(r.events.len(), 1, "{:?}", r.events);
+    let e = &r.events[0];
+    assert_eq!(e["reason"], "name_not_at_address", "{e}");
+    assert_eq!(e["verdict"], "audited", "{e}");
+    assert_eq!(e["name"], "attacker.test", "{e}");
+}

@@ -296,7 +296,8 @@ fn pushing_the_address_out_of_its_host_rule_does_not_escape_the_budget() {
     let policy = tmp
         .write(
             "evict.yaml",
-            &format!("name: evict\ncgroups: [{}]\nallow:\n  - host: \"*.cdn.test\"\n    ports: [443]\n    budget: {{upload: 64 KiB, per: 60s}}\ndns:\n  upstream: [198.51.100.53]\n", cg.rel_str()),
+            // The client writes bare bytes, which name no host.
+            &format!("name: evict\ncgroups: [{}]\nallow:\n  - host: \"*.cdn.test\"\n    ports: [443]\n    budget: {{upload: 64 KiB, per: 60s}}\n    any_name_at_address: true\ndns:\n  upstream: [198.51.100.53]\n", cg.rel_str()),
         )
         .unwrap();
     let d = Daemon::start(&ns, &policy).unwrap();
