@@ -255,8 +255,9 @@ pub fn run(egressd: &Path) -> Result<()> {
     let counted: Vec<&str> = metrics
         .lines()
         .filter(|l| {
-            l.starts_with("egressd_egress_attempts_total")
-                || l.starts_with("egressd_dns_queries_total")
+            (l.starts_with("egressd_egress_attempts_total")
+                || l.starts_with("egressd_dns_queries_total"))
+                && !l.ends_with(" 0")
         })
         .collect();
     for l in &counted {

@@ -12,6 +12,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("curl", "curl"),
     ("python3", "python3"),
+    // The test front door's certificate, and a ClientHello without a name.
+    ("openssl", "openssl"),
     ("dig", "dnsutils"),
     ("nft", "nftables"),
     ("ping", "iputils-ping"),

@@ -118,17 +118,24 @@ fn address(p: &Installed, ip: IpAddr, port: Option<u16>, proto: Protocol, now: I
                 .iter()
                 .any(|n| unmap(*n).contains(&ip))
                 .then(|| format!("a prefix in {} covers it", l.file.display())),
-            Destination::Host(h) => {
-                p.learned
-                    .get(h)
-                    .and_then(|a| a.until(&ip))
-                    .map(|(until, name)| {
-                        format!(
-                            "learned from the DNS answer for {name}, for {}s more",
-                            until.saturating_duration_since(now).as_secs()
-                        )
-                    })
-            }
+            Destination::Host(h) => p.learned.get(h).and_then(|a| {
+                let bound = a.bound_to(&ip);
+                let (_, until) = bound.iter().max_by_key(|(_, t)| *t)?;
+                let names: Vec<&str> = bound.iter().map(|(n, _)| *n).collect();
+                let left = until.saturating_duration_since(now).as_secs();
+                let how = format!(
+                    "learned from the DNS answer for {}, for {left}s more",
+                    names.join(", ")
+                );
+                Some(if rule.checks_names() {
+                    format!(
+                        "{how}; a TCP connection must name {} (TLS server_name or HTTP Host), UDP is refused",
+                        if names.len() == 1 { "it" } else { "one of them" }
+                    )
+                } else {
+                    how
+                })
+            }),
         };
         let Some(via) = via else { continue };
         let fits = protocol_fits(rule.protocol, proto) && ports_fit(rule, port);
@@ -165,12 +172,15 @@ fn name_in(p: &Installed, name: &str, now: Instant) -> Value {
                     .learned
                     .get(h)
                     .map(|a| {
-                        a.names()
-                            .filter(|(_, n)| *n == name)
-                            .map(|(ip, _)| {
+                        a.bindings()
+                            .into_iter()
+                            .filter(|(_, n)| n.eq_ignore_ascii_case(name))
+                            .map(|(ip, n)| {
                                 let left = a
-                                    .until(ip)
-                                    .map_or(0, |(t, _)| t.saturating_duration_since(now).as_secs());
+                                    .bound_to(&ip)
+                                    .iter()
+                                    .find(|(b, _)| *b == n)
+                                    .map_or(0, |(_, t)| t.saturating_duration_since(now).as_secs());
                                 json!({ "address": ip.to_string(), "for_seconds": left })
                             })
                             .collect()

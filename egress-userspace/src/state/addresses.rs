@@ -116,6 +116,17 @@ impl Addresses {
             .filter_map(|(ip, names)| latest(names).map(|(_, n)| (ip, n)))
     }
 
+    /// The names bound to `ip`, each with until when, sorted by name.
+    pub fn bound_to(&self, ip: &IpAddr) -> Vec<(&str, Instant)> {
+        let mut out: Vec<(&str, Instant)> = self
+            .bound
+            .get(ip)
+            .map(|names| names.iter().map(|(n, t)| (n.as_str(), *t)).collect())
+            .unwrap_or_default();
+        out.sort_unstable();
+        out
+    }
+
     /// Every (address, name) bound, sorted.
     pub fn bindings(&self) -> Vec<(IpAddr, &str)> {
         let mut out: Vec<(IpAddr, &str)> = self

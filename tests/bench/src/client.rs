@@ -12,7 +12,40 @@ use std::{
 use anyhow::{bail, Context, Result};
 use egress_tests::netns::Netns;
 
-use crate::{BULK, TARGET};
+use crate::{BULK, NAMED, TARGET};
+
+/// A ClientHello of curl's size (517 bytes) naming `api.model.test`: a
+/// padding extension fills it out.
+fn client_hello() -> Vec<u8> {
+    let name = b"api.model.test";
+    let mut sni = vec![0, 0];
+    let list = (name.len() + 3) as u16;
+    sni.extend((list + 2).to_be_bytes());
+    sni.extend(list.to_be_bytes());
+    sni.push(0);
+    sni.extend((name.len() as u16).to_be_bytes());
+    sni.extend(name);
+    let fixed = 2 + 32 + 1 + 32 + 4 + 2 + 2;
+    let pad = 517 - 9 - fixed - sni.len() - 4;
+    let mut ext = vec![0, 0x15];
+    ext.extend((pad as u16).to_be_bytes());
+    ext.extend(vec![0u8; pad]);
+    ext.extend(sni);
+    let mut body = vec![3, 3];
+    body.extend([0x11; 32]);
+    body.push(32);
+    body.extend([0x22; 32]);
+    body.extend([0, 2, 0x13, 1, 1, 0]);
+    body.extend((ext.len() as u16).to_be_bytes());
+    body.extend(ext);
+    let mut hs = vec![1, 0];
+    hs.extend((body.len() as u16).to_be_bytes());
+    hs.extend(body);
+    let mut record = vec![0x16, 3, 1];
+    record.extend((hs.len() as u16).to_be_bytes());
+    record.extend(hs);
+    record
+}
 
 // ---------------------------------------------------------------- client
 
@@ -28,6 +61,19 @@ pub(crate) fn client(args: &[String]) -> Result<()> {
                 let s = TcpStream::connect(addr)?;
                 // Close with a reset: tens of thousands of connects must not
                 // leave as many ports in TIME_WAIT.
+                reset_on_close(&s);
+            }
+            println!("{}", t.elapsed().as_nanos());
+        }
+        Some("hello") => {
+            // COUNT connections, each writing a ClientHello, then reset.
+            let addr: SocketAddr = args[1].parse()?;
+            let count = n(2)?;
+            let hello = client_hello();
+            let t = Instant::now();
+            for _ in 0..count {
+                let mut s = TcpStream::connect(addr)?;
+                s.write_all(&hello)?;
                 reset_on_close(&s);
             }
             println!("{}", t.elapsed().as_nanos());
@@ -198,6 +244,13 @@ pub(crate) fn serve(ns: &Netns) -> Result<()> {
     let bulk = ns.run(move || listen(b))?;
     thread::spawn(move || {
         for c in listener.incoming() {
+            drop(c);
+        }
+    });
+    let named: SocketAddr = NAMED.parse()?;
+    let named = ns.run(move || listen(named))?;
+    thread::spawn(move || {
+        for c in named.incoming() {
             drop(c);
         }
     });

@@ -22,6 +22,9 @@ use run::run;
 pub(crate) const TARGET: &str = "198.51.100.1:8080";
 pub(crate) const BULK: &str = "198.51.100.1:8081";
 pub(crate) const DENIED: &str = "203.0.113.9:8080";
+/// The same address as `TARGET`, on a port a host rule allows: a
+/// connection there must name its host (see `run`'s "names").
+pub(crate) const NAMED: &str = "198.51.100.1:8443";
 pub(crate) const UPSTREAM: &str = "198.51.100.53:53";
 
 fn main() -> Result<()> {

@@ -138,17 +138,6 @@ pub(crate) fn program_stats() -> Vec<(String, u64, u64)> {
 /// Per TCP connect+close and per UDP connect(): the in-kernel time of each
 /// egressd program (ns, summed over its runs) and how often it ran.
 pub(crate) fn program_costs(cg: &TestCgroup, ns: &Netns, p: &Params) -> Result<Value> {
-    let knob = "/proc/sys/kernel/bpf_stats_enabled";
-    let before = std::fs::read_to_string(knob).unwrap_or_default();
-    std::fs::write(knob, "1").context("enabling BPF run-time statistics")?;
-    let result = program_passes(cg, ns, p);
-    // Put back, whatever happened.
-    let _ = std::fs::write(knob, before.trim());
-    result
-}
-
-pub(crate) fn program_passes(cg: &TestCgroup, ns: &Netns, p: &Params) -> Result<Value> {
-    let mut result = json!({});
     let connects = p.connects.to_string();
     let bytes = p.bulk_bytes.to_string();
     // (kind, client arguments, how many units it does: connects, or MB).
@@ -157,7 +146,30 @@ pub(crate) fn program_passes(cg: &TestCgroup, ns: &Netns, p: &Params) -> Result<
         ("udp", ["udp", TARGET, &connects], p.connects as f64),
         ("bulk", ["bulk", BULK, &bytes], p.bulk_bytes as f64 / 1e6),
     ];
-    for (kind, args, units) in passes {
+    with_stats(|| program_passes(cg, ns, &passes))
+}
+
+/// Runs `f` with the kernel's BPF run-time statistics on (they add a
+/// clock read per run, so timed passes run without).
+pub(crate) fn with_stats(f: impl FnOnce() -> Result<Value>) -> Result<Value> {
+    let knob = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(knob).unwrap_or_default();
+    std::fs::write(knob, "1").context("enabling BPF run-time statistics")?;
+    let result = f();
+    // Put back, whatever happened.
+    let _ = std::fs::write(knob, before.trim());
+    result
+}
+
+/// Each pass (kind, client arguments, units it does), once: the kernel's
+/// run time of each program per unit.
+pub(crate) fn program_passes(
+    cg: &TestCgroup,
+    ns: &Netns,
+    passes: &[(&str, [&str; 3], f64)],
+) -> Result<Value> {
+    let mut result = json!({});
+    for &(kind, args, units) in passes {
         let sum = || {
             let mut m = std::collections::BTreeMap::<String, (u64, u64)>::new();
             for (name, t, c) in program_stats() {

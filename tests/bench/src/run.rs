@@ -17,12 +17,15 @@ use serde_json::{json, Value};
 
 use crate::{
     client::serve,
-    measure::{client_output, json_stat, learn_latency, paired, program_costs, stat, Stat},
+    measure::{
+        client_output, json_stat, learn_latency, measure, paired, program_costs, program_passes,
+        stat, with_stats, Stat,
+    },
     report::report,
     setup::{
         entries, nft_chain, nft_flush, nft_load, policy_yaml, rss_kib, Params, DNS_WINDOW, NEW_NAME,
     },
-    DENIED, UPSTREAM,
+    DENIED, NAMED, TARGET, UPSTREAM,
 };
 
 // ---------------------------------------------------------------- the run
@@ -144,6 +147,10 @@ pub(crate) fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
             rows.push(json!({"entries": size, "egressd": e, "nftables": n}));
         }
         results["sizes"] = Value::Array(rows);
+    }
+
+    if want("names") {
+        results["names"] = names(&ns, &tmp, &p)?;
     }
 
     if want("storm") {
@@ -308,4 +315,64 @@ pub(crate) fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
     std::fs::write(out.join("BENCHMARKS.md"), report(&results))?;
     eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Names, not addresses: what a connection whose peer only a host rule
+/// allows costs for its name to be judged. The same client writes a
+/// ClientHello (curl's size) on each connection, to one address: on the
+/// port an `ip` rule allows (no name judged) and on the port a host rule
+/// allows (its name judged), in interleaved timed rounds, then once each
+/// with BPF statistics on for the programs' run time per connection.
+fn names(ns: &Netns, tmp: &TempDir, p: &Params) -> Result<Value> {
+    eprintln!("bench: names");
+    let cg = TestCgroup::new("names")?;
+    let ip = TARGET.split(':').next().unwrap_or_default();
+    let port = NAMED.rsplit(':').next().unwrap_or_default();
+    let policy = tmp.write(
+        "names.yaml",
+        &format!(
+            "name: names\ncgroups: [{}]\nallow:\n  - ip: {ip}\n    ports: [8080]\n  - host: api.model.test\n    ports: [{port}]\ndns:\n  upstream: [{UPSTREAM}]\n",
+            cg.rel_str()
+        ),
+    )?;
+    let daemon = Daemon::start(ns, &policy)?;
+    // egressd resolves the exact name as it starts.
+    let t = Instant::now();
+    while client_output(&cg, ns, &["hello", NAMED, "1"]).is_err() {
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("api.model.test was not allowed");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let count = p.connects.to_string();
+    let (mut by_ip, mut by_name) = (Vec::new(), Vec::new());
+    for _ in 0..p.reps {
+        by_ip.extend(measure(&cg, ns, &["hello", TARGET, &count], 1)?);
+        by_name.extend(measure(&cg, ns, &["hello", NAMED, &count], 1)?);
+    }
+    let n = p.connects as f64;
+    let passes: [(&str, [&str; 3], f64); 2] = [
+        ("by_address", ["hello", TARGET, &count], n),
+        ("by_name", ["hello", NAMED, &count], n),
+    ];
+    let programs = with_stats(|| program_passes(&cg, ns, &passes))?;
+    // Every name passed: a refused one would cost less, and prove nothing.
+    let refused = daemon.metric(
+        "egressd_egress_attempts_total",
+        &[("policy", "names"), ("reason", "name_not_at_address")],
+    )?;
+    if refused != 0.0 {
+        bail!("{refused} connection(s) were refused for their name");
+    }
+    let (a, b) = (stat(by_ip), stat(by_name));
+    let added = |k: &str| programs["by_name"]["programs"][k]["ns_per_unit"].as_f64().unwrap_or(0.0)
+        - programs["by_address"]["programs"][k]["ns_per_unit"].as_f64().unwrap_or(0.0);
+    Ok(json!({
+        "connections": p.connects,
+        "by_address_ns_per_connection": json_stat(Stat { median: a.median / n, min: a.min / n, max: a.max / n }),
+        "by_name_ns_per_connection": json_stat(Stat { median: b.median / n, min: b.min / n, max: b.max / n }),
+        "ratio": b.median / a.median,
+        "programs": programs,
+        "backstop_added_ns_per_connection": added("egress_packet"),
+    }))
 }

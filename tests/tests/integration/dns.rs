@@ -794,6 +794,10 @@ fn explain_says_which_rule_and_which_answer() {
         ),
         "{t}"
     );
+    assert!(
+        t.contains("s more; a TCP connection must name it (TLS server_name or HTTP Host)"),
+        "{t}"
+    );
     let t = explain("198.51.100.2:8443");
     assert!(
         t.contains("allowed")

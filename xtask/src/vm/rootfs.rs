@@ -17,6 +17,7 @@ pub const PACKAGES: &[&str] = &[
     "iproute2",     // ip: namespaces, veth pairs, addresses
     "curl",         // an agent's HTTP client
     "python3",      // agents, raw and ping sockets
+    "openssl",      // the front door's certificate, s_client (names.rs)
     "dnsutils",     // dig
     "nftables",     // nft, for the comparisons and the bench
     "iputils-ping", // ping
@@ -36,6 +37,7 @@ pub const TOOLS: &[&str] = &[
     "ip",
     "curl",
     "python3",
+    "openssl",
     "dig",
     "nft",
     "ping",
