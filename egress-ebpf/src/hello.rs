@@ -29,8 +29,13 @@ const MAX_HEADERS: usize = 1024;
 const HOST: u64 = 0x0a_68_6f_73_74_3a;
 /// What makes the letters of "HOST" lower case (bit 5 of each letter).
 const CASE: u64 = 0x00_20_20_20_20_00;
-/// "\r\n\r\n": the blank line that ends the header lines.
-const END: u64 = 0x0d_0a_0d_0a;
+/// In `Bounds::hits`: the blank line that ends the header lines was seen.
+const ENDED: u32 = 1 << 16;
+/// "\n\r\n": a blank line that ends the header lines.
+const END: u64 = 0x0a_0d_0a;
+/// " HTTP/1.", the eight bytes that end a request line before its minor
+/// version and CRLF (as `word` reads them).
+const VERSION: u64 = u64::from_le_bytes(*b" HTTP/1.");
 /// Longest name read (a DNS name is at most 253 bytes).
 pub const MAX_NAME: usize = 253;
 
@@ -214,8 +219,9 @@ fn tls(d: &[u8; HELLO_LEN + 8], n: usize) -> Seen {
         if p + len > end {
             return UNREAD;
         }
-        // encrypted_client_hello
-        if kind == 0xfe0d {
+        // encrypted_client_hello, its drafts' code points (0xfe08 to
+        // 0xfe0d) and ESNI's (0xffce)
+        if (0xfe08..=0xfe0d).contains(&kind) || kind == 0xffce {
             return Seen::no(presented::TLS_ECH);
         }
         if kind == 0 {
@@ -306,7 +312,13 @@ fn http(d: &[u8; HELLO_LEN + 8], b: Bounds) -> Seen {
     if i >= b.n() {
         return more;
     }
-    if at(d, i) != b'\n' {
+    // The request line ends " HTTP/1.x\r\n" (not HTTP/0.9, which has no
+    // header lines, nor a bare line feed, which some servers take and
+    // others do not).
+    if at(d, i) != b'\n' || at(d, i - 1) != b'\r' || i < m + 12 {
+        return Seen::no(presented::HTTP_NO_HOST);
+    }
+    if word(d, i - 10) != VERSION || !at(d, i - 2).is_ascii_digit() {
         return Seen::no(presented::HTTP_NO_HOST);
     }
     // The header lines, byte by byte (up to `MAX_HEADERS` bytes), for
@@ -328,21 +340,23 @@ fn http(d: &[u8; HELLO_LEN + 8], b: Bounds) -> Seen {
             b.put(b.at, (i + k + 1) as u32);
             b.put(b.hits, b.get(b.hits) + 1);
         }
-        if window & 0xffff_ffff == END {
+        // A blank line, CRLF or a bare line feed: the header lines end.
+        if window & 0xffff == 0x0a0a || window & 0xff_ffff == END {
+            b.put(b.hits, b.get(b.hits) | ENDED);
             break;
         }
         k += 1;
     }
     let k = b.launder(k);
     let hits = b.get(b.hits);
+    // Out of bytes before the blank line: a later write may bring the
+    // Host line, or a second one.
+    if hits & ENDED == 0 && i + k >= b.n() {
+        return more;
+    }
+    let hits = hits & !ENDED;
     if hits == 0 {
-        // Out of bytes before the blank line: a later write may bring the
-        // Host line.
-        return if i + k >= b.n() {
-            more
-        } else {
-            Seen::no(presented::HTTP_NO_HOST)
-        };
+        return Seen::no(presented::HTTP_NO_HOST);
     }
     if hits > 1 {
         // Which one a server takes is its own choice.
@@ -372,8 +386,10 @@ fn http(d: &[u8; HELLO_LEN + 8], b: Bounds) -> Seen {
     if start + len >= b.n() {
         return more;
     }
+    // The name ends the line, or a port follows it: "Host: a.test junk"
+    // is not a name.
     let c = at(d, start + len);
-    if len == 0 || len > MAX_NAME || !matches!(c, b':' | b'\r' | b'\n' | b' ' | b'\t') {
+    if len == 0 || len > MAX_NAME || !matches!(c, b':' | b'\r' | b'\n') {
         return Seen::no(presented::HTTP_NO_HOST);
     }
     Seen {

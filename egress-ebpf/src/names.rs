@@ -154,6 +154,11 @@ fn judge_in(
         bound_rule(ctx, h, r.table, dest, off, seen)
     };
     if let Some(rule) = rule {
+        // Over budget: dropped, and still pending, so that what TCP sends
+        // again is judged again (its pages may have changed since).
+        if !rules::charge(rule, bytes, false) && !audit {
+            return DROP;
+        }
         record::set(
             sk,
             SocketRecord {
@@ -162,16 +167,17 @@ fn judge_in(
                 ..r
             },
         );
-        rules::connection(rule);
-        return if rules::charge(rule, bytes, false) || audit {
-            PASS
-        } else {
-            DROP
-        };
+        return PASS;
     }
-    // Refused (audit: reported once, then the connection goes on).
-    let state = if audit { NAME_PASSED } else { NAME_REFUSED };
-    record::set(sk, SocketRecord { name: state, ..r });
+    // Refused: reported once; the socket sends nothing more (audit lets
+    // it go on, and judges it again once the policy enforces).
+    record::set(
+        sk,
+        SocketRecord {
+            name: NAME_REFUSED,
+            ..r
+        },
+    );
     let what = if seen.partial {
         presented::TLS_UNREAD
     } else {
@@ -223,6 +229,10 @@ fn bound_rule(
         // SAFETY: inside the name, as above.
         unsafe { core::ptr::write_volatile(words.add(j), lower(core::ptr::read_volatile(words.add(j)))) };
         j += 1;
+    }
+    // "api.model.test\0\0" would make the key of "api.model.test".
+    if h.key.name[(len - 1) & (NAME_LEN - 1)] == 0 {
+        return None;
     }
     // SAFETY: the key is a plain value in the scratch map.
     let set = unsafe { NAMES.get(&h.key) }.copied()?;

@@ -218,6 +218,8 @@ fn on_record(ctx: &SkBuffContext, p: &Parsed, sk: *mut bpf_sock) -> Recorded {
                     let off = payload_offset(ctx, p.l4);
                     names::judge(ctx, &p.dest, off, bytes, sk, r, audit)
                 }
+                // Reported once, when refused; audit lets it go on.
+                NAME_REFUSED if audit => PASS,
                 NAME_REFUSED => DROP,
                 _ if rules::charge(r.rule, bytes, false) || audit => PASS,
                 _ => DROP,
@@ -329,9 +331,15 @@ fn judge_unrecorded(
                 // A peer only host rules allow: its name is judged at the
                 // first data (see `names`), or was, before a reload.
                 let bytes = payload(ctx, proto, l4);
+                // Before a reload: judged when made, as it was. Without a
+                // record (accepted, made before the cgroup was governed,
+                // let through in audit): its name is judged only from its
+                // stream's first byte, else it sends nothing more.
                 let name = match stale {
-                    n @ (NAME_PASSED | NAME_REFUSED) => n,
-                    _ => NAME_PENDING,
+                    n @ (NAME_PASSED | NAME_REFUSED | NAME_PENDING) => n,
+                    NAME_FREE => NAME_PASSED,
+                    _ if !sk.is_null() && record::nothing_sent(sk) => NAME_PENDING,
+                    _ => NAME_REFUSED,
                 };
                 let r = record(RECORD_ALLOWED, rule, name);
                 if sk.is_null() {

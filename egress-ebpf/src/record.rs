@@ -91,6 +91,23 @@ pub fn tcp_socket_of(ctx: &SkBuffContext) -> *mut bpf_sock {
     }
 }
 
+/// Whether TCP socket `sk` has sent no data yet: none acknowledged (the
+/// SYN's one byte aside), none in flight. Its next data is then the
+/// first of its stream.
+#[inline(always)]
+pub fn nothing_sent(sk: *mut bpf_sock) -> bool {
+    // SAFETY: `sk` is a full TCP socket from the context.
+    let tp = unsafe { aya_ebpf::helpers::bpf_tcp_sock(sk) };
+    if tp.is_null() {
+        return false;
+    }
+    // SAFETY: a non-null bpf_tcp_sock from the helper.
+    unsafe {
+        core::ptr::read_volatile(core::ptr::addr_of!((*tp).bytes_acked)) <= 1
+            && core::ptr::read_volatile(core::ptr::addr_of!((*tp).packets_out)) == 0
+    }
+}
+
 /// The socket a sock_addr program judges (Linux 5.8 exposes it).
 #[inline(always)]
 fn socket_of_call(ctx: &SockAddrContext) -> *mut bpf_sock {

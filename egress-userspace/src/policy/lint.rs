@@ -285,7 +285,8 @@ mod tests {
         assert!(warnings("  - cidr: 10.0.0.0/8\n    ports: [80]\n")[0].contains("private range"));
         assert!(warnings("  - host: api.model.test\n")[0].contains("every port"));
         assert!(warnings("  - host: api.model.test\n    ports: [443]\n").is_empty());
-        let w = warnings("  - host: git.model.test\n    ports: [22]\n    any_name_at_address: true\n");
+        let w =
+            warnings("  - host: git.model.test\n    ports: [22]\n    any_name_at_address: true\n");
         assert!(w[0].contains("every site its front door"), "{w:?}");
         let e = parse(
             "name: a\nallow:\n  - ip: 198.51.100.1\n    ports: [22]\n    any_name_at_address: true\n",

@@ -274,9 +274,9 @@ impl Policy {
     /// Whether a host rule that checks names (see `Rule::checks_names`)
     /// matches `qname`.
     pub fn names_checked_for(&self, qname: &str) -> bool {
-        self.rules
-            .iter()
-            .any(|r| r.checks_names() && matches!(&r.dest, Destination::Host(h) if h.matches(qname)))
+        self.rules.iter().any(|r| {
+            r.checks_names() && matches!(&r.dest, Destination::Host(h) if h.matches(qname))
+        })
     }
 
     pub fn host_rules_for(&self, qname: &str) -> Vec<Host> {

@@ -365,8 +365,14 @@ fn names(ns: &Netns, tmp: &TempDir, p: &Params) -> Result<Value> {
         bail!("{refused} connection(s) were refused for their name");
     }
     let (a, b) = (stat(by_ip), stat(by_name));
-    let added = |k: &str| programs["by_name"]["programs"][k]["ns_per_unit"].as_f64().unwrap_or(0.0)
-        - programs["by_address"]["programs"][k]["ns_per_unit"].as_f64().unwrap_or(0.0);
+    let added = |k: &str| {
+        programs["by_name"]["programs"][k]["ns_per_unit"]
+            .as_f64()
+            .unwrap_or(0.0)
+            - programs["by_address"]["programs"][k]["ns_per_unit"]
+                .as_f64()
+                .unwrap_or(0.0)
+    };
     Ok(json!({
         "connections": p.connects,
         "by_address_ns_per_connection": json_stat(Stat { median: a.median / n, min: a.min / n, max: a.max / n }),
