@@ -51,7 +51,8 @@ fn hostname_rule_follows_dns_answers_and_ttls() {
         .write(
             "p.yaml",
             &format!(
-                "name: model-only\ncgroups: [{}]\nallow:\n  - host: api.model.test\n    ports: [443]\ndns:\n  upstream: [198.51.100.53]\n  min_ttl: 1\n  grace: 1\n",
+                // The probe writes bare bytes, which name no host.
+                "name: model-only\ncgroups: [{}]\nallow:\n  - host: api.model.test\n    ports: [443]\n    any_name_at_address: true\ndns:\n  upstream: [198.51.100.53]\n  min_ttl: 1\n  grace: 1\n",
                 cg.rel_str()
             ),
         )
