@@ -84,7 +84,9 @@ fn judge_in(
     // The segment, through memory: whichever way (IPv4, IPv6, which
     // header lengths) led here, the verifier goes on from one state.
     // SAFETY: fields of this CPU's scratch slot.
-    let (dest, off, bytes, audit) = unsafe {
+    // (The address stays in the key; read back whole, it would take a
+    // stack slot per byte.)
+    let (port, off, bytes, audit) = unsafe {
         use core::ptr::{read_volatile as get, write_volatile as put};
         put(&mut h.key.family, dest.family);
         put(&mut h.key.addr, dest.addr);
@@ -92,15 +94,14 @@ fn judge_in(
         put(&mut h.start, off as u32);
         put(&mut h.bytes, bytes.min(u64::from(u32::MAX)) as u32);
         put(&mut h.audit, u32::from(audit));
-        let dest = Dest {
-            family: get(&h.key.family),
-            addr: get(&h.key.addr),
-            port: get(&h.port) as u16,
-        };
         let bytes = u64::from(get(&h.bytes));
-        (dest, get(&h.start) as usize & 0xffff, bytes, get(&h.audit) != 0)
+        (
+            get(&h.port) as u16,
+            get(&h.start) as usize & 0xffff,
+            bytes,
+            get(&h.audit) != 0,
+        )
     };
-    let dest = &dest;
     if bytes == 0 {
         return PASS;
     }
@@ -151,7 +152,7 @@ fn judge_in(
     let rule = if seen.partial {
         None
     } else {
-        bound_rule(ctx, h, r.table, dest, off, seen)
+        bound_rule(ctx, h, r.table, port, off, seen)
     };
     if let Some(rule) = rule {
         // Over budget: dropped, and still pending, so that what TCP sends
@@ -183,17 +184,18 @@ fn judge_in(
     } else {
         seen.what
     };
-    report(ctx, h, dest, &r, what, seen.len, audit)
+    report(ctx, h, port, &r, what, seen.len, audit)
 }
 
-/// The rule that allows the name `seen` found at `dest`: the key is built
-/// in `h.key` (the name lower-cased), then looked up.
+/// The rule that allows the name `seen` found at the key's address on
+/// `port`: the key is completed in `h.key` (the name lower-cased), then
+/// looked up.
 #[inline(always)]
 fn bound_rule(
     ctx: &SkBuffContext,
     h: &mut egress_common::Hello,
     table: u32,
-    dest: &Dest,
+    port: u16,
     off: usize,
     seen: hello::Seen,
 ) -> Option<u32> {
@@ -236,7 +238,7 @@ fn bound_rule(
     }
     // SAFETY: the key is a plain value in the scratch map.
     let set = unsafe { NAMES.get(&h.key) }.copied()?;
-    match find_range(set, PROTO_BIT_TCP, dest.port) {
+    match find_range(set, PROTO_BIT_TCP, port) {
         Some((rule, _)) => Some(rule),
         None => None,
     }
@@ -260,7 +262,7 @@ fn lower(w: u64) -> u64 {
 fn report(
     ctx: &SkBuffContext,
     h: &egress_common::Hello,
-    dest: &Dest,
+    port: u16,
     r: &SocketRecord,
     what: u8,
     len: usize,
@@ -276,7 +278,11 @@ fn report(
         hook: egress_common::hook::PACKET_EGRESS,
         protocol: 6,
         class: proto_class::TCP,
-        dest: *dest,
+        dest: Dest {
+            family: h.key.family,
+            addr: h.key.addr,
+            port,
+        },
     };
     let mut event = attempt.event(v, reason::NAME);
     event.pid = r.tgid;
