@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    Budget, BudgetState, DnsAsker, DnsOrigin, Event, Hello, NameKey, PolicyInfo, PortSet, RuleStats, UnixKey,
-    V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES, MAX_ALLOW_ENTRIES, MAX_CGROUPS, MAX_DNS_ASKERS,
-    MAX_DNS_SOCKETS, MAX_NAME_ENTRIES, MAX_PENDING_UDP, MAX_POLICIES, MAX_PORTSETS, MAX_RULE_SLOTS, MAX_UNIX_ENTRIES,
+    Budget, BudgetState, DnsAsker, DnsOrigin, Event, Hello, NameKey, PolicyInfo, PortSet,
+    RuleStats, UnixKey, V4Key, V6Key, COUNTERS_LEN, EVENTS_BYTES, MAX_ALLOW_ENTRIES, MAX_CGROUPS,
+    MAX_DNS_ASKERS, MAX_DNS_SOCKETS, MAX_NAME_ENTRIES, MAX_PENDING_UDP, MAX_POLICIES, MAX_PORTSETS,
+    MAX_RULE_SLOTS, MAX_UNIX_ENTRIES,
 };
 
 /// Cgroup id -> policy id, for each governed cgroup. Written by userspace when

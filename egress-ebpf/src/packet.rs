@@ -13,8 +13,8 @@
 
 use aya_ebpf::{bindings::bpf_sock, programs::SkBuffContext};
 use egress_common::{
-    hook, proto_class, reason, SocketRecord, AF_INET, AF_INET6, MODE_AUDIT, NAME_FREE,
-    NAME_PASSED, NAME_PENDING, NAME_REFUSED, PROTO_BIT_TCP, RECORD_ALLOWED, RECORD_AUDITED,
+    hook, proto_class, reason, SocketRecord, AF_INET, AF_INET6, MODE_AUDIT, NAME_FREE, NAME_PASSED,
+    NAME_PENDING, NAME_REFUSED, PROTO_BIT_TCP, RECORD_ALLOWED, RECORD_AUDITED,
 };
 
 use crate::{

@@ -5,9 +5,9 @@ use aya_ebpf::{
     helpers::bpf_get_netns_cookie, maps::lpm_trie::Key, programs::SockAddrContext, EbpfContext,
 };
 use egress_common::{
-    allow, config, hook, proto_class, reason, SocketRecord, AF_INET, MAX_PORT_RANGES,
-    NAME_FREE, NAME_PENDING, PROTO_BIT_TCP, PROTO_BIT_UDP, RANGE_NAMED, RECORD_ALLOWED,
-    RECORD_AUDITED, TABLE_BITS,
+    allow, config, hook, proto_class, reason, SocketRecord, AF_INET, MAX_PORT_RANGES, NAME_FREE,
+    NAME_PENDING, PROTO_BIT_TCP, PROTO_BIT_UDP, RANGE_NAMED, RECORD_ALLOWED, RECORD_AUDITED,
+    TABLE_BITS,
 };
 
 use crate::{

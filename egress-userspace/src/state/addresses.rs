@@ -139,6 +139,16 @@ impl Addresses {
     }
 }
 
+/// Every (host rule, address, name) bound in `learned`.
+pub fn bindings(
+    learned: &HashMap<crate::policy::Host, Addresses>,
+) -> Vec<(&crate::policy::Host, IpAddr, &str)> {
+    learned
+        .iter()
+        .flat_map(|(h, a)| a.bindings().into_iter().map(move |(ip, n)| (h, ip, n)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,7 +233,7 @@ impl Allowlist {
         let slots = self.slots.assign(policy, &mut self.tables.maps)?;
         let plan = Arc::new(Plan::counted(policy, &slots)?);
         let entries = plan.learned(&resolved)?;
-        let names = plan.bound_names(&super::learn::bindings(&learned))?;
+        let names = plan.bound_names(&super::addresses::bindings(&learned))?;
         let listen = crate::compile::ports::listen_spec(policy)?;
         let listen_set = self.tables.listen_set(listen.as_ref())?;
         let table = self.tables.write_table(plan.clone(), entries)?;

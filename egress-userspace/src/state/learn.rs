@@ -96,7 +96,7 @@ impl Allowlist {
         let p = self.get_mut(id).context("no such policy")?;
         let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
         let entries = p.plan.learned(&resolved)?;
-        let names = p.plan.bound_names(&bindings(&learned))?;
+        let names = p.plan.bound_names(&super::addresses::bindings(&learned))?;
         p.learned = learned;
         let table = p.table;
         let result = self.tables.update_learned(table, entries);
@@ -156,14 +156,6 @@ impl Allowlist {
         }
         first_error.map_or(Ok(()), Err)
     }
-}
-
-/// Every (host rule, address, name) bound in `learned`.
-pub fn bindings(learned: &HashMap<Host, Addresses>) -> Vec<(&Host, IpAddr, &str)> {
-    learned
-        .iter()
-        .flat_map(|(h, a)| a.bindings().into_iter().map(move |(ip, n)| (h, ip, n)))
-        .collect()
 }
 
 /// What a DNS proxy may do to the allowlist: learn the answers of its own
