@@ -113,6 +113,9 @@ pub struct NameEvent {
     /// What the first bytes were (`presented`).
     pub presented: u8,
     pub _pad: [u8; 5],
+    /// The socket's cookie: userspace destroys the socket, so that its
+    /// client fails at once rather than waiting for its timeout.
+    pub cookie: u64,
 }
 
 /// `NameEvent::presented`.
@@ -145,4 +148,4 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<NameKey>() == 280);
-const _: () = assert!(core::mem::size_of::<NameEvent>() == 72 + 136);
+const _: () = assert!(core::mem::size_of::<NameEvent>() == 72 + 144);

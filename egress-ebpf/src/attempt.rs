@@ -138,7 +138,7 @@ pub fn emit(e: &Event) {
 /// the first `len` bytes of `name` (`cut`: the name was longer) and what
 /// was presented.
 #[inline(always)]
-pub fn emit_name(e: &Event, name: &[u8; NAME_LEN], len: u8, cut: u8, presented: u8) {
+pub fn emit_name(e: &Event, name: &[u8; NAME_LEN], len: u8, cut: u8, presented: u8, cookie: u64) {
     let Some(mut entry) = EVENTS.reserve::<NameEvent>(0) else {
         bump(lost_index(e.policy_id));
         return;
@@ -159,6 +159,7 @@ pub fn emit_name(e: &Event, name: &[u8; NAME_LEN], len: u8, cut: u8, presented: 
         (*p).cut = cut;
         (*p).presented = presented;
         (*p)._pad = [0; 5];
+        (*p).cookie = cookie;
     }
     entry.submit(0);
 }

@@ -305,13 +305,10 @@ fn report(
     } else {
         len
     };
-    emit_name(
-        &event,
-        &h.key.name,
-        shown as u8,
-        (named && len > EVENT_NAME_LEN) as u8,
-        what,
-    );
+    // SAFETY: the context's skb.
+    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
+    let cut = (named && len > EVENT_NAME_LEN) as u8;
+    emit_name(&event, &h.key.name, shown as u8, cut, what, cookie);
     if audit {
         PASS
     } else {

@@ -205,7 +205,7 @@ impl Describer {
         let pod = self.pods.of(e.cgroup_id);
         Line {
             cgroup_id: e.cgroup_id,
-            comm: comm_of_event(e),
+            comm: comm(e),
             daddr: address(e),
             dport: e.port,
             family: match e.family {
@@ -237,20 +237,6 @@ impl Describer {
             verdict: verdict_name(e.verdict),
         }
     }
-}
-
-/// The process name of an event; for a packet the kernel judged away
-/// from its process (a connection's first bytes, refused for the name
-/// they present), the name of the process that made the connection, read
-/// now, if it is still there.
-fn comm_of_event(e: &Record) -> Cow<'_, str> {
-    let c = comm(e);
-    if !c.is_empty() || e.tgid == 0 || e.presented.is_none() {
-        return c;
-    }
-    std::fs::read_to_string(format!("/proc/{}/comm", e.tgid))
-        .map(|s| Cow::Owned(s.trim_end().to_string()))
-        .unwrap_or(c)
 }
 
 /// One event line; fields in alphabetical order, as before they were typed.

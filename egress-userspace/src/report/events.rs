@@ -32,6 +32,8 @@ pub struct Presented {
     /// `EVENT_NAME_LEN` bytes.
     pub name: Vec<u8>,
     pub cut: bool,
+    /// The socket's cookie.
+    pub cookie: u64,
 }
 
 impl Presented {
@@ -101,12 +103,24 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
         }
         // SAFETY: as above, for the longer NameEvent.
         let n = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<NameEvent>()) };
+        // The kernel judged this away from its process (a connection's
+        // first bytes): the name of the process that made the connection,
+        // read now, while it is there (its socket is destroyed next).
+        let mut event = event;
+        if event.comm == [0; 16] && event.tgid != 0 {
+            if let Ok(c) = std::fs::read(format!("/proc/{}/comm", event.tgid)) {
+                let c = c.strip_suffix(b"\n").unwrap_or(&c);
+                let len = c.len().min(15);
+                event.comm[..len].copy_from_slice(&c[..len]);
+            }
+        }
         let len = usize::from(n.len).min(n.name.len());
         return Some(Record {
             presented: Some(Presented {
                 what: n.presented,
                 name: n.name[..len].to_vec(),
                 cut: n.cut != 0,
+                cookie: n.cookie,
             }),
             ..event.into()
         });
@@ -170,6 +184,7 @@ impl EventStream {
                 out.push(e);
             }
         }
+        cut_refused(&out);
         out
     }
 
@@ -186,9 +201,28 @@ impl EventStream {
             }
             guard.clear_ready();
             if !out.is_empty() {
+                cut_refused(&out);
                 return Ok(out);
             }
         }
+    }
+}
+
+/// Destroys the sockets of connections refused for the name they
+/// presented: the kernel drops what they send, and their clients would
+/// otherwise wait for their own timeouts. (Audited ones go on.)
+fn cut_refused(records: &[Record]) {
+    let cookies: std::collections::HashSet<u64> = records
+        .iter()
+        .filter(|r| r.verdict == egress_common::verdict::DENIED)
+        .filter_map(|r| r.presented.as_ref().map(|p| p.cookie))
+        .filter(|c| *c != 0)
+        .collect();
+    if cookies.is_empty() {
+        return;
+    }
+    if let Err(e) = crate::kernel::diag::destroy_by_cookie(&cookies) {
+        tracing::debug!("closing connections refused for their name: {e}");
     }
 }
 
