@@ -30,6 +30,9 @@ pub struct RuleStats {
     /// Connections, datagrams and packets refused because the rule's
     /// upload budget was spent.
     pub over_budget: u64,
+    /// Connections to the rule's addresses refused for the name they
+    /// presented (or for presenting none; see `crate::names`).
+    pub names_refused: u64,
 }
 
 /// An upload budget: at most `bytes` of payload per `window_ns`. `bytes`
@@ -60,7 +63,7 @@ mod pod {
     unsafe impl aya::Pod for super::BudgetState {}
 }
 
-const _: () = assert!(core::mem::size_of::<RuleStats>() == 40);
+const _: () = assert!(core::mem::size_of::<RuleStats>() == 48);
 const _: () = assert!(core::mem::size_of::<Budget>() == 16);
 const _: () = assert!(core::mem::size_of::<BudgetState>() == 16);
 const _: () = assert!(MAX_RULE_SLOTS <= u16::MAX as u32 + 1);

@@ -277,6 +277,9 @@ fn report(
     len: usize,
     audit: bool,
 ) -> i32 {
+    if !audit {
+        rules::name_refused(r.rule);
+    }
     let v = tally(r.policy, audit, reason::NAME, proto_class::TCP);
     let Some(v) = v else {
         return PASS;

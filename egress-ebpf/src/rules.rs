@@ -134,6 +134,15 @@ pub fn charge(slot: u32, bytes: u64, datagram: bool) -> bool {
     true
 }
 
+/// Counts a connection to rule `slot`'s addresses refused for its name.
+#[inline(always)]
+pub fn name_refused(slot: u32) {
+    if let Some(s) = stats(slot) {
+        // SAFETY: a per-CPU slot, touched only by this CPU.
+        unsafe { (*s).names_refused += 1 };
+    }
+}
+
 /// Counts a refusal because rule `slot`'s budget is spent.
 #[inline(always)]
 pub fn over_budget(slot: u32) {

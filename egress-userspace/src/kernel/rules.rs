@@ -19,6 +19,7 @@ pub fn stats(maps: &Maps, slot: u16) -> Result<RuleStats> {
         a.bytes_out += s.bytes_out;
         a.bytes_in += s.bytes_in;
         a.over_budget += s.over_budget;
+        a.names_refused += s.names_refused;
         a
     }))
 }

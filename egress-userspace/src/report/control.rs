@@ -90,6 +90,7 @@ pub fn status(allowlist: &Allowlist) -> Value {
                         "bytes_out": s.bytes_out,
                         "bytes_in": s.bytes_in,
                         "over_budget": s.over_budget,
+                        "names_refused": s.names_refused,
                         "budget": budget,
                     })
                 })
@@ -341,6 +342,7 @@ pub async fn print_status(instance: &str, as_json: bool) -> Result<()> {
                 bytes_out: n("bytes_out"),
                 bytes_in: n("bytes_in"),
                 over_budget: n("over_budget"),
+                names_refused: n("names_refused"),
             };
             let line = super::describe::rule_line(&stats).unwrap_or_else(|| "nothing yet".into());
             let budget = match r["budget"].as_object() {

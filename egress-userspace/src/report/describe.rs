@@ -76,6 +76,12 @@ pub fn rule_line(s: &egress_common::RuleStats) -> Option<String> {
     if s.over_budget > 0 {
         parts.push(format!("{} refused over its budget", s.over_budget));
     }
+    if s.names_refused > 0 {
+        parts.push(format!(
+            "{} refused for the name presented",
+            s.names_refused
+        ));
+    }
     Some(parts.join(", "))
 }
 

@@ -15,6 +15,7 @@ pub struct RuleMetrics {
     datagrams: IntCounterVec,
     bytes: IntCounterVec,
     over_budget: IntCounterVec,
+    names_refused: IntCounterVec,
     /// Kernel values already added, by (policy, rule), to add only the
     /// difference (a rule that leaves and comes back starts again at 0).
     seen: Mutex<HashMap<(String, String), RuleStats>>,
@@ -38,6 +39,9 @@ impl RuleMetrics {
                 &["policy", "rule", "direction"]),
             over_budget: counter(r, "egressd_rule_over_budget_total",
                 "Connections, datagrams and packets refused because the rule's upload budget was spent for its window.",
+                &["policy", "rule"]),
+            names_refused: counter(r, "egressd_rule_names_refused_total",
+                "Connections to a host rule's addresses refused because their first bytes did not name a host the policy's DNS answered with that address (or named none).",
                 &["policy", "rule"]),
             seen: Mutex::default(),
         }
@@ -77,6 +81,12 @@ impl RuleMetrics {
                     prev.bytes_in,
                 );
                 add(&self.over_budget, &l, now.over_budget, prev.over_budget);
+                add(
+                    &self.names_refused,
+                    &l,
+                    now.names_refused,
+                    prev.names_refused,
+                );
                 *prev = now;
                 live.push(key);
             }
@@ -90,6 +100,7 @@ impl RuleMetrics {
                 let _ = self.bytes.remove_label_values(&[l[0], l[1], "out"]);
                 let _ = self.bytes.remove_label_values(&[l[0], l[1], "in"]);
                 let _ = self.over_budget.remove_label_values(&l);
+                let _ = self.names_refused.remove_label_values(&l);
             }
             keep
         });

@@ -152,6 +152,24 @@ fn a_name_the_policy_did_not_resolve_there_reaches_nothing_behind_the_address() 
         "{kinds:?}"
     );
     assert_eq!(r.events.len(), 3, "other events: {:?}", r.events);
+    // Counted to the rules whose addresses they reached.
+    let rule_line = |label: &str| {
+        r.stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("egressd: {label}: ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        rule_line("api.model.test:443").contains("2 refused for the name presented"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        rule_line("api.model.test:80").contains("1 refused for the name presented"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// What names no host: a ClientHello without server_name, plain bytes on
