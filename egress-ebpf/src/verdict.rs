@@ -267,16 +267,23 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
             0
         };
         // A peer only host rules allow: the first bytes must name a
-        // host bound to it (see `names`), by the process that connected.
-        let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+        // host bound to it (see `names`); a refusal reports the process
+        // that connected. (Read only then: connect() is the hot path.)
+        let (name, tgid, uid) = if named {
+            let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+            let uid = aya_ebpf::helpers::bpf_get_current_uid_gid() as u32;
+            (NAME_PENDING, (pid_tgid >> 32) as u32, uid)
+        } else {
+            (NAME_FREE, 0, 0)
+        };
         let record = SocketRecord {
             verdict,
-            name: if named { NAME_PENDING } else { NAME_FREE },
+            name,
             rule,
             policy: attempt.policy,
             table,
-            tgid: (pid_tgid >> 32) as u32,
-            uid: aya_ebpf::helpers::bpf_get_current_uid_gid() as u32,
+            tgid,
+            uid,
             ..SocketRecord::default()
         };
         crate::record::on_connect(ctx, (verdict != 0).then_some(record));
