@@ -73,6 +73,11 @@ enum Command {
         /// cgroup2 root (default: the root).
         #[arg(long, value_name = "PATH")]
         kubepods_root: Option<PathBuf>,
+        /// Kubernetes: where egressd keeps what it decided for each pod, to
+        /// apply after a restart or a reboot before the API server answers
+        /// (it must outlive a reboot).
+        #[arg(long, value_name = "DIR", default_value = daemon::STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Run one command in a fresh cgroup under a policy; summarise denials.
     Exec {
@@ -273,6 +278,7 @@ fn main() -> ExitCode {
             pod_uid,
             ready_taint,
             kubepods_root,
+            state_dir,
         } => {
             let opts = daemon::RunOptions {
                 policy,
@@ -285,6 +291,7 @@ fn main() -> ExitCode {
                     kubepods_root: kubepods_root.unwrap_or_default(),
                     own_uid: pod_uid,
                     ready_taint,
+                    state_dir,
                 }),
             };
             match runtime().block_on(daemon::run(opts)) {

@@ -36,6 +36,8 @@ struct State {
     requests: Vec<String>,
     /// Bodies of the PATCH requests.
     patches: Vec<Value>,
+    /// Requests wait while set (an API server that does not answer).
+    silent: bool,
 }
 
 pub struct ApiServer {
@@ -98,12 +100,17 @@ impl ApiServer {
 
     /// A kubeconfig file in `dir` that points at this server.
     pub fn kubeconfig(&self, dir: &Path) -> Result<PathBuf> {
+        self.kubeconfig_via(dir, self.addr)
+    }
+
+    /// A kubeconfig file in `dir` that points at `server` (a proxy to
+    /// this server).
+    pub fn kubeconfig_via(&self, dir: &Path, server: SocketAddr) -> Result<PathBuf> {
         let path = dir.join("kubeconfig");
         std::fs::write(
             &path,
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
-                self.addr
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{server}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
             ),
         )?;
         Ok(path)
@@ -112,6 +119,12 @@ impl ApiServer {
     /// Adds (or changes) a pod, told to the watches as it happens.
     pub fn add_pod(&self, pod: Value) {
         self.change(pod, "ADDED", false);
+    }
+
+    /// Makes requests wait (the connection is accepted, nothing is
+    /// answered) until `silent` is false again.
+    pub fn set_silent(&self, silent: bool) {
+        self.state.lock().unwrap().silent = silent;
     }
 
     /// Deletes a pod, told to the watches.
@@ -186,6 +199,9 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> Result<()> {
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
+    while state.lock().unwrap().silent {
+        thread::sleep(Duration::from_millis(50));
+    }
     let request = line.trim().to_string();
     let mut parts = request.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));

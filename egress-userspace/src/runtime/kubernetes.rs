@@ -135,6 +135,34 @@ pub fn pod_parents(kubepods_root: &Path) -> Vec<PathBuf> {
     .collect()
 }
 
+/// The static pods' cgroups (relative to the cgroup2 root), with the
+/// config hash each is named by. kubelet runs static pods from files on
+/// the node (a kubeadm control plane: kube-apiserver, etcd) before the API
+/// server answers, and names their cgroups by a config hash of 32 hex
+/// digits, where every pod the API server made has a uid with dashes.
+pub fn static_pod_cgroups(cgroup_root: &Path, kubepods_root: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for parent in pod_parents(kubepods_root) {
+        let Ok(entries) = std::fs::read_dir(cgroup_root.join(&parent)) else {
+            continue;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let hash = name
+                .strip_suffix(".slice")
+                .and_then(|n| n.rsplit_once("-pod"))
+                .map_or(name.strip_prefix("pod"), |(_, h)| Some(h));
+            if let Some(hash) =
+                hash.filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                out.push((parent.join(name), hash.to_string()));
+            }
+        }
+    }
+    out
+}
+
 /// Where the pod's cgroup is now (relative to the cgroup2 root), under
 /// either driver; None if it has none yet.
 pub fn pod_cgroup(cgroup_root: &Path, kubepods_root: &Path, pod: &Pod) -> Option<PathBuf> {
@@ -361,6 +389,38 @@ mod tests {
         c.pods.insert(forged.uid.clone(), forged);
         let held = classify(&policies(), &c, None, &root, Path::new(""));
         assert!(!held.contains_key(&summarizer), "{held:?}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn static_pods_are_told_by_their_cgroups_name() {
+        let root = std::env::temp_dir().join(format!("egressd-static-{}", std::process::id()));
+        let hash = "5f4dcc3b5aa765d61d8327deb882cf99";
+        for dir in [
+            format!("k/kubepods/burstable/pod{hash}"),
+            format!("k/kubepods.slice/kubepods-pod{hash}.slice"),
+            "k/kubepods/burstable/pod0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70".to_string(),
+            "k/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f2c5a1e_1111_4c3b_9a55_2b1c0d9e8f70.slice".to_string(),
+            format!("k/kubepods/burstable/pod{hash}0"),
+            "k/kubepods/besteffort/podzzzzcc3b5aa765d61d8327deb882cf99".to_string(),
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        let mut found = static_pod_cgroups(&root, Path::new("k"));
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                (
+                    PathBuf::from(format!("k/kubepods/burstable/pod{hash}")),
+                    hash.to_string()
+                ),
+                (
+                    PathBuf::from(format!("k/kubepods.slice/kubepods-pod{hash}.slice")),
+                    hash.to_string()
+                ),
+            ]
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -4,8 +4,8 @@
 //! them from the API server, `kubernetes` says which policy selects each
 //! and where its cgroup is, `pods` governs them).
 
-pub mod held;
 pub mod kubernetes;
+pub mod pod_memory;
 pub mod pod_watch;
 pub mod pods;
 pub mod supervisor;

@@ -103,23 +103,41 @@ impl Pods {
     }
 
     /// How each pod cgroup that exists now is to be governed: those of the
-    /// pods known (selected or released) and egressd's own (released).
-    fn classes(&self, base: &[Policy], root: &Path) -> BTreeMap<PathBuf, Class> {
+    /// pods known (selected or released), or before the first list, what
+    /// the previous run decided (`remembered`); static pods no API object
+    /// claims (released); and egressd's own (released).
+    fn classes(
+        &self,
+        base: &[Policy],
+        root: &Path,
+        remembered: BTreeMap<PathBuf, Class>,
+    ) -> BTreeMap<PathBuf, Class> {
         let Some(src) = &self.source else {
             return BTreeMap::new();
         };
         let empty = Cluster::default();
+        let mut out: BTreeMap<PathBuf, Class> = match &self.cluster {
+            None => remembered,
+            Some(cluster) => kubernetes::classify(
+                base,
+                cluster,
+                src.own_uid.as_deref(),
+                root,
+                &src.kubepods_root,
+            )
+            .into_iter()
+            .map(|(rel, (class, _))| (rel, class))
+            .collect(),
+        };
+        // A static pod runs before the API server answers, and the control
+        // plane's must reach it: released until an API object (its
+        // mirror) classifies it. Two objects claiming it hold it.
         let cluster = self.cluster.as_ref().unwrap_or(&empty);
-        let mut out: BTreeMap<PathBuf, Class> = kubernetes::classify(
-            base,
-            cluster,
-            src.own_uid.as_deref(),
-            root,
-            &src.kubepods_root,
-        )
-        .into_iter()
-        .map(|(rel, (class, _))| (rel, class))
-        .collect();
+        for (rel, hash) in kubernetes::static_pod_cgroups(root, &src.kubepods_root) {
+            if !cluster.pods.values().any(|p| p.cgroup_uid == hash) {
+                out.entry(rel).or_insert(Class::Released);
+            }
+        }
         if let Some(uid) = &src.own_uid {
             for qos in [
                 kubernetes::Qos::Guaranteed,
@@ -148,7 +166,8 @@ impl Pods {
         if self.source.is_none() {
             return Ok(());
         }
-        governor.set_pods(&self.classes(base, root))
+        let remembered = governor.remembered();
+        governor.set_pods(&self.classes(base, root, remembered))
     }
 
     /// Whether the pods are known, and the API server is heard (or no

@@ -27,7 +27,7 @@ use crate::{
     policy::Policy,
     report::describe::DnsEvent,
     report::metrics::Metrics,
-    runtime::{held::Held, kubernetes::Class, watch::Change},
+    runtime::{kubernetes::Class, pod_memory::PodMemory, watch::Change},
     state::allowlist::Allowlist,
     state::learn::Learner,
 };
@@ -56,9 +56,10 @@ pub struct Governor {
     /// Pod cgroups below the kubepods cgroup (where the programs are
     /// attached), mapped to a policy or released: path -> (cgroup id, how).
     pods: HashMap<PathBuf, (u64, Class)>,
-    /// Pod cgroups a policy governed whose pod it no longer selects: held,
+    /// What was decided for each pod cgroup, across restarts; among it,
+    /// pod cgroups a policy governed whose pod it no longer selects: held,
     /// whatever they are classified as, until the cgroup is gone.
-    held: Held,
+    memory: PodMemory,
 }
 
 impl Governor {
@@ -77,7 +78,7 @@ impl Governor {
             cgroup_root,
             running: HashMap::new(),
             pods: HashMap::new(),
-            held: Held::default(),
+            memory: PodMemory::default(),
         }
     }
 
@@ -261,8 +262,6 @@ impl Governor {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut first_error = None;
-        // Held pods stay held while their cgroup lives.
-        self.held.prune(&self.cgroup_root);
         let stale: Vec<PathBuf> = self
             .pods
             .keys()
@@ -282,9 +281,7 @@ impl Governor {
             let Ok(cgroup_id) = cgroup.id() else {
                 continue; // gone meanwhile
             };
-            if self.held.contains(rel, cgroup_id)
-                || self.pods.get(rel) == Some(&(cgroup_id, class.clone()))
-            {
+            if self.memory.is_held(rel) || self.pods.get(rel) == Some(&(cgroup_id, class.clone())) {
                 continue;
             }
             // A pod a policy governed is never released, nor handed to
@@ -303,7 +300,7 @@ impl Governor {
                     stop_pod_proxy(&mut self.running, rel, &old_class);
                 }
                 if leaves {
-                    self.held.insert(rel.clone(), cgroup_id);
+                    self.memory.hold(rel.clone());
                     tracing::warn!(cgroup = %rel.display(), "a governed pod is no longer selected by its policy: held (refused everything) until it is restarted");
                 }
                 continue;
@@ -329,13 +326,24 @@ impl Governor {
             }
             self.pods.insert(rel.clone(), (cgroup_id, class.clone()));
         }
-        e.held = self.held.paths();
+        self.memory.remember(
+            self.pods.iter().map(|(rel, (_, c))| (rel, c)),
+            &self.cgroup_root,
+        );
+        e.held = self.memory.held();
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Remembers held pods in `file` (and takes over those it holds).
-    pub fn remember_held(&mut self, file: PathBuf) {
-        self.held = Held::load(file, &self.cgroup_root);
+    /// Remembers what is decided for each pod cgroup in `file` (and takes
+    /// over what it remembers; `legacy`, egressd 0.1's held pods, too).
+    pub fn remember_pods(&mut self, file: PathBuf, legacy: &std::path::Path) {
+        self.memory = PodMemory::load(file, legacy, &self.cgroup_root);
+    }
+
+    /// The classes remembered from the previous run: how pods are governed
+    /// before the API server has listed them.
+    pub fn remembered(&self) -> BTreeMap<PathBuf, Class> {
+        self.memory.classes()
     }
 
     /// The `CGROUP_POLICY` value for a pod of class `class`; None for a

@@ -148,6 +148,7 @@ fn the_image_governs_containers_podman_starts() {
     let _besteffort = kube.child_path("kubepods/besteffort").unwrap();
     let tmp = TempDir::new("ctr").unwrap();
     std::fs::create_dir_all(tmp.0.join("policies")).unwrap();
+    std::fs::create_dir_all(tmp.0.join("state")).unwrap();
     tmp.write(
         "policies/agent.yaml",
         "name: agent\npods:\n  - namespace: agents\n    labels: {app: agent}\nallow: []\n",
@@ -182,6 +183,8 @@ fn the_image_governs_containers_podman_starts() {
         "/sys/kernel/security:/sys/kernel/security:ro",
         "-v",
         "/run/egressd:/run/egressd",
+        "-v",
+        &format!("{}:/var/lib/egressd", tmp.0.join("state").display()),
         "-v",
         &format!(
             "{}:/etc/egressd/policies:ro",

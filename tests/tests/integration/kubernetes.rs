@@ -319,24 +319,35 @@ mod governed_pods {
         kube: &TestCgroup,
         policy: &str,
     ) -> Daemon {
+        api.kubeconfig(&tmp.0).unwrap();
+        daemon_via_kubeconfig(ns, tmp, kube, policy)
+    }
+
+    /// egressd started with `--kubernetes` and `tmp`'s kubeconfig.
+    fn daemon_via_kubeconfig(ns: &Netns, tmp: &TempDir, kube: &TestCgroup, policy: &str) -> Daemon {
         let policy = tmp.write("p.yaml", policy).unwrap();
-        let kubeconfig = api.kubeconfig(&tmp.0).unwrap();
-        Daemon::start_with(
-            ns,
-            &policy,
-            &[
-                "--kubernetes",
-                "--kubeconfig",
-                kubeconfig.to_str().unwrap(),
-                "--node",
-                "node-a",
-                "--kubepods-root",
-                &kube.rel_str(),
-                "--ready-taint",
-                TAINT,
-            ],
-        )
-        .unwrap()
+        let mut args = kube_args(tmp, kube);
+        args.extend(["--ready-taint".to_string(), TAINT.to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::start_with(ns, &policy, &args).unwrap()
+    }
+
+    /// `egressd run`'s Kubernetes arguments: `tmp`'s kubeconfig, and its
+    /// `state` directory for what egressd remembers of the pods.
+    fn kube_args(tmp: &TempDir, kube: &TestCgroup) -> Vec<String> {
+        [
+            "--kubernetes",
+            "--kubeconfig",
+            &tmp.0.join("kubeconfig").to_string_lossy(),
+            "--node",
+            "node-a",
+            "--kubepods-root",
+            &kube.rel_str(),
+            "--state-dir",
+            &tmp.0.join("state").to_string_lossy(),
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     /// Waits (at most 10 s) for egressd to remove the taint: the node's
@@ -556,16 +567,7 @@ mod governed_pods {
 
         // egressd restarts (an upgrade): the relabelled pod stays held.
         let instance = daemon.kill().unwrap();
-        let args = [
-            "--kubernetes",
-            "--kubeconfig",
-            &tmp.0.join("kubeconfig").to_string_lossy(),
-            "--node",
-            "node-a",
-            "--kubepods-root",
-            &kube.rel_str(),
-        ]
-        .map(String::from);
+        let args = kube_args(&tmp, &kube);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let again = Daemon::start_instance(&ns, &tmp.0.join("p.yaml"), &instance.0, &args).unwrap();
         assert!(
@@ -587,6 +589,207 @@ mod governed_pods {
         drop(again);
         drop(instance);
     }
+    /// A client connecting every 20 ms until file `argv[1]` exists; prints
+    /// how many connects succeeded and failed.
+    const CONNECT_LOOP: &str = r#"
+import os, socket, sys, time
+ok = failed = 0
+while not os.path.exists(sys.argv[1]):
+    try:
+        socket.create_connection(("203.0.113.9", 443), timeout=2).close()
+        ok += 1
+    except OSError:
+        failed += 1
+    time.sleep(0.02)
+print(ok, failed)
+"#;
+
+    /// egressd restarts (an upgrade, an OOM kill) while the API server does
+    /// not answer: what the previous run decided for each pod holds from
+    /// the new run's start. A released pod's client, connecting every
+    /// 20 ms throughout, never fails; the governed pod stays governed; only
+    /// a pod that kubelet started while egressd was down waits for the list.
+    #[test]
+    fn a_restart_keeps_each_pod_as_it_was_while_the_api_server_is_silent() {
+        require_root();
+        let ns = Netns::new("krestart").unwrap();
+        let target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+        let api = ApiServer::start(
+            &ns,
+            "127.0.0.1:16443",
+            &[("agents", json!({})), ("default", json!({}))],
+            Some(TAINT),
+        )
+        .unwrap();
+        let kube = TestCgroup::new("krestart").unwrap();
+        kube.cgroup.create().unwrap();
+        let uids = [
+            "0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70",
+            "aa11bb22-2222-4c3b-9a55-2b1c0d9e8f71",
+            "bb11bb22-3333-4c3b-9a55-2b1c0d9e8f72",
+        ];
+        let agent = json!({"app": "doc-summarizer"});
+        api.add_pod(pod("summarizer", "agents", uids[0], agent, "Burstable"));
+        api.add_pod(pod(
+            "web",
+            "default",
+            uids[1],
+            json!({"app": "web"}),
+            "BestEffort",
+        ));
+        let (a_cg, _a) = start_pod(&kube, &systemd_burstable(uids[0]));
+        let (w_cg, _w) = start_pod(&kube, &format!("kubepods/besteffort/pod{}", uids[1]));
+        let tmp = TempDir::new("krestart").unwrap();
+        let daemon = daemon(&ns, &api, &tmp, &kube,
+            "name: doc\npods:\n  - namespace: agents\n    labels: {app: doc-summarizer}\nallow: []\n");
+        wait_untainted(&api);
+        assert_eq!(probe(&w_cg, &ns), "ok");
+        let stop = tmp.0.join("stop");
+        let client = w_cg
+            .command(&ns, "python3")
+            .args(["-c", CONNECT_LOOP, &stop.to_string_lossy()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+
+        api.set_silent(true);
+        let instance = daemon.kill().unwrap();
+        // kubelet starts a pod while egressd is down.
+        let (l_cg, _l) = start_pod(&kube, &systemd_burstable(uids[2]));
+        api.set_quietly(
+            pod("late", "default", uids[2], json!({}), "Burstable"),
+            true,
+        );
+        let args = kube_args(&tmp, &kube);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let again = Daemon::start_instance(&ns, &tmp.0.join("p.yaml"), &instance.0, &args).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            refused_under(&again, &a_cg, &ns),
+            "doc",
+            "governed as before the restart"
+        );
+        assert_eq!(
+            refused_under(&again, &l_cg, &ns),
+            "kubernetes-pending",
+            "started while egressd was down: held until listed"
+        );
+        assert_eq!(probe(&w_cg, &ns), "ok", "released as before the restart");
+        api.set_silent(false);
+        assert_eq!(probe_until(&l_cg, &ns, "ok"), "ok", "released once listed");
+        std::fs::write(&stop, "").unwrap();
+        let out = client.wait_with_output().unwrap();
+        let counts = String::from_utf8_lossy(&out.stdout);
+        let (ok, failed) = counts.trim().split_once(' ').unwrap();
+        let (ok, failed): (u32, u32) = (ok.parse().unwrap(), failed.parse().unwrap());
+        assert_eq!(
+            failed, 0,
+            "the released pod's connects failed during the restart ({ok} passed)"
+        );
+        assert!(ok >= 20, "{ok}");
+        assert!(target.count() >= u64::from(ok));
+        drop(again);
+        drop(instance);
+    }
+
+    /// A single control-plane node reboots: kubelet starts the static
+    /// kube-apiserver pod before egressd, and egressd reaches the API server
+    /// only through it (here a forwarder in a static pod's cgroup, named by
+    /// a config hash, on a non-loopback address). Nothing is remembered
+    /// (a fresh state directory): static pods are released until an API
+    /// object claims them, so egressd gets its list, and the agent pod,
+    /// which the API server made, is held until then and governed after.
+    #[test]
+    fn a_rebooted_control_plane_node_lists_its_pods_through_its_static_api_server() {
+        require_root();
+        let ns = Netns::new("kreboot").unwrap();
+        let _target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+        let api = ApiServer::start(
+            &ns,
+            "127.0.0.1:16443",
+            &[("agents", json!({}))],
+            Some(TAINT),
+        )
+        .unwrap();
+        let kube = TestCgroup::new("kreboot").unwrap();
+        kube.cgroup.create().unwrap();
+        let hash = "5f4dcc3b5aa765d61d8327deb882cf99";
+        let (s_cg, _s) = start_pod(&kube, &format!("kubepods/burstable/pod{hash}"));
+        let mut forwarder = s_cg
+            .command(&ns, "python3")
+            .args(["-c", FORWARDER])
+            .spawn()
+            .unwrap();
+        let front: std::net::SocketAddr = "198.51.100.3:6443".parse().unwrap();
+        let mut listening = false;
+        for _ in 0..100 {
+            if ns
+                .run(move || Ok(std::net::TcpStream::connect(front)?))
+                .is_ok()
+            {
+                listening = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(listening, "the forwarder did not listen");
+        let uid = "0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70";
+        api.add_pod(pod(
+            "summarizer",
+            "agents",
+            uid,
+            json!({"app": "doc-summarizer"}),
+            "Burstable",
+        ));
+        let (a_cg, _a) = start_pod(&kube, &systemd_burstable(uid));
+        let tmp = TempDir::new("kreboot").unwrap();
+        api.kubeconfig_via(&tmp.0, front).unwrap();
+        let daemon = daemon_via_kubeconfig(&ns, &tmp, &kube,
+            "name: doc\npods:\n  - namespace: agents\n    labels: {app: doc-summarizer}\nallow: []\n");
+        wait_untainted(&api);
+        assert_eq!(probe(&s_cg, &ns), "ok", "the static pod is released");
+        assert!(
+            daemon.wait_log(|l| l.contains("pod governed") && l.contains(&uid.replace('-', "_"))),
+            "{:?}",
+            daemon.log.lock().unwrap()
+        );
+        assert_eq!(refused_under(&daemon, &a_cg, &ns), "doc");
+        forwarder.kill().unwrap();
+        forwarder.wait().unwrap();
+    }
+
+    /// A TCP forwarder from 198.51.100.3:6443 to the API server.
+    const FORWARDER: &str = r#"
+import socket, threading
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d:
+                break
+            b.sendall(d)
+    except OSError:
+        pass
+    try:
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("198.51.100.3", 6443))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    try:
+        u = socket.create_connection(("127.0.0.1", 16443))
+    except OSError:
+        c.close()
+        continue
+    threading.Thread(target=pipe, args=(c, u), daemon=True).start()
+    threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+"#;
+
     /// A pod has a network namespace of its own: its DNS, redirected to
     /// loopback there, is answered by a proxy egressd opens inside it.
     #[test]

@@ -64,7 +64,13 @@ pub struct KubeOptions {
     pub own_uid: Option<String>,
     /// The taint to remove from the node once its pods are governed.
     pub ready_taint: Option<String>,
+    /// Where what was decided for each pod is kept across restarts and
+    /// reboots (`<instance>.pods`).
+    pub state_dir: PathBuf,
 }
+
+/// Default `--state-dir`.
+pub const STATE_DIR: &str = "/var/lib/egressd";
 
 /// Loads and checks every policy before anything is attached.
 pub fn load_policies(path: &Path) -> Result<Vec<Policy>> {
@@ -257,12 +263,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         pin_dir.clone(),
         root.clone(),
     );
-    if kube.is_some() {
-        let file = control::socket_path(&opts.instance).with_extension("held");
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        governor.remember_held(file);
+    if let Some((_, k)) = &kube {
+        std::fs::create_dir_all(&k.state_dir)
+            .with_context(|| format!("creating {}", k.state_dir.display()))?;
+        let file = k.state_dir.join(format!("{}.pods", opts.instance));
+        governor.remember_pods(
+            file,
+            &control::socket_path(&opts.instance).with_extension("held"),
+        );
     }
     governor.apply(pods.expand(&base, &root)?).await?;
     metrics.loaded(true);
