@@ -69,8 +69,10 @@ enum Command {
         /// NoSchedule taint with this key from the node.
         #[arg(long, value_name = "KEY")]
         ready_taint: Option<String>,
-        /// Kubernetes: where kubepods.slice (or kubepods) is, relative to the
-        /// cgroup2 root (default: the root).
+        /// Kubernetes: the directory that holds kubelet's kubepods cgroup
+        /// (kubepods.slice, <cgroupRoot>-kubepods.slice or kubepods),
+        /// relative to the cgroup2 root (default: searched for, 4 levels
+        /// deep).
         #[arg(long, value_name = "PATH")]
         kubepods_root: Option<PathBuf>,
         /// Kubernetes: where egressd keeps what it decided for each pod, to
@@ -288,7 +290,7 @@ fn main() -> ExitCode {
                 kubernetes: node.filter(|_| kubernetes).map(|node| daemon::KubeOptions {
                     node,
                     kubeconfig,
-                    kubepods_root: kubepods_root.unwrap_or_default(),
+                    kubepods_root,
                     own_uid: pod_uid,
                     ready_taint,
                     state_dir,

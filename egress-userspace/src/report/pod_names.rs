@@ -71,7 +71,7 @@ pub fn pod_uid(path: &Path) -> Option<String> {
     for c in path.components() {
         let Component::Normal(c) = c else { continue };
         let c = c.to_str()?;
-        if c == "kubepods" || c == "kubepods.slice" {
+        if c == "kubepods" || c == "kubepods.slice" || c.ends_with("-kubepods.slice") {
             in_kubepods = true;
             continue;
         }
@@ -104,6 +104,8 @@ mod tests {
             "/sys/fs/cgroup/kubepods.slice/kubepods-pod0f2c5a1e_1111_4c3b_9a55_2b1c0d9e8f70.slice",
             "/sys/fs/cgroup/x/kubepods/besteffort/pod0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70/0123",
             "/sys/fs/cgroup/kubepods/pod0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70",
+            // kind: cgroupRoot /kubelet under the systemd driver.
+            "/sys/fs/cgroup/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod0f2c5a1e_1111_4c3b_9a55_2b1c0d9e8f70.slice/cri-containerd-ab.scope",
         ] {
             assert_eq!(pod_uid(Path::new(p)).as_deref(), Some(uid), "{p}");
         }

@@ -1,19 +1,13 @@
-//! Kubernetes: the pods on this node, which policy each belongs to, and
-//! where their cgroups are. Pods come from the API server (`pod_watch`);
-//! here they are plain data. A pod's cgroup is found under both cgroup
-//! drivers:
-//!
-//! - systemd: `kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_>.slice`
-//!   (Guaranteed pods directly under `kubepods.slice`; `-` in the uid becomes `_`);
-//! - cgroupfs: `kubepods/<qos>/pod<uid>` (Guaranteed directly under `kubepods`).
-//!
-//! Every container of a pod is in a cgroup below the pod's.
+//! Kubernetes: the pods on this node and which policy each belongs to.
+//! Pods come from the API server (`pod_watch`); here they are plain data;
+//! where their cgroups are is `pod_cgroups`'s.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
+use super::pod_cgroups::{pod_cgroup, Layout};
 use crate::policy::{selector::Labels, Policy};
 
 /// A pod's quality-of-service class, which places its cgroup.
@@ -99,78 +93,6 @@ pub enum Class {
     Released,
 }
 
-/// Where the pod's cgroup is, relative to `kubepods_root` (itself relative
-/// to the cgroup2 root), under the systemd and the cgroupfs driver.
-pub fn cgroup_candidates(kubepods_root: &Path, pod: &Pod) -> [PathBuf; 2] {
-    let under = pod.cgroup_uid.replace('-', "_");
-    let systemd = match pod.qos {
-        Qos::Guaranteed => PathBuf::from(format!("kubepods.slice/kubepods-pod{under}.slice")),
-        Qos::Burstable => PathBuf::from(format!(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{under}.slice"
-        )),
-        Qos::BestEffort => PathBuf::from(format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{under}.slice"
-        )),
-    };
-    let cgroupfs = match pod.qos {
-        Qos::Guaranteed => PathBuf::from(format!("kubepods/pod{}", pod.cgroup_uid)),
-        Qos::Burstable => PathBuf::from(format!("kubepods/burstable/pod{}", pod.cgroup_uid)),
-        Qos::BestEffort => PathBuf::from(format!("kubepods/besteffort/pod{}", pod.cgroup_uid)),
-    };
-    [kubepods_root.join(systemd), kubepods_root.join(cgroupfs)]
-}
-
-/// The directories under which pod cgroups appear (to watch for new pods).
-pub fn pod_parents(kubepods_root: &Path) -> Vec<PathBuf> {
-    [
-        "kubepods.slice",
-        "kubepods.slice/kubepods-burstable.slice",
-        "kubepods.slice/kubepods-besteffort.slice",
-        "kubepods",
-        "kubepods/burstable",
-        "kubepods/besteffort",
-    ]
-    .iter()
-    .map(|p| kubepods_root.join(p))
-    .collect()
-}
-
-/// The static pods' cgroups (relative to the cgroup2 root), with the
-/// config hash each is named by. kubelet runs static pods from files on
-/// the node (a kubeadm control plane: kube-apiserver, etcd) before the API
-/// server answers, and names their cgroups by a config hash of 32 hex
-/// digits, where every pod the API server made has a uid with dashes.
-pub fn static_pod_cgroups(cgroup_root: &Path, kubepods_root: &Path) -> Vec<(PathBuf, String)> {
-    let mut out = Vec::new();
-    for parent in pod_parents(kubepods_root) {
-        let Ok(entries) = std::fs::read_dir(cgroup_root.join(&parent)) else {
-            continue;
-        };
-        for entry in entries.filter_map(|e| e.ok()) {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let hash = name
-                .strip_suffix(".slice")
-                .and_then(|n| n.rsplit_once("-pod"))
-                .map_or(name.strip_prefix("pod"), |(_, h)| Some(h));
-            if let Some(hash) =
-                hash.filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            {
-                out.push((parent.join(name), hash.to_string()));
-            }
-        }
-    }
-    out
-}
-
-/// Where the pod's cgroup is now (relative to the cgroup2 root), under
-/// either driver; None if it has none yet.
-pub fn pod_cgroup(cgroup_root: &Path, kubepods_root: &Path, pod: &Pod) -> Option<PathBuf> {
-    cgroup_candidates(kubepods_root, pod)
-        .into_iter()
-        .find(|rel| cgroup_root.join(rel).join("cgroup.procs").exists())
-}
-
 /// The cgroups of the pods known now whose cgroup exists, and how each is
 /// to be governed; `own_uid` (egressd's own pod) is released whatever
 /// selects it. Left out, and so held: a pod whose namespace is not known
@@ -181,7 +103,7 @@ pub fn classify(
     cluster: &Cluster,
     own_uid: Option<&str>,
     cgroup_root: &Path,
-    kubepods_root: &Path,
+    layouts: &[Layout],
 ) -> BTreeMap<PathBuf, (Class, Pod)> {
     let mut claims: BTreeMap<&str, usize> = BTreeMap::new();
     for pod in cluster.pods.values() {
@@ -193,7 +115,7 @@ pub fn classify(
             tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), "two pods claim one cgroup: held");
             continue;
         }
-        let Some(rel) = pod_cgroup(cgroup_root, kubepods_root, pod) else {
+        let Some(rel) = pod_cgroup(cgroup_root, layouts, pod) else {
             continue;
         };
         let Some(policy) = cluster.policy_of(policies, pod) else {
@@ -208,47 +130,11 @@ pub fn classify(
     out
 }
 
-/// The uid of the pod this process runs in, found by its pid among the
-/// kubepods cgroups' processes (None outside a pod).
-pub fn own_pod_uid(cgroup_root: &Path, kubepods_root: &Path) -> Option<String> {
-    let me = std::process::id().to_string();
-    let mut dirs: Vec<(PathBuf, usize)> = kubepods_cgroups(cgroup_root, kubepods_root)
-        .into_iter()
-        .map(|rel| (cgroup_root.join(rel), 0))
-        .collect();
-    while let Some((dir, depth)) = dirs.pop() {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        if procs.lines().any(|l| l == me) {
-            return crate::report::pod_names::pod_uid(&dir);
-        }
-        if depth < 4 {
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                dirs.extend(
-                    entries
-                        .filter_map(|e| e.ok())
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| (e.path(), depth + 1)),
-                );
-            }
-        }
-    }
-    None
-}
-
-/// The kubepods cgroups (relative to the cgroup2 root) that exist: where
-/// pod cgroups appear.
-pub fn kubepods_cgroups(cgroup_root: &Path, kubepods_root: &Path) -> Vec<PathBuf> {
-    ["kubepods.slice", "kubepods"]
-        .iter()
-        .map(|p| kubepods_root.join(p))
-        .filter(|rel| cgroup_root.join(rel).join("cgroup.procs").exists())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::validate::parse;
+    use crate::runtime::pod_cgroups::{candidates, discover};
 
     /// Recorded API objects (a trimmed PodList of one node's pods).
     const PODS: &str = r#"{"apiVersion":"v1","kind":"PodList","metadata":{"resourceVersion":"1"},"items":[
@@ -312,34 +198,6 @@ mod tests {
         let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_str(json).unwrap();
         let pod = Pod::from_api(&pod).unwrap();
         assert_eq!(pod.cgroup_uid, "5f4dcc3b5aa765d61d8327deb882cf99");
-        let [systemd, cgroupfs] = cgroup_candidates(Path::new(""), &pod);
-        assert!(systemd.ends_with("kubepods-burstable-pod5f4dcc3b5aa765d61d8327deb882cf99.slice"));
-        assert!(cgroupfs.ends_with("burstable/pod5f4dcc3b5aa765d61d8327deb882cf99"));
-    }
-
-    #[test]
-    fn cgroup_paths_under_both_drivers() {
-        let pods = pods();
-        let [systemd, cgroupfs] = cgroup_candidates(Path::new(""), &pods[0]);
-        assert_eq!(
-            systemd,
-            PathBuf::from("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f2c5a1e_1111_4c3b_9a55_2b1c0d9e8f70.slice")
-        );
-        assert_eq!(
-            cgroupfs,
-            PathBuf::from("kubepods/burstable/pod0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70")
-        );
-        let [systemd, cgroupfs] = cgroup_candidates(Path::new("k"), &pods[1]);
-        assert_eq!(
-            systemd,
-            PathBuf::from(
-                "k/kubepods.slice/kubepods-podaa11bb22_2222_4c3b_9a55_2b1c0d9e8f71.slice"
-            )
-        );
-        assert_eq!(
-            cgroupfs,
-            PathBuf::from("k/kubepods/podaa11bb22-2222-4c3b-9a55-2b1c0d9e8f71")
-        );
     }
 
     /// Against a synthetic cgroup tree: the systemd layout for one pod, the
@@ -347,15 +205,21 @@ mod tests {
     #[test]
     fn classification_against_a_cgroup_tree() {
         let root = std::env::temp_dir().join(format!("egressd-kube-{}", std::process::id()));
+        for k in ["kubepods", "kubepods.slice"] {
+            std::fs::create_dir_all(root.join(k)).unwrap();
+        }
+        let layouts = discover(&root, Some(Path::new(""))).unwrap();
         let pods = pods();
-        let [summarizer, _] = cgroup_candidates(Path::new(""), &pods[0]);
-        let [_, coder] = cgroup_candidates(Path::new(""), &pods[1]);
-        let [_, web] = cgroup_candidates(Path::new(""), &pods[2]);
+        // Under kubepods, then kubepods.slice.
+        let [_, summarizer] = <[PathBuf; 2]>::try_from(candidates(&layouts, &pods[0])).unwrap();
+        let [coder, _] = <[PathBuf; 2]>::try_from(candidates(&layouts, &pods[1])).unwrap();
+        let [web, _] = <[PathBuf; 2]>::try_from(candidates(&layouts, &pods[2])).unwrap();
         for dir in [&summarizer, &coder, &web] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
             std::fs::write(root.join(dir).join("cgroup.procs"), "").unwrap();
         }
-        let got = classify(&policies(), &cluster(), None, &root, Path::new(""));
+        let layouts = &layouts;
+        let got = classify(&policies(), &cluster(), None, &root, layouts);
         let classes: Vec<(&PathBuf, &Class)> = got.iter().map(|(r, (c, _))| (r, c)).collect();
         assert_eq!(
             classes,
@@ -367,18 +231,12 @@ mod tests {
             "web matches the labels, not the namespace: released"
         );
         // egressd's own pod is released whatever selects it.
-        let own = classify(
-            &policies(),
-            &cluster(),
-            Some(&pods[1].uid),
-            &root,
-            Path::new(""),
-        );
+        let own = classify(&policies(), &cluster(), Some(&pods[1].uid), &root, layouts);
         assert_eq!(own[&coder].0, Class::Released);
         // A pod whose namespace is not known yet is not classified.
         let mut c = cluster();
         c.namespaces.remove("agents");
-        let held = classify(&policies(), &c, None, &root, Path::new(""));
+        let held = classify(&policies(), &c, None, &root, layouts);
         assert!(!held.contains_key(&summarizer) && held.contains_key(&web));
         // A pod claiming another's cgroup (a forged mirror annotation): both held.
         let mut c = cluster();
@@ -387,40 +245,8 @@ mod tests {
         forged.cgroup_uid = pods[0].uid.clone();
         forged.labels.clear();
         c.pods.insert(forged.uid.clone(), forged);
-        let held = classify(&policies(), &c, None, &root, Path::new(""));
+        let held = classify(&policies(), &c, None, &root, layouts);
         assert!(!held.contains_key(&summarizer), "{held:?}");
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    #[test]
-    fn static_pods_are_told_by_their_cgroups_name() {
-        let root = std::env::temp_dir().join(format!("egressd-static-{}", std::process::id()));
-        let hash = "5f4dcc3b5aa765d61d8327deb882cf99";
-        for dir in [
-            format!("k/kubepods/burstable/pod{hash}"),
-            format!("k/kubepods.slice/kubepods-pod{hash}.slice"),
-            "k/kubepods/burstable/pod0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70".to_string(),
-            "k/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f2c5a1e_1111_4c3b_9a55_2b1c0d9e8f70.slice".to_string(),
-            format!("k/kubepods/burstable/pod{hash}0"),
-            "k/kubepods/besteffort/podzzzzcc3b5aa765d61d8327deb882cf99".to_string(),
-        ] {
-            std::fs::create_dir_all(root.join(dir)).unwrap();
-        }
-        let mut found = static_pod_cgroups(&root, Path::new("k"));
-        found.sort();
-        assert_eq!(
-            found,
-            [
-                (
-                    PathBuf::from(format!("k/kubepods/burstable/pod{hash}")),
-                    hash.to_string()
-                ),
-                (
-                    PathBuf::from(format!("k/kubepods.slice/kubepods-pod{hash}.slice")),
-                    hash.to_string()
-                ),
-            ]
-        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 

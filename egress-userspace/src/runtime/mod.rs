@@ -5,6 +5,7 @@
 //! and where its cgroup is, `pods` governs them).
 
 pub mod kubernetes;
+pub mod pod_cgroups;
 pub mod pod_memory;
 pub mod pod_watch;
 pub mod pods;

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::{
     kubernetes::{self, Class, Cluster},
+    pod_cgroups::{self, Layout},
     supervisor::Governor,
 };
 use crate::policy::{validate::parse, Policy};
@@ -30,9 +31,8 @@ pub const PENDING: &str = "kubernetes-pending";
 pub struct PodSource {
     /// The pods, as the API server tells them.
     pub cluster: watch::Receiver<Option<Cluster>>,
-    /// The directory holding `kubepods.slice` or `kubepods`, relative to
-    /// the cgroup2 root (empty: the root itself).
-    pub kubepods_root: PathBuf,
+    /// The kubepods cgroups, and how kubelet names pod cgroups there.
+    pub layouts: Vec<Layout>,
     /// egressd's own pod, never held.
     pub own_uid: Option<String>,
     /// Whether the watchers are hearing from the API server.
@@ -76,12 +76,9 @@ impl Pods {
         if base.iter().any(|p| p.name == PENDING) {
             bail!("policy name `{PENDING}` is egressd's own (pods not classified yet): rename the policy");
         }
-        let cgroups = kubernetes::kubepods_cgroups(root, &src.kubepods_root);
-        if cgroups.is_empty() {
-            bail!(
-                "no kubepods cgroup (kubepods.slice or kubepods) under {}: is kubelet running on this node, and is --kubepods-root right?",
-                root.join(&src.kubepods_root).display()
-            );
+        let cgroups = pod_cgroups::kubepods(&src.layouts);
+        if let Some(gone) = cgroups.iter().find(|k| !root.join(k).is_dir()) {
+            bail!("the kubepods cgroup {} is gone", root.join(gone).display());
         }
         if let Some(p) = base.iter().find(|p| {
             p.cgroups
@@ -118,22 +115,18 @@ impl Pods {
         let empty = Cluster::default();
         let mut out: BTreeMap<PathBuf, Class> = match &self.cluster {
             None => remembered,
-            Some(cluster) => kubernetes::classify(
-                base,
-                cluster,
-                src.own_uid.as_deref(),
-                root,
-                &src.kubepods_root,
-            )
-            .into_iter()
-            .map(|(rel, (class, _))| (rel, class))
-            .collect(),
+            Some(cluster) => {
+                kubernetes::classify(base, cluster, src.own_uid.as_deref(), root, &src.layouts)
+                    .into_iter()
+                    .map(|(rel, (class, _))| (rel, class))
+                    .collect()
+            }
         };
         // A static pod runs before the API server answers, and the control
         // plane's must reach it: released until an API object (its
         // mirror) classifies it. Two objects claiming it hold it.
         let cluster = self.cluster.as_ref().unwrap_or(&empty);
-        for (rel, hash) in kubernetes::static_pod_cgroups(root, &src.kubepods_root) {
+        for (rel, hash) in pod_cgroups::static_pods(root, &src.layouts) {
             if !cluster.pods.values().any(|p| p.cgroup_uid == hash) {
                 out.entry(rel).or_insert(Class::Released);
             }
@@ -152,7 +145,7 @@ impl Pods {
                     labels: Default::default(),
                     qos,
                 };
-                if let Some(rel) = kubernetes::pod_cgroup(root, &src.kubepods_root, &own) {
+                if let Some(rel) = pod_cgroups::pod_cgroup(root, &src.layouts, &own) {
                     out.insert(rel, Class::Released);
                 }
             }
@@ -191,7 +184,7 @@ impl Pods {
     /// Where pod cgroups appear, to watch.
     pub fn parents(&self, root: &Path) -> Vec<PathBuf> {
         match &self.source {
-            Some(src) => kubernetes::pod_parents(&src.kubepods_root)
+            Some(src) => pod_cgroups::parents(&src.layouts)
                 .into_iter()
                 .map(|p| root.join(p))
                 .filter(|p| p.is_dir())
@@ -210,7 +203,7 @@ mod tests {
         std::fs::write(root.join("k/kubepods/cgroup.procs"), "").unwrap();
         Pods::new(Some(PodSource {
             cluster: watch::channel(None).1,
-            kubepods_root: PathBuf::from("k"),
+            layouts: pod_cgroups::discover(root, Some(Path::new("k"))).unwrap(),
             own_uid: None,
             health: Default::default(),
         }))

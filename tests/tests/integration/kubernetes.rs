@@ -589,6 +589,91 @@ mod governed_pods {
         drop(again);
         drop(instance);
     }
+    /// kind's layout (the systemd driver under cgroupRoot `/kubelet`) and
+    /// k3s's (cgroupfs under a cgroupRoot): the kubepods cgroup is found
+    /// in the directory `--kubepods-root` names, pods are held until
+    /// listed, then governed or released. Where there is none, egressd
+    /// says what to do and exits.
+    #[test]
+    fn pods_are_governed_under_kind_and_k3s_layouts() {
+        require_root();
+        let uids = [
+            "0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70",
+            "aa11bb22-2222-4c3b-9a55-2b1c0d9e8f71",
+            "bb11bb22-3333-4c3b-9a55-2b1c0d9e8f72",
+        ];
+        let layouts: [(&str, &str, fn(&str) -> String); 2] = [
+            ("kubelet.slice", "kubelet-kubepods.slice", |uid| {
+                format!(
+                    "kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{}.slice",
+                    uid.replace('-', "_")
+                )
+            }),
+            ("k3s", "kubepods", |uid| {
+                format!("kubepods/burstable/pod{uid}")
+            }),
+        ];
+        for (holder, kubepods, burstable) in layouts {
+            let ns = Netns::new("klayout").unwrap();
+            let _target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+            let api = ApiServer::start(
+                &ns,
+                "127.0.0.1:16443",
+                &[("agents", json!({}))],
+                Some(TAINT),
+            )
+            .unwrap();
+            let root = TestCgroup::new("klayout").unwrap();
+            let kube = root.child_path(holder).unwrap();
+            let _kubepods = kube.child_path(kubepods).unwrap();
+            let agent = json!({"app": "doc-summarizer"});
+            api.add_pod(pod("summarizer", "agents", uids[0], agent, "Burstable"));
+            api.add_pod(pod(
+                "web",
+                "agents",
+                uids[1],
+                json!({"app": "web"}),
+                "Burstable",
+            ));
+            let (a_cg, _a) = start_pod(&kube, &burstable(uids[0]));
+            let (w_cg, _w) = start_pod(&kube, &burstable(uids[1]));
+            let tmp = TempDir::new("klayout").unwrap();
+            let daemon = daemon(&ns, &api, &tmp, &kube,
+                "name: doc\npods:\n  - namespace: agents\n    labels: {app: doc-summarizer}\nallow: []\n");
+            wait_untainted(&api);
+            assert_eq!(refused_under(&daemon, &a_cg, &ns), "doc", "{holder}");
+            assert_eq!(probe(&w_cg, &ns), "ok", "{holder}: released");
+            let (l_cg, _l) = start_pod(&kube, &burstable(uids[2]));
+            assert_eq!(
+                refused_under(&daemon, &l_cg, &ns),
+                "kubernetes-pending",
+                "{holder}: a pod not listed yet"
+            );
+            drop(daemon);
+            // No kubepods cgroup where --kubepods-root says.
+            let empty = root.child_path("empty").unwrap();
+            let args = kube_args(&tmp, &empty);
+            let out = std::process::Command::new(egress_tests::egressd::bin())
+                .arg("run")
+                .arg("--policy")
+                .arg(tmp.0.join("p.yaml"))
+                .args([
+                    "--no-metrics",
+                    "--instance",
+                    &format!("test-nokube-{}", std::process::id()),
+                ])
+                .args(&args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{err}");
+            assert!(
+                err.contains("no kubepods cgroup") && err.contains("--kubepods-root"),
+                "{err}"
+            );
+        }
+    }
+
     /// A client connecting every 20 ms until file `argv[1]` exists; prints
     /// how many connects succeeded and failed.
     const CONNECT_LOOP: &str = r#"

@@ -28,6 +28,7 @@ use crate::{
     report::events::EventStream,
     report::metrics::Metrics,
     report::pod_names::PodNames,
+    runtime::pod_cgroups,
     runtime::pod_watch,
     runtime::pods::{PodSource, Pods},
     runtime::supervisor::Governor,
@@ -58,8 +59,9 @@ pub struct RunOptions {
 pub struct KubeOptions {
     pub node: String,
     pub kubeconfig: Option<PathBuf>,
-    /// Where kubepods.slice (or kubepods) is, relative to the cgroup2 root.
-    pub kubepods_root: PathBuf,
+    /// The directory holding the kubepods cgroup, relative to the cgroup2
+    /// root (None: searched for).
+    pub kubepods_root: Option<PathBuf>,
     /// egressd's own pod.
     pub own_uid: Option<String>,
     /// The taint to remove from the node once its pods are governed.
@@ -236,16 +238,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // previous run's are gone: these could refuse egressd's own pod.
     let (start_watching, may_start) = tokio::sync::oneshot::channel();
     let health_of_watch = Arc::new(pod_watch::WatchHealth::default());
+    let layouts = match &kube {
+        Some((_, k)) => pod_cgroups::discover(&root, k.kubepods_root.as_deref())?,
+        None => Vec::new(),
+    };
     let mut pods = Pods::new(kube.as_ref().map(|(client, k)| {
         PodSource {
             cluster: pod_watch::spawn(client.clone(), &k.node, may_start, health_of_watch.clone()),
             health: health_of_watch.clone(),
-            kubepods_root: k.kubepods_root.clone(),
+            layouts: layouts.clone(),
             // Known from the downward API, else found by egressd's own pid.
             own_uid: k
                 .own_uid
                 .clone()
-                .or_else(|| crate::runtime::kubernetes::own_pod_uid(&root, &k.kubepods_root)),
+                .or_else(|| pod_cgroups::own_pod_uid(&root, &layouts)),
         }
     }));
     // Links pinned by an earlier run keep enforcing until the new ones are
