@@ -18,11 +18,25 @@ pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
 }
 
 /// The policy files `path` names: itself, or every `*.yaml`/`*.yml` file
-/// of a directory, sorted.
+/// of a directory, sorted (a directory without any is an error).
 pub fn files_of(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     if !path.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
+    let files = yaml_files(path)?;
+    if files.is_empty() {
+        return Err(PolicyError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: "no *.yaml or *.yml policy files in this directory".into(),
+        });
+    }
+    Ok(files)
+}
+
+/// Every `*.yaml`/`*.yml` file of directory `path`, sorted.
+pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| PolicyError {
             file: path.to_path_buf(),
@@ -39,14 +53,6 @@ pub fn files_of(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
         })
         .collect();
     files.sort();
-    if files.is_empty() {
-        return Err(PolicyError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: "no *.yaml or *.yml policy files in this directory".into(),
-        });
-    }
     Ok(files)
 }
 

@@ -163,6 +163,11 @@ impl Pods {
         governor.set_pods(&self.classes(base, root, remembered))
     }
 
+    /// Whether pods are watched (`--kubernetes`).
+    pub fn watched(&self) -> bool {
+        self.source.is_some()
+    }
+
     /// Whether the pods are known, and the API server is heard (or no
     /// pods are watched).
     pub fn ready(&self) -> bool {

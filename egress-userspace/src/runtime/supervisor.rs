@@ -56,6 +56,10 @@ pub struct Governor {
     /// Pod cgroups below the kubepods cgroup (where the programs are
     /// attached), mapped to a policy or released: path -> (cgroup id, how).
     pods: HashMap<PathBuf, (u64, Class)>,
+    /// Running policies of pods only that the last `apply` did not have:
+    /// their pods are classified again (released, or handed to the policy
+    /// that now selects them, not held), then they are retired.
+    removed: Vec<String>,
     /// What was decided for each pod cgroup, across restarts; among it,
     /// pod cgroups a policy governed whose pod it no longer selects: held,
     /// whatever they are classified as, until the cgroup is gone.
@@ -79,6 +83,7 @@ impl Governor {
             running: HashMap::new(),
             pods: HashMap::new(),
             memory: PodMemory::default(),
+            removed: Vec::new(),
         }
     }
 
@@ -90,19 +95,32 @@ impl Governor {
     /// Makes `policies` (already validated) the running set. Every cgroup
     /// is governed by its new policy before any is released by its old one,
     /// so that none is ever left ungoverned in between. A running policy
-    /// missing from `policies` is an error and nothing changes: a reload
-    /// never stops enforcing (an editor that saves by moving the old file
-    /// aside must not open anything); `egressd detach --policy` does that.
+    /// that governs cgroups and is missing from `policies` is an error and
+    /// nothing changes: a reload never stops enforcing on a cgroup (an
+    /// editor that saves by moving the old file aside must not open
+    /// anything); `egressd detach --policy` does that. One that governs
+    /// only pods (a ConfigMap's policy, removed or renamed) is retired by
+    /// `retire_removed`, once its pods are classified again.
     pub async fn apply(&mut self, policies: Vec<Policy>) -> Result<()> {
         let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
-        let mut missing: Vec<&String> =
-            self.running.keys().filter(|n| !names.contains(n)).collect();
+        let mut missing: Vec<&String> = self
+            .running
+            .iter()
+            .filter(|(n, r)| !names.contains(n) && !r.cgroups.is_empty())
+            .map(|(n, _)| n)
+            .collect();
         if !missing.is_empty() {
             missing.sort();
             bail!(
-                "policies {missing:?} are no longer in the files: a reload does not stop enforcing a policy; to remove one, run `egressd detach --policy NAME` and restart egressd"
+                "policies {missing:?} are no longer in the files: a reload does not stop enforcing a policy on its cgroups; to remove one, run `egressd detach --policy NAME` and restart egressd"
             );
         }
+        self.removed = self
+            .running
+            .keys()
+            .filter(|n| !names.contains(n))
+            .cloned()
+            .collect();
         for policy in &policies {
             let name = policy.name.clone();
             if self.running.contains_key(&name) {
@@ -288,8 +306,11 @@ impl Governor {
             // another policy, while it lives: its labels (or its
             // namespace's) may be changed by whoever may patch them, the
             // agent among them. It is held until it is restarted.
+            // A policy removed from the files is no such change: its pods
+            // are classified anew.
             let was = self.pods.get(rel).cloned();
-            let leaves = matches!(&was, Some((id, Class::Policy(_))) if *id == cgroup_id);
+            let leaves = matches!(&was, Some((id, Class::Policy(old)))
+                if *id == cgroup_id && !self.removed.contains(old));
             let value = if leaves { None } else { self.value_of(class) };
             let Some(value) = value else {
                 if let Some((old_id, old_class)) = self.pods.remove(rel) {
@@ -331,6 +352,48 @@ impl Governor {
             &self.cgroup_root,
         );
         e.held = self.memory.held();
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Retires the policies of pods only that the last `apply` removed
+    /// (call it after the pods are classified under the new set: a pod
+    /// still mapped to one is held meanwhile).
+    pub fn retire_removed(&mut self) -> Result<()> {
+        let mut first_error = None;
+        for name in std::mem::take(&mut self.removed) {
+            let Some(mut r) = self.running.remove(&name) else {
+                continue;
+            };
+            for t in r
+                .proxy
+                .drain(..)
+                .chain(r.refreshers.drain(..))
+                .chain(r.pod_proxies.drain().map(|(_, t)| t))
+            {
+                t.abort();
+            }
+            let stale: Vec<(PathBuf, u64)> = self
+                .pods
+                .iter()
+                .filter(|(_, (_, c))| *c == Class::Policy(name.clone()))
+                .map(|(rel, (id, _))| (rel.clone(), *id))
+                .collect();
+            let mut e = self
+                .allowlist
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (rel, cgroup_id) in stale {
+                // Unmapped: held by `kubernetes-pending`.
+                if let Err(err) = e.unmap_cgroup(cgroup_id, r.id) {
+                    first_error.get_or_insert(err);
+                }
+                self.pods.remove(&rel);
+            }
+            if let Err(err) = e.retire(r.id) {
+                first_error.get_or_insert(err);
+            }
+            tracing::info!(policy = name, "policy removed from the files: retired");
+        }
         first_error.map_or(Ok(()), Err)
     }
 

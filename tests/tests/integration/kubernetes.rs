@@ -674,6 +674,101 @@ mod governed_pods {
         }
     }
 
+    /// Day 2 with a ConfigMap: egressd starts with no policy at all (every
+    /// pod released); policies added later govern their pods; a policy
+    /// renamed governs its pods under its new name; a policy removed
+    /// releases its pods (the operator's word, not a label an agent could
+    /// change: not held); and with every policy gone, every pod is
+    /// released again. Each change is a reload that succeeds.
+    #[test]
+    fn policies_are_added_renamed_and_removed_in_a_running_node() {
+        require_root();
+        let ns = Netns::new("kday2").unwrap();
+        let target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+        let api = ApiServer::start(
+            &ns,
+            "127.0.0.1:16443",
+            &[("agents", json!({}))],
+            Some(TAINT),
+        )
+        .unwrap();
+        let kube = TestCgroup::new("kday2").unwrap();
+        kube.cgroup.create().unwrap();
+        let uids = [
+            "0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70",
+            "aa11bb22-2222-4c3b-9a55-2b1c0d9e8f71",
+        ];
+        api.add_pod(pod(
+            "pa",
+            "agents",
+            uids[0],
+            json!({"app": "a"}),
+            "Burstable",
+        ));
+        api.add_pod(pod(
+            "pb",
+            "agents",
+            uids[1],
+            json!({"app": "b"}),
+            "Burstable",
+        ));
+        let (a_cg, _a) = start_pod(&kube, &systemd_burstable(uids[0]));
+        let (b_cg, _b) = start_pod(&kube, &systemd_burstable(uids[1]));
+        let tmp = TempDir::new("kday2").unwrap();
+        api.kubeconfig(&tmp.0).unwrap();
+        let dir = tmp.0.join("policies");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args = kube_args(&tmp, &kube);
+        args.extend(["--ready-taint".to_string(), TAINT.to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let daemon = Daemon::start_with(&ns, &dir, &args).unwrap();
+        wait_untainted(&api);
+        assert_eq!(probe(&a_cg, &ns), "ok", "no policy: released");
+        assert_eq!(probe(&b_cg, &ns), "ok", "no policy: released");
+        let write = |file: &str, name: &str, app: &str| {
+            std::fs::write(
+                dir.join(file),
+                format!("name: {name}\npods:\n  - namespace: agents\n    labels: {{app: {app}}}\nallow: []\n"),
+            )
+            .unwrap();
+        };
+        let reload = || {
+            let out = std::process::Command::new(egress_tests::egressd::bin())
+                .args(["reload", "--instance", &daemon.instance])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        };
+        write("a.yaml", "a", "a");
+        write("b.yaml", "b", "b");
+        reload();
+        assert_eq!(refused_under(&daemon, &a_cg, &ns), "a");
+        assert_eq!(refused_under(&daemon, &b_cg, &ns), "b");
+        // Renamed: its pods go to the policy under its new name.
+        write("a.yaml", "a2", "a");
+        reload();
+        assert_eq!(refused_under(&daemon, &a_cg, &ns), "a2");
+        // Removed: its pods are released, not held.
+        std::fs::remove_file(dir.join("b.yaml")).unwrap();
+        reload();
+        assert_eq!(probe(&b_cg, &ns), "ok", "its policy removed: released");
+        assert_eq!(refused_under(&daemon, &a_cg, &ns), "a2");
+        let status = std::process::Command::new(egress_tests::egressd::bin())
+            .args(["status", "--instance", &daemon.instance])
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            !status.contains("policy b") && !status.contains("pod held"),
+            "{status}"
+        );
+        // Every policy gone.
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        reload();
+        assert_eq!(probe(&a_cg, &ns), "ok", "no policy left: released");
+        assert_eq!(target.count(), 4, "what the released pods sent, only");
+    }
+
     /// A client connecting every 20 ms until file `argv[1]` exists; prints
     /// how many connects succeeded and failed.
     const CONNECT_LOOP: &str = r#"

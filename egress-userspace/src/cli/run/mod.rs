@@ -74,8 +74,14 @@ pub struct KubeOptions {
 /// Default `--state-dir`.
 pub const STATE_DIR: &str = "/var/lib/egressd";
 
-/// Loads and checks every policy before anything is attached.
-pub fn load_policies(path: &Path) -> Result<Vec<Policy>> {
+/// Loads and checks every policy before anything is attached. With
+/// `empty_ok` (pods are watched), a directory without policy files is no
+/// policy: every pod is released.
+pub fn load_policies(path: &Path, empty_ok: bool) -> Result<Vec<Policy>> {
+    if empty_ok && path.is_dir() && crate::policy::load::yaml_files(path)?.is_empty() {
+        tracing::warn!(dir = %path.display(), "no policy files: every pod is released");
+        return Ok(Vec::new());
+    }
     let policies = crate::compile::load::path(path)?;
     for p in &policies {
         if p.cgroups.is_empty() && p.pods.is_empty() {
@@ -122,7 +128,7 @@ async fn reload(
     pods: &Pods,
     root: &Path,
 ) -> Result<Vec<Policy>, String> {
-    let loaded = load_policies(path).and_then(|policies| {
+    let loaded = load_policies(path, pods.watched()).and_then(|policies| {
         let expanded = pods.expand(&policies, root)?;
         Ok((policies, expanded))
     });
@@ -148,6 +154,11 @@ async fn reload(
             release_freed_memory();
             if let Err(e) = pods.sync(governor, &policies, root) {
                 tracing::error!("governing pods: {e:#}");
+            }
+            // Only now, its pods released or handed over: a policy removed
+            // from the files.
+            if let Err(e) = governor.retire_removed() {
+                tracing::error!("retiring removed policies: {e:#}");
             }
             Ok(policies)
         }
@@ -227,7 +238,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .into());
     }
     crate::cli::usage::check_ring_bytes(opts.ring_bytes)?;
-    let mut base = load_policies(&opts.policy)?;
+    let mut base = load_policies(&opts.policy, opts.kubernetes.is_some())?;
     let root = mounts::cgroup2_root()?;
     let mut seen = stamp(&opts.policy);
     let kube = match &opts.kubernetes {
