@@ -29,6 +29,15 @@ const DNS_VERDICTS: [&str; 6] = [
     "malformed",
 ];
 
+/// A node's pod cgroups by state (see `Metrics::pods`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PodCounts {
+    pub pending: usize,
+    pub held: usize,
+    pub governed: usize,
+    pub released: usize,
+}
+
 /// Label value for attempts made where no policy of this daemon applied.
 pub const NO_POLICY_LABEL: &str = "none";
 
@@ -46,6 +55,8 @@ pub struct Metrics {
     reloads: IntCounterVec,
     reload_ok: IntGauge,
     reload_ok_time: IntGauge,
+    pods: IntGaugeVec,
+    pod_watch_event: IntGaugeVec,
     dns_latency: HistogramVec,
     rules: super::rule_metrics::RuleMetrics,
     /// Held while a scrape brings the gauges up to date and renders them,
@@ -139,6 +150,12 @@ impl Metrics {
                 "1 if the last policy load or reload took, 0 if the files in force are not those on disk."),
             reload_ok_time: plain_gauge(&r, "egressd_config_last_reload_success_timestamp_seconds",
                 "When policies were last loaded or reloaded successfully (Unix time)."),
+            pods: gauge(&r, "egressd_pods",
+                "Kubernetes: this node's pod cgroups, by state: pending (not classified yet: refused everything), held (a policy governed it and no longer selects it: refused everything), governed, released.",
+                &["state"]),
+            pod_watch_event: gauge(&r, "egressd_pod_watch_last_event_timestamp_seconds",
+                "Kubernetes: when the API server's pod or namespace watch last told egressd anything (Unix time; 0: never).",
+                &[]),
             dns_latency: {
                 let h = HistogramVec::new(
                     HistogramOpts::new("egressd_dns_query_duration_seconds",
@@ -181,6 +198,22 @@ impl Metrics {
                 .unwrap_or_default();
             self.reload_ok_time.set(now.as_secs() as i64);
         }
+    }
+
+    /// This node's pod cgroups in each state (`PodCounts`), and when the
+    /// API server's watch was last heard.
+    pub fn pods(&self, counts: PodCounts, last_event: u64) {
+        for (state, n) in [
+            ("pending", counts.pending),
+            ("held", counts.held),
+            ("governed", counts.governed),
+            ("released", counts.released),
+        ] {
+            self.pods.with_label_values(&[state]).set(n as i64);
+        }
+        self.pod_watch_event
+            .with_label_values::<&str>(&[])
+            .set(last_event as i64);
     }
 
     /// How long the proxy took to answer a query of `policy`.

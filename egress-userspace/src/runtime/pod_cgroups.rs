@@ -159,32 +159,46 @@ pub fn pod_cgroup(cgroup_root: &Path, layouts: &[Layout], pod: &Pod) -> Option<P
         .find(|rel| cgroup_root.join(rel).join("cgroup.procs").exists())
 }
 
-/// The static pods' cgroups (relative to the cgroup2 root), with the
-/// config hash each is named by. kubelet runs static pods from files on
-/// the node (a kubeadm control plane: kube-apiserver, etcd) before the API
-/// server answers, and names their cgroups by a config hash of 32 hex
-/// digits, where every pod the API server made has a uid with dashes.
-pub fn static_pods(cgroup_root: &Path, layouts: &[Layout]) -> Vec<(PathBuf, String)> {
+/// Every pod cgroup there is now (relative to the cgroup2 root), with the
+/// uid it is named by (as kubelet spells it: `_` for `-` under systemd).
+pub fn existing(cgroup_root: &Path, layouts: &[Layout]) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
     for parent in parents(layouts) {
         let Ok(entries) = std::fs::read_dir(cgroup_root.join(&parent)) else {
             continue;
         };
         for entry in entries.filter_map(|e| e.ok()) {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let hash = name
+            let uid = name
                 .strip_suffix(".slice")
                 .and_then(|n| n.rsplit_once("-pod"))
                 .map_or(name.strip_prefix("pod"), |(_, h)| Some(h));
-            if let Some(hash) =
-                hash.filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            {
-                out.push((parent.join(name), hash.to_string()));
+            if let Some(uid) = uid.filter(|u| {
+                u.len() >= 32
+                    && u.bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_')
+            }) {
+                out.push((parent.join(name), uid.to_string()));
             }
         }
     }
     out
+}
+
+/// The static pods' cgroups (relative to the cgroup2 root), with the
+/// config hash each is named by. kubelet runs static pods from files on
+/// the node (a kubeadm control plane: kube-apiserver, etcd) before the API
+/// server answers, and names their cgroups by a config hash of 32 hex
+/// digits, where every pod the API server made has a uid with dashes.
+pub fn static_pods(cgroup_root: &Path, layouts: &[Layout]) -> Vec<(PathBuf, String)> {
+    existing(cgroup_root, layouts)
+        .into_iter()
+        .filter(|(_, h)| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect()
 }
 
 /// The uid of the pod this process runs in, found by its pid among the

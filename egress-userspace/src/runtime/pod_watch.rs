@@ -85,6 +85,9 @@ impl<T> Known<T> {
 pub struct WatchHealth {
     /// When a watcher last failed (seconds since the epoch; 0: never).
     last_error: std::sync::atomic::AtomicU64,
+    /// When a watcher last told anything (seconds since the epoch; 0:
+    /// never).
+    last_event: std::sync::atomic::AtomicU64,
 }
 
 const QUIET: u64 = 40;
@@ -93,6 +96,20 @@ impl WatchHealth {
     fn failed(&self) {
         self.last_error
             .store(now_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A watcher's event `e` (its `Init` comes before anything is asked:
+    /// not the API server's word).
+    fn heard<K>(&self, e: &watcher::Event<K>) {
+        if !matches!(e, watcher::Event::Init) {
+            self.last_event
+                .store(now_secs(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// When a watcher last told anything (0: never).
+    pub fn last_event(&self) -> u64 {
+        self.last_event.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn ok(&self) -> bool {
@@ -146,6 +163,7 @@ pub fn spawn(
             let changed = tokio::select! {
                 Some(e) = pods.next() => match e {
                     Ok(e) => {
+                        health.heard(&e);
                         known_pods.apply(e, |p: &ApiPod| Pod::from_api(p).map(|p| (p.uid.clone(), p)))
                     }
                     Err(e) => {
@@ -156,6 +174,7 @@ pub fn spawn(
                 },
                 Some(e) = namespaces.next() => match e {
                     Ok(e) => {
+                        health.heard(&e);
                         known_ns.apply(e, |n: &Namespace| {
                             Some((n.metadata.name.clone()?, n.metadata.labels.clone().unwrap_or_default()))
                         })

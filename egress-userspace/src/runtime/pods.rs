@@ -160,7 +160,17 @@ impl Pods {
             return Ok(());
         }
         let remembered = governor.remembered();
-        governor.set_pods(&self.classes(base, root, remembered))
+        let synced = governor.set_pods(&self.classes(base, root, remembered));
+        if let Some(src) = &self.source {
+            let all: Vec<PathBuf> = pod_cgroups::existing(root, &src.layouts)
+                .into_iter()
+                .map(|(rel, _)| rel)
+                .collect();
+            governor
+                .metrics
+                .pods(governor.pod_counts(&all), src.health.last_event());
+        }
+        synced
     }
 
     /// Whether pods are watched (`--kubernetes`).

@@ -26,7 +26,7 @@ use crate::{
     kernel::pins,
     policy::Policy,
     report::describe::DnsEvent,
-    report::metrics::Metrics,
+    report::metrics::{Metrics, PodCounts},
     runtime::{kubernetes::Class, pod_memory::PodMemory, watch::Change},
     state::allowlist::Allowlist,
     state::learn::Learner,
@@ -353,6 +353,20 @@ impl Governor {
         );
         e.held = self.memory.held();
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// How many of the pod cgroups `all` are in each state.
+    pub fn pod_counts(&self, all: &[PathBuf]) -> PodCounts {
+        let mut counts = PodCounts::default();
+        for rel in all {
+            match self.pods.get(rel) {
+                _ if self.memory.is_held(rel) => counts.held += 1,
+                Some((_, Class::Policy(_))) => counts.governed += 1,
+                Some((_, Class::Released)) => counts.released += 1,
+                None => counts.pending += 1,
+            }
+        }
+        counts
     }
 
     /// Retires the policies of pods only that the last `apply` removed

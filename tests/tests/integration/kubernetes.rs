@@ -856,8 +856,29 @@ print(ok, failed)
             "started while egressd was down: held until listed"
         );
         assert_eq!(probe(&w_cg, &ns), "ok", "released as before the restart");
+        // The metrics say so, and that the watch has not been heard.
+        let pods = |state: &str| again.metric("egressd_pods", &[("state", state)]).unwrap();
+        assert!(again.wait_metric("egressd_pods", &[("state", "pending")], 1.0));
+        assert_eq!(
+            [
+                pods("pending"),
+                pods("governed"),
+                pods("released"),
+                pods("held")
+            ],
+            [1.0, 1.0, 1.0, 0.0]
+        );
+        let heard = || {
+            again
+                .metric("egressd_pod_watch_last_event_timestamp_seconds", &[])
+                .unwrap()
+        };
+        assert_eq!(heard(), 0.0, "the silent API server told nothing");
         api.set_silent(false);
         assert_eq!(probe_until(&l_cg, &ns, "ok"), "ok", "released once listed");
+        assert!(again.wait_metric("egressd_pods", &[("state", "released")], 2.0));
+        assert_eq!(pods("pending"), 0.0);
+        assert!(heard() > 1.7e9, "{}", heard());
         std::fs::write(&stop, "").unwrap();
         let out = client.wait_with_output().unwrap();
         let counts = String::from_utf8_lossy(&out.stdout);
