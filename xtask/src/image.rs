@@ -78,7 +78,12 @@ pub fn run(target_dir: &Path) -> Result<()> {
             "org.opencontainers.image.licenses=MIT OR Apache-2.0",
             &container,
         ])?;
-        let dest = format!("oci-archive:{}:egressd:{VERSION}", archive.display());
+        // Named with a registry (`localhost`, which no runtime pulls from):
+        // a short name would resolve to a public default registry.
+        let dest = format!(
+            "oci-archive:{}:localhost/egressd:{VERSION}",
+            archive.display()
+        );
         buildah(&["commit", "--format", "oci", "--rm", &container, &dest])
     })();
     if result.is_err() {
@@ -89,8 +94,9 @@ pub fn run(target_dir: &Path) -> Result<()> {
         .with_context(|| format!("buildah wrote no {}", archive.display()))?
         .len();
     eprintln!(
-        "image: egressd:{VERSION}, {:.1} MiB; load it with `podman load -i {}`",
+        "image: localhost/egressd:{VERSION}, {:.1} MiB; load it with `podman load -i {}` or `kind load image-archive {}`",
         size as f64 / 1048576.0,
+        archive.display(),
         archive.display()
     );
     println!("{}", archive.display());

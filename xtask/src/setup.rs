@@ -67,6 +67,24 @@ pub fn ensure() -> Result<()> {
         eprintln!("xtask: installing kubernetes-validate (PyPI)");
         run(Command::new(pip).args(["install", "--quiet", "kubernetes-validate"]))?;
     }
+    let python_has = |module: &str| {
+        Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !python_has("cloudcoil.models.prometheus_operator") {
+        // The Prometheus Operator's models (from its CRDs), to validate the
+        // monitoring component's objects against.
+        eprintln!("xtask: installing cloudcoil-models-prometheus-operator (PyPI)");
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "cloudcoil-models-prometheus-operator",
+        ]))?;
+    }
     if !packages.is_empty() {
         if !is_root() || !on_path("apt-get") {
             bail!(

@@ -122,7 +122,10 @@ fn manifests_validate_against_the_kubernetes_schemas() {
         objects.starts_with("apiVersion: v1\nkind: Namespace\n"),
         "{objects}"
     );
-    assert!(objects.contains("image: egressd:0.1.0\n"), "{objects}");
+    assert!(
+        objects.contains("image: localhost/egressd:0.1.0\n"),
+        "{objects}"
+    );
     let tmp = TempDir::new("k8s").unwrap();
     let all = tmp.write("all.yaml", &objects).unwrap();
     let out = Command::new("kubernetes-validate")
@@ -144,6 +147,7 @@ fn manifests_validate_against_the_kubernetes_schemas() {
         "clusterrolebinding/egressd",
         "namespace/egressd-system",
         "service/egressd-metrics",
+        "resourcequota/egressd-critical-pods",
     ] {
         assert!(text.contains(kind), "{kind} was not validated: {text}");
     }
@@ -163,6 +167,94 @@ fn manifests_validate_against_the_kubernetes_schemas() {
         !out.status.success(),
         "kubernetes-validate accepts anything"
     );
+}
+
+/// Checks the Prometheus Operator's objects in a built kustomization
+/// (argv[1]) against the Operator's models (generated from its CRDs: a
+/// field the schema does not have is dropped by the model, so an object
+/// that does not come back whole fails), that the ServiceMonitor selects
+/// the Service and names its port, and that the PrometheusRule's groups
+/// are those of alerts.yml (argv[2]).
+const OPERATOR_CHECK: &str = r#"
+import sys, yaml
+from cloudcoil.models.prometheus_operator import v1
+models = {"ServiceMonitor": v1.ServiceMonitor, "PrometheusRule": v1.PrometheusRule}
+docs = list(yaml.safe_load_all(open(sys.argv[1])))
+service = next(d for d in docs if d["kind"] == "Service")
+for doc in docs:
+    if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+        continue
+    back = models[doc["kind"]].model_validate(doc).model_dump(
+        by_alias=True, exclude_none=True, exclude_unset=True, mode="json")
+    if back != doc:
+        sys.exit(f"{doc['kind']} is not the Operator's schema: {doc} came back as {back}")
+    if doc["kind"] == "ServiceMonitor":
+        labels = service["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in doc["spec"]["selector"]["matchLabels"].items()), labels
+        ports = [p["name"] for p in service["spec"]["ports"]]
+        assert all(e["port"] in ports for e in doc["spec"]["endpoints"]), ports
+        assert doc["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
+    if doc["kind"] == "PrometheusRule":
+        rules = yaml.safe_load(open(sys.argv[2]))["groups"]
+        assert doc["spec"]["groups"] == rules, "the PrometheusRule differs from alerts.yml"
+    print(doc["kind"], "ok")
+"#;
+
+/// The monitoring component (`kubectl apply -k
+/// deploy/kubernetes-with-monitoring`): the Kubernetes objects validate as
+/// the base's do, the Operator's against its models, and the
+/// PrometheusRule holds alerts.yml's rules.
+#[test]
+fn the_monitoring_component_validates_and_carries_the_alert_rules() {
+    let deploy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let built = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy.join("kubernetes-with-monitoring"))
+        .output()
+        .expect("kubectl (cargo xtask setup installs it)");
+    assert!(built.status.success(), "{built:?}");
+    let objects = String::from_utf8(built.stdout).unwrap();
+    let (operator, core): (Vec<&str>, Vec<&str>) = objects
+        .split("\n---\n")
+        .partition(|d| d.starts_with("apiVersion: monitoring.coreos.com/"));
+    assert_eq!(operator.len(), 2, "{objects}");
+    let tmp = TempDir::new("k8smon").unwrap();
+    let core = tmp.write("core.yaml", &core.join("\n---\n")).unwrap();
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "-k", "1.31.0", "-k", "1.33.0", "-k", "1.36.0"])
+        .arg(&core)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && !text.contains("WARN"), "{text}");
+    assert!(text.contains("daemonset/egressd"), "{text}");
+    let all = tmp.write("all.yaml", &objects).unwrap();
+    let alerts = deploy.join("prometheus/alerts.yml");
+    let check = |file: &std::path::Path| {
+        Command::new("python3")
+            .args(["-c", OPERATOR_CHECK])
+            .arg(file)
+            .arg(&alerts)
+            .output()
+            .expect("python3 with cloudcoil-models-prometheus-operator (cargo xtask setup)")
+    };
+    let out = check(&all);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text, "PrometheusRule ok\nServiceMonitor ok\n");
+    // The check can fail: a field the Operator does not know, a rule
+    // that alerts.yml does not have.
+    let bad = tmp
+        .write("bad.yaml", &objects.replace("  jobLabel:", "  jobLabels:"))
+        .unwrap();
+    assert!(!check(&bad).status.success());
+    let bad = tmp
+        .write(
+            "bad.yaml",
+            &objects.replace("alert: EgressdDown", "alert: EgressdGone"),
+        )
+        .unwrap();
+    assert!(!check(&bad).status.success());
 }
 
 #[test]
