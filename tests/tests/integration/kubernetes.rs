@@ -257,6 +257,123 @@ fn the_monitoring_component_validates_and_carries_the_alert_rules() {
     assert!(!check(&bad).status.success());
 }
 
+/// The admission policy that narrows egressd's `nodes: patch`, evaluated
+/// as the API server would (its CEL expressions, with a CEL interpreter):
+/// egressd's service account may remove its own taint from its own node,
+/// and nothing else; anyone else is not this policy's business.
+#[test]
+fn the_node_patch_policy_lets_egressd_remove_its_own_taint_only() {
+    use serde::Deserialize;
+    use serde_json::{json, Value};
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/kubernetes/node-patch-policy.yaml"),
+    )
+    .unwrap();
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(docs[1]["spec"]["policyName"], docs[0]["metadata"]["name"]);
+    let spec = docs[0]["spec"].clone();
+    let eval = |ctx: &cel::Context, expr: &Value| -> Value {
+        let program = cel::Program::compile(expr.as_str().unwrap()).unwrap();
+        program.execute(ctx).unwrap().json().unwrap()
+    };
+    // Whether the API server admits `user` (on `node`, if its token names
+    // one) changing `old` into `new`.
+    let admitted = |user: &str, on: Option<&str>, old: &Value, new: &Value| -> bool {
+        let mut extra = serde_json::Map::new();
+        if let Some(n) = on {
+            extra.insert("authentication.kubernetes.io/node-name".into(), json!([n]));
+        }
+        let mut ctx = cel::Context::default();
+        ctx.add_variable(
+            "request",
+            json!({"userInfo": {"username": user, "extra": extra}}),
+        )
+        .unwrap();
+        ctx.add_variable("object", new.clone()).unwrap();
+        ctx.add_variable("oldObject", old.clone()).unwrap();
+        let applies = spec["matchConditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| eval(&ctx, &m["expression"]) == json!(true));
+        if !applies {
+            return true;
+        }
+        let mut variables = serde_json::Map::new();
+        for v in spec["variables"].as_array().unwrap() {
+            ctx.add_variable("variables", Value::Object(variables.clone()))
+                .unwrap();
+            let value = eval(&ctx, &v["expression"]);
+            variables.insert(v["name"].as_str().unwrap().to_string(), value);
+        }
+        ctx.add_variable("variables", Value::Object(variables))
+            .unwrap();
+        spec["validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| eval(&ctx, &v["expression"]) == json!(true))
+    };
+    let node = |name: &str, taints: &[&str], labels: Value, unschedulable: bool| {
+        let taints: Vec<Value> = taints
+            .iter()
+            .map(|k| json!({"key": k, "effect": "NoSchedule"}))
+            .collect();
+        let mut spec = json!({"taints": taints});
+        if unschedulable {
+            spec["unschedulable"] = json!(true);
+        }
+        json!({"metadata": {"name": name, "labels": labels,
+                            "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+               "spec": spec})
+    };
+    const SA: &str = "system:serviceaccount:egressd-system:egressd";
+    const OURS: &str = "egressd.io/not-ready";
+    const OTHER: &str = "node.kubernetes.io/unreachable";
+    let labels = json!({"kubernetes.io/os": "linux"});
+    let tainted = node("node-a", &[OTHER, OURS], labels.clone(), false);
+    let untainted = node("node-a", &[OTHER], labels.clone(), false);
+    // What egressd does: its own taint off its own node.
+    assert!(admitted(SA, Some("node-a"), &tainted, &untainted));
+    // Without the other taint at all.
+    let only = node("node-a", &[OURS], labels.clone(), false);
+    assert!(admitted(
+        SA,
+        Some("node-a"),
+        &only,
+        &node("node-a", &[], labels.clone(), false)
+    ));
+    // Another node, or a token that names none.
+    assert!(!admitted(SA, Some("node-b"), &tainted, &untainted));
+    assert!(!admitted(SA, None, &tainted, &untainted));
+    // Another taint removed, its own added, a label, an annotation, the
+    // node cordoned.
+    assert!(!admitted(
+        SA,
+        Some("node-a"),
+        &tainted,
+        &node("node-a", &[OURS], labels.clone(), false)
+    ));
+    assert!(!admitted(SA, Some("node-a"), &untainted, &tainted));
+    let relabelled = node(
+        "node-a",
+        &[OTHER],
+        json!({"kubernetes.io/os": "linux", "x": "y"}),
+        false,
+    );
+    assert!(!admitted(SA, Some("node-a"), &tainted, &relabelled));
+    let mut annotated = untainted.clone();
+    annotated["metadata"]["annotations"]["x"] = json!("y");
+    assert!(!admitted(SA, Some("node-a"), &tainted, &annotated));
+    let cordoned = node("node-a", &[OTHER], labels.clone(), true);
+    assert!(!admitted(SA, Some("node-a"), &tainted, &cordoned));
+    // Anyone else: not this policy's business.
+    assert!(admitted("kubernetes-admin", None, &untainted, &relabelled));
+}
+
 #[test]
 fn configmap_policies_pass_check() {
     let text = std::fs::read_to_string(
