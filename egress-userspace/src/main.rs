@@ -17,9 +17,23 @@ use egressd::{
     about = "Default-deny egress for agents, enforced in the kernel"
 )]
 struct Cli {
+    /// How egressd writes its own log on stderr: text, or one JSON object
+    /// a line (for log collectors). Events on stdout are JSON either way.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
+
+/// `--log-format`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Whether the log is JSON (`failed` writes its last line the same way).
+static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// How `egressd events` prints events.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -227,21 +241,36 @@ enum Command {
     },
 }
 
-/// Logs on stderr at `level` (or `EGRESSD_LOG`), coloured only on a terminal.
-fn init_logging(level: &str) {
+/// Logs on stderr at `level` (or `EGRESSD_LOG`): text, coloured only on a
+/// terminal, or JSON lines.
+fn init_logging(level: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESSD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => {
+            LOG_JSON.store(true, std::sync::atomic::Ordering::Relaxed);
+            log.json().flatten_event(true).init()
+        }
+    }
 }
 
 fn failed(e: anyhow::Error) -> ExitCode {
-    eprintln!("egressd: {e:#}");
+    if LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        let line = serde_json::json!({
+            "timestamp": egressd::report::describe::timestamp(std::time::SystemTime::now()),
+            "level": "ERROR",
+            "message": format!("{e:#}"),
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("egressd: {e:#}");
+    }
     if e.downcast_ref::<PolicyError>().is_some()
         || e.downcast_ref::<egressd::cli::usage::UsageError>()
             .is_some()
@@ -263,10 +292,13 @@ fn runtime() -> tokio::runtime::Runtime {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // exec shares its stderr with the command: only warnings, unless -v.
-    init_logging(match &cli.command {
-        Command::Exec { verbose: false, .. } => "warn",
-        _ => "info",
-    });
+    init_logging(
+        match &cli.command {
+            Command::Exec { verbose: false, .. } => "warn",
+            _ => "info",
+        },
+        cli.log_format,
+    );
     match cli.command {
         Command::Run {
             policy,

@@ -760,3 +760,61 @@ fn detach_one_policy() {
         "detaching nothing is an error"
     );
 }
+
+/// `--log-format json`: every line egressd logs is a JSON object with a
+/// timestamp, a level and a message (what a log collector parses), its
+/// fields beside them; a failure to start is one such line too.
+#[test]
+fn the_log_is_json_lines_when_asked() {
+    require_root();
+    let ns = Netns::new("logjson").unwrap();
+    let tmp = TempDir::new("logjson").unwrap();
+    let cg = TestCgroup::new("logjson").unwrap();
+    let policy = tmp
+        .write(
+            "p.yaml",
+            &format!(
+                "name: logjson\ncgroups: [{}]\nallow:\n  - ip: 198.51.100.1\n    ports: [443]\n",
+                cg.rel_str()
+            ),
+        )
+        .unwrap();
+    let daemon = Daemon::start_with(&ns, &policy, &["--log-format", "json"]).unwrap();
+    let log = daemon.log.lock().unwrap().clone();
+    assert!(log.len() >= 2, "{log:?}");
+    for line in &log {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string() && v["message"].is_string(),
+            "{line}"
+        );
+    }
+    let enforcing = log
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["message"] == "enforcing")
+        .expect("an `enforcing` line");
+    assert_eq!(enforcing["level"], "INFO");
+    assert!(
+        enforcing["policies"]
+            .as_str()
+            .is_some_and(|p| p.contains("logjson")),
+        "{enforcing}"
+    );
+    drop(daemon);
+    let out = std::process::Command::new(bin())
+        .args(["run", "--log-format", "json", "--no-metrics", "--policy"])
+        .arg(tmp.0.join("missing.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value =
+        serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(v["level"], "ERROR", "{err}");
+    assert!(
+        v["message"].as_str().unwrap().contains("missing.yaml"),
+        "{err}"
+    );
+}
