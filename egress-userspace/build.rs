@@ -6,9 +6,10 @@
 //! warning instead, so that `cargo check` and `cargo clippy` run anywhere;
 //! such an egressd refuses to start (`KernelError::NoObject`), and the next
 //! build looks for the toolchain again.
-use std::{env, fs, path::PathBuf};
+use std::{env, fs, path::PathBuf, process::Command};
 
 fn main() {
+    commit();
     println!("cargo:rerun-if-env-changed=EGRESSD_EBPF_OBJECT");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let object = match env::var_os("EGRESSD_EBPF_OBJECT") {
@@ -45,4 +46,33 @@ fn main() {
     };
     fs::copy(&object, out.join("egress.bpf.o"))
         .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
+}
+
+/// The commit egressd is built from, for `egressd --version` and
+/// `egressd_build_info` (EGRESSD_COMMIT; `unknown` outside a git checkout).
+/// Built again when HEAD moves.
+fn commit() {
+    let root = xtask::ebpf::workspace_root();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=EGRESSD_COMMIT={commit}");
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from) {
+        println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("packed-refs").display()
+        );
+        if let Some(head) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={}", dir.join(head).display());
+        }
+    }
 }

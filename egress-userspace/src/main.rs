@@ -10,10 +10,18 @@ use egressd::{
     policy::error::PolicyError,
 };
 
+/// `egressd --version`: the version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("EGRESSD_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "egressd",
-    version,
+    version = VERSION,
     about = "Default-deny egress for agents, enforced in the kernel"
 )]
 struct Cli {

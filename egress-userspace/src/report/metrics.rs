@@ -87,15 +87,16 @@ fn plain_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
-/// `egressd_build_info`: 1, with the version.
+/// `egressd_build_info`: 1, with the version and the commit.
 fn build_info(r: &Registry) {
     let g = gauge(
         r,
         "egressd_build_info",
-        "1, with the version of egressd that runs.",
-        &["version"],
+        "1, with the version of egressd that runs and the commit it was built from.",
+        &["version", "commit"],
     );
-    g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    g.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("EGRESSD_COMMIT")])
+        .set(1);
 }
 
 impl Default for Metrics {

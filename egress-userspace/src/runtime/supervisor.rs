@@ -137,6 +137,18 @@ impl Governor {
         Ok(())
     }
 
+    /// Starts one policy that is not running, leaving the others as they
+    /// are.
+    pub async fn start_policy(&mut self, policy: Policy) -> Result<()> {
+        let name = policy.name.clone();
+        if self.running.contains_key(&name) {
+            bail!("policy `{name}` is running already");
+        }
+        self.start(policy)
+            .await
+            .with_context(|| format!("policy `{name}`"))
+    }
+
     async fn start(&mut self, policy: Policy) -> Result<()> {
         let name = policy.name.clone();
         let sockets = sockets::bind().await?;

@@ -435,3 +435,51 @@ fn exec_says_when_events_were_lost() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// `egressd --version` names the version and the commit the binary was
+/// built from (this checkout's HEAD, where it is one).
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(bin()).arg("--version").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let head = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("unknown".to_string(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        });
+    assert_eq!(
+        text.trim(),
+        format!("egressd {} (commit {head})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// The version is defined once, in the workspace's Cargo.toml: what else
+/// names it (the image's label, the kustomization's tag, the crates
+/// outside the workspace) says the same.
+#[test]
+fn the_version_is_defined_once() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let v = env!("CARGO_PKG_VERSION");
+    assert!(
+        read("Containerfile").contains(&format!("org.opencontainers.image.version=\"{v}\"")),
+        "Containerfile"
+    );
+    assert!(
+        read("deploy/kubernetes/kustomization.yaml").contains(&format!("newTag: \"{v}\"")),
+        "kustomization.yaml"
+    );
+    for krate in ["egress-common/Cargo.toml", "egress-ebpf/Cargo.toml"] {
+        assert!(
+            read(krate).contains(&format!("\nversion = \"{v}\"\n")),
+            "{krate}"
+        );
+    }
+}

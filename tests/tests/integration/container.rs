@@ -192,7 +192,7 @@ fn the_image_governs_containers_podman_starts() {
         ),
         "-v",
         &format!("{}:/kubeconfig:ro", kubeconfig.display()),
-        "localhost/egressd:0.1.0",
+        &format!("localhost/egressd:{}", env!("CARGO_PKG_VERSION")),
         "run",
         "--kubernetes",
         "--kubeconfig",

@@ -123,7 +123,10 @@ fn manifests_validate_against_the_kubernetes_schemas() {
         "{objects}"
     );
     assert!(
-        objects.contains("image: localhost/egressd:0.1.0\n"),
+        objects.contains(&format!(
+            "image: localhost/egressd:{}\n",
+            env!("CARGO_PKG_VERSION")
+        )),
         "{objects}"
     );
     let tmp = TempDir::new("k8s").unwrap();
@@ -978,7 +981,7 @@ mod governed_pods {
         assert_eq!(target.count(), 4, "what the released pods sent, only");
     }
 
-    /// A client connecting every 20 ms until file `argv[1]` exists; prints
+    /// A client connecting every millisecond or so until file `argv[1]` exists; prints
     /// how many connects succeeded and failed.
     const CONNECT_LOOP: &str = r#"
 import os, socket, sys, time
@@ -989,7 +992,7 @@ while not os.path.exists(sys.argv[1]):
         ok += 1
     except OSError:
         failed += 1
-    time.sleep(0.02)
+    time.sleep(0.001)
 print(ok, failed)
 "#;
 

@@ -30,7 +30,7 @@ use crate::{
     report::pod_names::PodNames,
     runtime::pod_cgroups,
     runtime::pod_watch,
-    runtime::pods::{PodSource, Pods},
+    runtime::pods::{PodSource, Pods, PENDING},
     runtime::supervisor::Governor,
     runtime::watch::stamp,
     runtime::watch::Watcher,
@@ -289,9 +289,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             &control::socket_path(&opts.instance).with_extension("held"),
         );
     }
-    governor.apply(pods.expand(&base, &root)?).await?;
+    // Pods are mapped (as the previous run decided, and egressd's own
+    // pod) before this run's `kubernetes-pending` holds the kubepods
+    // cgroup: a released pod never meets the new programs unmapped.
+    let mut expanded = pods.expand(&base, &root)?;
+    let pending = expanded
+        .iter()
+        .position(|p| p.name == PENDING)
+        .map(|i| expanded.remove(i));
+    governor.apply(expanded).await?;
+    pods.sync(&mut governor, &base, &root)?;
+    if let Some(pending) = pending {
+        governor.start_policy(pending).await?;
+    }
     metrics.loaded(true);
-    // egressd's own pod first: it must reach the API server.
     pods.sync(&mut governor, &base, &root)?;
     tokio::spawn(refresh::sweep(allowlist.clone(), refresh::SWEEP_PERIOD));
     // Now that the new links are pinned, remove this instance's old ones
