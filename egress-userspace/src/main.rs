@@ -238,6 +238,15 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         wait: f64,
     },
+    /// Print a shell completion script (bash: put it in
+    /// /usr/share/bash-completion/completions/egressd).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, egressd(8), in roff (for packaging).
+    #[command(hide = true)]
+    Manpage,
     /// Remove pinned programs: everything egressd attached (stops enforcement).
     Detach {
         /// Only this instance (`run`, or `exec-PID`).
@@ -458,6 +467,21 @@ fn main() -> ExitCode {
                     eprintln!("egressd: NOT GOVERNED: {e:#}");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "egressd", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd)
+                .section("8")
+                .render(&mut std::io::stdout())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failed(e.into()),
             }
         }
         Command::Detach { instance, policy } => {

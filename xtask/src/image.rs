@@ -127,7 +127,7 @@ fn ensure_buildah() -> Result<()> {
 
 /// The egressd binary, linked statically; checked to have no program
 /// interpreter (a dynamic binary would not start on an empty base).
-fn build_static(target_dir: &Path) -> Result<PathBuf> {
+pub fn build_static(target_dir: &Path) -> Result<PathBuf> {
     let status = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(ebpf::workspace_root())
         .env("RUSTFLAGS", "-C target-feature=+crt-static")

@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: see `usage()`.
 
+mod deb;
 mod demo;
 mod image;
 mod layers;
@@ -26,6 +27,9 @@ tasks:
   image   egressd's container image (a static binary on an empty base), built
           with buildah without pulling anything; prints its OCI archive's
           path (needs root)
+  deb     a Debian package (the static binary, systemd units, man page,
+          completions, examples), checked by installing it into a
+          throwaway root; prints its path
   bench   measure egressd against no enforcement and nftables; writes
           BENCHMARKS.md and bench-results.json (needs root; --smoke: tiny sizes)
   vm-test the integration tests in VMs on Debian's 5.10, 6.1 and 6.12 kernels
@@ -236,6 +240,7 @@ fn main() -> ExitCode {
         }
         Some("vm-test") => vm::run(&args[1..]),
         Some("image") => image::run(&target_dir()),
+        Some("deb") => deb::run(&target_dir()),
         Some("bench") => {
             require_root("bench").and_then(|_| bench(args.iter().any(|a| a == "--smoke")))
         }
