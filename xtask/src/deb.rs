@@ -111,6 +111,8 @@ pub fn run(target_dir: &Path) -> Result<()> {
         0o644,
     )?;
     put(&format!("{doc}/copyright"), copyright(&repo)?.as_bytes(), 0o644)?;
+    // Where the unit reads policies from (empty: the package ships none).
+    fs::create_dir_all(stage.join("etc/egressd/policies"))?;
     let size_kib = du_kib(&stage)?;
     put("DEBIAN/control", control(size_kib).as_bytes(), 0o644)?;
     // No enable, no start: the unit needs policies in /etc/egressd/policies.
@@ -270,6 +272,9 @@ fn check(deb: &Path, root: &Path) -> Result<()> {
     let unit = fs::read_to_string(installed("lib/systemd/system/egressd.service")?)?;
     if !unit.contains("ExecStart=/usr/sbin/egressd run") || unit.contains("/usr/local/bin") {
         bail!("the installed unit does not name /usr/sbin/egressd");
+    }
+    if !root.join("etc/egressd/policies").is_dir() {
+        bail!("the package makes no /etc/egressd/policies");
     }
     for rel in [
         "usr/share/bash-completion/completions/egressd",
