@@ -48,7 +48,11 @@ pub fn run(target_dir: &Path) -> Result<()> {
     let egressd = |args: &[&str]| -> Result<Vec<u8>> {
         let out = Command::new(&bin).args(args).output()?;
         if !out.status.success() {
-            bail!("egressd {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "egressd {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(out.stdout)
     };
@@ -110,7 +114,11 @@ pub fn run(target_dir: &Path) -> Result<()> {
         &gzip(&fs::read(repo.join("CHANGELOG.md"))?)?,
         0o644,
     )?;
-    put(&format!("{doc}/copyright"), copyright(&repo)?.as_bytes(), 0o644)?;
+    put(
+        &format!("{doc}/copyright"),
+        copyright(&repo)?.as_bytes(),
+        0o644,
+    )?;
     // Where the unit reads policies from (empty: the package ships none).
     fs::create_dir_all(stage.join("etc/egressd/policies"))?;
     let size_kib = du_kib(&stage)?;
@@ -267,7 +275,10 @@ fn check(deb: &Path, root: &Path) -> Result<()> {
     child.stdin.take().expect("piped").write_all(&man)?;
     let man = String::from_utf8(child.wait_with_output()?.stdout)?;
     if !man.contains(".TH egressd 8") || !man.contains("exec") {
-        bail!("the man page is not egressd(8): {}", &man[..man.len().min(200)]);
+        bail!(
+            "the man page is not egressd(8): {}",
+            &man[..man.len().min(200)]
+        );
     }
     let unit = fs::read_to_string(installed("lib/systemd/system/egressd.service")?)?;
     if !unit.contains("ExecStart=/usr/sbin/egressd run") || unit.contains("/usr/local/bin") {

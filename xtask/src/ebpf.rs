@@ -1,6 +1,6 @@
 //! Building the eBPF object from `egress-ebpf`.
 //!
-//! Two toolchains can build it (see README "Building"):
+//! Two toolchains can build it (see docs/development.md, "Building"):
 //! 1. the usual aya way: a rustup `nightly` with `rust-src`, and `bpf-linker`;
 //! 2. Debian's `rustc-web` with its source (`rust-web-src`) and `bpf-linker`
 //!    built against Debian's LLVM, with `RUSTC_BOOTSTRAP=1`.

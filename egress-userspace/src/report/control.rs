@@ -144,7 +144,7 @@ pub fn status(allowlist: &Allowlist) -> Value {
 }
 
 /// Channels `egressd run` does not close for the cgroups it governs, and
-/// what closes them instead (see the README's Channels table); `unix`,
+/// what closes them instead (see the Channels table in docs/security-model.md); `unix`,
 /// `families`: why those are not judged, if they are not.
 fn open_channels(unix: Option<&str>, families: Option<&str>) -> Vec<(&'static str, String)> {
     let mut open = Vec::new();

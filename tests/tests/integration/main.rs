@@ -12,6 +12,7 @@ mod cli;
 mod container;
 mod daemon;
 mod dns;
+mod docs;
 mod kubernetes;
 mod learn;
 mod leftovers;

@@ -129,7 +129,7 @@ fn exposure_at_most(unit: &Path, threshold: u32) -> (bool, String) {
     (out.status.success(), last)
 }
 
-/// The units' `systemd-analyze security` exposure is what the README
+/// The units' `systemd-analyze security` exposure is what the docs
 /// records (3.8 for egressd, 1.3 for the agent; 7.1 and 4.8 before they
 /// were hardened), and a unit that loses its hardening fails the check.
 #[test]
@@ -141,7 +141,7 @@ fn units_exposure_is_what_the_readme_says() {
         let (ok, last) = exposure_at_most(&unit(name), threshold);
         assert!(
             ok,
-            "{name}: {last} (the README says {}.{})",
+            "{name}: {last} (docs/operations.md says {}.{})",
             threshold / 10,
             threshold % 10
         );
