@@ -27,7 +27,7 @@ pub fn require_root() {
 /// newer than the kernel assert what egressd says instead (that the
 /// channel is not closed).
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {
-    ::egressd::kernel::release_at_least(major, minor)
+    ::egressd::kernel::sys::release_at_least(major, minor)
 }
 
 /// The unit files of deploy/systemd, sorted.

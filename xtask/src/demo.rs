@@ -101,9 +101,20 @@ fn wait_for(what: &str, secs: u64, mut ready: impl FnMut() -> bool) -> Result<()
     bail!("timed out waiting for {what}")
 }
 
+/// A step's title: bold on a terminal, plain text elsewhere (a log, a pipe).
 fn step(n: u32, text: &str) {
-    println!("\n\x1b[1m== {n}. {text}\x1b[0m");
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        println!("\n\x1b[1m== {n}. {text}\x1b[0m");
+    } else {
+        println!("\n== {n}. {text}");
+    }
 }
+
+/// The user the agent runs as: nobody, as the README tells users to run
+/// agents (no capabilities: it can neither leave its cgroup nor detach
+/// egressd).
+const AGENT_UID: &str = "65534";
 
 pub fn run(egressd: &Path) -> Result<()> {
     let id = std::process::id();
@@ -187,7 +198,12 @@ pub fn run(egressd: &Path) -> Result<()> {
         3,
         "The agent summarises a document that carries injected instructions",
     );
-    let doc = assets.join("document.txt");
+    // The agent runs unprivileged, from copies it can read (the checkout
+    // may sit in a directory only root can enter).
+    let doc = scene.dir.join("document.txt");
+    fs::copy(assets.join("document.txt"), &doc)?;
+    let agent_py = scene.dir.join("agent.py");
+    fs::copy(assets.join("agent.py"), &agent_py)?;
     println!(
         "{}",
         fs::read_to_string(&doc)?
@@ -204,12 +220,15 @@ pub fn run(egressd: &Path) -> Result<()> {
         "nameserver 198.51.100.53\noptions attempts:1 timeout:2\n",
     )?;
     let script = format!(
-        "mount --bind {} /etc/resolv.conf && echo $$ > {}/cgroup.procs && exec python3 {} {}",
+        "mount --bind {} /etc/resolv.conf && echo $$ > {}/cgroup.procs && \
+         exec setpriv --reuid={AGENT_UID} --regid={AGENT_UID} --clear-groups --no-new-privs \
+         --inh-caps=-all /usr/bin/python3 {} {}",
         resolv.display(),
         cgroup.display(),
-        assets.join("agent.py").display(),
+        agent_py.display(),
         doc.display()
     );
+    println!("   the agent runs as nobody (uid {AGENT_UID}), with no capabilities, in its cgroup");
     let agent = scene
         .cmd("unshare")
         .args(["--mount", "sh", "-c", &script])

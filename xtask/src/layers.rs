@@ -95,13 +95,45 @@ fn paths(s: &str) -> Vec<Vec<String>> {
         if s[*i..].starts_with("::") {
             *i += 2;
             tree(s, i, &path, out);
-        } else if !path.is_empty() {
-            out.push(path);
+        } else {
+            if !path.is_empty() {
+                out.push(path);
+            }
+            // `x as y`: the alias is no path.
+            let rest = &s[*i..];
+            let trimmed = rest.trim_start();
+            if let Some(alias) = trimmed.strip_prefix("as") {
+                if alias.starts_with(char::is_whitespace) {
+                    let alias = alias.trim_start();
+                    let len = alias
+                        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .unwrap_or(alias.len());
+                    *i = s.len() - alias.len() + len;
+                }
+            }
         }
     }
     let mut out = Vec::new();
     tree(s, &mut 0, &[], &mut out);
     out
+}
+
+/// The child modules a file declares (`mod x;`, `pub mod x;`,
+/// `pub(crate) mod x;`): not inline ones (`mod x { .. }`).
+fn declared_modules(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let l = l
+                .strip_prefix("pub(crate) ")
+                .or_else(|| l.strip_prefix("pub "))
+                .unwrap_or(l);
+            let name = l.strip_prefix("mod ")?.strip_suffix(';')?;
+            name.chars()
+                .all(|c| c.is_alphanumeric() || c == '_')
+                .then(|| name.to_string())
+        })
+        .collect()
 }
 
 /// Module -> the modules it imports, for every file under `src`.
@@ -123,25 +155,40 @@ fn imports(src: &Path) -> Result<BTreeMap<Module, BTreeSet<Module>>> {
             }
             let me = module_of(rel);
             let text = code(&std::fs::read_to_string(&path)?);
-            // `super` is the module that declares this one.
-            let mut parent: Vec<String> = rel
+            // This file's module path; `super` is the module that declares it.
+            let mut own: Vec<String> = rel
                 .with_extension("")
                 .iter()
                 .map(|p| p.to_string_lossy().into_owned())
                 .collect();
-            if parent.last().is_some_and(|p| p == "mod") {
-                parent.pop();
+            if own.last().is_some_and(|p| p == "mod") {
+                own.pop();
             }
-            parent.pop();
-            let parent = parent.join("::");
+            let parent = own[..own.len() - 1].join("::");
+            let own = own.join("::");
+            // Paths relative to this module: `self::`, and a child module
+            // it declares (`mod lsm;` then `lsm::Thing`).
+            let mut prefixes = vec![
+                ("crate::".to_string(), String::new()),
+                ("super::".to_string(), parent),
+                ("self::".to_string(), own.clone()),
+            ];
+            for child in declared_modules(&text) {
+                prefixes.push((format!("{child}::"), format!("{own}::{child}")));
+            }
             let mut found = Vec::new();
-            for (prefix, base) in [("crate::", String::new()), ("super::", parent)] {
-                for (at, _) in text.match_indices(prefix) {
+            for (prefix, base) in &prefixes {
+                for (at, _) in text.match_indices(prefix.as_str()) {
                     let before = text[..at].chars().next_back();
                     if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
                         continue;
                     }
-                    for p in paths(&text[at + prefix.len()..]) {
+                    let mut p = paths(&text[at + prefix.len()..]);
+                    if p.is_empty() && prefix != "crate::" {
+                        // `lsm::{self}` or a bare `lsm::f(..)` call.
+                        p.push(Vec::new());
+                    }
+                    for p in p {
                         let mut full: Vec<String> = base
                             .split("::")
                             .filter(|s| !s.is_empty())
@@ -241,7 +288,7 @@ mod tests {
 
     #[test]
     fn use_trees_are_read_two_segments_deep() {
-        let p = paths("{a::{b::C, d}, e::f::G, self}; rest");
+        let p = paths("{a::{b::C, d as D}, e::f::G, self}; rest");
         let p: Vec<String> = p.iter().map(|p| p.join("::")).collect();
         assert_eq!(p, ["a::b::C", "a::d", "e::f::G"]);
         assert_eq!(paths("x::y(1)")[0], ["x", "y"]);
@@ -271,6 +318,40 @@ mod tests {
         );
         assert_eq!(cycle.len(), 2, "{cycle:?}");
         assert_eq!(problems(&edges(&[("web", "cli")]), &order).len(), 1);
+    }
+
+    /// A parent that uses its child by a relative path (`lsm::f`), while
+    /// the child uses the parent (`super::X`), is a cycle.
+    #[test]
+    fn a_cycle_through_relative_paths_is_found() {
+        let src = std::env::temp_dir().join(format!("egressd-layers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&src);
+        std::fs::create_dir_all(src.join("kernel")).unwrap();
+        std::fs::write(src.join("lib.rs"), "pub mod kernel;\n").unwrap();
+        std::fs::write(
+            src.join("kernel/mod.rs"),
+            "pub mod lsm;\npub struct Loaded;\npub fn go() { lsm::attach(); }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            src.join("kernel/lsm.rs"),
+            "use super::Loaded;\npub fn attach() {}\n",
+        )
+        .unwrap();
+        let graph = imports(&src).unwrap();
+        assert!(graph["kernel"].contains("kernel::lsm"), "{graph:?}");
+        assert!(graph["kernel::lsm"].contains("kernel"), "{graph:?}");
+        let order = vec!["kernel".to_string()];
+        let found = problems(&graph, &order);
+        assert!(found.iter().any(|p| p.contains("a cycle")), "{found:?}");
+        // Without the parent's use of its child: no cycle.
+        std::fs::write(
+            src.join("kernel/mod.rs"),
+            "pub mod lsm;\npub struct Loaded;\n",
+        )
+        .unwrap();
+        assert!(problems(&imports(&src).unwrap(), &order).is_empty());
+        std::fs::remove_dir_all(&src).unwrap();
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub fn load(ebpf: &mut Ebpf) -> Result<(), String> {
 /// Linux 6.0) rather than a broken program, which must stop egressd: BPF
 /// LSM runs, and socket families would go unjudged.
 pub fn lacks_lsm_cgroup() -> bool {
-    !super::release_at_least(6, 0)
+    !super::sys::release_at_least(6, 0)
 }
 
 fn load_active(ebpf: &mut Ebpf) -> Result<()> {

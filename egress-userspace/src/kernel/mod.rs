@@ -344,17 +344,6 @@ impl Attachment {
     }
 }
 
-/// Whether the running kernel is `major.minor` or later (from
-/// /proc/sys/kernel/osrelease; 0.0 if unreadable).
-pub fn release_at_least(major: u32, minor: u32) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
-}
-
 /// The cookie of the calling thread's network namespace (Linux 5.14).
 pub fn netns_cookie() -> std::io::Result<u64> {
     use std::os::fd::{AsRawFd, FromRawFd};

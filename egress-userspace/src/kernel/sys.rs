@@ -181,6 +181,17 @@ pub fn delete_each<K>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), Failed> {
     )
 }
 
+/// Whether the running kernel is `major.minor` or later (from
+/// /proc/sys/kernel/osrelease; 0.0 if unreadable).
+pub fn release_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -433,14 +433,18 @@ mod tests {
         m.dns_latency("p", 0.002);
         let text = String::from_utf8(m.render()).unwrap();
         for want in [
-            "egressd_build_info{version=",
-            "process_resident_memory_bytes",
-            "process_start_time_seconds",
-            "egressd_config_last_reload_successful 0",
-            "egressd_config_last_reload_success_timestamp_seconds 1",
-            "egressd_dns_query_duration_seconds_bucket{policy=\"p\",le=\"0.0025\"} 1",
+            format!(
+                "egressd_build_info{{commit=\"{}\",version=\"{}\"}} 1",
+                env!("EGRESSD_COMMIT"),
+                env!("CARGO_PKG_VERSION")
+            ),
+            "process_resident_memory_bytes".into(),
+            "process_start_time_seconds".into(),
+            "egressd_config_last_reload_successful 0".into(),
+            "egressd_config_last_reload_success_timestamp_seconds 1".into(),
+            "egressd_dns_query_duration_seconds_bucket{policy=\"p\",le=\"0.0025\"} 1".into(),
         ] {
-            assert!(text.contains(want), "{want}: {text}");
+            assert!(text.contains(want.as_str()), "{want}: {text}");
         }
     }
 }

@@ -7,16 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::pod_cgroups::{pod_cgroup, Layout};
+use super::pod_cgroups::{pod_cgroup, Layout, Qos};
 use crate::policy::{selector::Labels, Policy};
-
-/// A pod's quality-of-service class, which places its cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Qos {
-    Guaranteed,
-    Burstable,
-    BestEffort,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
@@ -115,7 +107,7 @@ pub fn classify(
             tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), "two pods claim one cgroup: held");
             continue;
         }
-        let Some(rel) = pod_cgroup(cgroup_root, layouts, pod) else {
+        let Some(rel) = pod_cgroup(cgroup_root, layouts, pod.qos, &pod.cgroup_uid) else {
             continue;
         };
         let Some(policy) = cluster.policy_of(policies, pod) else {
@@ -211,9 +203,15 @@ mod tests {
         let layouts = discover(&root, Some(Path::new(""))).unwrap();
         let pods = pods();
         // Under kubepods, then kubepods.slice.
-        let [_, summarizer] = <[PathBuf; 2]>::try_from(candidates(&layouts, &pods[0])).unwrap();
-        let [coder, _] = <[PathBuf; 2]>::try_from(candidates(&layouts, &pods[1])).unwrap();
-        let [web, _] = <[PathBuf; 2]>::try_from(candidates(&layouts, &pods[2])).unwrap();
+        let [_, summarizer] =
+            <[PathBuf; 2]>::try_from(candidates(&layouts, pods[0].qos, &pods[0].cgroup_uid))
+                .unwrap();
+        let [coder, _] =
+            <[PathBuf; 2]>::try_from(candidates(&layouts, pods[1].qos, &pods[1].cgroup_uid))
+                .unwrap();
+        let [web, _] =
+            <[PathBuf; 2]>::try_from(candidates(&layouts, pods[2].qos, &pods[2].cgroup_uid))
+                .unwrap();
         for dir in [&summarizer, &coder, &web] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
             std::fs::write(root.join(dir).join("cgroup.procs"), "").unwrap();

@@ -16,8 +16,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use super::kubernetes::{Pod, Qos};
-
 /// How deep below the cgroup2 root a kubepods cgroup is looked for
 /// (`kubelet.slice/kubelet-kubepods.slice` is 2 deep).
 const SEARCH_DEPTH: usize = 4;
@@ -90,18 +88,10 @@ pub fn discover(cgroup_root: &Path, under: Option<&Path>) -> Result<Vec<Layout>>
     let mut dirs = vec![(under.map(Path::to_path_buf).unwrap_or_default(), 0)];
     let depth = if under.is_some() { 1 } else { SEARCH_DEPTH };
     while let Some((rel, d)) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(cgroup_root.join(&rel)) else {
-            continue;
-        };
-        for entry in entries.filter_map(|e| e.ok()) {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            match Layout::of(rel.join(name), name) {
+        for name in subdirs(&cgroup_root.join(&rel)) {
+            match Layout::of(rel.join(&name), &name) {
                 Some(layout) => found.push(layout),
-                None if d + 1 < depth => dirs.push((rel.join(name), d + 1)),
+                None if d + 1 < depth => dirs.push((rel.join(&name), d + 1)),
                 None => {}
             }
         }
@@ -132,6 +122,18 @@ pub fn discover(cgroup_root: &Path, under: Option<&Path>) -> Result<Vec<Layout>>
     Ok(found)
 }
 
+/// The names of the directories in `dir` (none if it cannot be read).
+fn subdirs(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
+}
+
 /// The kubepods cgroups (relative to the cgroup2 root): where egressd's
 /// programs hold every pod.
 pub fn kubepods(layouts: &[Layout]) -> Vec<PathBuf> {
@@ -143,18 +145,24 @@ pub fn parents(layouts: &[Layout]) -> Vec<PathBuf> {
     layouts.iter().flat_map(Layout::parents).collect()
 }
 
-/// Where the cgroup of `pod` may be (relative to the cgroup2 root).
-pub fn candidates(layouts: &[Layout], pod: &Pod) -> Vec<PathBuf> {
-    layouts
-        .iter()
-        .map(|l| l.pod(pod.qos, &pod.cgroup_uid))
-        .collect()
+/// A pod's quality-of-service class, which places its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    Guaranteed,
+    Burstable,
+    BestEffort,
 }
 
-/// Where the pod's cgroup is now (relative to the cgroup2 root); None if it
-/// has none yet.
-pub fn pod_cgroup(cgroup_root: &Path, layouts: &[Layout], pod: &Pod) -> Option<PathBuf> {
-    candidates(layouts, pod)
+/// Where the cgroup of a pod of class `qos`, named by `uid` (its own, or
+/// a static pod's config hash), may be (relative to the cgroup2 root).
+pub fn candidates(layouts: &[Layout], qos: Qos, uid: &str) -> Vec<PathBuf> {
+    layouts.iter().map(|l| l.pod(qos, uid)).collect()
+}
+
+/// Where that pod's cgroup is now (relative to the cgroup2 root); None if
+/// it has none yet.
+pub fn pod_cgroup(cgroup_root: &Path, layouts: &[Layout], qos: Qos, uid: &str) -> Option<PathBuf> {
+    candidates(layouts, qos, uid)
         .into_iter()
         .find(|rel| cgroup_root.join(rel).join("cgroup.procs").exists())
 }
@@ -164,15 +172,7 @@ pub fn pod_cgroup(cgroup_root: &Path, layouts: &[Layout], pod: &Pod) -> Option<P
 pub fn existing(cgroup_root: &Path, layouts: &[Layout]) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
     for parent in parents(layouts) {
-        let Ok(entries) = std::fs::read_dir(cgroup_root.join(&parent)) else {
-            continue;
-        };
-        for entry in entries.filter_map(|e| e.ok()) {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
+        for name in subdirs(&cgroup_root.join(&parent)) {
             let uid = name
                 .strip_suffix(".slice")
                 .and_then(|n| n.rsplit_once("-pod"))
@@ -182,7 +182,7 @@ pub fn existing(cgroup_root: &Path, layouts: &[Layout]) -> Vec<(PathBuf, String)
                     && u.bytes()
                         .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_')
             }) {
-                out.push((parent.join(name), uid.to_string()));
+                out.push((parent.join(&name), uid.to_string()));
             }
         }
     }
@@ -231,17 +231,6 @@ pub fn own_pod_uid(cgroup_root: &Path, layouts: &[Layout]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pod(uid: &str, qos: Qos) -> Pod {
-        Pod {
-            uid: uid.into(),
-            cgroup_uid: uid.into(),
-            namespace: "agents".into(),
-            name: "a".into(),
-            labels: Default::default(),
-            qos,
-        }
-    }
 
     /// A cgroup tree in a temporary directory, removed on drop.
     struct Tree(PathBuf);
@@ -308,13 +297,13 @@ mod tests {
                 [PathBuf::from(kubepods)],
                 "{tag}"
             );
-            let b = pod_cgroup(&tree.0, &layouts, &pod(UID, Qos::Burstable));
+            let b = pod_cgroup(&tree.0, &layouts, Qos::Burstable, UID);
             std::fs::write(tree.0.join(burstable).join("cgroup.procs"), "").unwrap();
             assert_eq!(b, None, "{tag}: no cgroup.procs, no cgroup");
-            let b = pod_cgroup(&tree.0, &layouts, &pod(UID, Qos::Burstable));
+            let b = pod_cgroup(&tree.0, &layouts, Qos::Burstable, UID);
             assert_eq!(b, Some(PathBuf::from(burstable)), "{tag}");
             assert_eq!(
-                candidates(&layouts, &pod(UID, Qos::Guaranteed)),
+                candidates(&layouts, Qos::Guaranteed, UID),
                 [PathBuf::from(guaranteed)],
                 "{tag}"
             );

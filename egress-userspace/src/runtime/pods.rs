@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::{
     kubernetes::{self, Class, Cluster},
-    pod_cgroups::{self, Layout},
+    pod_cgroups::{self, Layout, Qos},
     supervisor::Governor,
 };
 use crate::policy::{validate::parse, Policy};
@@ -132,20 +132,8 @@ impl Pods {
             }
         }
         if let Some(uid) = &src.own_uid {
-            for qos in [
-                kubernetes::Qos::Guaranteed,
-                kubernetes::Qos::Burstable,
-                kubernetes::Qos::BestEffort,
-            ] {
-                let own = kubernetes::Pod {
-                    uid: uid.clone(),
-                    cgroup_uid: uid.clone(),
-                    namespace: String::new(),
-                    name: String::new(),
-                    labels: Default::default(),
-                    qos,
-                };
-                if let Some(rel) = pod_cgroups::pod_cgroup(root, &src.layouts, &own) {
+            for qos in [Qos::Guaranteed, Qos::Burstable, Qos::BestEffort] {
+                if let Some(rel) = pod_cgroups::pod_cgroup(root, &src.layouts, qos, uid) {
                     out.insert(rel, Class::Released);
                 }
             }

@@ -814,7 +814,10 @@ mod governed_pods {
             "aa11bb22-2222-4c3b-9a55-2b1c0d9e8f71",
             "bb11bb22-3333-4c3b-9a55-2b1c0d9e8f72",
         ];
-        let layouts: [(&str, &str, fn(&str) -> String); 2] = [
+        // Where the kubepods cgroup's holder is, its name, and where a
+        // Burstable pod's cgroup is below the holder.
+        type Layout = (&'static str, &'static str, fn(&str) -> String);
+        let layouts: [Layout; 2] = [
             ("kubelet.slice", "kubelet-kubepods.slice", |uid| {
                 format!(
                     "kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{}.slice",
