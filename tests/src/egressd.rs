@@ -361,10 +361,12 @@ impl Daemon {
         let lg = log.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("enforcing") {
+                // Kept before it is told: whoever is told finds it.
+                let ready = line.contains("enforcing");
+                lg.lock().unwrap().push(line);
+                if ready {
                     let _ = ready_tx.send(());
                 }
-                lg.lock().unwrap().push(line);
             }
         });
         let mut d = Daemon {

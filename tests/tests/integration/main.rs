@@ -29,3 +29,4 @@ mod source_routing;
 mod systemd;
 mod systemd_live;
 mod unix_sockets;
+mod verdicts;
