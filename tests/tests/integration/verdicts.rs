@@ -105,8 +105,14 @@ fn the_backstop_ladder_on_crafted_packets() {
     const FAR: [u8; 4] = [203, 0, 113, 9];
     // Routing header (type 0 would be refused anyway): next header TCP.
     let routing = [6u8, 0, 0, 0, 0, 0, 0, 0];
-    // (what, frame, verdict, the refusal's reason and destination)
-    let cases: Vec<(&str, Vec<u8>, u32, Option<(&str, &str)>)> = vec![
+    // What, the frame, the verdict, and the refusal's reason and destination.
+    type Case = (
+        &'static str,
+        Vec<u8>,
+        u32,
+        Option<(&'static str, &'static str)>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "a SYN to an allowed address and port",
             v4(6, ONE, false, &tcp(40000, 443, SYN, b"")),
