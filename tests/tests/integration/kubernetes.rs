@@ -523,6 +523,22 @@ mod governed_pods {
         got
     }
 
+    /// A node for a test: its network namespace, a listener on
+    /// 203.0.113.9:443 (where pods connect), an API server on
+    /// 127.0.0.1:16443 with `namespaces` and the node tainted, and the
+    /// cgroup that holds the kubepods cgroups (made, empty).
+    fn node(
+        tag: &str,
+        namespaces: &[(&str, serde_json::Value)],
+    ) -> (Netns, Listener, ApiServer, TestCgroup) {
+        let ns = Netns::new(tag).unwrap();
+        let target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
+        let api = ApiServer::start(&ns, "127.0.0.1:16443", namespaces, Some(TAINT)).unwrap();
+        let kube = TestCgroup::new(tag).unwrap();
+        kube.cgroup.create().unwrap();
+        (ns, target, api, kube)
+    }
+
     /// egressd started with `--kubernetes` against a test API server.
     fn daemon(
         ns: &Netns,
@@ -592,17 +608,10 @@ mod governed_pods {
     #[test]
     fn pods_are_held_until_classified() {
         require_root();
-        let ns = Netns::new("kube").unwrap();
-        let target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
-        let api = ApiServer::start(
-            &ns,
-            "127.0.0.1:16443",
+        let (ns, target, api, kube) = node(
+            "kube",
             &[("agents", json!({"team": "ai"})), ("default", json!({}))],
-            Some(TAINT),
-        )
-        .unwrap();
-        let kube = TestCgroup::new("kube").unwrap();
-        kube.cgroup.create().unwrap();
+        );
         let agent = json!({"app": "doc-summarizer", "tier": "agent"});
         let uids = [
             "0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70",
@@ -898,17 +907,7 @@ mod governed_pods {
     #[test]
     fn policies_are_added_renamed_and_removed_in_a_running_node() {
         require_root();
-        let ns = Netns::new("kday2").unwrap();
-        let target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
-        let api = ApiServer::start(
-            &ns,
-            "127.0.0.1:16443",
-            &[("agents", json!({}))],
-            Some(TAINT),
-        )
-        .unwrap();
-        let kube = TestCgroup::new("kday2").unwrap();
-        kube.cgroup.create().unwrap();
+        let (ns, target, api, kube) = node("kday2", &[("agents", json!({}))]);
         let uids = [
             "0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70",
             "aa11bb22-2222-4c3b-9a55-2b1c0d9e8f71",
@@ -1007,17 +1006,8 @@ print(ok, failed)
     #[test]
     fn a_restart_keeps_each_pod_as_it_was_while_the_api_server_is_silent() {
         require_root();
-        let ns = Netns::new("krestart").unwrap();
-        let target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
-        let api = ApiServer::start(
-            &ns,
-            "127.0.0.1:16443",
-            &[("agents", json!({})), ("default", json!({}))],
-            Some(TAINT),
-        )
-        .unwrap();
-        let kube = TestCgroup::new("krestart").unwrap();
-        kube.cgroup.create().unwrap();
+        let (ns, target, api, kube) =
+            node("krestart", &[("agents", json!({})), ("default", json!({}))]);
         let uids = [
             "0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70",
             "aa11bb22-2222-4c3b-9a55-2b1c0d9e8f71",
@@ -1119,17 +1109,7 @@ print(ok, failed)
     #[test]
     fn a_rebooted_control_plane_node_lists_its_pods_through_its_static_api_server() {
         require_root();
-        let ns = Netns::new("kreboot").unwrap();
-        let _target = Listener::tcp(&ns, "203.0.113.9:443").unwrap();
-        let api = ApiServer::start(
-            &ns,
-            "127.0.0.1:16443",
-            &[("agents", json!({}))],
-            Some(TAINT),
-        )
-        .unwrap();
-        let kube = TestCgroup::new("kreboot").unwrap();
-        kube.cgroup.create().unwrap();
+        let (ns, _target, api, kube) = node("kreboot", &[("agents", json!({}))]);
         let hash = "5f4dcc3b5aa765d61d8327deb882cf99";
         let (s_cg, _s) = start_pod(&kube, &format!("kubepods/burstable/pod{hash}"));
         let mut forwarder = s_cg
