@@ -90,6 +90,9 @@ pub fn discover(cgroup_root: &Path, under: Option<&Path>) -> Result<Vec<Layout>>
     while let Some((rel, d)) = dirs.pop() {
         for name in subdirs(&cgroup_root.join(&rel)) {
             match Layout::of(rel.join(&name), &name) {
+                // kubelet's is root's: not one a user made in a subtree
+                // delegated to them (user@UID.service).
+                Some(layout) if !owned_by_root(&cgroup_root.join(&layout.kubepods)) => {}
                 Some(layout) => found.push(layout),
                 None if d + 1 < depth => dirs.push((rel.join(&name), d + 1)),
                 None => {}
@@ -120,6 +123,11 @@ pub fn discover(cgroup_root: &Path, under: Option<&Path>) -> Result<Vec<Layout>>
         );
     }
     Ok(found)
+}
+
+fn owned_by_root(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.uid() == 0)
 }
 
 /// The names of the directories in `dir` (none if it cannot be read).
@@ -335,6 +343,21 @@ mod tests {
         );
         // Both drivers' cgroups side by side (a driver changed): both held.
         assert_eq!(discover(&tree.0, Some(Path::new(""))).unwrap().len(), 2);
+        // One a user made in a subtree delegated to them is not kubelet's.
+        let tree = Tree::new(
+            "userkube",
+            &["kubepods.slice", "user.slice/user-1000.slice/kubepods"],
+        );
+        std::os::unix::fs::chown(
+            tree.0.join("user.slice/user-1000.slice/kubepods"),
+            Some(1000),
+            Some(1000),
+        )
+        .unwrap();
+        assert_eq!(
+            super::kubepods(&discover(&tree.0, None).unwrap()),
+            [PathBuf::from("kubepods.slice")]
+        );
     }
 
     #[test]

@@ -114,7 +114,18 @@ impl Pods {
         };
         let empty = Cluster::default();
         let mut out: BTreeMap<PathBuf, Class> = match &self.cluster {
-            None => remembered,
+            // Only pod cgroups: an entry naming a kubepods or QoS cgroup
+            // would map every pod below it.
+            None => {
+                let pods: Vec<PathBuf> = pod_cgroups::existing(root, &src.layouts)
+                    .into_iter()
+                    .map(|(rel, _)| rel)
+                    .collect();
+                remembered
+                    .into_iter()
+                    .filter(|(rel, _)| pods.contains(rel))
+                    .collect()
+            }
             Some(cluster) => {
                 kubernetes::classify(base, cluster, src.own_uid.as_deref(), root, &src.layouts)
                     .into_iter()
@@ -123,11 +134,18 @@ impl Pods {
             }
         };
         // A static pod runs before the API server answers, and the control
-        // plane's must reach it: released until an API object (its
-        // mirror) classifies it. Two objects claiming it hold it.
+        // plane's must reach it: released until one API object (its
+        // mirror) classifies it. Two objects claiming it (a pod with a
+        // forged mirror annotation) leave it released, not held: holding
+        // it would let whoever may create pods cut a control plane off.
         let cluster = self.cluster.as_ref().unwrap_or(&empty);
         for (rel, hash) in pod_cgroups::static_pods(root, &src.layouts) {
-            if !cluster.pods.values().any(|p| p.cgroup_uid == hash) {
+            let claims = cluster
+                .pods
+                .values()
+                .filter(|p| p.cgroup_uid == hash)
+                .count();
+            if claims != 1 {
                 out.entry(rel).or_insert(Class::Released);
             }
         }

@@ -115,7 +115,11 @@ impl Governor {
                 "policies {missing:?} are no longer in the files: a reload does not stop enforcing a policy on its cgroups; to remove one, run `egressd detach --policy NAME` and restart egressd"
             );
         }
-        self.removed = self
+        // Set only once this apply has succeeded: a reload that fails half
+        // way must not leave pods of a policy it would have removed free
+        // to be released (rather than held) by a later sync.
+        self.removed.clear();
+        let removed: Vec<String> = self
             .running
             .keys()
             .filter(|n| !names.contains(n))
@@ -134,6 +138,7 @@ impl Governor {
             self.release_cgroups(&policy.name, &policy.cgroups)
                 .with_context(|| format!("policy `{}`", policy.name))?;
         }
+        self.removed = removed;
         Ok(())
     }
 

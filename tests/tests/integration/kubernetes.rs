@@ -263,7 +263,8 @@ fn the_monitoring_component_validates_and_carries_the_alert_rules() {
 /// The admission policy that narrows egressd's `nodes: patch`, evaluated
 /// as the API server would (its CEL expressions, with a CEL interpreter):
 /// egressd's service account may remove its own taint from its own node,
-/// and nothing else; anyone else is not this policy's business.
+/// and nothing else (ten changes it must not make are refused); anyone
+/// else is not this policy's business.
 #[test]
 fn the_node_patch_policy_lets_egressd_remove_its_own_taint_only() {
     use serde::Deserialize;
@@ -373,6 +374,17 @@ fn the_node_patch_policy_lets_egressd_remove_its_own_taint_only() {
     assert!(!admitted(SA, Some("node-a"), &tainted, &annotated));
     let cordoned = node("node-a", &[OTHER], labels.clone(), true);
     assert!(!admitted(SA, Some("node-a"), &tainted, &cordoned));
+    // Its own taint made NoExecute (evicting the node's pods), not removed.
+    let mut evicting = tainted.clone();
+    evicting["spec"]["taints"][1]["effect"] = json!("NoExecute");
+    assert!(!admitted(SA, Some("node-a"), &tainted, &evicting));
+    // An owner the garbage collector would delete the node for.
+    let mut owned = untainted.clone();
+    owned["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "u"}]);
+    assert!(!admitted(SA, Some("node-a"), &tainted, &owned));
+    // Nothing changed at all (the taint gone already): admitted.
+    assert!(admitted(SA, Some("node-a"), &untainted, &untainted));
     // Anyone else: not this policy's business.
     assert!(admitted("kubernetes-admin", None, &untainted, &relabelled));
 }
