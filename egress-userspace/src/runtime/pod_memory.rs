@@ -8,15 +8,17 @@
 //! (a static pod's by its config hash), which no other pod ever has, and
 //! gives it the same name again when the node reboots. One line each:
 //! `released PATH`, `held PATH` or `policy:NAME PATH`, written to a new
-//! file that then replaces the old one. A cgroup that is gone is
-//! forgotten.
+//! file that then replaces the old one. A decision is kept while its pod
+//! may come back: it is forgotten once its cgroup is gone and the API
+//! server's list no longer has the pod (after a reboot, egressd may start
+//! before kubelet makes the cgroups again).
 //!
 //! Held: a pod a policy governed, and whose pod that policy stopped
 //! selecting (its labels, or its namespace's, changed). It stays refused
 //! everything for as long as its cgroup lives.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     io::Write,
     path::{Path, PathBuf},
 };
@@ -39,10 +41,10 @@ pub struct PodMemory {
 }
 
 impl PodMemory {
-    /// What `file` remembers of pod cgroups that still exist under `root`.
-    /// `legacy`: the held pods file of egressd 0.1 (`<id> <path>` lines),
-    /// taken over and removed.
-    pub fn load(file: PathBuf, legacy: &Path, root: &Path) -> PodMemory {
+    /// What `file` remembers (`root`: the cgroup2 root, unused until a
+    /// list says which pods are gone). `legacy`: the held pods file of
+    /// egressd 0.1 (`<id> <path>` lines), taken over and removed.
+    pub fn load(file: PathBuf, legacy: &Path, _root: &Path) -> PodMemory {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         let mut pods: BTreeMap<PathBuf, Decision> = text
             .lines()
@@ -62,11 +64,10 @@ impl PodMemory {
                 pods.insert(PathBuf::from(rel), Decision::Held);
             }
         }
-        let mut memory = PodMemory {
+        let memory = PodMemory {
             file: Some(file),
             pods,
         };
-        memory.pods.retain(|rel, _| root.join(rel).is_dir());
         memory.save();
         if !old.is_empty() && memory.saved() {
             let _ = std::fs::remove_file(legacy);
@@ -90,24 +91,38 @@ impl PodMemory {
             .collect()
     }
 
-    /// Makes `mapped` (pod cgroup -> class) what is remembered, with the
-    /// held pods, and forgets cgroups that are gone.
+    /// The policy that governed the pod of `rel` when last decided.
+    pub fn policy_of(&self, rel: &Path) -> Option<&str> {
+        match self.pods.get(rel) {
+            Some(Decision::Class(Class::Policy(name))) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Makes `mapped` (pod cgroup -> class) what is remembered, over what
+    /// was (held pods stay held; a pod not mapped now keeps its last
+    /// decision). `listed`: the uids the API server's last list named
+    /// (None before the first): a decision whose cgroup is gone and whose
+    /// pod the list does not name is forgotten.
     pub fn remember<'a>(
         &mut self,
         mapped: impl Iterator<Item = (&'a PathBuf, &'a Class)>,
         root: &Path,
+        listed: Option<&HashSet<String>>,
     ) {
-        let mut pods: BTreeMap<PathBuf, Decision> = self
-            .pods
-            .iter()
-            .filter(|(_, d)| **d == Decision::Held)
-            .map(|(rel, d)| (rel.clone(), d.clone()))
-            .collect();
+        let mut pods = self.pods.clone();
         for (rel, class) in mapped {
-            pods.entry(rel.clone())
-                .or_insert_with(|| Decision::Class(class.clone()));
+            if pods.get(rel) != Some(&Decision::Held) {
+                pods.insert(rel.clone(), Decision::Class(class.clone()));
+            }
         }
-        pods.retain(|rel, _| root.join(rel).is_dir());
+        if let Some(listed) = listed {
+            pods.retain(|rel, _| {
+                let path = root.join(rel);
+                path.is_dir()
+                    || crate::report::pod_names::pod_uid(&path).is_some_and(|u| listed.contains(&u))
+            });
+        }
         if pods != self.pods {
             self.pods = pods;
             self.save();
@@ -169,10 +184,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decisions_outlive_the_run_while_their_cgroups_live() {
+    fn decisions_outlive_the_run_while_their_pods_may_come_back() {
         let root = std::env::temp_dir().join(format!("egressd-memory-{}", std::process::id()));
+        let uid = |c: char| format!("{}-1111-4c3b-9a55-2b1c0d9e8f70", c.to_string().repeat(8));
         let [a, b, c, d] =
-            ["poda", "podb", "podc", "podd"].map(|p| PathBuf::from("kubepods").join(p));
+            ['a', 'b', 'c', 'd'].map(|x| PathBuf::from("kubepods").join(format!("pod{}", uid(x))));
         for rel in [&a, &b, &c, &d] {
             std::fs::create_dir_all(root.join(rel)).unwrap();
         }
@@ -187,7 +203,7 @@ mod tests {
             (b.clone(), Class::Released),
             (d.clone(), Class::Released),
         ];
-        memory.remember(mapped.iter().map(|(r, c)| (r, c)), &root);
+        memory.remember(mapped.iter().map(|(r, c)| (r, c)), &root, None);
         memory.hold(c.clone());
         let again = PodMemory::load(file.clone(), &legacy, &root);
         assert_eq!(
@@ -199,15 +215,26 @@ mod tests {
             "held pods are no class"
         );
         assert_eq!(again.held(), [c.clone(), d.clone()]);
-        // b's pod is gone: forgotten, also by the next run.
-        std::fs::remove_dir(root.join(&b)).unwrap();
+        assert_eq!(again.policy_of(&a), Some("doc"));
+        // After a reboot no pod cgroup is there yet: all is kept, also
+        // through syncs before the first list, and after one that still
+        // names the pods.
+        std::fs::remove_dir_all(root.join("kubepods")).unwrap();
         let mut again = PodMemory::load(file.clone(), &legacy, &root);
-        assert!(!again.classes().contains_key(&b));
-        // A pod no longer mapped (not known after a list) is forgotten;
-        // a held one is not.
-        again.remember(std::iter::empty(), &root);
-        assert!(again.classes().is_empty());
-        assert_eq!(PodMemory::load(file, &legacy, &root).held(), [c, d]);
+        again.remember(std::iter::empty(), &root, None);
+        let all: HashSet<String> = ['a', 'b', 'c', 'd'].map(uid).into_iter().collect();
+        again.remember(std::iter::empty(), &root, Some(&all));
+        assert_eq!(again.policy_of(&a), Some("doc"));
+        assert_eq!(again.held(), [c.clone(), d.clone()]);
+        // A list without b and c: their decisions go; a's and d's stay.
+        let some: HashSet<String> = ['a', 'd'].map(uid).into_iter().collect();
+        again.remember(std::iter::empty(), &root, Some(&some));
+        let again = PodMemory::load(file, &legacy, &root);
+        assert_eq!(again.held(), [d]);
+        assert_eq!(
+            again.classes(),
+            BTreeMap::from([(a, Class::Policy("doc".into()))])
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

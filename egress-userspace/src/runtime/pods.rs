@@ -166,7 +166,11 @@ impl Pods {
             return Ok(());
         }
         let remembered = governor.remembered();
-        let synced = governor.set_pods(&self.classes(base, root, remembered));
+        let listed: Option<std::collections::HashSet<String>> = self
+            .cluster
+            .as_ref()
+            .map(|c| c.pods.values().map(|p| p.cgroup_uid.clone()).collect());
+        let synced = governor.set_pods(&self.classes(base, root, remembered), listed.as_ref());
         if let Some(src) = &self.source {
             let all: Vec<PathBuf> = pod_cgroups::existing(root, &src.layouts)
                 .into_iter()

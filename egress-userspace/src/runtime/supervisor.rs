@@ -291,7 +291,11 @@ impl Governor {
     /// again by `kubernetes-pending`; so is a pod selected by a policy that
     /// is not running, and one a policy governed that is now classified
     /// otherwise (for as long as its cgroup lives, across restarts).
-    pub fn set_pods(&mut self, classes: &BTreeMap<PathBuf, Class>) -> Result<()> {
+    pub fn set_pods(
+        &mut self,
+        classes: &BTreeMap<PathBuf, Class>,
+        listed: Option<&std::collections::HashSet<String>>,
+    ) -> Result<()> {
         let allowlist = self.allowlist.clone();
         let mut e = allowlist
             .lock()
@@ -325,9 +329,15 @@ impl Governor {
             // agent among them. It is held until it is restarted.
             // A policy removed from the files is no such change: its pods
             // are classified anew.
+            // Its policy, in this run or (not mapped yet) the last.
             let was = self.pods.get(rel).cloned();
-            let leaves = matches!(&was, Some((id, Class::Policy(old)))
-                if *id == cgroup_id && !self.removed.contains(old));
+            let governed_by = match &was {
+                Some((id, Class::Policy(old))) if *id == cgroup_id => Some(old.clone()),
+                Some(_) => None,
+                None => self.memory.policy_of(rel).map(String::from),
+            };
+            let leaves = governed_by
+                .is_some_and(|old| !self.removed.contains(&old) && *class != Class::Policy(old));
             let value = if leaves { None } else { self.value_of(class) };
             let Some(value) = value else {
                 if let Some((old_id, old_class)) = self.pods.remove(rel) {
@@ -367,6 +377,7 @@ impl Governor {
         self.memory.remember(
             self.pods.iter().map(|(rel, (_, c))| (rel, c)),
             &self.cgroup_root,
+            listed,
         );
         e.held = self.memory.held();
         first_error.map_or(Ok(()), Err)

@@ -1111,6 +1111,45 @@ print(ok, failed)
         drop(instance);
     }
 
+    /// A pod held (its policy no longer selects it: it took its label off)
+    /// stays held across a reboot, though egressd starts before kubelet
+    /// makes the pod's cgroup again: the decision outlives the cgroup while
+    /// the API server still lists the pod.
+    #[test]
+    fn a_held_pod_stays_held_after_a_reboot() {
+        require_root();
+        let (ns, target, api, kube) = node("kheld", &[("agents", json!({}))]);
+        let uid = "0f2c5a1e-1111-4c3b-9a55-2b1c0d9e8f70";
+        let labelled = json!({"app": "doc-summarizer"});
+        api.add_pod(pod("summarizer", "agents", uid, labelled, "Burstable"));
+        let (a_cg, a_pod) = start_pod(&kube, &systemd_burstable(uid));
+        let tmp = TempDir::new("kheld").unwrap();
+        let daemon = daemon(&ns, &api, &tmp, &kube,
+            "name: doc\npods:\n  - namespace: agents\n    labels: {app: doc-summarizer}\nallow: []\n");
+        wait_untainted(&api);
+        api.add_pod(pod("summarizer", "agents", uid, json!({}), "Burstable"));
+        assert!(
+            daemon.wait_log(|l| l.contains("no longer selected")),
+            "{:?}",
+            daemon.log.lock().unwrap()
+        );
+        // The node goes down: egressd and the pod's cgroups with it.
+        let instance = daemon.kill().unwrap();
+        drop((a_cg, a_pod));
+        api.set_silent(true);
+        let args = kube_args(&tmp, &kube);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let again = Daemon::start_instance(&ns, &tmp.0.join("p.yaml"), &instance.0, &args).unwrap();
+        // kubelet makes the pod's cgroup again, then the API server answers.
+        let (a_cg, _a_pod) = start_pod(&kube, &systemd_burstable(uid));
+        api.set_silent(false);
+        assert!(again.wait_metric("egressd_pods", &[("state", "held")], 1.0));
+        assert_eq!(refused_under(&again, &a_cg, &ns), "kubernetes-pending");
+        assert_eq!(target.count(), 0);
+        drop(again);
+        drop(instance);
+    }
+
     /// A single control-plane node reboots: kubelet starts the static
     /// kube-apiserver pod before egressd, and egressd reaches the API server
     /// only through it (here a forwarder in a static pod's cgroup, named by
