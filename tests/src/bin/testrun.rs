@@ -21,36 +21,33 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_CGROUP_INET_EGRESS: u32 = 1;
 const PROGRAM: &str = "egress_packet";
 
-/// A `union bpf_attr`, zeroed, written field by field at their offsets.
-struct Attr([u8; 128]);
+/// A `union bpf_attr`, zeroed, written field by field at their byte
+/// offsets (x86_64, little-endian), and passed to egressd's own `bpf()`.
+struct Attr([u64; 16]);
 
 impl Attr {
     fn new() -> Attr {
-        Attr([0; 128])
+        Attr([0; 16])
     }
 
     fn u32(&mut self, off: usize, v: u32) -> &mut Attr {
-        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        let shift = (off % 8) * 8;
+        let word = &mut self.0[off / 8];
+        *word = (*word & !(0xffff_ffff_u64 << shift)) | (u64::from(v) << shift);
         self
     }
 
     fn u64(&mut self, off: usize, v: u64) -> &mut Attr {
-        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self.0[off / 8] = v;
         self
     }
 
     fn get_u32(&self, off: usize) -> u32 {
-        u32::from_ne_bytes(self.0[off..off + 4].try_into().expect("4 bytes"))
+        (self.0[off / 8] >> ((off % 8) * 8)) as u32
     }
 
-    fn bpf(&mut self, cmd: libc::c_long) -> io::Result<libc::c_long> {
-        // SAFETY: the attribute is a 128-byte buffer the kernel reads and
-        // writes within its size; pointers in it point at live buffers.
-        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, self.0.as_mut_ptr(), self.0.len()) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(r)
+    fn bpf(&mut self, cmd: libc::c_long) -> io::Result<i64> {
+        egressd::kernel::sys::bpf(cmd, &mut self.0)
     }
 }
 
