@@ -4,9 +4,13 @@
 //! from the layers below it (ARCHITECTURE.md draws the map, and
 //! `cargo xtask lint` checks it):
 //!
-//! - `cli`: one module per command; `run` is the daemon's select loop.
-//! - `runtime`: the supervisor (the only owner of which cgroup is governed
-//!   by which policy), Kubernetes pods, cgroup watches.
+//! - `cli`: one module per command: its options, then a call below.
+//! - `runtime`: the running system: the engine `run` and `exec` share, the
+//!   daemon's loop, `exec`'s session, the supervisor (the only owner of
+//!   which cgroup is governed by which policy), Kubernetes pods, cgroup
+//!   watches.
+//! - `confine`: Landlock and seccomp around the command `exec` starts.
+//! - `learn`: a policy learned from a run's events.
 //! - `dns`: the agent's DNS proxy, its upstreams, egressd's own lookups and
 //!   the sweep of expired addresses.
 //! - `report`: deny events, metrics, and the control socket.
@@ -17,6 +21,9 @@
 //! - `policy`: policy files, read and validated.
 pub mod cli;
 pub mod runtime;
+
+pub mod confine;
+pub mod learn;
 
 pub mod dns;
 pub mod report;

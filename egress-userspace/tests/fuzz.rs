@@ -170,11 +170,11 @@ proptest! {
             resolved.entry(format!("h{h}.test").parse().unwrap()).or_default().push(ip);
         }
         let policy = parse(&yaml, Path::new("p.yaml")).unwrap();
-        // What the kernel's trie holds: the learned entries, and the prefix
-        // entries whose prefix no learned entry replaces (as `kernel::tables`
+        // What the kernel's trie holds: the admitted entries, and the prefix
+        // entries whose prefix no admitted entry replaces (as `kernel::tables`
         // writes them).
         let plan = Plan::new(&policy).unwrap();
-        let learned = plan.learned(&resolved).unwrap();
+        let admitted = plan.admitted(&resolved).unwrap();
         // (port, TCP?) pairs a compiled spec allows.
         let allowed = |c: &Compiled, spec: u32| -> BTreeSet<(u16, bool)> {
             c.specs[spec as usize].0.iter().flat_map(|r| {
@@ -193,7 +193,7 @@ proptest! {
                 .chain(c.v6.iter().map(|e| (IpNet::new(std::net::Ipv6Addr::from(e.addr).into(), e.len).unwrap(), allowed(c, e.spec))))
                 .collect()
         };
-        let mut entries = of(&learned);
+        let mut entries = of(&admitted);
         let replaced: BTreeSet<IpNet> = entries.iter().map(|e| e.0).collect();
         entries.extend(of(&plan.prefixes).into_iter().filter(|e| !replaced.contains(&e.0)));
         let distinct: BTreeSet<IpNet> = nets.iter().copied()
@@ -215,7 +215,7 @@ proptest! {
             }
             prop_assert_eq!(ports, &want, "{}", net);
         }
-        for c in [&plan.prefixes, &learned] {
+        for c in [&plan.prefixes, &admitted] {
             for w in c.v4.windows(2) { prop_assert!((w[0].addr, w[0].len) < (w[1].addr, w[1].len)); }
             for w in c.v6.windows(2) { prop_assert!((w[0].addr, w[0].len) < (w[1].addr, w[1].len)); }
         }

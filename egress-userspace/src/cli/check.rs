@@ -5,11 +5,30 @@ use std::{io::Write, path::PathBuf};
 
 use crate::{compile::load, policy::lint::lint};
 
+/// Validate policy files (a directory: its *.yaml files), alone and
+/// together (names, cgroups, overlapping pod selectors), and warn about
+/// broad rules.
+#[derive(clap::Args)]
+pub struct Check {
+    #[arg(required = true, value_name = "PATH")]
+    files: Vec<PathBuf>,
+    /// Fail on warnings too.
+    #[arg(long)]
+    strict: bool,
+}
+
+impl Check {
+    /// True if every file is usable (and, with `--strict`, warning-free).
+    pub fn call(self) -> bool {
+        check(&self.files, self.strict)
+    }
+}
+
 /// Checks each file (a directory: each of its policy files), and each
 /// against those before it (a policy name or cgroup used twice, pod
 /// selectors that overlap); prints one verdict per file and its warnings.
 /// Returns true if every file is usable (and, with `strict`, warning-free).
-pub fn check(paths: &[PathBuf], strict: bool) -> bool {
+fn check(paths: &[PathBuf], strict: bool) -> bool {
     let mut ok = true;
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();

@@ -1,10 +1,6 @@
-//! Mistakes in how a command was called: egressd exits 2 for them (as for
-//! a broken policy), 1 for everything else.
+//! Checks of option values that no lower layer makes.
 
-/// A command line that cannot work, with what to change.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+use crate::policy::error::UsageError;
 
 /// Checks a `--ring-buffer-bytes` value: a power of two, at least 4096.
 pub fn check_ring_bytes(bytes: Option<u32>) -> Result<(), UsageError> {

@@ -1,5 +1,5 @@
 //! Where a policy becomes map entries. `Plan::new` compiles the prefix
-//! rules once (they change only on reload); `Plan::learned` compiles the
+//! rules once (they change only on reload); `Plan::admitted` compiles the
 //! hostnames' current addresses against them, in time that grows with the
 //! addresses, not the prefixes.
 
@@ -70,7 +70,7 @@ fn mask6(a: u128, l: u8) -> u128 {
 }
 
 /// A policy's prefix rules, compiled once (they change only on reload);
-/// `learned` compiles its hostnames' current addresses against them, in
+/// `admitted` compiles its hostnames' current addresses against them, in
 /// time that grows with the addresses, not with the prefixes: a DNS answer
 /// under a policy of a million prefixes does not compile them again.
 pub struct Plan {
@@ -164,7 +164,10 @@ impl Plan {
     /// Entries for the addresses `resolved` gives the hostnames: each with
     /// the ports of its host rules and of the prefix rules covering it. An
     /// address that is also a prefix entry replaces that entry.
-    pub fn learned(&self, resolved: &HashMap<Host, Vec<IpAddr>>) -> Result<Compiled, CompileError> {
+    pub fn admitted(
+        &self,
+        resolved: &HashMap<Host, Vec<IpAddr>>,
+    ) -> Result<Compiled, CompileError> {
         let (mut l4, mut l6) = (Vec::new(), Vec::new());
         for (host, group) in &self.hosts {
             for ip in resolved.get(host).into_iter().flatten() {
@@ -176,15 +179,15 @@ impl Plan {
         }
         let cover4 = |a, l| self.cover(&self.prefixes.v4, &self.lengths4, mask4, a, l);
         let cover6 = |a, l| self.cover(&self.prefixes.v6, &self.lengths6, mask6, a, l);
-        let l4 = covered(learned(l4), cover4);
-        let l6 = covered(learned(l6), cover6);
+        let l4 = covered(admitted(l4), cover4);
+        let l6 = covered(admitted(l6), cover6);
         Specs::new(&self.name, &self.groups).entries(l4, l6)
     }
 
     /// The `NAMES` entries of the policy (see `egress_common::names`):
     /// each name the policy's DNS answered with an address (`bound`: host
     /// rule, address, name), with the ports of the host rules that check
-    /// names and learned it there. Names are lower case, without a final
+    /// names and admitted it there. Names are lower case, without a final
     /// dot; IPv4-mapped addresses are IPv4.
     pub fn bound_names(
         &self,
@@ -234,8 +237,8 @@ impl Plan {
     }
 }
 
-/// Learned host addresses as entries, one per address with all its groups.
-fn learned<A: Copy + Ord>(mut pairs: Vec<(A, u8, u32)>) -> Vec<(A, u8, Rules)> {
+/// Admission host addresses as entries, one per address with all its groups.
+fn admitted<A: Copy + Ord>(mut pairs: Vec<(A, u8, u32)>) -> Vec<(A, u8, Rules)> {
     pairs.sort_unstable();
     pairs.dedup();
     let mut out: Vec<(A, u8, Rules)> = Vec::with_capacity(pairs.len());
@@ -248,18 +251,18 @@ fn learned<A: Copy + Ord>(mut pairs: Vec<(A, u8, u32)>) -> Vec<(A, u8, Rules)> {
     out
 }
 
-/// Gives each learned entry the groups `cover` finds for it (learned
+/// Gives each admitted entry the groups `cover` finds for it (admitted
 /// entries are whole addresses: they cover no prefix entry).
 fn covered<'a, A: Copy + Ord>(
-    mut learned: Vec<(A, u8, Rules)>,
+    mut admitted: Vec<(A, u8, Rules)>,
     cover: impl Fn(A, u8) -> Option<&'a Rules>,
 ) -> Vec<(A, u8, Rules)> {
-    for (addr, len, rules) in &mut learned {
+    for (addr, len, rules) in &mut admitted {
         if let Some(c) = cover(*addr, *len) {
             *rules = rules.with(c.slice());
         }
     }
-    learned
+    admitted
 }
 
 #[cfg(test)]
@@ -332,9 +335,9 @@ mod tests {
             ],
         )]);
         let plan = Plan::new(&p).unwrap();
-        let learned = plan.learned(&resolved).unwrap();
+        let admitted = plan.admitted(&resolved).unwrap();
         assert_eq!((plan.prefixes.v4.len(), plan.prefixes.v6.len()), (1, 0));
-        assert_eq!((learned.v4.len(), learned.v6.len()), (1, 1));
+        assert_eq!((admitted.v4.len(), admitted.v6.len()), (1, 1));
         let mapped = u32::from(std::net::Ipv4Addr::new(198, 51, 100, 9));
         assert_eq!(
             ports_v4(&plan.prefixes, mapped, 32).unwrap(),
@@ -342,14 +345,14 @@ mod tests {
         );
         let learned4 = u32::from(std::net::Ipv4Addr::new(198, 51, 100, 7));
         assert_eq!(
-            ports_v4(&learned, learned4, 32).unwrap(),
+            ports_v4(&admitted, learned4, 32).unwrap(),
             [KernelRange {
                 flags: egress_common::RANGE_NAMED,
                 ..r(443, 443, TCP)
             }]
         );
         // unresolved: nothing, never everything
-        let none = plan.learned(&HashMap::new()).unwrap();
+        let none = plan.admitted(&HashMap::new()).unwrap();
         assert!(none.v4.is_empty() && none.v6.is_empty());
     }
 
@@ -385,9 +388,9 @@ mod tests {
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
         let plan = Plan::counted(&p, &[1, 2, 3, 4]).unwrap();
         let resolved = HashMap::from([(api.clone(), vec![ip]), (git.clone(), vec![ip])]);
-        let learned = plan.learned(&resolved).unwrap();
+        let admitted = plan.admitted(&resolved).unwrap();
         let a = u32::from(std::net::Ipv4Addr::new(198, 51, 100, 7));
-        let ranges = ports_v4(&learned, a, 32).unwrap();
+        let ranges = ports_v4(&admitted, a, 32).unwrap();
         // The host rule's 443 (named) and the ip rule's 443 (not) both stay:
         // the kernel takes the one that is not.
         let at443: Vec<_> = ranges.iter().filter(|r| r.lo == 443).collect();

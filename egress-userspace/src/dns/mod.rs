@@ -5,7 +5,7 @@
 //! `dns.refuse_with`) and a deny event, and nothing is sent upstream for
 //! them (this shuts the `<secret>.attacker.example` tunnel). For allowed
 //! names it asks the upstream resolver (`forward`, `upstream`), has the
-//! A/AAAA answers learned into the policy's allowlist (`state::learn`), and
+//! A/AAAA answers admitted into the policy's allowlist (`state::answers`), and
 //! only then replies. `refresh` is egressd's own lookups of exact hosts and
 //! the sweep of expired addresses.
 

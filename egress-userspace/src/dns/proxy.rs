@@ -1,5 +1,5 @@
 //! One policy's DNS proxy: it answers only names an allow rule matches,
-//! forwards those upstream, and has their answers learned before it replies.
+//! forwards those upstream, and has their answers admitted before it replies.
 
 use std::{
     net::SocketAddr,
@@ -26,7 +26,7 @@ use crate::{
     policy::{resolver::search_expansion, Mode, RefuseWith},
     report::{describe::DnsEvent, metrics::Metrics},
     state::{
-        learn::{Learned, Learner},
+        answers::{Admission, Admitter},
         view::ViewCell,
     },
 };
@@ -70,11 +70,11 @@ impl Client {
 
 /// One policy's proxy. It reads the policy's rules, mode and upstream from
 /// its view on each query, so that a reload applies at once, and takes the
-/// allowlist's lock only to learn an answer or to name who asked.
+/// allowlist's lock only to admit an answer or to name who asked.
 #[derive(Clone)]
 pub struct Proxy {
     pub view: ViewCell,
-    pub learner: Learner,
+    pub admitter: Admitter,
     pub metrics: Arc<Metrics>,
     pub events: Sender<DnsEvent>,
     /// The policy's name, for metrics and events.
@@ -186,7 +186,7 @@ impl Proxy {
         refused: Vec<(std::net::IpAddr, &'static str)>,
         answers: Vec<std::net::IpAddr>,
     ) {
-        let asker = self.learner.asker(client.peer, client.protocol);
+        let asker = self.admitter.asker(client.peer, client.protocol);
         let sent = self.events.try_send(DnsEvent {
             policy: self.name.clone(),
             verdict: if audit { "audited" } else { "denied" },
@@ -285,11 +285,11 @@ impl Proxy {
             self.report(&q, client, true, reason, Vec::new(), ips.clone());
         }
         let ttl = Duration::from_secs(u64::from(ttl));
-        let learned = if ips.is_empty() {
-            Learned::default()
+        let admitted = if ips.is_empty() {
+            Admission::default()
         } else {
-            match self.learner.learn(&rules, &q.name, ips, ttl) {
-                Ok(Some(learned)) => learned,
+            match self.admitter.admit(&rules, &q.name, ips, ttl) {
+                Ok(Some(admitted)) => admitted,
                 // The policy is gone: this proxy is being stopped.
                 Ok(None) => return None,
                 Err(err) => {
@@ -304,11 +304,11 @@ impl Proxy {
                 }
             }
         };
-        self.metrics.dns_evicted(&self.name, learned.evicted);
-        if !learned.refused.is_empty() {
+        self.metrics.dns_evicted(&self.name, admitted.evicted);
+        if !admitted.refused.is_empty() {
             let reason = "dns_answer_not_allowed";
-            let refused = learned.refused;
-            self.report(&q, client, learned.audit, reason, refused, Vec::new());
+            let refused = admitted.refused;
+            self.report(&q, client, admitted.audit, reason, refused, Vec::new());
         }
         if !rules.is_empty() {
             self.count("allowed");

@@ -1,6 +1,6 @@
 //! Resolving the exact hostnames a policy names, and keeping their addresses
 //! fresh: re-resolved as TTLs run out (within the policy's bounds), old
-//! addresses kept for a grace period (see `state::learn`), failures counted
+//! addresses kept for a grace period (see `state::answers`), failures counted
 //! and never opening anything; and sweeping out expired addresses.
 
 use std::{
@@ -20,7 +20,7 @@ use hickory_resolver::{
 use crate::{
     policy::{DnsSettings, Host, Policy},
     report::metrics::Metrics,
-    state::{allowlist::Allowlist, learn::Learner},
+    state::{allowlist::Allowlist, answers::Admitter},
 };
 
 /// A resolver for one policy's settings.
@@ -78,7 +78,7 @@ pub fn refresh_after(ttl: Duration, dns: &DnsSettings) -> Duration {
 /// logged and counted; such a host has no address until a lookup succeeds.
 /// Returns when to look each host up again.
 pub async fn prewarm(
-    learner: &Learner,
+    admitter: &Admitter,
     resolver: &TokioResolver,
     policy: &Policy,
     metrics: &Metrics,
@@ -88,7 +88,7 @@ pub async fn prewarm(
         let wait = match lookup(resolver, &host).await {
             Ok((ips, ttl)) => {
                 metrics.lookup(&policy.name, true);
-                learn(learner, &policy.name, &host, ips, ttl);
+                admit(admitter, &policy.name, &host, ips, ttl);
                 refresh_after(ttl, &policy.dns)
             }
             Err(e) => {
@@ -102,16 +102,16 @@ pub async fn prewarm(
     next
 }
 
-/// Has egressd's own answer for `host` learned, as the proxy's answers are
-/// (`state::learn`): special addresses are not learned, and are logged.
-fn learn(learner: &Learner, policy: &str, host: &Host, ips: Vec<IpAddr>, ttl: Duration) {
-    match learner.learn(std::slice::from_ref(host), host.as_str(), ips, ttl) {
-        Ok(Some(learned)) => {
-            for (ip, why) in learned.refused {
-                let verb = if learned.audit {
-                    "learned in audit"
+/// Has egressd's own answer for `host` admitted, as the proxy's answers are
+/// (`state::answers`): special addresses are not admitted, and are logged.
+fn admit(admitter: &Admitter, policy: &str, host: &Host, ips: Vec<IpAddr>, ttl: Duration) {
+    match admitter.admit(std::slice::from_ref(host), host.as_str(), ips, ttl) {
+        Ok(Some(admitted)) => {
+            for (ip, why) in admitted.refused {
+                let verb = if admitted.audit {
+                    "admitted in audit"
                 } else {
-                    "not learned"
+                    "not admitted"
                 };
                 tracing::warn!(policy, host = %host, address = %ip, "an answer of egressd's own lookup is {why}: {verb}");
             }
@@ -123,7 +123,7 @@ fn learn(learner: &Learner, policy: &str, host: &Host, ips: Vec<IpAddr>, ttl: Du
 
 /// Everything needed to keep one exact host of one policy fresh.
 pub struct HostRefresh {
-    pub learner: Learner,
+    pub admitter: Admitter,
     pub resolver: Arc<TokioResolver>,
     pub metrics: Arc<Metrics>,
     pub policy: String,
@@ -141,7 +141,7 @@ impl HostRefresh {
             match lookup(&self.resolver, host).await {
                 Ok((ips, ttl)) => {
                     self.metrics.lookup(policy, true);
-                    learn(&self.learner, policy, host, ips, ttl);
+                    admit(&self.admitter, policy, host, ips, ttl);
                     wait = refresh_after(ttl, &self.dns);
                 }
                 Err(e) => {
@@ -157,7 +157,7 @@ impl HostRefresh {
 pub const SWEEP_PERIOD: Duration = Duration::from_millis(500);
 
 /// Removes expired addresses every `period`, forever (and retries a
-/// failed update of learned addresses). An error that repeats is logged
+/// failed update of admitted addresses). An error that repeats is logged
 /// once, and again when it clears.
 pub async fn sweep(allowlist: Arc<Mutex<Allowlist>>, period: Duration) {
     let mut failing: Option<String> = None;
@@ -176,7 +176,7 @@ pub async fn sweep(allowlist: Arc<Mutex<Allowlist>>, period: Duration) {
                 failing = Some(e);
             }
             Ok(()) if failing.take().is_some() => {
-                tracing::info!("learned addresses are up to date again");
+                tracing::info!("admitted addresses are up to date again");
             }
             Ok(()) => {}
         }
@@ -185,7 +185,7 @@ pub async fn sweep(allowlist: Arc<Mutex<Allowlist>>, period: Duration) {
 
 /// Starts a refresher for each host `prewarm` returned, and the sweeper.
 pub fn spawn_refreshers(
-    learner: &Learner,
+    admitter: &Admitter,
     resolver: &Arc<TokioResolver>,
     metrics: &Arc<Metrics>,
     policy: &Policy,
@@ -195,7 +195,7 @@ pub fn spawn_refreshers(
         .into_iter()
         .map(|(host, wait)| {
             let r = HostRefresh {
-                learner: learner.clone(),
+                admitter: admitter.clone(),
                 resolver: resolver.clone(),
                 metrics: metrics.clone(),
                 policy: policy.name.clone(),

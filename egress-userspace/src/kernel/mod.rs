@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod counters;
 pub mod diag;
+pub mod governed;
 pub mod link;
 pub mod lsm;
 pub mod mounts;

@@ -252,3 +252,13 @@ pub fn remove_policy(instance: Option<&str>, policy: &str) -> Result<usize> {
     }
     Ok(removed)
 }
+
+/// A pin directory name (an instance's, or a policy's): letters, digits,
+/// `.`, `_`, `-`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

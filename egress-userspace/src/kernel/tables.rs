@@ -3,7 +3,7 @@
 //! A policy's prefixes live in the allow tries under a table id. A new or
 //! reloaded policy gets a fresh table, written whole before `POLICIES`
 //! switches to it in one update; the old table is deleted afterwards.
-//! Hostname updates change only the learned addresses of a live table, in
+//! Hostname updates change only the admitted addresses of a live table, in
 //! place, each entry in one atomic update (many to a syscall, with the
 //! kernel's batch commands).
 
@@ -21,7 +21,7 @@ use egress_common::{NameKey, PolicyInfo, PortSet, AF_INET, AF_INET6, MAX_PORTSET
 
 use super::{
     sys,
-    trie::{extra, keys, sync_learned, unix_keys, values_of, with_ids, writable},
+    trie::{extra, keys, sync_admitted, unix_keys, values_of, with_ids, writable},
     Maps,
 };
 use crate::compile::{plan::Plan, Compiled, Entry, PortSpec};
@@ -64,13 +64,13 @@ pub struct Tables {
 }
 
 /// What one table holds in the kernel: the plan's prefix entries, and
-/// learned addresses on top (an address that is also a prefix entry
-/// replaces it while learned).
+/// admitted addresses on top (an address that is also a prefix entry
+/// replaces it while admitted).
 struct Held {
     plan: Arc<Plan>,
     /// The port set id of each spec of the plan's prefix entries.
     prefix_ids: Vec<u32>,
-    /// The learned entries written, sorted, their `spec` a port set id (0
+    /// The admitted entries written, sorted, their `spec` a port set id (0
     /// when unknown, which no entry written has).
     v4: Vec<Entry<u32>>,
     v6: Vec<Entry<u128>>,
@@ -120,14 +120,14 @@ impl Tables {
         Ok(id)
     }
 
-    /// Writes `plan`'s prefix entries and the `learned` ones as a new table
+    /// Writes `plan`'s prefix entries and the `admitted` ones as a new table
     /// and returns its id. Nothing refers to it until `set_policy` does.
     /// On failure, what was written is deleted.
-    pub fn write_table(&mut self, plan: Arc<Plan>, learned: Compiled) -> Result<u32> {
+    pub fn write_table(&mut self, plan: Arc<Plan>, admitted: Compiled) -> Result<u32> {
         let table = self.next_table;
         self.next_table += 1;
         let written = self.write_prefixes(table, plan);
-        let written = written.and_then(|()| self.update_learned(table, learned));
+        let written = written.and_then(|()| self.update_admitted(table, admitted));
         if let Err(e) = written {
             let _ = self.drop_table(table);
             return Err(e);
@@ -177,12 +177,12 @@ impl Tables {
         )
     }
 
-    /// Brings the learned addresses of a live table to `learned` (see
-    /// `sync_learned`). An entry whose port set cannot be made is not
+    /// Brings the admitted addresses of a live table to `admitted` (see
+    /// `sync_admitted`). An entry whose port set cannot be made is not
     /// written (fail closed).
-    pub fn update_learned(&mut self, table: u32, learned: Compiled) -> Result<()> {
+    pub fn update_admitted(&mut self, table: u32, admitted: Compiled) -> Result<()> {
         let mut first: Option<anyhow::Error> = None;
-        let ids: Vec<u32> = learned
+        let ids: Vec<u32> = admitted
             .specs
             .iter()
             .map(|s| {
@@ -192,13 +192,13 @@ impl Tables {
                 })
             })
             .collect();
-        let new4 = writable(with_ids(learned.v4, &ids));
-        let new6 = writable(with_ids(learned.v6, &ids));
+        let new4 = writable(with_ids(admitted.v4, &ids));
+        let new6 = writable(with_ids(admitted.v6, &ids));
         let held = self.applied.get(&table).context("no such table")?;
         let p = &held.plan.prefixes;
         let (fd4, fd6) = self.fds();
-        let (now4, e4) = sync_learned(fd4, table, &held.v4, &new4, &p.v4, &held.prefix_ids);
-        let (now6, e6) = sync_learned(fd6, table, &held.v6, &new6, &p.v6, &held.prefix_ids);
+        let (now4, e4) = sync_admitted(fd4, table, &held.v4, &new4, &p.v4, &held.prefix_ids);
+        let (now6, e6) = sync_admitted(fd6, table, &held.v6, &new6, &p.v6, &held.prefix_ids);
         let held = self.applied.get_mut(&table).expect("checked");
         held.v4 = now4;
         held.v6 = now6;

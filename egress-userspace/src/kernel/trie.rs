@@ -1,5 +1,5 @@
 //! The allow tries' entries, byte for byte, and the in-place update of a
-//! live table's learned addresses (failing closed: what cannot be written
+//! live table's admitted addresses (failing closed: what cannot be written
 //! is deleted, and retried on the next update).
 
 use std::{collections::BTreeMap, os::fd::BorrowedFd};
@@ -97,9 +97,9 @@ pub(super) fn values_of<A>(entries: &[Entry<A>], ids: &[u32]) -> Vec<u32> {
     entries.iter().map(|e| ids[e.spec as usize]).collect()
 }
 
-/// The learned entries whose address is not also a prefix entry.
-pub(super) fn extra<A: Ord + Copy>(learned: &[Entry<A>], prefixes: &[Entry<A>]) -> Vec<Entry<A>> {
-    learned
+/// The admitted entries whose address is not also a prefix entry.
+pub(super) fn extra<A: Ord + Copy>(admitted: &[Entry<A>], prefixes: &[Entry<A>]) -> Vec<Entry<A>> {
+    admitted
         .iter()
         .filter(|e| find(prefixes, e).is_none())
         .copied()
@@ -145,14 +145,14 @@ pub(super) fn writable<A>(entries: Vec<Entry<A>>) -> Vec<Entry<A>> {
     entries.into_iter().filter(|e| e.spec != 0).collect()
 }
 
-/// Brings one family's learned entries in the kernel from `held` to `new`
+/// Brings one family's admitted entries in the kernel from `held` to `new`
 /// (both sorted, with port set ids), failing closed: what is taken away
-/// goes first (deletes, and prefix entries given back where a learned
+/// goes first (deletes, and prefix entries given back where a admitted
 /// address was also one), then what is added or changed; an entry that
 /// cannot be written or given back is deleted. Returns what the kernel may
 /// hold now (spec 0 where it is not known: the next update writes or
 /// removes it again), and the first error.
-pub(super) fn sync_learned<A: Prefix>(
+pub(super) fn sync_admitted<A: Prefix>(
     fd: BorrowedFd<'_>,
     table: u32,
     held: &[Entry<A>],
@@ -166,7 +166,7 @@ pub(super) fn sync_learned<A: Prefix>(
     let unknown = |now: &mut BTreeMap<(A, u8), u32>, e: &Entry<A>| {
         now.insert((e.addr, e.len), 0);
     };
-    // Taken away: a learned address that was also a prefix entry gets the
+    // Taken away: a admitted address that was also a prefix entry gets the
     // prefix entry back; the others are deleted.
     let (back, delete): (Vec<Entry<A>>, Vec<Entry<A>>) =
         gone.into_iter().partition(|e| find(prefixes, e).is_some());
@@ -181,7 +181,7 @@ pub(super) fn sync_learned<A: Prefix>(
         f.indices
             .iter()
             .for_each(|&i| unknown(&mut now, &delete[i]));
-        first.get_or_insert(anyhow::Error::new(f).context("removing learned allow entries"));
+        first.get_or_insert(anyhow::Error::new(f).context("removing admitted allow entries"));
     }
     let failed_back = write_or_delete(fd, table, &back, &mut first);
     // Given back or not, the prefix entry's address is not known to hold
@@ -241,17 +241,17 @@ mod tests {
     }
 
     #[test]
-    fn learned_entries_fail_closed_when_the_trie_is_full() {
+    fn admitted_entries_fail_closed_when_the_trie_is_full() {
         use std::os::fd::AsFd;
         let map = sys::tests::lpm_trie(12, 3);
         let fd = map.as_fd();
         // The prefix entry 203.0.113.1 (port set 7) is in the table.
         let prefixes = [host(1, 0)];
         sys::update_each(fd, &keys(1, &prefixes), &[7u32]).unwrap();
-        // Four learned addresses, one of them the prefix entry's: the trie
+        // Four admitted addresses, one of them the prefix entry's: the trie
         // holds three entries, so the fourth cannot be written.
         let new = [host(1, 9), host(2, 9), host(3, 9), host(4, 9)];
-        let (now, err) = sync_learned(fd, 1, &[], &new, &prefixes, &[7]);
+        let (now, err) = sync_admitted(fd, 1, &[], &new, &prefixes, &[7]);
         assert!(err.is_some());
         assert_eq!(now, [host(1, 9), host(2, 9), host(3, 9)]);
         assert_eq!(
@@ -259,7 +259,7 @@ mod tests {
             [Some(9), Some(9), Some(9), None]
         );
         // All gone: the prefix entry gets its own ports back.
-        let (now, err) = sync_learned(fd, 1, &now, &[], &prefixes, &[7]);
+        let (now, err) = sync_admitted(fd, 1, &now, &[], &prefixes, &[7]);
         assert!(err.is_none(), "{err:?}");
         assert!(now.is_empty());
         assert_eq!([at(fd, 1), at(fd, 2), at(fd, 3)], [Some(7), None, None]);

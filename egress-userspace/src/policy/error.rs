@@ -1,5 +1,7 @@
-//! What a policy that cannot be used reports: the file, the line and
-//! column where they are known, and what to fix.
+//! The two mistakes egressd exits 2 for (1 is for everything else): a
+//! policy that cannot be used, reported with the file, the line and column
+//! where they are known, and what to fix; and a command line that cannot
+//! work (`UsageError`).
 
 use std::{fmt, path::PathBuf};
 
@@ -29,3 +31,8 @@ impl fmt::Display for PolicyError {
         }
     }
 }
+
+/// A command line that cannot work, with what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);

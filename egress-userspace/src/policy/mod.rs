@@ -61,7 +61,7 @@ pub struct Listen {
 
 /// Channels a policy opens beyond its IP destinations (`channels:`); all
 /// closed by default. `exec` enforces them with a seccomp filter (see
-/// `crate::cli::exec::seccomp`); `run` cannot, for processes it does not start.
+/// `crate::confine::seccomp`); `run` cannot, for processes it does not start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Channels {
     /// Socket families beyond AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK.

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{Host, Policy};
 
-/// Why an answered address is never learned, if it is special: an address
+/// Why an answered address is never admitted, if it is special: an address
 /// no DNS answer should make reachable unless a policy's `ip` or `cidr`
 /// rule names it.
 pub fn special(ip: IpAddr, refuse_private: bool) -> Option<&'static str> {
@@ -87,7 +87,7 @@ fn special6(ip: Ipv6Addr, refuse_private: bool) -> Option<&'static str> {
     }
 }
 
-/// Why `ip`, answered for a name under `hosts`, must not be learned: it is
+/// Why `ip`, answered for a name under `hosts`, must not be admitted: it is
 /// special, and the policy's `ip` and `cidr` rules do not already allow it
 /// on those rules' ports.
 pub fn refused(policy: &Policy, hosts: &[Host], ip: IpAddr) -> Option<&'static str> {

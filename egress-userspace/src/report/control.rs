@@ -103,7 +103,7 @@ pub fn status(allowlist: &Allowlist) -> Value {
                 "pods": p.pods.iter().map(|(c, id)| json!({"path": c.path, "id": id})).collect::<Vec<_>>(),
                 "entries": {"ipv4": v4, "ipv6": v6},
                 "dns_proxy_port": p.dns_port,
-                "learned_names": p.learned.len(),
+                "admitted_names": p.admitted.len(),
                 "allowed": counts.as_ref().map_or(0, |c| c.total(egress_common::verdict::ALLOWED)),
                 "denied": counts.as_ref().map_or(0, |c| c.total(egress_common::verdict::DENIED)),
                 "audited": counts.as_ref().map_or(0, |c| c.total(egress_common::verdict::AUDITED)),

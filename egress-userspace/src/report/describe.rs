@@ -1,5 +1,5 @@
 //! Events as people and programs read them: JSON objects with the policy's
-//! name and the hostname an address was learned for (`Describer`), and the
+//! name and the hostname an address was admitted for (`Describer`), and the
 //! compact text lines of `egressd events --format text`.
 
 use std::{
@@ -120,7 +120,7 @@ pub struct DnsEvent {
     pub name: String,
     pub qtype: String,
     pub transport: &'static str,
-    /// For `dns_answer_not_allowed`: the addresses not learned, and why.
+    /// For `dns_answer_not_allowed`: the addresses not admitted, and why.
     pub refused: Vec<(std::net::IpAddr, &'static str)>,
     /// For a query audit mode let through: the addresses it was answered.
     pub answers: Vec<std::net::IpAddr>,
@@ -128,7 +128,7 @@ pub struct DnsEvent {
     pub asker: Option<egress_common::DnsAsker>,
 }
 
-/// Turns events into JSON, with policy names and learned hostnames.
+/// Turns events into JSON, with policy names and admitted hostnames.
 pub struct Describer {
     pub policies: HashMap<u32, String>,
     pub names: Names,
@@ -137,7 +137,7 @@ pub struct Describer {
 }
 
 impl Describer {
-    /// A describer with `allowlist`'s policy names and learned hostnames.
+    /// A describer with `allowlist`'s policy names and admitted hostnames.
     pub fn of(allowlist: &Allowlist) -> Describer {
         Describer {
             policies: allowlist.policy_names(),

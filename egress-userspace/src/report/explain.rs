@@ -1,5 +1,5 @@
 //! `egressd explain DEST`: why a destination is allowed or refused now,
-//! policy by policy: which rule (by its line), and for an address learned
+//! policy by policy: which rule (by its line), and for an address admitted
 //! from DNS, from which name and until when. Read from what the daemon
 //! wrote into the kernel's maps, not from the files on disk.
 
@@ -118,13 +118,13 @@ fn address(p: &Installed, ip: IpAddr, port: Option<u16>, proto: Protocol, now: I
                 .iter()
                 .any(|n| unmap(*n).contains(&ip))
                 .then(|| format!("a prefix in {} covers it", l.file.display())),
-            Destination::Host(h) => p.learned.get(h).and_then(|a| {
+            Destination::Host(h) => p.admitted.get(h).and_then(|a| {
                 let bound = a.bound_to(&ip);
                 let (_, until) = bound.iter().max_by_key(|(_, t)| *t)?;
                 let names: Vec<&str> = bound.iter().map(|(n, _)| *n).collect();
                 let left = until.saturating_duration_since(now).as_secs();
                 let how = format!(
-                    "learned from the DNS answer for {}, for {left}s more",
+                    "admitted from the DNS answer for {}, for {left}s more",
                     names.join(", ")
                 );
                 Some(if rule.checks_names() {
@@ -157,7 +157,7 @@ fn address(p: &Installed, ip: IpAddr, port: Option<u16>, proto: Protocol, now: I
 }
 
 /// A DNS name under one policy: whether its queries are forwarded, and the
-/// addresses learned for it.
+/// addresses admitted for it.
 fn name_in(p: &Installed, name: &str, now: Instant) -> Value {
     let view = p.view();
     let hosts = view.policy.host_rules_for(name);
@@ -167,9 +167,9 @@ fn name_in(p: &Installed, name: &str, now: Instant) -> Value {
         .iter()
         .filter(|r| matches!(&r.dest, Destination::Host(h) if hosts.contains(h)))
         .map(|r| {
-            let learned: Vec<Value> = match &r.dest {
+            let admitted: Vec<Value> = match &r.dest {
                 Destination::Host(h) => p
-                    .learned
+                    .admitted
                     .get(h)
                     .map(|a| {
                         a.bindings()
@@ -188,7 +188,7 @@ fn name_in(p: &Installed, name: &str, now: Instant) -> Value {
                     .unwrap_or_default(),
                 _ => Vec::new(),
             };
-            json!({ "rule": rule_text(r), "learned": learned })
+            json!({ "rule": rule_text(r), "admitted": admitted })
         })
         .collect();
     let verdict = if !rules.is_empty() {
@@ -229,7 +229,7 @@ pub fn text(doc: &Value) -> String {
                 )),
                 None => {
                     out.push_str(&format!("  {rule}\n"));
-                    for l in r["learned"].as_array().into_iter().flatten() {
+                    for l in r["admitted"].as_array().into_iter().flatten() {
                         out.push_str(&format!(
                             "    {} for {}s more\n",
                             l["address"].as_str().unwrap_or("?"),

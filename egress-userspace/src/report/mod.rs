@@ -12,3 +12,4 @@ pub mod explain;
 pub mod metrics;
 pub mod pod_names;
 pub mod rule_metrics;
+pub mod summary;

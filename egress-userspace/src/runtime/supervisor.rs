@@ -29,7 +29,7 @@ use crate::{
     report::metrics::{Metrics, PodCounts},
     runtime::{kubernetes::Class, pod_memory::PodMemory, watch::Change},
     state::allowlist::Allowlist,
-    state::learn::Learner,
+    state::answers::Admitter,
 };
 
 /// What runs for one policy.
@@ -165,7 +165,7 @@ impl Governor {
             let id = allowlist.install(policy.clone(), sockets.port)?;
             (id, allowlist.get(id).context("installed")?.view_cell())
         };
-        let learner = Learner::new(self.allowlist.clone(), id);
+        let admitter = Admitter::new(self.allowlist.clone(), id);
         tracing::info!(
             policy = name,
             port = sockets.port,
@@ -173,7 +173,7 @@ impl Governor {
         );
         let dns = Proxy {
             view,
-            learner: learner.clone(),
+            admitter: admitter.clone(),
             metrics: self.metrics.clone(),
             events: self.dns_events.clone(),
             name: name.clone(),
@@ -181,7 +181,7 @@ impl Governor {
             exchanger: Default::default(),
         };
         let proxy = dns.clone().spawn(sockets);
-        let refreshers = self.refresh(&learner, &policy).await?;
+        let refreshers = self.refresh(&admitter, &policy).await?;
         self.running.insert(
             name.clone(),
             Running {
@@ -204,7 +204,7 @@ impl Governor {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .replace(id, policy.clone())?;
         // No lookups here: a reload must not wait on DNS (cgroup changes are
-        // handled by the same loop). Learned addresses of kept hosts stay;
+        // handled by the same loop). Admission addresses of kept hosts stay;
         // new hosts are looked up at once, in the background.
         let resolver = Arc::new(refresh::resolver(&policy.dns)?);
         let hosts = policy
@@ -212,9 +212,9 @@ impl Governor {
             .into_iter()
             .map(|h| (h, std::time::Duration::ZERO))
             .collect();
-        let learner = Learner::new(self.allowlist.clone(), id);
+        let admitter = Admitter::new(self.allowlist.clone(), id);
         let refreshers =
-            refresh::spawn_refreshers(&learner, &resolver, &self.metrics, &policy, hosts);
+            refresh::spawn_refreshers(&admitter, &resolver, &self.metrics, &policy, hosts);
         let r = self.running.get_mut(&name).expect("running");
         for t in std::mem::replace(&mut r.refreshers, refreshers) {
             t.abort();
@@ -223,11 +223,11 @@ impl Governor {
     }
 
     /// Resolves the policy's exact hosts now and starts keeping them fresh.
-    async fn refresh(&self, learner: &Learner, policy: &Policy) -> Result<Vec<JoinHandle<()>>> {
+    async fn refresh(&self, admitter: &Admitter, policy: &Policy) -> Result<Vec<JoinHandle<()>>> {
         let resolver = Arc::new(refresh::resolver(&policy.dns)?);
-        let hosts = refresh::prewarm(learner, &resolver, policy, &self.metrics).await;
+        let hosts = refresh::prewarm(admitter, &resolver, policy, &self.metrics).await;
         Ok(refresh::spawn_refreshers(
-            learner,
+            admitter,
             &resolver,
             &self.metrics,
             policy,

@@ -119,9 +119,12 @@ impl Watcher {
     }
 }
 
+/// Each policy file's path, size and modification time.
+pub type Stamp = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+
 /// What a file, or a directory's files, look like now (names, sizes,
 /// times): polled to notice a change.
-pub fn stamp(path: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+pub fn stamp(path: &Path) -> Stamp {
     let files: Vec<PathBuf> = if path.is_dir() {
         std::fs::read_dir(path)
             .map(|d| d.flatten().map(|e| e.path()).collect())

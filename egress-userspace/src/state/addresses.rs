@@ -1,4 +1,4 @@
-//! Addresses learned for a host rule, from egressd's own lookups and from
+//! Addresses admitted for a host rule, from egressd's own lookups and from
 //! the answers its DNS proxy gave the agent, with the names they were
 //! answered for: each (address, name) binding holds until its TTL plus a
 //! grace period has passed since it was last seen, and an address is
@@ -17,7 +17,7 @@ pub const MAX_PER_RULE: usize = 64;
 /// names often share a front door); the soonest to expire go first.
 pub const MAX_NAMES_PER_ADDRESS: usize = 16;
 
-/// Addresses learned for one host rule, each with the names it was
+/// Addresses admitted for one host rule, each with the names it was
 /// answered for, and until when each binding holds. An address is allowed
 /// while any of its names is bound to it.
 #[derive(Debug, Default, Clone)]
@@ -139,11 +139,11 @@ impl Addresses {
     }
 }
 
-/// Every (host rule, address, name) bound in `learned`.
+/// Every (host rule, address, name) bound in `admitted`.
 pub fn bindings(
-    learned: &HashMap<crate::policy::Host, Addresses>,
+    admitted: &HashMap<crate::policy::Host, Addresses>,
 ) -> Vec<(&crate::policy::Host, IpAddr, &str)> {
-    learned
+    admitted
         .iter()
         .flat_map(|(h, a)| a.bindings().into_iter().map(move |(ip, n)| (h, ip, n)))
         .collect()

@@ -1,5 +1,5 @@
 //! The running state: which policies are installed under which ids, the
-//! addresses learned for their host rules, and the cgroups they govern.
+//! addresses admitted for their host rules, and the cgroups they govern.
 //! Daemon and `exec` both drive the kernel through this.
 
 use std::{
@@ -38,9 +38,9 @@ pub struct Installed {
     pub table: u32,
     /// Port of the policy's DNS proxy on loopback (0: none).
     pub dns_port: u16,
-    /// Addresses learned for each host rule (exact or wildcard).
-    pub learned: HashMap<Host, Addresses>,
-    /// The last update of the table's learned entries failed (it failed
+    /// Addresses admitted for each host rule (exact or wildcard).
+    pub admitted: HashMap<Host, Addresses>,
+    /// The last update of the table's admitted entries failed (it failed
     /// closed): the next answer or sweep writes them again.
     pub stale: bool,
     /// Governed cgroups: path and id.
@@ -182,10 +182,10 @@ impl Allowlist {
         let view = PolicyView::new(policy)?;
         let slots = self.slots.assign(&view.policy, &mut self.tables.maps)?;
         let plan = Arc::new(Plan::counted(&view.policy, &slots)?);
-        let learned = plan.learned(&HashMap::new())?;
+        let admitted = plan.admitted(&HashMap::new())?;
         let listen = crate::compile::ports::listen_spec(&view.policy)?;
         let listen_set = self.tables.listen_set(listen.as_ref())?;
-        let table = self.tables.write_table(plan.clone(), learned)?;
+        let table = self.tables.write_table(plan.clone(), admitted)?;
         self.tables
             .set_policy(id, policy_info(&view.policy, table, dns_port, listen_set))?;
         self.next_id += 1;
@@ -195,7 +195,7 @@ impl Allowlist {
             plan,
             table,
             dns_port,
-            learned: HashMap::new(),
+            admitted: HashMap::new(),
             stale: false,
             cgroups: Vec::new(),
             pods: Vec::new(),
@@ -206,34 +206,34 @@ impl Allowlist {
 
     /// Replaces policy `id` by `policy` (same name): its table is written
     /// whole, then switched to in one map update, then the old one deleted;
-    /// at no moment is the union or the empty set in force. Addresses learned
+    /// at no moment is the union or the empty set in force. Addresses admitted
     /// for host rules the new policy keeps stay allowed.
     pub fn replace(&mut self, id: u32, policy: Policy) -> Result<()> {
         let p = self.get(id).context("no such policy")?;
         let view = PolicyView::new(policy)?;
         let policy = &view.policy;
         let dns_port = p.dns_port;
-        let mut learned = p.learned.clone();
-        learned.retain(|h, _| {
+        let mut admitted = p.admitted.clone();
+        admitted.retain(|h, _| {
             policy
                 .rules
                 .iter()
                 .any(|r| matches!(&r.dest, crate::policy::Destination::Host(x) if x == h))
         });
-        // What audit learned, or `dns.private_answers: allow` let in, is
+        // What audit admitted, or `dns.private_answers: allow` let in, is
         // judged again by the new policy: special addresses do not carry
         // over into an enforcing table.
         if policy.mode != crate::policy::Mode::Audit {
-            for (host, addresses) in learned.iter_mut() {
+            for (host, addresses) in admitted.iter_mut() {
                 let hosts = std::slice::from_ref(host);
                 addresses.retain(|ip| special::refused(policy, hosts, *ip).is_none());
             }
         }
-        let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
+        let resolved = admitted.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
         let slots = self.slots.assign(policy, &mut self.tables.maps)?;
         let plan = Arc::new(Plan::counted(policy, &slots)?);
-        let entries = plan.learned(&resolved)?;
-        let names = plan.bound_names(&super::addresses::bindings(&learned))?;
+        let entries = plan.admitted(&resolved)?;
+        let names = plan.bound_names(&super::addresses::bindings(&admitted))?;
         let listen = crate::compile::ports::listen_spec(policy)?;
         let listen_set = self.tables.listen_set(listen.as_ref())?;
         let table = self.tables.write_table(plan.clone(), entries)?;
@@ -253,8 +253,8 @@ impl Allowlist {
         p.view.set(view);
         p.plan = plan;
         p.slots = slots;
-        p.learned = learned;
-        // The new table holds every learned address (or the reload failed).
+        p.admitted = admitted;
+        // The new table holds every admitted address (or the reload failed).
         p.stale = false;
         self.refresh_names();
         self.tables.retire_table(old, Instant::now());
@@ -322,7 +322,7 @@ impl Allowlist {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         names.clear();
         for p in &self.installed {
-            for a in p.learned.values() {
+            for a in p.admitted.values() {
                 for (ip, name) in a.names() {
                     names.insert(*ip, name.to_string());
                 }

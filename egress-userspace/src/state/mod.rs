@@ -1,9 +1,9 @@
 //! The allowlist as it stands: each installed policy, its kernel table,
-//! the addresses learned for its host rules, and the cgroups it governs
-//! (`allowlist`); learned addresses and their deadlines (`addresses`).
+//! the addresses admitted for its host rules, and the cgroups it governs
+//! (`allowlist`); admitted addresses and their deadlines (`addresses`).
 
 pub mod addresses;
 pub mod allowlist;
-pub mod learn;
+pub mod answers;
 pub mod rule_slots;
 pub mod view;

@@ -2,7 +2,7 @@
 //! the allowlist's lock: the policy, and where its names are resolved. The
 //! allowlist owns the cell and replaces the view whole when the policy is
 //! reloaded; a query in flight keeps the view it started with, and what it
-//! learns is judged again under the lock (`state::learn`).
+//! admits is judged again under the lock (`state::answers`).
 
 use std::{
     net::SocketAddr,

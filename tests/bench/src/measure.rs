@@ -70,7 +70,7 @@ pub(crate) fn client_output(cg: &TestCgroup, ns: &Netns, args: &[&str]) -> Resul
 /// How long a DNS answer takes through egressd's proxy when it carries an
 /// address not yet allowed (egressd adds it to the allowlist before it
 /// answers), in ms: the upstream's answer changes before each query.
-pub(crate) fn learn_latency(
+pub(crate) fn admission_latency(
     cg: &TestCgroup,
     ns: &Netns,
     upstream: &DnsServer,

@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use crate::{
     client::serve,
     measure::{
-        client_output, json_stat, learn_latency, measure, paired, program_costs, program_passes,
-        stat, with_stats, Stat,
+        admission_latency, client_output, json_stat, measure, paired, program_costs,
+        program_passes, stat, with_stats, Stat,
     },
     report::report,
     setup::{
@@ -105,7 +105,7 @@ pub(crate) fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
             }
             let reload = t.elapsed();
             let rss_after = rss_kib(daemon.pid());
-            let learn = learn_latency(&cg, &ns, &upstream, &p)?;
+            let admission = admission_latency(&cg, &ns, &upstream, &p)?;
             // egressd's programs run only for the governed cgroup: the floor
             // cgroup beside it is measured with the daemon running.
             let mut e = paired(&cg, &floor, &ns, &p, &mut |_| Ok(()))?;
@@ -115,7 +115,7 @@ pub(crate) fn run(smoke: bool, out: &Path, only: Option<&str>) -> Result<()> {
             if size == *p.sizes.last().unwrap() {
                 e["programs"] = program_costs(&cg, &ns, &p)?;
             }
-            e["new_address_ms"] = json_stat(learn);
+            e["new_address_ms"] = json_stat(admission);
             e["load_s"] = json!(load.as_secs_f64());
             e["reload_s"] = json!(reload.as_secs_f64());
             e["rss_mib"] = json!(rss as f64 / 1024.0);

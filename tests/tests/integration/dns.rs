@@ -790,7 +790,7 @@ fn explain_says_which_rule_and_which_answer() {
     assert!(t.contains("policy p (enforce): allowed"), "{t}");
     assert!(
         t.contains(
-            "line 6: *.cdn.test (443, tcp): learned from the DNS answer for img.cdn.test, for "
+            "line 6: *.cdn.test (443, tcp): admitted from the DNS answer for img.cdn.test, for "
         ),
         "{t}"
     );

@@ -80,7 +80,7 @@ fn the_agent_seccomp_profile_refuses_what_exec_refuses() {
     for call in ["socket", "socketpair"] {
         for family in (0..=255).chain([1000, u64::from(u16::MAX), u64::from(u32::MAX)]) {
             for kind in [1, 2, 3, 2 | cloexec] {
-                let open = egressd::cli::exec::seccomp::ALWAYS_OPEN.contains(&(family as i32));
+                let open = egressd::confine::seccomp::ALWAYS_OPEN.contains(&(family as i32));
                 let refused = errno_for(call, [family, kind]);
                 assert_eq!(refused.is_none(), open, "{call}({family}, {kind})");
                 if !open {

@@ -1,15 +1,15 @@
 //! Where a DNS answer becomes an allowed address. Every answer comes
-//! through `Allowlist::learn`: the DNS proxy's answers to the agent, and
+//! through `Allowlist::admit`: the DNS proxy's answers to the agent, and
 //! egressd's own lookups of exact hosts. Under the allowlist's lock, with
 //! the policy in force at that moment (a reload may have come while the
 //! upstream answered), the answer's special addresses are screened out
 //! (`policy::special`: loopback, link-local, metadata, private unless
-//! allowed; audit learns them and reports them), the rest are recorded for
+//! allowed; audit admits them and reports them), the rest are recorded for
 //! each host rule the name matches, each allowed until its TTL (at most
 //! `dns.max_ttl`) plus `dns.grace`, and the policy's kernel table is
-//! rewritten in place (`compile::Plan::learned`). `expire` takes them out
+//! rewritten in place (`compile::Plan::admitted`). `expire` takes them out
 //! again when that time has passed. (A reload that makes a policy enforce
-//! screens what it learned once more: `Allowlist::replace`.)
+//! screens what it admitted once more: `Allowlist::replace`.)
 
 use std::{
     collections::HashMap,
@@ -26,17 +26,17 @@ use crate::policy::{special, Host, Mode, Policy};
 
 /// What became of one answer.
 #[derive(Debug, Default)]
-pub struct Learned {
-    /// Addresses not learned (or, in audit, learned and reported), and why.
+pub struct Admission {
+    /// Addresses not admitted (or, in audit, admitted and reported), and why.
     pub refused: Vec<(IpAddr, &'static str)>,
     /// Addresses evicted to stay within the per-rule cap.
     pub evicted: usize,
-    /// The policy was in audit mode when the answer was learned.
+    /// The policy was in audit mode when the answer was admitted.
     pub audit: bool,
 }
 
 /// Splits addresses answered for a name under `hosts` into those that may
-/// be learned and those refused, each with why.
+/// be admitted and those refused, each with why.
 pub fn screen(
     policy: &Policy,
     hosts: &[Host],
@@ -54,11 +54,11 @@ pub fn screen(
 }
 
 impl Allowlist {
-    /// Learns that `name`, which host rules `rules` of policy `id` match,
+    /// Admits that `name`, which host rules `rules` of policy `id` match,
     /// resolved to `ips`, valid for `ttl` from `now`. `None`: the policy is
     /// gone. An error: the addresses could not be written, so they are not
     /// allowed (the table fails closed and is written again by the sweep).
-    pub fn learn(
+    pub fn admit(
         &mut self,
         id: u32,
         rules: &[Host],
@@ -66,7 +66,7 @@ impl Allowlist {
         ips: Vec<IpAddr>,
         ttl: Duration,
         now: Instant,
-    ) -> Result<Option<Learned>> {
+    ) -> Result<Option<Admission>> {
         let Some(p) = self.get(id) else {
             return Ok(None);
         };
@@ -82,24 +82,24 @@ impl Allowlist {
         for rule in rules.iter().filter(|_| !ips.is_empty()) {
             evicted += self.record(id, rule, name, &ips, (ttl, grace), now)?;
         }
-        Ok(Some(Learned {
+        Ok(Some(Admission {
             refused,
             evicted,
             audit,
         }))
     }
 
-    /// Recompiles policy `id` from `learned` and, if that works, makes it
+    /// Recompiles policy `id` from `admitted` and, if that works, makes it
     /// the policy's state and updates its table in place. If it cannot be
     /// compiled, nothing changes.
-    fn apply(&mut self, id: u32, learned: HashMap<Host, Addresses>) -> Result<()> {
+    fn apply(&mut self, id: u32, admitted: HashMap<Host, Addresses>) -> Result<()> {
         let p = self.get_mut(id).context("no such policy")?;
-        let resolved = learned.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
-        let entries = p.plan.learned(&resolved)?;
-        let names = p.plan.bound_names(&super::addresses::bindings(&learned))?;
-        p.learned = learned;
+        let resolved = admitted.iter().map(|(h, a)| (h.clone(), a.ips())).collect();
+        let entries = p.plan.admitted(&resolved)?;
+        let names = p.plan.bound_names(&super::addresses::bindings(&admitted))?;
+        p.admitted = admitted;
         let table = p.table;
-        let result = self.tables.update_learned(table, entries);
+        let result = self.tables.update_admitted(table, entries);
         let result = result.and(self.tables.sync_names(table, names));
         self.get_mut(id).expect("checked").stale = result.is_err();
         self.refresh_names();
@@ -119,20 +119,20 @@ impl Allowlist {
         now: Instant,
     ) -> Result<usize> {
         let p = self.get(id).context("no such policy")?;
-        let mut learned = p.learned.clone();
+        let mut admitted = p.admitted.clone();
         let bound = |a: &Addresses| {
             let b = a.bindings().into_iter();
             b.map(|(ip, n)| (ip, n.to_string())).collect::<Vec<_>>()
         };
-        let before = learned.get(rule).map(bound);
-        let entry = learned.entry(rule.clone()).or_default();
+        let before = admitted.get(rule).map(bound);
+        let entry = admitted.entry(rule.clone()).or_default();
         let evicted = entry.record(now, name, ips, ttl, grace);
         if before.as_ref() == Some(&bound(entry)) && !p.stale {
             // Same addresses and names: only deadlines moved.
-            self.get_mut(id).expect("checked").learned = learned;
+            self.get_mut(id).expect("checked").admitted = admitted;
             return Ok(evicted);
         }
-        self.apply(id, learned)?;
+        self.apply(id, admitted)?;
         Ok(evicted)
     }
 
@@ -142,14 +142,14 @@ impl Allowlist {
         let mut first_error = self.tables.bury(now).err();
         for id in self.installed.iter().map(|p| p.id).collect::<Vec<_>>() {
             let p = self.get(id).expect("listed");
-            let mut learned = p.learned.clone();
+            let mut admitted = p.admitted.clone();
             // A failed update is retried on every sweep.
             let mut changed = p.stale;
-            for a in learned.values_mut() {
+            for a in admitted.values_mut() {
                 changed |= a.expire(now);
             }
             if changed {
-                if let Err(e) = self.apply(id, learned) {
+                if let Err(e) = self.apply(id, admitted) {
                     first_error.get_or_insert(e);
                 }
             }
@@ -158,18 +158,18 @@ impl Allowlist {
     }
 }
 
-/// What a DNS proxy may do to the allowlist: learn the answers of its own
+/// What a DNS proxy may do to the allowlist: admit the answers of its own
 /// policy, and ask which process sent a query. Each call takes the lock for
 /// that call only.
 #[derive(Clone)]
-pub struct Learner {
+pub struct Admitter {
     allowlist: Arc<Mutex<Allowlist>>,
     id: u32,
 }
 
-impl Learner {
-    pub fn new(allowlist: Arc<Mutex<Allowlist>>, id: u32) -> Learner {
-        Learner { allowlist, id }
+impl Admitter {
+    pub fn new(allowlist: Arc<Mutex<Allowlist>>, id: u32) -> Admitter {
+        Admitter { allowlist, id }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Allowlist> {
@@ -178,16 +178,16 @@ impl Learner {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `Allowlist::learn` for this policy, now.
-    pub fn learn(
+    /// `Allowlist::admit` for this policy, now.
+    pub fn admit(
         &self,
         rules: &[Host],
         name: &str,
         ips: Vec<IpAddr>,
         ttl: Duration,
-    ) -> Result<Option<Learned>> {
+    ) -> Result<Option<Admission>> {
         self.lock()
-            .learn(self.id, rules, name, ips, ttl, Instant::now())
+            .admit(self.id, rules, name, ips, ttl, Instant::now())
     }
 
     /// The process that sent the query received from `peer` over

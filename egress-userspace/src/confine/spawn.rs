@@ -6,7 +6,7 @@ use std::{ffi::OsString, fs::File, os::fd::AsRawFd};
 use anyhow::{Context, Result};
 
 use super::{landlock, seccomp};
-use crate::{cli::usage::UsageError, kernel::cgroup::Cgroup};
+use crate::{kernel::cgroup::Cgroup, policy::error::UsageError};
 
 /// Opens `cgroup.procs` for the child to move itself in before exec.
 pub(super) fn procs_file(cgroup: &Cgroup) -> Result<File> {
@@ -40,7 +40,7 @@ pub(super) fn processes_of(uid: u32) -> usize {
 }
 
 /// The user (and group) the command runs as: a name or a numeric id.
-pub(super) fn lookup_user(spec: &str) -> Result<(u32, u32), UsageError> {
+pub fn lookup_user(spec: &str) -> Result<(u32, u32), UsageError> {
     let c = std::ffi::CString::new(spec).map_err(|_| UsageError(format!("--user {spec:?}")))?;
     // SAFETY: getpwnam/getpwuid return a pointer into static storage, read
     // at once on this thread before anything else calls them.
@@ -60,7 +60,7 @@ pub(super) fn lookup_user(spec: &str) -> Result<(u32, u32), UsageError> {
     Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
-pub(super) fn spawn_in(
+pub fn spawn_in(
     cgroup: &Cgroup,
     command: &[OsString],
     user: Option<(u32, u32)>,

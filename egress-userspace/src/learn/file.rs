@@ -10,12 +10,18 @@ use anyhow::{bail, Context, Result};
 use super::{
     observe::Observed,
     rules::{comment_text, learned, render},
-    Outcome,
 };
 use crate::{
-    policy::{validate::parse, Policy},
+    policy::{lint::lint, validate::parse, Policy},
     report::describe::timestamp,
 };
+
+/// What one learning run added, for the person who ran it.
+pub struct Outcome {
+    pub added: usize,
+    pub notes: Vec<String>,
+    pub warnings: Vec<String>,
+}
 
 pub fn write(file: &Path, o: &Observed, source: &str) -> Result<Outcome> {
     let old = match std::fs::read_to_string(file) {
@@ -53,7 +59,7 @@ pub fn write(file: &Path, o: &Observed, source: &str) -> Result<Outcome> {
         warnings: Vec::new(),
     };
     if rules.is_empty() && old.is_some() {
-        outcome.warnings = super::warnings(file)?;
+        outcome.warnings = warnings(file)?;
         return Ok(outcome);
     }
     let mut block = format!(
@@ -111,7 +117,7 @@ pub fn write(file: &Path, o: &Observed, source: &str) -> Result<Outcome> {
     crate::compile::load::check(&new)
         .with_context(|| format!("{} is left as it was", file.display()))?;
     replace(file, &text)?;
-    outcome.warnings = super::warnings(file)?;
+    outcome.warnings = warnings(file)?;
     Ok(outcome)
 }
 
@@ -288,6 +294,22 @@ fn replace(file: &Path, text: &str) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         format!("replacing {}", file.display())
     })
+}
+
+/// The lint warnings of the policy in `file`, as `check` prints them.
+fn warnings(file: &Path) -> Result<Vec<String>> {
+    let policy = crate::compile::load::file(file)?;
+    Ok(lint(&policy)
+        .into_iter()
+        .map(|w| {
+            let place = if w.line > 0 {
+                format!("{}:{}", file.display(), w.line)
+            } else {
+                file.display().to_string()
+            };
+            format!("{place}: warning: {}", w.message)
+        })
+        .collect())
 }
 
 #[cfg(test)]

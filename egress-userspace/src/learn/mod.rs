@@ -1,72 +1,39 @@
 //! Learning a policy from a run: `egressd exec --learn FILE` (from its own
 //! events) and `egressd learn EVENTS.jsonl -o FILE` (from a daemon's audit
-//! events). What was reached becomes allow rules (`rules`), added to FILE:
-//! a new policy, or new rules appended to the one there, whose text,
-//! comments included, is kept as it was (`file`).
+//! events). What the events say was reached (`observe`) becomes allow
+//! rules (`rules`), added to FILE: a new policy, or new rules appended to
+//! the one there, whose text, comments included, is kept as it was
+//! (`file`). "Learn" means this and only this; a DNS answer's addresses
+//! are admitted (`state::answers`), not learned.
 
 mod file;
 pub mod observe;
 pub mod rules;
 
 use std::{
-    io::{BufRead, Write},
+    io::BufRead,
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
 
+pub use file::Outcome;
 pub use observe::Observed;
+pub use rules::comment_text;
 
-use crate::{cli::usage::UsageError, policy::lint::lint};
-
-/// What one learning run added, for the person who ran it.
-pub struct Outcome {
-    pub added: usize,
-    pub notes: Vec<String>,
-    pub warnings: Vec<String>,
-}
+use crate::policy::error::UsageError;
 
 /// Adds what `o` saw to the policy in `file` (made if missing), `source`
-/// saying where it was seen. Prints what it did on stderr.
+/// saying where it was seen.
 pub fn learn_into(file: &Path, o: &Observed, source: &str) -> Result<Outcome> {
-    let outcome = file::write(file, o, source)?;
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "egressd: learned {} rule(s) into {} from {} event(s)",
-        outcome.added,
-        file.display(),
-        o.events
-    );
-    for n in &outcome.notes {
-        let _ = writeln!(err, "egressd: note: {}", rules::comment_text(n));
-    }
-    for w in &outcome.warnings {
-        let _ = writeln!(err, "egressd: {w}");
-    }
-    Ok(outcome)
+    file::write(file, o, source)
 }
 
-/// The lint warnings of the policy in `file`, as `check` prints them.
-fn warnings(file: &Path) -> Result<Vec<String>> {
-    let policy = crate::compile::load::file(file)?;
-    Ok(lint(&policy)
-        .into_iter()
-        .map(|w| {
-            let place = if w.line > 0 {
-                format!("{}:{}", file.display(), w.line)
-            } else {
-                file.display().to_string()
-            };
-            format!("{place}: warning: {}", w.message)
-        })
-        .collect())
-}
-
-/// `egressd learn EVENTS... -o FILE [--policy NAME]`: learns from event
-/// lines (JSON, one per line; anything before a line's first `{`, such as
-/// a journal's prefix, is skipped).
-pub fn learn(events: &[PathBuf], output: &Path, policy: Option<&str>) -> Result<()> {
+/// What event lines say was reached (JSON, one per line; anything before a
+/// line's first `{`, such as a journal's prefix, is skipped), by `policy`
+/// (needed when the events are of several): what was seen, and where, in
+/// words for the policy file's comment.
+pub fn read_events(events: &[PathBuf], policy: Option<&str>) -> Result<(Observed, String)> {
     let mut all = Vec::new();
     for path in events {
         let reader: Box<dyn BufRead> = if path == Path::new("-") {
@@ -113,12 +80,10 @@ pub fn learn(events: &[PathBuf], output: &Path, policy: Option<&str>) -> Result<
         o.add(v, Some(only));
     }
     let shown: Vec<String> = events.iter().map(|p| p.display().to_string()).collect();
-    learn_into(
-        output,
-        &o,
-        &format!("the events of policy `{only}` in {}", shown.join(", ")),
-    )?;
-    Ok(())
+    Ok((
+        o,
+        format!("the events of policy `{only}` in {}", shown.join(", ")),
+    ))
 }
 
 fn list_or_none(names: &[&str]) -> String {

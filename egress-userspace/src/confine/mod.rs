@@ -1,0 +1,9 @@
+//! Confining the command `egressd exec` starts, beyond its cgroup's
+//! programs: Landlock keeps it from taking over processes outside its
+//! cgroup (`landlock`), seccomp from making sockets no hook sees
+//! (`seccomp`); `spawn` starts it, moved into its cgroup and confined
+//! before it runs anything of its own.
+
+pub mod landlock;
+pub mod seccomp;
+pub mod spawn;
