@@ -23,49 +23,66 @@ pub mod proto_class {
     pub const COUNT: u32 = 3;
 }
 
-/// Why an attempt was refused (or would have been, in audit mode).
+/// Why an attempt was refused (or would have been, in audit mode). Each
+/// reason is spelled one way everywhere: its constant's name, lower-cased,
+/// is what events, metrics, `status` and the docs say (`NAMES`).
 pub mod reason {
-    /// Allowed.
-    pub const NONE: u8 = 0;
-    /// No allow rule covers the destination address.
-    pub const NO_RULE: u8 = 1;
-    /// The address is allowed, but not this port or protocol.
-    pub const PORT: u8 = 2;
-    /// The socket's protocol is neither TCP nor UDP.
-    pub const PROTOCOL: u8 = 3;
-    /// The program ran, but the calling task's cgroup is governed by no
-    /// policy of this daemon, or the policy is not live (fail closed).
-    pub const NO_POLICY: u8 = 4;
-    /// An unconnected send without a destination address.
-    pub const NO_DEST: u8 = 5;
-    /// A socket other than TCP stream or UDP datagram (raw, ICMP, SCTP,
-    /// ...), which could send without passing the connect and send hooks.
-    pub const SOCKET: u8 = 6;
-    /// A source-routing option (setsockopt), or a packet carrying IPv4
-    /// options or IPv6 routing, hop-by-hop or destination-options headers.
-    pub const IP_OPTIONS: u8 = 7;
-    /// A packet (egress backstop) whose real destination is not allowed.
-    pub const PACKET: u8 = 8;
-    /// Loopback of a network namespace other than egressd's.
-    pub const OTHER_NETNS_LOOPBACK: u8 = 9;
-    /// A bind to a port on an address other than loopback (a listening
-    /// socket others could reach) that no `listen` rule allows.
-    pub const LISTEN: u8 = 10;
-    /// A UNIX socket name (path or abstract) the policy does not allow.
-    pub const UNIX: u8 = 11;
-    /// A name-service daemon's UNIX socket (nscd, systemd-resolved): it
-    /// would resolve names past egressd's DNS proxy. Refused without an
-    /// event: every glibc lookup tries nscd first.
-    pub const NAME_SERVICE: u8 = 12;
-    /// The rule allowing the destination has spent its upload budget for
-    /// the current window.
-    pub const BUDGET: u8 = 13;
-    /// A connection to an address only host rules allow did not name, in
-    /// its first bytes, a host this policy's DNS answered with that
-    /// address for a rule allowing the port (or named none: no SNI,
-    /// Encrypted Client Hello, neither TLS nor HTTP); or a UDP datagram
-    /// to such an address, on which no name is judged.
-    pub const NAME: u8 = 14;
+    /// Defines each reason's constant and `NAMES`, from one list.
+    macro_rules! reasons {
+        ($($(#[$doc:meta])* $name:ident = $value:literal,)*) => {
+            $($(#[$doc])* pub const $name: u8 = $value;)*
+            /// Each reason's name, by its value (upper-case; output is
+            /// lower-case).
+            pub const NAMES: [&str; COUNT as usize] = {
+                let mut names = [""; COUNT as usize];
+                $(names[$value] = stringify!($name);)*
+                names
+            };
+        };
+    }
+    reasons! {
+        /// Allowed.
+        NONE = 0,
+        /// No allow rule covers the destination address.
+        DESTINATION_NOT_ALLOWED = 1,
+        /// The address is allowed, but not this port or protocol.
+        PORT_NOT_ALLOWED = 2,
+        /// The socket's protocol is neither TCP nor UDP.
+        PROTOCOL_NOT_ALLOWED = 3,
+        /// The program ran, but the calling task's cgroup is governed by no
+        /// policy of this daemon, or the policy is not live (fail closed).
+        NO_POLICY = 4,
+        /// An unconnected send without a destination address.
+        NO_DESTINATION = 5,
+        /// A socket other than TCP stream or UDP datagram (raw, ICMP, SCTP,
+        /// ...), which could send without passing the connect and send hooks.
+        SOCKET_NOT_ALLOWED = 6,
+        /// A source-routing option (setsockopt), or a packet carrying IPv4
+        /// options or IPv6 routing, hop-by-hop or destination-options headers.
+        IP_OPTIONS = 7,
+        /// A packet (egress backstop) whose real destination is not allowed.
+        PACKET_DESTINATION_NOT_ALLOWED = 8,
+        /// Loopback of a network namespace other than egressd's.
+        LOOPBACK_OF_ANOTHER_NETNS = 9,
+        /// A bind to a port on an address other than loopback (a listening
+        /// socket others could reach) that no `listen` rule allows.
+        LISTEN_NOT_ALLOWED = 10,
+        /// A UNIX socket name (path or abstract) the policy does not allow.
+        UNIX_NOT_ALLOWED = 11,
+        /// A name-service daemon's UNIX socket (nscd, systemd-resolved): it
+        /// would resolve names past egressd's DNS proxy. Refused without an
+        /// event: every glibc lookup tries nscd first.
+        NAME_SERVICE_SOCKET = 12,
+        /// The rule allowing the destination has spent its upload budget for
+        /// the current window.
+        BUDGET_SPENT = 13,
+        /// A connection to an address only host rules allow did not name, in
+        /// its first bytes, a host this policy's DNS answered with that
+        /// address for a rule allowing the port (or named none: no SNI,
+        /// Encrypted Client Hello, neither TLS nor HTTP); or a UDP datagram
+        /// to such an address, on which no name is judged.
+        NAME_NOT_AT_ADDRESS = 14,
+    }
     pub const COUNT: u32 = 15;
 }
 

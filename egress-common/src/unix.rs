@@ -23,6 +23,6 @@ pub const MAX_UNIX_ENTRIES: u32 = 16384;
 pub mod unix_entry {
     /// The policy allows this name.
     pub const ALLOW: u32 = 1;
-    /// A name-service socket: refused (`reason::NAME_SERVICE`), no event.
+    /// A name-service socket: refused (`reason::NAME_SERVICE_SOCKET`), no event.
     pub const NAME_SERVICE: u32 = 2;
 }

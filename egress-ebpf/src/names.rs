@@ -12,7 +12,7 @@
 //! and that segment is judged whole: no round trip is added, and no
 //! retransmission is waited for. A name that passes is remembered in the
 //! record (`NAME_PASSED`), and the connection is counted to the rule that
-//! bound the name. One that does not is reported (`reason::NAME`, with the
+//! bound the name. One that does not is reported (`reason::NAME_NOT_AT_ADDRESS`, with the
 //! name) and the socket sends no data again (`NAME_REFUSED`).
 
 use aya_ebpf::{
@@ -280,7 +280,12 @@ fn report(
     if !audit {
         rules::name_refused(r.rule);
     }
-    let v = tally(r.policy, audit, reason::NAME, proto_class::TCP);
+    let v = tally(
+        r.policy,
+        audit,
+        reason::NAME_NOT_AT_ADDRESS,
+        proto_class::TCP,
+    );
     let Some(v) = v else {
         return PASS;
     };
@@ -296,7 +301,7 @@ fn report(
             port,
         },
     };
-    let mut event = attempt.event(v, reason::NAME);
+    let mut event = attempt.event(v, reason::NAME_NOT_AT_ADDRESS);
     event.pid = r.tgid;
     event.tgid = r.tgid;
     event.uid = r.uid;

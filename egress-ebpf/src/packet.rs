@@ -280,7 +280,7 @@ fn judge_unrecorded(
         ..
     }) = parsed
     else {
-        return unparsed.conclude(audit, reason::PACKET);
+        return unparsed.conclude(audit, reason::PACKET_DESTINATION_NOT_ALLOWED);
     };
     let (class, bit) = class_of(u32::from(proto));
     let attempt = Attempt {
@@ -303,7 +303,7 @@ fn judge_unrecorded(
     if syn_ack && !options && !is_loopback(&dest) {
         let sport = read::<u16>(ctx, l4).map_or(0, u16::from_be);
         if listen_set == 0 || in_portset(listen_set, PROTO_BIT_TCP, sport).is_none() {
-            return attempt.conclude(audit, reason::LISTEN);
+            return attempt.conclude(audit, reason::LISTEN_NOT_ALLOWED);
         }
     }
     let fragment_without_ports = later_fragment && class != proto_class::OTHER;
@@ -323,7 +323,7 @@ fn judge_unrecorded(
     let why = if options {
         reason::IP_OPTIONS
     } else if class == proto_class::OTHER {
-        reason::PROTOCOL
+        reason::PROTOCOL_NOT_ALLOWED
     } else {
         let peer = check_peer(table, if fragment_without_ports { 0 } else { bit }, &dest);
         match (peer.why, peer.rule) {
@@ -347,7 +347,7 @@ fn judge_unrecorded(
                     if bytes == 0 || audit {
                         return PASS;
                     }
-                    reason::NAME
+                    reason::NAME_NOT_AT_ADDRESS
                 } else {
                     record::set(sk, r);
                     match name {
@@ -358,7 +358,7 @@ fn judge_unrecorded(
                         // reload), and the judge is costly to verify.
                         NAME_PENDING | NAME_REFUSED => return DROP,
                         _ if rules::charge(rule, bytes, false) || audit => return PASS,
-                        _ => reason::BUDGET,
+                        _ => reason::BUDGET_SPENT,
                     }
                 }
             }
@@ -368,7 +368,7 @@ fn judge_unrecorded(
                 if rules::charge(rule, bytes, class == proto_class::UDP) || audit {
                     return PASS;
                 }
-                reason::BUDGET
+                reason::BUDGET_SPENT
             }
             // A UDP connect to this destination waited for this datagram:
             // its event, with the process, is reported now (once in audit).
@@ -382,17 +382,17 @@ fn judge_unrecorded(
                 if audit {
                     return PASS;
                 }
-                if peer.why == reason::NAME {
-                    reason::NAME
+                if peer.why == reason::NAME_NOT_AT_ADDRESS {
+                    reason::NAME_NOT_AT_ADDRESS
                 } else {
-                    reason::PACKET
+                    reason::PACKET_DESTINATION_NOT_ALLOWED
                 }
             }
             // Its peer passed when it was judged, and no longer would (a
             // reload removed it): the connection goes on, uncounted, as
             // judged when made; except under a policy with budgets, which
             // no rule would be charged for.
-            (_, _) if stale == NAME_REFUSED && !audit => reason::NAME,
+            (_, _) if stale == NAME_REFUSED && !audit => reason::NAME_NOT_AT_ADDRESS,
             (_, _) if stale != NOT_STALE && (!budgets || audit) => {
                 remember(RECORD_ALLOWED, 0);
                 return PASS;
@@ -404,9 +404,9 @@ fn judge_unrecorded(
             (_, _) if audit && sk.is_null() => return PASS,
             (_, _) if audit => {
                 remember(RECORD_AUDITED, 0);
-                reason::PACKET
+                reason::PACKET_DESTINATION_NOT_ALLOWED
             }
-            (_, _) => reason::PACKET,
+            (_, _) => reason::PACKET_DESTINATION_NOT_ALLOWED,
         }
     };
     attempt.conclude(audit, why)

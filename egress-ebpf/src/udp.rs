@@ -22,7 +22,9 @@ use crate::{dest::Dest, maps::PENDING_UDP};
 /// Whether a connect refused for `why` waits for its first datagram.
 #[inline(always)]
 pub fn waits(why: u8) -> bool {
-    why == reason::NO_RULE || why == reason::PORT || why == reason::NAME
+    why == reason::DESTINATION_NOT_ALLOWED
+        || why == reason::PORT_NOT_ALLOWED
+        || why == reason::NAME_NOT_AT_ADDRESS
 }
 
 /// Keeps the event of a UDP connect that waits.

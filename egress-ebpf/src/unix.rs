@@ -126,7 +126,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
             raw: [0; UNIX_PATH_MAX],
             len: 0,
         };
-        return conclude(policy, live, reason::UNIX, hook, &empty);
+        return conclude(policy, live, reason::UNIX_NOT_ALLOWED, hook, &empty);
     };
     let Some(Live { table, .. }) = live else {
         if released(policy) {
@@ -141,8 +141,8 @@ pub fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
         .unwrap_or(0);
     let why = match entry {
         unix_entry::ALLOW if !unplain => reason::NONE,
-        unix_entry::NAME_SERVICE => reason::NAME_SERVICE,
-        _ => reason::UNIX,
+        unix_entry::NAME_SERVICE => reason::NAME_SERVICE_SOCKET,
+        _ => reason::UNIX_NOT_ALLOWED,
     };
     conclude(policy, live, why, hook, &name)
 }
@@ -154,7 +154,7 @@ fn conclude(policy: u32, live: Option<Live>, why: u8, hook: u8, name: &Name) -> 
     let audit = matches!(live, Some(Live { audit: true, .. }));
     let v = tally(policy, audit, why, proto_class::OTHER);
     if let Some(v) = v {
-        if why != reason::NAME_SERVICE {
+        if why != reason::NAME_SERVICE_SOCKET {
             report(policy, v, why, hook, name);
         }
     }

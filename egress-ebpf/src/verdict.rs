@@ -47,7 +47,7 @@ pub struct Peer {
     pub rule: u32,
     /// Only host rules that check names allow it: a TCP connection must
     /// present a name bound to the address (see `names`). UDP to such a
-    /// peer is refused (`reason::NAME`): no name is judged on it.
+    /// peer is refused (`reason::NAME_NOT_AT_ADDRESS`): no name is judged on it.
     pub named: bool,
 }
 
@@ -68,23 +68,23 @@ pub fn check_peer(table: u32, proto_bit: u8, dest: &Dest) -> Peer {
         ALLOW_V6.get(Key::new(TABLE_BITS + 128, data)).copied()
     };
     let Some(set_id) = set_id else {
-        return no(reason::NO_RULE);
+        return no(reason::DESTINATION_NOT_ALLOWED);
     };
     if proto_bit == 0 {
         return no(if PORTSETS.get(set_id).is_some() {
             reason::NONE
         } else {
-            reason::PORT
+            reason::PORT_NOT_ALLOWED
         });
     }
     match find_range(set_id, proto_bit, dest.port) {
-        Some((_, true)) if proto_bit == PROTO_BIT_UDP => no(reason::NAME),
+        Some((_, true)) if proto_bit == PROTO_BIT_UDP => no(reason::NAME_NOT_AT_ADDRESS),
         Some((rule, named)) => Peer {
             why: reason::NONE,
             rule,
             named,
         },
-        None => no(reason::PORT),
+        None => no(reason::PORT_NOT_ALLOWED),
     }
 }
 
@@ -224,11 +224,11 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
         named: false,
     };
     let Peer { why, rule, named } = if class == proto_class::OTHER {
-        no(reason::PROTOCOL)
+        no(reason::PROTOCOL_NOT_ALLOWED)
     } else if dest.family == 0 {
-        no(reason::NO_DEST)
+        no(reason::NO_DESTINATION)
     } else if reaches_loopback(&dest) && in_egressd_netns(ctx) != Some(true) {
-        no(reason::OTHER_NETNS_LOOPBACK)
+        no(reason::LOOPBACK_OF_ANOTHER_NETNS)
     } else {
         check_peer(table, proto_bit, &dest)
     };
@@ -236,7 +236,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, dest: Dest) -> i32 {
     // window turns.
     let why = if why == reason::NONE && crate::rules::spent(rule) {
         crate::rules::over_budget(rule);
-        reason::BUDGET
+        reason::BUDGET_SPENT
     } else {
         why
     };
@@ -315,7 +315,13 @@ pub fn judge_socket(hook: u8, family: u32, sock_type: u32, protocol: u32) -> i32
         addr: [0; 16],
         port: 0,
     };
-    refuse(Caller::Task, reason::SOCKET, hook, protocol as u8, dest)
+    refuse(
+        Caller::Task,
+        reason::SOCKET_NOT_ALLOWED,
+        hook,
+        protocol as u8,
+        dest,
+    )
 }
 
 /// Judges socket() of any family (BPF LSM): UNIX, IPv4, IPv6 and netlink
@@ -350,7 +356,13 @@ pub fn judge_family(family: u32, kern: bool) -> i32 {
         };
         return attempt.conclude(false, reason::NONE);
     }
-    refuse(caller, reason::SOCKET, hook::SOCKET_FAMILY, 0, dest)
+    refuse(
+        caller,
+        reason::SOCKET_NOT_ALLOWED,
+        hook::SOCKET_FAMILY,
+        0,
+        dest,
+    )
 }
 
 /// Refuses something no rule can allow (audit mode lets it through,
@@ -417,13 +429,13 @@ pub fn judge_bind(ctx: &SockAddrContext, hook: u8, local: Dest) -> i32 {
     }
     let (audit, why) = match live {
         None => (false, reason::NO_POLICY),
-        Some(_) if attempt.class == proto_class::OTHER => (false, reason::PROTOCOL),
+        Some(_) if attempt.class == proto_class::OTHER => (false, reason::PROTOCOL_NOT_ALLOWED),
         Some(l)
             if l.listen_set != 0 && in_portset(l.listen_set, proto_bit, local.port).is_some() =>
         {
             (l.audit, reason::NONE)
         }
-        Some(l) => (l.audit, reason::LISTEN),
+        Some(l) => (l.audit, reason::LISTEN_NOT_ALLOWED),
     };
     attempt.conclude(audit, why)
 }

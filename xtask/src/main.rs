@@ -103,7 +103,8 @@ fn cargo_test(args: &[&str], totals: &mut Totals) -> Result<()> {
     Ok(())
 }
 
-fn target_dir() -> PathBuf {
+/// Where cargo writes what it builds (`CARGO_TARGET_DIR`, or `target`).
+pub(crate) fn target_dir() -> PathBuf {
     env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| ebpf::workspace_root().join("target"))

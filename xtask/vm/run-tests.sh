@@ -7,7 +7,7 @@ lane="$1"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root RUST_BACKTRACE=1
 . /egressd-vm/env
-export EGRESSD_BIN EGRESSD_IMAGE
+export EGRESSD_BIN EGRESSD_IMAGE EGRESSD_DEB
 # This VM is thrown away: tests that install system files (systemd units
 # under /etc) may run here, and only here.
 export EGRESSD_TEST_DISPOSABLE_HOST=1

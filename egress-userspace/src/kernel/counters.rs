@@ -84,22 +84,36 @@ pub fn proto_name(p: u8) -> &'static str {
 }
 
 pub fn reason_name(r: u8) -> &'static str {
-    match r {
-        reason::NONE => "none",
-        reason::NO_RULE => "destination_not_allowed",
-        reason::PORT => "port_not_allowed",
-        reason::PROTOCOL => "protocol_not_allowed",
-        reason::NO_POLICY => "no_policy",
-        reason::NO_DEST => "no_destination",
-        reason::SOCKET => "socket_not_allowed",
-        reason::IP_OPTIONS => "ip_options",
-        reason::PACKET => "packet_destination_not_allowed",
-        reason::OTHER_NETNS_LOOPBACK => "loopback_of_another_netns",
-        reason::LISTEN => "listen_not_allowed",
-        reason::UNIX => "unix_not_allowed",
-        reason::NAME_SERVICE => "name_service_socket",
-        reason::BUDGET => "budget_spent",
-        reason::NAME => "name_not_at_address",
-        _ => "unknown",
+    static LOWER: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        reason::NAMES
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect()
+    });
+    LOWER.get(usize::from(r)).map_or("unknown", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every reason has a name of its own, which is its constant's.
+    #[test]
+    fn each_reason_is_named_once_as_its_constant() {
+        let names: Vec<&str> = (0..reason::COUNT as u8).map(reason_name).collect();
+        assert!(names.iter().all(|n| !n.is_empty()), "{names:?}");
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert_eq!(
+            reason_name(reason::DESTINATION_NOT_ALLOWED),
+            "destination_not_allowed"
+        );
+        assert_eq!(
+            reason_name(reason::NAME_NOT_AT_ADDRESS),
+            "name_not_at_address"
+        );
+        assert_eq!(reason_name(reason::COUNT as u8), "unknown");
     }
 }

@@ -116,7 +116,7 @@ pub fn shared_dir_warning(name: &UnixName) -> Option<String> {
 /// The sockets of name-service daemons, which resolve names past egressd's
 /// DNS proxy (and so carry what the agent puts in a name). glibc tries
 /// nscd on every lookup, and falls back to DNS when refused: refused
-/// without an event (`reason::NAME_SERVICE`), unless the policy names one.
+/// without an event (`reason::NAME_SERVICE_SOCKET`), unless the policy names one.
 pub const NAME_SERVICES: &[&str] = &[
     "/run/nscd/socket",
     "/var/run/nscd/socket",

@@ -97,7 +97,10 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
     }
     // SAFETY: Event is plain old data and the slice is long enough.
     let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
-    if event.reason == reason::NAME && event.hook == hook::PACKET_EGRESS && event.protocol == 6 {
+    if event.reason == reason::NAME_NOT_AT_ADDRESS
+        && event.hook == hook::PACKET_EGRESS
+        && event.protocol == 6
+    {
         if bytes.len() < std::mem::size_of::<NameEvent>() {
             return None;
         }

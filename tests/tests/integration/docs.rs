@@ -229,3 +229,23 @@ fn the_reference_names_every_command() {
         );
     }
 }
+
+/// Every reason an event or a metric can give is explained in the
+/// reference, spelled as egressd spells it.
+#[test]
+fn the_reference_explains_every_reason() {
+    let reference = std::fs::read_to_string(root().join("docs/reference.md")).unwrap();
+    let mut reasons = 0;
+    for r in 1u8.. {
+        let name = egressd::kernel::counters::reason_name(r);
+        if name == "unknown" {
+            break;
+        }
+        reasons += 1;
+        assert!(
+            reference.contains(&format!("`{name}`")),
+            "docs/reference.md does not explain reason `{name}`"
+        );
+    }
+    assert!(reasons >= 14, "{reasons} reasons");
+}

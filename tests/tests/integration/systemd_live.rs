@@ -114,6 +114,14 @@ fn policy(cgroup: &str, allowed: &[&str]) -> String {
     p
 }
 
+/// Where egressd and its units come from.
+enum Source {
+    /// This checkout: the binary under test, deploy/systemd's units.
+    Tree,
+    /// The Debian package `cargo xtask deb` made, installed with apt.
+    Package(String),
+}
+
 /// The units installed on this (disposable) machine, with the listeners of
 /// both addresses; removed on drop, with whatever egressd pinned.
 struct Installed {
@@ -121,6 +129,7 @@ struct Installed {
     _ns: Netns,
     allowed: Listener,
     refused: Listener,
+    packaged: bool,
 }
 
 impl Installed {
@@ -128,6 +137,10 @@ impl Installed {
     /// ALLOWED:443) and `agent` as the agent unit's program, in the test's
     /// namespace; `oneshot`: it runs once per start.
     fn new(tag: &str, cgroup: &str, agent: &str, oneshot: bool) -> Installed {
+        Installed::from(Source::Tree, tag, cgroup, agent, oneshot)
+    }
+
+    fn from(source: Source, tag: &str, cgroup: &str, agent: &str, oneshot: bool) -> Installed {
         require_root();
         // It writes /etc/egressd and /etc/systemd/system: never on a machine
         // someone uses, even with --include-ignored.
@@ -143,15 +156,36 @@ impl Installed {
         let refused = Listener::tcp(&ns, &format!("{REFUSED}:443")).unwrap();
         std::fs::create_dir_all(Path::new(POLICY).parent().unwrap()).unwrap();
         std::fs::write(POLICY, policy(cgroup, &[ALLOWED])).unwrap();
-        // Installed as the README says: the binary where the units name it
-        // (the unit's PrivateTmp= and ProtectHome= hide a checkout under
-        // /tmp or /root from egressd), the units as shipped.
-        std::fs::create_dir_all(Path::new(INSTALLED).parent().unwrap()).unwrap();
-        let _ = std::fs::remove_file(INSTALLED);
-        std::fs::copy(bin(), INSTALLED).unwrap();
-        for u in systemd_units() {
-            std::fs::copy(&u, Path::new(UNITS).join(u.file_name().unwrap())).unwrap();
-        }
+        let packaged = match &source {
+            // Installed as the README says: the binary where the units name
+            // it (the unit's PrivateTmp= and ProtectHome= hide a checkout
+            // under /tmp or /root from egressd), the units as shipped.
+            Source::Tree => {
+                std::fs::create_dir_all(Path::new(INSTALLED).parent().unwrap()).unwrap();
+                let _ = std::fs::remove_file(INSTALLED);
+                std::fs::copy(bin(), INSTALLED).unwrap();
+                for u in systemd_units() {
+                    std::fs::copy(&u, Path::new(UNITS).join(u.file_name().unwrap())).unwrap();
+                }
+                false
+            }
+            // As operations.md says: apt installs egressd and its unit; the
+            // agent unit is the package's example.
+            Source::Package(deb) => {
+                let out = run("apt-get", &["install", "-y", "--no-download", deb]);
+                assert!(
+                    out.status.success(),
+                    "apt-get install {deb}: {}",
+                    text(&out)
+                );
+                std::fs::copy(
+                    "/usr/share/doc/egressd/examples/doc-summarizer.service",
+                    Path::new(UNITS).join("doc-summarizer.service"),
+                )
+                .unwrap();
+                true
+            }
+        };
         std::fs::write(AGENT, agent).unwrap();
         let _ = std::fs::remove_file(OUT);
         std::fs::create_dir_all(DROPIN).unwrap();
@@ -174,6 +208,7 @@ impl Installed {
             _ns: ns,
             allowed,
             refused,
+            packaged,
         }
     }
 
@@ -235,6 +270,10 @@ impl Drop for Installed {
         );
         let _ = run("systemctl", &["reset-failed"]);
         let _ = run(bin().to_str().unwrap(), &["detach"]);
+        if self.packaged {
+            let _ = run("apt-get", &["purge", "-y", "egressd"]);
+            let _ = std::fs::remove_file(Path::new(UNITS).join("doc-summarizer.service"));
+        }
         let _ = std::fs::remove_file(INSTALLED);
         for u in systemd_units() {
             let _ = std::fs::remove_file(Path::new(UNITS).join(u.file_name().unwrap()));
@@ -298,6 +337,65 @@ fn units_govern_an_agent_under_systemd() {
         "{}",
         journal("egressd.service")
     );
+}
+
+/// The Debian package, as a stranger meets it: `apt-get install` of the
+/// .deb puts egressd at /usr/sbin and its unit where systemd finds it;
+/// with a policy in /etc/egressd/policies and the package's example agent
+/// unit, `systemctl start egressd` governs the agent (the allowed address
+/// reached, the refused one not, the deny in egressd's journal); `man`
+/// finds the page; `apt-get purge` takes it all away again.
+#[test]
+#[ignore = "needs systemd as PID 1: cargo xtask vm-test --lane systemd runs it"]
+fn the_package_installs_with_apt_and_governs_an_agent() {
+    let deb = std::env::var("EGRESSD_DEB")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .expect("EGRESSD_DEB: no package in the VM; run `cargo xtask deb` before `cargo xtask vm-test --lane systemd`");
+    let units = Installed::from(Source::Package(deb), "sddeb", "agents.slice", ONCE, true);
+    let version = run("/usr/sbin/egressd", &["--version"]);
+    assert!(
+        text(&version).starts_with(&format!("egressd {}", env!("CARGO_PKG_VERSION"))),
+        "{}",
+        text(&version)
+    );
+    let unit = property("egressd.service", "FragmentPath");
+    assert!(
+        unit.ends_with("lib/systemd/system/egressd.service"),
+        "egressd.service is {unit}, not the package's"
+    );
+    let listed = run("dpkg", &["-L", "egressd"]);
+    assert!(
+        text(&listed).contains("/usr/share/man/man8/egressd.8.gz"),
+        "{}",
+        text(&listed)
+    );
+    systemctl(&["start", "egressd.service"]);
+    systemctl(&["start", "doc-summarizer.service"]);
+    let lines = units.lines();
+    assert!(
+        lines.starts_with(&[
+            (REFUSED.to_string(), "refused 1".to_string()),
+            (ALLOWED.to_string(), "ok".to_string()),
+        ]),
+        "{lines:?}"
+    );
+    assert_eq!(units.allowed.count(), 1);
+    assert_eq!(units.refused.count(), 0, "the refused address was reached");
+    assert!(
+        wait_until(Duration::from_secs(20), || journal("egressd.service")
+            .lines()
+            .any(
+                |l| l.contains(&format!("\"daddr\":\"{REFUSED}\"")) && l.contains("doc-summarizer")
+            )),
+        "{}",
+        journal("egressd.service")
+    );
+    systemctl(&["stop", "doc-summarizer.service", "egressd.service"]);
+    let purged = run("apt-get", &["purge", "-y", "egressd"]);
+    assert!(purged.status.success(), "{}", text(&purged));
+    assert!(!Path::new("/usr/sbin/egressd").exists());
+    assert!(!Path::new("/lib/systemd/system/egressd.service").exists());
 }
 
 /// The ExecStartPre gate: with egressd unable to enforce (its policy file

@@ -101,12 +101,17 @@ fn place_sources(stage: &Path) -> Result<()> {
 
 /// The OCI archive `cargo xtask image` writes, if it is there.
 fn container_image() -> Option<PathBuf> {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ebpf::workspace_root().join("target"))
-        .join("image");
+    let dir = crate::target_dir().join("image");
     let archive = dir.join(format!("egressd-{}.oci.tar", env!("CARGO_PKG_VERSION")));
     archive.is_file().then_some(archive)
+}
+
+/// The Debian package `cargo xtask deb` writes, if it is there.
+fn package() -> Option<PathBuf> {
+    let deb = crate::target_dir()
+        .join("deb")
+        .join(format!("egressd_{}_amd64.deb", env!("CARGO_PKG_VERSION")));
+    deb.is_file().then_some(deb)
 }
 
 /// Single-quotes a word for sh.
@@ -155,8 +160,13 @@ pub fn make(
     if let Some(a) = &archive {
         place(&stage, a)?;
     }
+    // The package, if `cargo xtask deb` made it (systemd_live.rs).
+    let deb = package();
+    if let Some(d) = &deb {
+        place(&stage, d)?;
+    }
     let env = format!(
-        "EGRESSD_BIN={}\nWORKSPACE={}\nTEST_TIMEOUT={}\nTOOLS={}\nEGRESSD_IMAGE={}\n",
+        "EGRESSD_BIN={}\nWORKSPACE={}\nTEST_TIMEOUT={}\nTOOLS={}\nEGRESSD_IMAGE={}\nEGRESSD_DEB={}\n",
         sh_quote(&bins.egressd.to_string_lossy()),
         sh_quote(&ebpf::workspace_root().to_string_lossy()),
         plan.test_timeout.as_secs(),
@@ -164,6 +174,10 @@ pub fn make(
         sh_quote(
             &archive
                 .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+        sh_quote(
+            &deb.map(|d| d.to_string_lossy().into_owned())
                 .unwrap_or_default()
         ),
     );
