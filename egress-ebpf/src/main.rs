@@ -125,13 +125,15 @@ pub fn egress_sock_create(ctx: SockContext) -> i32 {
 }
 
 /// socket() of any family (BPF LSM, where it runs): families no cgroup
-/// hook sees (AF_VSOCK, AF_PACKET, ...) only where the policy names them.
-/// The hook's arguments: `int family, int type, int protocol, int kern`.
+/// hook sees (AF_VSOCK, AF_PACKET, ...), and netlink protocols other than
+/// NETLINK_ROUTE, only where the policy names them. The hook's arguments:
+/// `int family, int type, int protocol, int kern`.
 #[lsm_cgroup(hook = "socket_create")]
 pub fn egress_socket_family(ctx: LsmContext) -> i32 {
     let family: i32 = ctx.arg(0);
+    let protocol: i32 = ctx.arg(2);
     let kern: i32 = ctx.arg(3);
-    verdict::judge_family(family as u32, kern != 0)
+    verdict::judge_family(family as u32, protocol as u32, kern != 0)
 }
 
 /// setsockopt(): refuses source-routing options on governed sockets.

@@ -324,14 +324,17 @@ pub fn judge_socket(hook: u8, family: u32, sock_type: u32, protocol: u32) -> i32
     )
 }
 
-/// Judges socket() of any family (BPF LSM): UNIX, IPv4, IPv6 and netlink
-/// pass (IP sockets are judged when they connect and send), as do the
-/// kernel's own sockets; any other family only where the governing
-/// policy names it.
+/// Judges socket() of any family (BPF LSM): UNIX, IPv4, IPv6 and netlink's
+/// NETLINK_ROUTE pass (IP sockets are judged when they connect and send;
+/// NETLINK_ROUTE reaches no process without CAP_NET_ADMIN), as do the
+/// kernel's own sockets; any other family, and any other netlink protocol
+/// (NETLINK_USERSOCK reaches processes of any uid), only where the
+/// governing policy names it.
 #[inline(always)]
-pub fn judge_family(family: u32, kern: bool) -> i32 {
+pub fn judge_family(family: u32, protocol: u32, kern: bool) -> i32 {
     const AF_NETLINK: u32 = 16;
-    if kern || matches!(family, 1 | 2 | 10 | AF_NETLINK) {
+    const NETLINK_ROUTE: u32 = 0;
+    if kern || matches!(family, 1 | 2 | 10) || (family == AF_NETLINK && protocol == NETLINK_ROUTE) {
         return RET_ALLOW;
     }
     let caller = Caller::Task;
@@ -350,7 +353,7 @@ pub fn judge_family(family: u32, kern: bool) -> i32 {
             caller,
             policy,
             hook: hook::SOCKET_FAMILY,
-            protocol: 0,
+            protocol: protocol as u8,
             class: proto_class::OTHER,
             dest,
         };
@@ -360,7 +363,7 @@ pub fn judge_family(family: u32, kern: bool) -> i32 {
         caller,
         reason::SOCKET_NOT_ALLOWED,
         hook::SOCKET_FAMILY,
-        0,
+        protocol as u8,
         dest,
     )
 }

@@ -41,13 +41,19 @@ pub struct Exec {
     #[arg(long, short, value_name = "USER")]
     user: Option<String>,
     /// Let the command make sockets of this family too (vsock, packet,
-    /// ...); IP, UNIX and netlink sockets are always allowed. Repeatable.
+    /// netlink: every netlink protocol, not only NETLINK_ROUTE, ...); IP
+    /// and UNIX sockets are always allowed. Repeatable.
     #[arg(long, value_name = "FAMILY")]
     allow_family: Vec<String>,
     /// Let the command use io_uring (which can make sockets out of the
     /// family filter's sight).
     #[arg(long)]
     allow_io_uring: bool,
+    /// Let the command make user and network namespaces (in a user
+    /// namespace of its own it could, for one, mount another socket over
+    /// a UNIX name its policy allows).
+    #[arg(long)]
+    allow_namespaces: bool,
     /// Let the command connect or send to this UNIX socket: a path, a
     /// directory ending in / (every socket beneath it), or @name (an
     /// abstract name). Repeatable.
@@ -184,6 +190,7 @@ fn build_policy(opts: &Exec) -> Result<Policy> {
         policy.channels.families.push(family);
     }
     policy.channels.io_uring |= opts.allow_io_uring;
+    policy.channels.namespaces |= opts.allow_namespaces;
     for u in &opts.allow_unix {
         let name = u
             .parse()

@@ -14,6 +14,18 @@
 //! unless the policy allows io_uring (a ring passed in from outside is
 //! useless too). System calls of another ABI (32-bit or x32, where
 //! `socketcall` hides the family) fail with `ENOSYS`.
+//!
+//! Netlink sockets are judged by protocol: `NETLINK_ROUTE` (addresses and
+//! routes, which getaddrinfo's `AI_ADDRCONFIG` and getifaddrs read; it
+//! reaches no other process without `CAP_NET_ADMIN`) is open, the rest
+//! (`NETLINK_USERSOCK` carries messages to processes of any uid) fail with
+//! `EPROTONOSUPPORT` unless `channels.families` names `netlink`.
+//!
+//! New user and network namespaces are refused (`EPERM` from `unshare`,
+//! `clone` and `setns`; `clone3`, whose flags a filter cannot read, fails
+//! with `ENOSYS`, and the C library falls back to `clone`) unless
+//! `channels.namespaces` allows them: in a user namespace of its own the
+//! command holds `CAP_NET_ADMIN` over a network namespace of its own.
 
 use crate::policy::Channels;
 
@@ -46,6 +58,8 @@ const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
 const AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
 const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
 const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+const JA: u16 = 0x05; // BPF_JMP | BPF_JA
 const RET_K: u16 = 0x06; // BPF_RET | BPF_K
 const RET_ALLOW: u32 = 0x7fff_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
@@ -55,6 +69,11 @@ const NR: u32 = 0;
 const ARCH: u32 = 4;
 const ARG0_LOW: u32 = 16;
 const ARG1_LOW: u32 = 24;
+const ARG2_LOW: u32 = 32;
+/// `CLONE_NEWUSER | CLONE_NEWNET`.
+const NEW_NAMESPACES: u32 = 0x1000_0000 | 0x4000_0000;
+/// The netlink protocol open to every command.
+const NETLINK_ROUTE: u32 = 0;
 /// `SOCK_PACKET`, in the low bits of `socket()`'s type (the rest are flags).
 const SOCK_PACKET: u32 = 10;
 const SOCK_TYPE_MASK: u32 = 0xf;
@@ -64,6 +83,10 @@ mod arch {
     pub const AUDIT_ARCH: u32 = 0xc000_003e;
     pub const SOCKET: u32 = 41;
     pub const SOCKETPAIR: u32 = 53;
+    pub const CLONE: u32 = 56;
+    pub const UNSHARE: u32 = 272;
+    pub const SETNS: u32 = 308;
+    pub const CLONE3: u32 = 435;
     /// io_uring_setup, io_uring_enter and io_uring_register.
     pub const IO_URING: [u32; 3] = [425, 426, 427];
     /// x32 system calls carry this bit (same audit arch).
@@ -75,6 +98,10 @@ mod arch {
     pub const AUDIT_ARCH: u32 = 0xc000_00b7;
     pub const SOCKET: u32 = 198;
     pub const SOCKETPAIR: u32 = 199;
+    pub const CLONE: u32 = 220;
+    pub const UNSHARE: u32 = 97;
+    pub const SETNS: u32 = 268;
+    pub const CLONE3: u32 = 435;
     /// io_uring_setup, io_uring_enter and io_uring_register.
     pub const IO_URING: [u32; 3] = [425, 426, 427];
     /// No other ABI shares aarch64's audit arch.
@@ -94,11 +121,43 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> Insn {
     Insn { code, jt, jf, k }
 }
 
+/// `unshare` and `clone` with `CLONE_NEWUSER` or `CLONE_NEWNET` fail with
+/// `EPERM`, as does `setns` into a user or network namespace (or any: type
+/// 0); `clone3` fails with `ENOSYS`. Expects the call's number in A, and
+/// leaves it there.
+fn no_new_namespaces() -> [Insn; 15] {
+    let eperm = stmt(RET_K, RET_ERRNO | libc::EPERM as u32);
+    [
+        jump(JEQ_K, arch::CLONE3, 0, 1),
+        stmt(RET_K, RET_ERRNO | libc::ENOSYS as u32),
+        // unshare(flags) and clone(flags, ...): the flags are argument 0.
+        jump(JEQ_K, arch::UNSHARE, 1, 0),
+        jump(JEQ_K, arch::CLONE, 0, 3),
+        stmt(LD_W_ABS, ARG0_LOW),
+        jump(JSET_K, NEW_NAMESPACES, 0, 1),
+        eperm,
+        stmt(LD_W_ABS, NR),
+        // setns(fd, nstype).
+        jump(JEQ_K, arch::SETNS, 0, 5),
+        stmt(LD_W_ABS, ARG1_LOW),
+        jump(JEQ_K, 0, 2, 0),
+        jump(JSET_K, NEW_NAMESPACES, 1, 0),
+        stmt(JA, 1),
+        eperm,
+        stmt(LD_W_ABS, NR),
+    ]
+}
+
 impl Filter {
     /// The filter for a policy's channels.
     pub fn new(channels: &Channels) -> Filter {
+        let netlink_open = channels
+            .families
+            .iter()
+            .any(|f| i32::from(f.number()) == libc::AF_NETLINK);
         let mut families: Vec<u32> = ALWAYS_OPEN
             .iter()
+            .filter(|f| **f != libc::AF_NETLINK)
             .map(|f| *f as u32)
             .chain(channels.families.iter().map(|f| u32::from(f.number())))
             .collect();
@@ -120,6 +179,9 @@ impl Filter {
                 p.push(errno(libc::ENOSYS));
             }
         }
+        if !channels.namespaces {
+            p.extend(no_new_namespaces());
+        }
         let packet_open = families.contains(&(libc::AF_PACKET as u32));
         if !packet_open {
             // socket(AF_INET, SOCK_PACKET): a packet socket by another name.
@@ -137,13 +199,24 @@ impl Filter {
         p.push(jump(JEQ_K, arch::SOCKETPAIR, 1, 0));
         p.push(stmt(RET_K, RET_ALLOW));
         p.push(stmt(LD_W_ABS, ARG0_LOW));
+        // What follows the family checks: netlink by protocol (unless the
+        // policy opens netlink), the refusal, the ALLOW they jump to.
+        let mut tail = Vec::new();
+        if !netlink_open {
+            tail.push(jump(JEQ_K, libc::AF_NETLINK as u32, 0, 3));
+            tail.push(stmt(LD_W_ABS, ARG2_LOW));
+            tail.push(jump(JEQ_K, NETLINK_ROUTE, 2, 0));
+            tail.push(errno(libc::EPROTONOSUPPORT));
+        }
+        tail.push(errno(libc::EAFNOSUPPORT));
+        tail.push(stmt(RET_K, RET_ALLOW));
         // Each allowed family jumps to the ALLOW after the last check.
         let n = families.len();
         for (i, f) in families.iter().enumerate() {
-            p.push(jump(JEQ_K, *f, (n - i) as u8, 0));
+            let to_allow = (n - i - 1) + tail.len() - 1;
+            p.push(jump(JEQ_K, *f, to_allow as u8, 0));
         }
-        p.push(errno(libc::EAFNOSUPPORT));
-        p.push(stmt(RET_K, RET_ALLOW));
+        p.extend(tail);
         Filter { insns: p }
     }
 

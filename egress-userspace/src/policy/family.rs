@@ -4,9 +4,10 @@ use std::{fmt, str::FromStr};
 
 use super::fields::deserialize_from_str;
 
-/// A socket family a policy may open beyond AF_UNIX, AF_INET, AF_INET6 and
-/// AF_NETLINK (which are always open): by its name without `AF_`, lower
-/// case (`vsock`, `packet`).
+/// A socket family a policy may open beyond AF_UNIX, AF_INET and AF_INET6
+/// (which are always open): by its name without `AF_`, lower case
+/// (`vsock`, `packet`). `netlink` opens every netlink protocol; without it
+/// only `NETLINK_ROUTE` is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Family {
     name: &'static str,
@@ -26,6 +27,7 @@ const FAMILIES: &[(&str, u16)] = &[
     ("netbeui", 13),
     ("security", 14),
     ("key", 15),
+    ("netlink", 16),
     ("packet", 17),
     ("ash", 18),
     ("econet", 19),
@@ -82,9 +84,9 @@ impl FromStr for Family {
     fn from_str(s: &str) -> Result<Self, String> {
         let key = s.trim().to_ascii_lowercase();
         let key = key.strip_prefix("af_").unwrap_or(&key);
-        if matches!(key, "unix" | "local" | "inet" | "inet6" | "netlink") {
+        if matches!(key, "unix" | "local" | "inet" | "inet6") {
             return Err(format!(
-                "`{s}` is always open (egressd judges IP sockets by destination; UNIX and netlink sockets stay local): list only other families"
+                "`{s}` is always open (egressd judges IP sockets by destination, and UNIX sockets by `channels.unix`): list only other families"
             ));
         }
         FAMILIES

@@ -68,6 +68,8 @@ pub struct Channels {
     pub families: Vec<Family>,
     /// io_uring, which can make sockets out of a seccomp filter's sight.
     pub io_uring: bool,
+    /// New user and network namespaces (`exec` refuses them otherwise).
+    pub namespaces: bool,
     /// UNIX socket names the processes may connect or send to.
     pub unix: Vec<unix::UnixName>,
 }

@@ -41,6 +41,8 @@ pub(super) struct RawChannels {
     pub(super) families: Vec<Family>,
     /// `allow` or `refuse` (default).
     pub(super) io_uring: Option<Answers>,
+    /// New user and network namespaces: `allow` or `refuse` (default).
+    pub(super) namespaces: Option<Answers>,
     #[serde(default)]
     pub(super) unix: Vec<super::unix::UnixName>,
 }

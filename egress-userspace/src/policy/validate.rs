@@ -104,6 +104,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         channels: Channels {
             families: raw.channels.families,
             io_uring: raw.channels.io_uring == Some(Answers::Allow),
+            namespaces: raw.channels.namespaces == Some(Answers::Allow),
             unix: raw.channels.unix,
         },
         source: file.display().to_string(),
@@ -231,7 +232,7 @@ dns:
     #[test]
     fn listen_and_channels() {
         let p = parse(
-            "name: a\nlisten:\n  - ports: [8080, \"9000-9010\"]\n  - ports: [5353]\n    protocol: udp\nchannels:\n  families: [vsock]\n  io_uring: allow\n  unix: [/run/a.sock, \"@b\"]\n",
+            "name: a\nlisten:\n  - ports: [8080, \"9000-9010\"]\n  - ports: [5353]\n    protocol: udp\nchannels:\n  families: [vsock]\n  io_uring: allow\n  namespaces: allow\n  unix: [/run/a.sock, \"@b\"]\n",
             Path::new("p.yaml"),
         )
         .unwrap();
@@ -239,6 +240,7 @@ dns:
         assert_eq!(p.listen[1].protocol, Protocol::Udp);
         assert_eq!(p.channels.families[0].number(), 40);
         assert!(p.channels.io_uring);
+        assert!(p.channels.namespaces);
         assert_eq!(p.channels.unix.len(), 2);
         assert!(err("name: a\nlisten:\n  - ports: []\n")
             .to_string()

@@ -49,6 +49,7 @@ pub struct Handles {
 
 /// What `egressd status` shows.
 pub fn status(allowlist: &Allowlist) -> Value {
+    let governed = &allowlist.governance;
     let policies: Vec<Value> = allowlist
         .installed
         .iter()
@@ -99,8 +100,8 @@ pub fn status(allowlist: &Allowlist) -> Value {
                 "name": view.policy.name,
                 "mode": view.policy.mode.to_string(),
                 "source": view.policy.source,
-                "cgroups": p.cgroups.iter().map(|(c, id)| json!({"path": c.path, "id": id})).collect::<Vec<_>>(),
-                "pods": p.pods.iter().map(|(c, id)| json!({"path": c.path, "id": id})).collect::<Vec<_>>(),
+                "cgroups": paths_and_ids(governed.cgroups.get(&view.policy.name)),
+                "pods": paths_and_ids(governed.pods.get(&view.policy.name)),
                 "entries": {"ipv4": v4, "ipv6": v6},
                 "dns_proxy_port": p.dns_port,
                 "admitted_names": p.admitted.len(),
@@ -127,20 +128,23 @@ pub fn status(allowlist: &Allowlist) -> Value {
         Ok(()) => "judged: socket() of a family other than UNIX, IP and netlink is refused unless channels.families names it (BPF LSM socket_create)".to_string(),
         Err(why) => format!("not judged: {why}"),
     };
-    let mut released: Vec<&std::path::Path> = allowlist
-        .released
-        .values()
-        .map(|c| c.path.as_path())
-        .collect();
-    released.sort();
     json!({
         "policies": policies,
-        "pods_released": released,
-        "pods_held": allowlist.held,
+        "pods_released": governed.released,
+        "pods_held": governed.held,
         "unix_sockets": unix,
         "socket_families": families,
         "channels_not_closed": open,
     })
+}
+
+/// `[{"path", "id"}]` of governed cgroups (none: empty).
+fn paths_and_ids(cgroups: Option<&Vec<(std::path::PathBuf, u64)>>) -> Vec<Value> {
+    cgroups
+        .into_iter()
+        .flatten()
+        .map(|(path, id)| json!({"path": path, "id": id}))
+        .collect()
 }
 
 /// Channels `egressd run` does not close for the cgroups it governs, and

@@ -278,9 +278,13 @@ impl Metrics {
             self.info
                 .with_label_values(&[&view.policy.name, &view.policy.mode.to_string()])
                 .set(1);
-            self.cgroups
-                .with_label_values(&[&view.policy.name])
-                .set(p.cgroups.len() as i64);
+            self.cgroups.with_label_values(&[&view.policy.name]).set(
+                allowlist
+                    .governance
+                    .cgroups
+                    .get(&view.policy.name)
+                    .map_or(0, Vec::len) as i64,
+            );
         }
         let mut seen = self
             .seen

@@ -30,6 +30,7 @@ use crate::{
     runtime::{kubernetes::Class, pod_memory::PodMemory, watch::Change},
     state::allowlist::Allowlist,
     state::answers::Admitter,
+    state::governance::Governance,
 };
 
 /// What runs for one policy.
@@ -102,6 +103,12 @@ impl Governor {
     /// only pods (a ConfigMap's policy, removed or renamed) is retired by
     /// `retire_removed`, once its pods are classified again.
     pub async fn apply(&mut self, policies: Vec<Policy>) -> Result<()> {
+        let applied = self.apply_all(policies).await;
+        self.publish();
+        applied
+    }
+
+    async fn apply_all(&mut self, policies: Vec<Policy>) -> Result<()> {
         let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
         let mut missing: Vec<&String> = self
             .running
@@ -149,9 +156,12 @@ impl Governor {
         if self.running.contains_key(&name) {
             bail!("policy `{name}` is running already");
         }
-        self.start(policy)
+        let started = self
+            .start(policy)
             .await
-            .with_context(|| format!("policy `{name}`"))
+            .with_context(|| format!("policy `{name}`"));
+        self.publish();
+        started
     }
 
     async fn start(&mut self, policy: Policy) -> Result<()> {
@@ -354,7 +364,7 @@ impl Governor {
                 continue;
             };
             // The new value replaces the old in one update.
-            if let Err(err) = e.map_cgroup(&cgroup, cgroup_id, value) {
+            if let Err(err) = e.map_cgroup(cgroup_id, value) {
                 first_error.get_or_insert(err);
                 continue;
             }
@@ -379,7 +389,8 @@ impl Governor {
             &self.cgroup_root,
             listed,
         );
-        e.held = self.memory.held();
+        drop(e);
+        self.publish();
         first_error.map_or(Ok(()), Err)
     }
 
@@ -431,12 +442,44 @@ impl Governor {
                 }
                 self.pods.remove(&rel);
             }
-            if let Err(err) = e.retire(r.id) {
+            let cgroups: Vec<u64> = r.cgroups.values().copied().collect();
+            if let Err(err) = e.retire(r.id, &cgroups) {
                 first_error.get_or_insert(err);
             }
             tracing::info!(policy = name, "policy removed from the files: retired");
         }
+        self.publish();
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Writes which cgroups and pods are governed, and how, where `status`
+    /// and the metrics read it (this is its only writer).
+    fn publish(&self) {
+        let at = |rel: &PathBuf, id: u64| (self.cgroup_root.join(rel), id);
+        let mut g = Governance {
+            held: self.memory.held(),
+            ..Governance::default()
+        };
+        for (name, r) in &self.running {
+            let mut cgroups: Vec<_> = r.cgroups.iter().map(|(rel, id)| at(rel, *id)).collect();
+            cgroups.sort();
+            g.cgroups.insert(name.clone(), cgroups);
+            g.pods.insert(name.clone(), Vec::new());
+        }
+        for (rel, (id, class)) in &self.pods {
+            match class {
+                Class::Policy(name) => g.pods.entry(name.clone()).or_default().push(at(rel, *id)),
+                Class::Released => g.released.push(self.cgroup_root.join(rel)),
+            }
+        }
+        for pods in g.pods.values_mut() {
+            pods.sort();
+        }
+        g.released.sort();
+        self.allowlist
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .governance = g;
     }
 
     /// Remembers what is decided for each pod cgroup in `file` (and takes
@@ -479,6 +522,7 @@ impl Governor {
     /// governed again.
     pub fn on_changes(&mut self, changes: &[Change]) -> Result<()> {
         let mut first_error = None;
+        let mut changed = false;
         for change in changes {
             let path = change.dir.join(&change.name);
             let hit = self.running.iter().find_map(|(name, r)| {
@@ -491,29 +535,37 @@ impl Governor {
             if !change.created {
                 tracing::warn!(policy = name, cgroup = %path.display(), "governed cgroup removed: creating it again");
             }
-            if let Err(e) = self.regovern(&name, &rel) {
-                tracing::error!(policy = name, cgroup = %path.display(), "governing it again: {e:#}");
-                first_error.get_or_insert(e);
+            match self.regovern(&name, &rel) {
+                Ok(again) => changed |= again,
+                Err(e) => {
+                    tracing::error!(policy = name, cgroup = %path.display(), "governing it again: {e:#}");
+                    first_error.get_or_insert(e);
+                    changed = true;
+                }
             }
+        }
+        if changed {
+            self.publish();
         }
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Governs `rel` again if it was removed (creating it) or recreated.
-    fn regovern(&mut self, name: &str, rel: &PathBuf) -> Result<()> {
+    /// Governs `rel` again if it was removed (creating it) or recreated;
+    /// whether it was.
+    fn regovern(&mut self, name: &str, rel: &PathBuf) -> Result<bool> {
         let cgroup = Cgroup::at(&self.cgroup_root, rel);
         let Some(r) = self.running.get_mut(name) else {
-            return Ok(());
+            return Ok(false);
         };
         let Some(&old_id) = r.cgroups.get(rel) else {
-            return Ok(());
+            return Ok(false);
         };
         if !cgroup.exists() {
             cgroup.create()?;
         }
         let new_id = cgroup.id()?;
         if new_id == old_id {
-            return Ok(());
+            return Ok(false);
         }
         cgroup.check_not_delegated(&self.cgroup_root)?;
         let mut e = self.allowlist.lock().expect("allowlist lock");
@@ -523,7 +575,7 @@ impl Governor {
         pins::remove_tree(&self.pin_dir.join(name).join(old_id.to_string()))?;
         r.cgroups.insert(rel.clone(), new_id);
         tracing::info!(policy = name, cgroup = %cgroup.path.display(), "governed again");
-        Ok(())
+        Ok(true)
     }
 
     /// Checks every governed cgroup against the cgroup tree (what inotify
@@ -536,10 +588,18 @@ impl Governor {
             .flat_map(|(n, r)| r.cgroups.keys().map(|rel| (n.clone(), rel.clone())))
             .collect();
         let mut first_error = None;
+        let mut changed = false;
         for (name, rel) in all {
-            if let Err(e) = self.regovern(&name, &rel) {
-                first_error.get_or_insert(e);
+            match self.regovern(&name, &rel) {
+                Ok(again) => changed |= again,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    changed = true;
+                }
             }
+        }
+        if changed {
+            self.publish();
         }
         first_error.map_or(Ok(()), Err)
     }

@@ -19,6 +19,7 @@ use crate::{
     policy::{special, Host, Mode, Policy},
     state::{
         addresses::Addresses,
+        governance::Governance,
         rule_slots::RuleSlots,
         view::{PolicyView, ViewCell},
     },
@@ -43,11 +44,6 @@ pub struct Installed {
     /// The last update of the table's admitted entries failed (it failed
     /// closed): the next answer or sweep writes them again.
     pub stale: bool,
-    /// Governed cgroups: path and id.
-    pub cgroups: Vec<(Cgroup, u64)>,
-    /// Pod cgroups it governs below the kubepods cgroup (no programs of
-    /// their own): path and id.
-    pub pods: Vec<(Cgroup, u64)>,
     /// The kernel's slot of each rule, in the policy's order (0: not counted).
     pub slots: Vec<u16>,
 }
@@ -94,11 +90,9 @@ pub struct Allowlist {
     slots: RuleSlots,
     /// Policy ids are never reused, so a retired policy's id refers to nothing.
     next_id: u32,
-    /// Pod cgroups released (no policy selects the pod): id -> path.
-    pub released: HashMap<u64, Cgroup>,
-    /// Pod cgroups held for good (a policy governed the pod, and it no
-    /// longer matches): paths below the cgroup2 root.
-    pub held: Vec<std::path::PathBuf>,
+    /// Which cgroups and pods are governed, as `runtime::supervisor` (its
+    /// owner) last wrote it.
+    pub governance: Governance,
 }
 
 impl Allowlist {
@@ -135,8 +129,7 @@ impl Allowlist {
                 names: Names::default(),
                 slots: RuleSlots::default(),
                 next_id: 1,
-                released: HashMap::new(),
-                held: Vec::new(),
+                governance: Governance::default(),
             },
             events,
         ))
@@ -197,8 +190,6 @@ impl Allowlist {
             dns_port,
             admitted: HashMap::new(),
             stale: false,
-            cgroups: Vec::new(),
-            pods: Vec::new(),
             slots,
         });
         Ok(id)
@@ -261,15 +252,16 @@ impl Allowlist {
         Ok(())
     }
 
-    /// Stops policy `id`: its cgroups are no longer governed by it (their
-    /// links must be removed by the caller), its table is emptied.
-    pub fn retire(&mut self, id: u32) -> Result<()> {
+    /// Stops policy `id`: `cgroups` (the ids of those it governs) are no
+    /// longer governed by it (their links must be removed by the caller),
+    /// its table is emptied.
+    pub fn retire(&mut self, id: u32, cgroups: &[u64]) -> Result<()> {
         let Some(pos) = self.installed.iter().position(|p| p.id == id) else {
             return Ok(());
         };
         let p = self.installed.remove(pos);
         self.slots.release(&p.view().policy.name);
-        for (_, cgroup_id) in &p.cgroups {
+        for cgroup_id in cgroups {
             self.tables.remove_cgroup(*cgroup_id, id)?;
         }
         self.tables.set_policy(id, PolicyInfo::default())?;
@@ -281,37 +273,19 @@ impl Allowlist {
     /// Stops governing one cgroup by policy `id` (its links must be removed
     /// by the caller).
     pub fn ungovern(&mut self, id: u32, cgroup_id: u64) -> Result<()> {
-        if let Some(p) = self.get_mut(id) {
-            p.cgroups.retain(|(_, c)| *c != cgroup_id);
-        }
         self.tables.remove_cgroup(cgroup_id, id)
     }
 
     /// Maps a cgroup below a governed one (a pod's, below the kubepods
     /// cgroup) to policy id `value` (or `POLICY_RELEASED`), without
     /// attaching anything: the programs of its ancestor judge it.
-    pub fn map_cgroup(&mut self, cgroup: &Cgroup, cgroup_id: u64, value: u32) -> Result<()> {
-        self.tables.set_cgroup(cgroup_id, value)?;
-        self.forget_pod(cgroup_id);
-        if value == egress_common::POLICY_RELEASED {
-            self.released.insert(cgroup_id, cgroup.clone());
-        } else if let Some(p) = self.get_mut(value) {
-            p.pods.push((cgroup.clone(), cgroup_id));
-        }
-        Ok(())
+    pub fn map_cgroup(&mut self, cgroup_id: u64, value: u32) -> Result<()> {
+        self.tables.set_cgroup(cgroup_id, value)
     }
 
     /// Undoes `map_cgroup` (if the cgroup is still mapped to `value`).
     pub fn unmap_cgroup(&mut self, cgroup_id: u64, value: u32) -> Result<()> {
-        self.forget_pod(cgroup_id);
         self.tables.remove_cgroup(cgroup_id, value)
-    }
-
-    fn forget_pod(&mut self, cgroup_id: u64) {
-        self.released.remove(&cgroup_id);
-        for p in &mut self.installed {
-            p.pods.retain(|(_, id)| *id != cgroup_id);
-        }
     }
 
     /// Rebuilds address -> name from what every policy holds now.
@@ -330,14 +304,13 @@ impl Allowlist {
         }
     }
 
-    /// Governs `cgroup` by policy `id`: records it, then attaches the programs.
+    /// Governs `cgroup` by policy `id`: maps it to the policy, then
+    /// attaches the programs.
     pub fn govern(&mut self, id: u32, cgroup: &Cgroup) -> Result<Attachment> {
+        self.get(id).context("no such policy")?;
         let cgroup_id = cgroup.id()?;
         self.tables.set_cgroup(cgroup_id, id)?;
-        let attachment = self.kernel.attach(cgroup)?;
-        let p = self.get_mut(id).context("no such policy")?;
-        p.cgroups.push((cgroup.clone(), cgroup_id));
-        Ok(attachment)
+        self.kernel.attach(cgroup)
     }
 
     /// The process that sent the query the DNS proxy received from `peer`

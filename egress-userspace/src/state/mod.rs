@@ -5,5 +5,6 @@
 pub mod addresses;
 pub mod allowlist;
 pub mod answers;
+pub mod governance;
 pub mod rule_slots;
 pub mod view;

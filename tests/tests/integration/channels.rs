@@ -324,6 +324,165 @@ fn exec_refuses_socket_families_no_policy_names() {
     assert_eq!(r.stdout.trim(), "made", "{r:?}");
 }
 
+/// A deputy of another uid, outside the cgroup, listening on
+/// NETLINK_USERSOCK (which any uid may send to), as a local daemon can.
+/// Prints its port id, then how many messages came before the test's
+/// `end`.
+const NETLINK_DEPUTY: &str = "import socket\n\
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 2)\n\
+    s.bind((0, 0))\n\
+    print(s.getsockname()[0], flush=True)\n\
+    n = 0\n\
+    while s.recv(4096) != b'end':\n\
+    \x20   n += 1\n\
+    print(n, flush=True)";
+
+/// The agent: a NETLINK_ROUTE socket (what getaddrinfo and getifaddrs
+/// use), then a message to the deputy's port (argv[1]) on
+/// NETLINK_USERSOCK.
+const NETLINK_AGENT: &str = "import socket, sys\n\
+    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close(); print('route made')\n\
+    try:\n\
+    \x20   s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 2)\n\
+    \x20   s.sendto(b'secret', (int(sys.argv[1]), 0)); print('usersock sent')\n\
+    except OSError as e:\n\
+    \x20   print('usersock refused', e.errno)";
+
+/// How many messages the deputy got: `end` is sent from outside the
+/// cgroup, then its count read.
+fn netlink_deputy_count(ns: &Netns, mut deputy: Outside, port: &str) -> String {
+    let end = format!(
+        "import socket\ns = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 2)\ns.sendto(b'end', ({port}, 0))"
+    );
+    let sent = ns.command(PYTHON).args(["-c", &end]).status().unwrap();
+    assert!(sent.success());
+    deputy.line()
+}
+
+/// Netlink is judged by protocol: the agent makes NETLINK_ROUTE sockets,
+/// but not NETLINK_USERSOCK, through which a deputy of another uid would
+/// carry its message out: refused under `exec` (its seccomp filter:
+/// EPROTONOSUPPORT) and under `run` where BPF LSM runs (EPERM, an event).
+/// `--allow-family netlink` opens it (and the deputy gets the message:
+/// the attack is real). The deputy got nothing where it was refused.
+#[test]
+fn netlink_reaches_a_deputy_only_where_named() {
+    require_root();
+    let ns = Netns::new("netlink").unwrap();
+    let (deputy, port) = Outside::start(&ns, 65534, NETLINK_DEPUTY);
+    let r = exec(
+        &ns,
+        &["--user", "nobody", "--allow", "198.51.100.1:443"],
+        &[PYTHON, "-c", NETLINK_AGENT, &port],
+    )
+    .unwrap();
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["route made", "usersock refused 93"],
+        "{r:?}"
+    );
+    assert_eq!(netlink_deputy_count(&ns, deputy, &port), "0", "exec");
+
+    let (deputy, port) = Outside::start(&ns, 65534, NETLINK_DEPUTY);
+    let r = exec(
+        &ns,
+        &["--user", "nobody", "--allow-family", "netlink"],
+        &[PYTHON, "-c", NETLINK_AGENT, &port],
+    )
+    .unwrap();
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["route made", "usersock sent"],
+        "{r:?}"
+    );
+    assert_eq!(netlink_deputy_count(&ns, deputy, &port), "1", "named");
+
+    let (deputy, port) = Outside::start(&ns, 65534, NETLINK_DEPUTY);
+    let cg = TestCgroup::new("netlink").unwrap();
+    let dir = TempDir::new("netlink").unwrap();
+    let policy = dir
+        .write(
+            "p.yaml",
+            &format!("name: nl\ncgroups: [{}]\nallow: []\n", cg.rel_str()),
+        )
+        .unwrap();
+    let daemon = Daemon::start(&ns, &policy).unwrap();
+    let status = Command::new(bin())
+        .args(["status", "--instance", &daemon.instance])
+        .output()
+        .unwrap();
+    if !String::from_utf8_lossy(&status.stdout).contains("socket families: judged") {
+        eprintln!("BPF LSM does not run on this kernel: run cannot judge netlink (run_refuses_socket_families_where_bpf_lsm_runs asserts that status says so)");
+        return;
+    }
+    let out = cg
+        .run(
+            &ns,
+            "setpriv",
+            &[
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                PYTHON,
+                "-c",
+                NETLINK_AGENT,
+                &port,
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["route made", "usersock refused 1"],
+        "{out:?}"
+    );
+    assert_eq!(netlink_deputy_count(&ns, deputy, &port), "0", "run");
+    let events = daemon.wait_events(1);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["hook"] == "socket_family" && e["family"] == "netlink"),
+        "{events:?}"
+    );
+}
+
+/// `exec` refuses new user and network namespaces: in a user namespace of
+/// its own the command holds CAP_NET_ADMIN and CAP_NET_RAW over a network
+/// namespace of its own, and CAP_SYS_ADMIN for mounts (which Landlock
+/// refuses too, where it runs: a socket mounted over an allowed UNIX
+/// name). `unshare` fails with EPERM; threads and child processes still
+/// start (the C library falls back from clone3, which fails with ENOSYS,
+/// to clone). `--allow-namespaces` opens them.
+#[test]
+fn exec_refuses_new_user_and_network_namespaces_unless_allowed() {
+    require_root();
+    let ns = Netns::new("userns").unwrap();
+    let script = "for flags in -Ur -Urn; do
+          if unshare $flags true 2>/dev/null; then echo \"$flags made\"; else echo \"$flags refused\"; fi
+        done
+        /usr/bin/python3 -c 'import threading, subprocess; t = threading.Thread(target=print, args=(\"thread\",)); t.start(); t.join(); subprocess.run([\"echo\", \"child\"])'";
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--user", "nobody", "--allow", "198.51.100.1:443"];
+        args.extend_from_slice(extra);
+        exec(&ns, &args, &["sh", "-c", script]).unwrap()
+    };
+    let r = run(&[]);
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["-Ur refused", "-Urn refused", "thread", "child"],
+        "{r:?}"
+    );
+    let r = run(&["--allow-namespaces"]);
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["-Ur made", "-Urn made", "thread", "child"],
+        "{r:?}"
+    );
+}
+
 /// A listening socket others could reach needs a `listen` rule: bind() to a
 /// port on any address but loopback is refused (EPERM, an event), so no
 /// peer can connect in, nor learn which ports answer. Loopback and port 0

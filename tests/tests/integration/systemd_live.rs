@@ -172,7 +172,7 @@ impl Installed {
             // As operations.md says: apt installs egressd and its unit; the
             // agent unit is the package's example.
             Source::Package(deb) => {
-                let out = run("apt-get", &["install", "-y", "--no-download", deb]);
+                let out = run("apt-get", &["install", "-y", deb]);
                 assert!(
                     out.status.success(),
                     "apt-get install {deb}: {}",

@@ -149,21 +149,8 @@ impl Daemon {
                 &control::socket_path(&opts.instance).with_extension("held"),
             );
         }
-        // Pods are mapped (as the previous run decided, and egressd's own
-        // pod) before this run's `kubernetes-pending` holds the kubepods
-        // cgroup: a released pod never meets the new programs unmapped.
-        let mut expanded = pods.expand(&base, &root)?;
-        let pending = expanded
-            .iter()
-            .position(|p| p.name == PENDING)
-            .map(|i| expanded.remove(i));
-        engine.governor.apply(expanded).await?;
-        pods.sync(&mut engine.governor, &base, &root)?;
-        if let Some(pending) = pending {
-            engine.governor.start_policy(pending).await?;
-        }
+        govern(&mut engine, &pods, &base, &root).await?;
         engine.metrics.loaded(true);
-        pods.sync(&mut engine.governor, &base, &root)?;
         // Now that the new links are pinned, remove this instance's old
         // ones (also those left by an earlier run that failed half-way).
         // Pods are held by `kubernetes-pending` until the API server has
@@ -178,30 +165,8 @@ impl Daemon {
         if client.is_some() {
             describer.pods = PodNames::new(root.clone());
         }
-        if let Some(addr) = opts.metrics_addr {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening for metrics on {addr}"))?;
-            tracing::info!("metrics on http://{addr}/metrics");
-            tokio::spawn(endpoint::serve(
-                listener,
-                engine.metrics.clone(),
-                engine.allowlist.clone(),
-                health.clone(),
-            ));
-        }
         let feed: EventFeed = tokio::sync::broadcast::channel(1024).0;
-        let (reload_tx, reloads) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
-        let control_path = control::socket_path(&opts.instance);
-        let listener = control::bind(&control_path)?;
-        tokio::spawn(control::serve(
-            listener,
-            control::Handles {
-                allowlist: engine.allowlist.clone(),
-                feed: feed.clone(),
-                reload: reload_tx,
-            },
-        ));
+        let reloads = serve_endpoints(&opts, &engine, &health, &feed).await?;
         release_freed_memory();
         let mut watcher = Watcher::new().context("watching governed cgroups (inotify)")?;
         for dir in engine.governor.watched_dirs() {
@@ -219,7 +184,8 @@ impl Daemon {
             reloads,
         };
         let policies: Vec<String> = describer.policies.values().cloned().collect();
-        tracing::info!(policies = ?policies, control = %control_path.display(), "enforcing");
+        let control = control::socket_path(&opts.instance);
+        tracing::info!(policies = ?policies, control = %control.display(), "enforcing");
         let untaint = opts.kubernetes.as_ref().and_then(|k| k.ready_taint.clone());
         let daemon = Daemon {
             opts,
@@ -351,6 +317,57 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Governs the policies' cgroups and the node's pods at start. Pods are
+/// mapped (as the previous run decided, and egressd's own pod) before this
+/// run's `kubernetes-pending` holds the kubepods cgroup: a released pod
+/// never meets the new programs unmapped.
+async fn govern(engine: &mut Engine, pods: &Pods, base: &[Policy], root: &Path) -> Result<()> {
+    let mut expanded = pods.expand(base, root)?;
+    let pending = expanded
+        .iter()
+        .position(|p| p.name == PENDING)
+        .map(|i| expanded.remove(i));
+    engine.governor.apply(expanded).await?;
+    pods.sync(&mut engine.governor, base, root)?;
+    if let Some(pending) = pending {
+        engine.governor.start_policy(pending).await?;
+    }
+    pods.sync(&mut engine.governor, base, root)
+}
+
+/// Serves metrics (if asked to) and the control socket; the control
+/// socket's reload requests.
+async fn serve_endpoints(
+    opts: &Options,
+    engine: &Engine,
+    health: &Arc<Health>,
+    feed: &EventFeed,
+) -> Result<Receiver<ReloadRequest>> {
+    if let Some(addr) = opts.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        tracing::info!("metrics on http://{addr}/metrics");
+        tokio::spawn(endpoint::serve(
+            listener,
+            engine.metrics.clone(),
+            engine.allowlist.clone(),
+            health.clone(),
+        ));
+    }
+    let (reload_tx, reloads) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
+    let listener = control::bind(&control::socket_path(&opts.instance))?;
+    tokio::spawn(control::serve(
+        listener,
+        control::Handles {
+            allowlist: engine.allowlist.clone(),
+            feed: feed.clone(),
+            reload: reload_tx,
+        },
+    ));
+    Ok(reloads)
 }
 
 /// Where the node's pods are heard of, and where their cgroups are.
