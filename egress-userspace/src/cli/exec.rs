@@ -12,6 +12,7 @@ use crate::{
         dest::{parse_allow, parse_listen},
         error::UsageError,
         load::load_file,
+        unix_writers::{warning, writable_dirs},
         DnsSettings, Mode, Policy,
     },
     runtime::session::{self, Session},
@@ -93,10 +94,12 @@ impl Exec {
         super::usage::check_ring_bytes(self.ring_buffer_bytes)?;
         let policy = build_policy(&self)?;
         let user = self.user.as_deref().map(lookup_user).transpose()?;
-        // SAFETY: geteuid has no preconditions.
-        if user.is_none_or(|(uid, _)| uid == 0) && unsafe { libc::geteuid() } == 0 {
+        // SAFETY: geteuid and getegid have no preconditions.
+        let (uid, gid) = user.unwrap_or_else(|| unsafe { (libc::geteuid(), libc::getegid()) });
+        if uid == 0 {
             eprintln!("egressd: warning: the command runs as root, and root can leave its cgroup or detach egressd: use --user");
         }
+        check_unix_writers(&policy, uid, gid)?;
         let audit = policy.mode == Mode::Audit;
         let session = Session {
             command: self.command.clone(),
@@ -124,6 +127,23 @@ impl Exec {
         }
         Ok(exit_code(ended.status))
     }
+}
+
+/// Refuses a UNIX name the command itself could redirect (it can write a
+/// directory on the name's way); warns of names others could.
+fn check_unix_writers(policy: &Policy, uid: u32, gid: u32) -> Result<(), UsageError> {
+    for name in &policy.channels.unix {
+        for w in writable_dirs(name) {
+            if uid != 0 && w.writers.iter().any(|who| who.includes(uid, gid)) {
+                return Err(UsageError(format!(
+                    "UNIX name `{name}`: the command (uid {uid}) can write {}, so it could make the name a symbolic link to any socket (names are matched as written): name a socket in a directory the command cannot write",
+                    w.dir.display()
+                )));
+            }
+            eprintln!("egressd: warning: {}", warning(name, &w));
+        }
+    }
+    Ok(())
 }
 
 /// A command line as a policy file's comment shows it (up to 100

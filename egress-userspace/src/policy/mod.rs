@@ -21,6 +21,7 @@ pub mod selector;
 pub mod special;
 pub mod suffix;
 pub mod unix;
+pub mod unix_writers;
 pub mod validate;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};

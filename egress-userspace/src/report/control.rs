@@ -125,7 +125,7 @@ pub fn status(allowlist: &Allowlist) -> Value {
         Err(why) => format!("not judged: {why}"),
     };
     let families = match families {
-        Ok(()) => "judged: socket() of a family other than UNIX, IP and netlink is refused unless channels.families names it (BPF LSM socket_create)".to_string(),
+        Ok(()) => "judged: socket() of a family other than UNIX and IP, or of a netlink protocol other than NETLINK_ROUTE, is refused unless channels.families names it (BPF LSM socket_create)".to_string(),
         Err(why) => format!("not judged: {why}"),
     };
     json!({
@@ -154,7 +154,7 @@ fn open_channels(unix: Option<&str>, families: Option<&str>) -> Vec<(&'static st
     let mut open = Vec::new();
     if let Some(why) = families {
         open.push((
-            "socket families other than IP, UNIX and netlink (AF_VSOCK, AF_PACKET, ...)",
+            "socket families other than IP and UNIX (AF_VSOCK, AF_PACKET, ...), and netlink protocols other than NETLINK_ROUTE",
             format!("{why}: restrict them where the agent starts (RestrictAddressFamilies= in its unit, deploy/kubernetes/seccomp/egressd-agent.json for pods); egressd exec does"),
         ));
     }

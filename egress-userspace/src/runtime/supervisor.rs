@@ -263,9 +263,14 @@ impl Governor {
                 cgroup.create()?;
             }
             cgroup.check_not_delegated(&self.cgroup_root)?;
-            let attachment = e.govern(r.id, &cgroup)?;
             let cgroup_id = cgroup.id()?;
-            attachment.pin(&self.pin_dir.join(name).join(cgroup_id.to_string()))?;
+            let attachment = e.govern(r.id, &cgroup)?;
+            // Unpinned, the links go with `attachment`: then the map entry
+            // goes too, and the next apply governs the cgroup again.
+            if let Err(err) = attachment.pin(&self.pin_dir.join(name).join(cgroup_id.to_string())) {
+                let _ = e.ungovern(r.id, cgroup_id);
+                return Err(err);
+            }
             r.cgroups.insert(rel.clone(), cgroup_id);
             tracing::info!(policy = name, cgroup = %cgroup.path.display(), "governed");
         }
@@ -568,9 +573,15 @@ impl Governor {
             return Ok(false);
         }
         cgroup.check_not_delegated(&self.cgroup_root)?;
-        let mut e = self.allowlist.lock().expect("allowlist lock");
+        let mut e = self
+            .allowlist
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let attachment = e.govern(r.id, &cgroup)?;
-        attachment.pin(&self.pin_dir.join(name).join(new_id.to_string()))?;
+        if let Err(err) = attachment.pin(&self.pin_dir.join(name).join(new_id.to_string())) {
+            let _ = e.ungovern(r.id, new_id);
+            return Err(err);
+        }
         e.ungovern(r.id, old_id)?;
         pins::remove_tree(&self.pin_dir.join(name).join(old_id.to_string()))?;
         r.cgroups.insert(rel.clone(), new_id);

@@ -310,7 +310,11 @@ impl Allowlist {
         self.get(id).context("no such policy")?;
         let cgroup_id = cgroup.id()?;
         self.tables.set_cgroup(cgroup_id, id)?;
-        self.kernel.attach(cgroup)
+        self.kernel.attach(cgroup).inspect_err(|_| {
+            // Not governed after all: no entry is left for a caller that
+            // does not know of it.
+            let _ = self.tables.remove_cgroup(cgroup_id, id);
+        })
     }
 
     /// The process that sent the query the DNS proxy received from `peer`

@@ -463,7 +463,7 @@ fn exec_refuses_new_user_and_network_namespaces_unless_allowed() {
     let script = "for flags in -Ur -Urn; do
           if unshare $flags true 2>/dev/null; then echo \"$flags made\"; else echo \"$flags refused\"; fi
         done
-        /usr/bin/python3 -c 'import threading, subprocess; t = threading.Thread(target=print, args=(\"thread\",)); t.start(); t.join(); subprocess.run([\"echo\", \"child\"])'";
+        /usr/bin/python3 -c 'import threading, subprocess; t = threading.Thread(target=lambda: print(\"thread\", flush=True)); t.start(); t.join(); subprocess.run([\"echo\", \"child\"])'";
     let run = |extra: &[&str]| {
         let mut args = vec!["--user", "nobody", "--allow", "198.51.100.1:443"];
         args.extend_from_slice(extra);

@@ -46,8 +46,9 @@ fn the_kustomization_lists_every_manifest() {
 
 /// The pod seccomp profile (OCI format, for `seccompProfile: Localhost`)
 /// refuses `socket` and `socketpair` for every family but those egressd's
-/// own `exec` filter leaves open, and io_uring, read as a runtime reads
-/// it: a rule's argument comparisons all hold, any matching rule applies.
+/// own `exec` filter leaves open, netlink protocols but NETLINK_ROUTE, new
+/// user and network namespaces, and io_uring, read as a runtime reads it:
+/// a rule's argument comparisons all hold, any matching rule applies.
 #[test]
 fn the_agent_seccomp_profile_refuses_what_exec_refuses() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -56,7 +57,7 @@ fn the_agent_seccomp_profile_refuses_what_exec_refuses() {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(profile["defaultAction"], "SCMP_ACT_ALLOW");
     let rules = profile["syscalls"].as_array().unwrap();
-    let errno_for = |call: &str, args: [u64; 2]| -> Option<u64> {
+    let errno_for = |call: &str, args: [u64; 3]| -> Option<u64> {
         rules.iter().find_map(|r| {
             let named = r["names"].as_array().unwrap().iter().any(|n| n == call);
             let holds = r["args"].as_array().is_none_or(|conds| {
@@ -66,6 +67,7 @@ fn the_agent_seccomp_profile_refuses_what_exec_refuses() {
                     match c["op"].as_str().unwrap() {
                         "SCMP_CMP_EQ" => arg == v,
                         "SCMP_CMP_GE" => arg >= v,
+                        "SCMP_CMP_NE" => arg != v,
                         "SCMP_CMP_MASKED_EQ" => arg & v == c["valueTwo"].as_u64().unwrap(),
                         op => panic!("unexpected comparison {op}"),
                     }
@@ -81,7 +83,7 @@ fn the_agent_seccomp_profile_refuses_what_exec_refuses() {
         for family in (0..=255).chain([1000, u64::from(u16::MAX), u64::from(u32::MAX)]) {
             for kind in [1, 2, 3, 2 | cloexec] {
                 let open = egressd::confine::seccomp::ALWAYS_OPEN.contains(&(family as i32));
-                let refused = errno_for(call, [family, kind]);
+                let refused = errno_for(call, [family, kind, 0]);
                 assert_eq!(refused.is_none(), open, "{call}({family}, {kind})");
                 if !open {
                     assert_eq!(refused, Some(libc::EAFNOSUPPORT as u64));
@@ -91,15 +93,68 @@ fn the_agent_seccomp_profile_refuses_what_exec_refuses() {
     }
     // The old spelling of a packet socket.
     for kind in [SOCK_PACKET, SOCK_PACKET | cloexec] {
-        let refused = errno_for("socket", [libc::AF_INET as u64, kind]);
+        let refused = errno_for("socket", [libc::AF_INET as u64, kind, 0]);
         assert_eq!(
             refused,
             Some(libc::EAFNOSUPPORT as u64),
             "socket(AF_INET, {kind})"
         );
     }
-    for call in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
-        assert_eq!(errno_for(call, [0, 0]), Some(libc::ENOSYS as u64), "{call}");
+    for call in [
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "clone3",
+    ] {
+        assert_eq!(
+            errno_for(call, [0, 0, 0]),
+            Some(libc::ENOSYS as u64),
+            "{call}"
+        );
+    }
+    // Netlink: NETLINK_ROUTE (0) only.
+    let netlink = libc::AF_NETLINK as u64;
+    assert_eq!(errno_for("socket", [netlink, 3, 0]), None);
+    for protocol in [2, 4, 9, 15, 16] {
+        assert_eq!(
+            errno_for("socket", [netlink, 3, protocol]),
+            Some(libc::EPROTONOSUPPORT as u64),
+            "netlink protocol {protocol}"
+        );
+    }
+    // New user and network namespaces; other flags pass.
+    let (user, net) = (libc::CLONE_NEWUSER as u64, libc::CLONE_NEWNET as u64);
+    let (mount, sigchld) = (libc::CLONE_NEWNS as u64, libc::SIGCHLD as u64);
+    for flags in [user, net, user | net, user | mount | sigchld] {
+        for call in ["unshare", "clone"] {
+            assert_eq!(
+                errno_for(call, [flags, 0, 0]),
+                Some(1),
+                "{call}({flags:#x})"
+            );
+        }
+        assert_eq!(
+            errno_for("setns", [3, flags, 0]),
+            Some(1),
+            "setns({flags:#x})"
+        );
+    }
+    // The kernel reads nstype as a 32-bit int: high bits do not hide a 0.
+    for nstype in [0, 1 << 32] {
+        assert_eq!(
+            errno_for("setns", [3, nstype, 0]),
+            Some(1),
+            "setns({nstype:#x})"
+        );
+    }
+    for flags in [
+        sigchld,
+        mount,
+        libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64 | sigchld,
+    ] {
+        for call in ["unshare", "clone"] {
+            assert_eq!(errno_for(call, [flags, 0, 0]), None, "{call}({flags:#x})");
+        }
     }
 }
 

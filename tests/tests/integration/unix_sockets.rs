@@ -87,6 +87,67 @@ fn hooks_or_warning(r: &ExecResult) -> bool {
     false
 }
 
+/// A name in a directory the command's uid can write: the command would
+/// make the name first, as a symbolic link to a deputy's socket, and
+/// connect to it by the allowed name (names are matched as written).
+/// `exec` refuses to run (exit 2, saying which directory), and the deputy
+/// gets nothing; with the directory root's, the command runs, cannot make
+/// the link, and the deputy gets nothing either; a link made there by
+/// root does reach the deputy (the channel is real).
+#[test]
+fn exec_refuses_a_unix_name_its_command_could_redirect() {
+    require_root();
+    let ns = Netns::new("unixw").unwrap();
+    let dir = TempDir::new("unixw").unwrap();
+    let _deputy = deputy(&ns, &dir.0, "egt-unixw");
+    let tool = dir.0.join("tool");
+    std::fs::create_dir(&tool).unwrap();
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap()
+    };
+    mode(&dir.0, 0o755);
+    mode(&dir.0.join("stream.sock"), 0o666);
+    std::os::unix::fs::chown(&tool, Some(65534), Some(65534)).unwrap();
+    let allowed = tool.join("api.sock");
+    let agent = format!(
+        "import os, socket\n\
+         try:\n\
+         \x20   os.symlink('{d}/stream.sock', '{a}'); print('linked')\n\
+         except OSError as e:\n\
+         \x20   print('link refused', e.errno)\n\
+         try:\n\
+         \x20   s = socket.socket(socket.AF_UNIX); s.connect('{a}'); s.sendall(b'secret'); print('sent')\n\
+         except OSError as e:\n\
+         \x20   print('connect refused', e.errno)",
+        d = dir.0.display(),
+        a = allowed.display()
+    );
+    let args = [
+        "--user",
+        "nobody",
+        "--allow-unix",
+        allowed.to_str().unwrap(),
+    ];
+    let r = exec(&ns, &args, &[PYTHON, "-c", &agent]).unwrap();
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(
+        r.stderr.contains(&format!("can write {}", tool.display())),
+        "{r:?}"
+    );
+    assert_eq!(r.stdout, "", "the command ran: {r:?}");
+    assert_eq!(reached(&dir.0), "");
+    std::os::unix::fs::chown(&tool, Some(0), Some(0)).unwrap();
+    let r = exec(&ns, &args, &[PYTHON, "-c", &agent]).unwrap();
+    assert_eq!(r.stdout.lines().next(), Some("link refused 13"), "{r:?}");
+    assert_eq!(reached(&dir.0), "", "{r:?}");
+    // The link, made by one who may (root, here), leads the allowed name
+    // to the deputy: what the refusal keeps the command from doing.
+    std::os::unix::fs::symlink(dir.0.join("stream.sock"), &allowed).unwrap();
+    let r = exec(&ns, &args, &[PYTHON, "-c", &agent]).unwrap();
+    assert_eq!(r.stdout.lines().nth(1), Some("sent"), "{r:?}");
+    assert_eq!(reached(&dir.0), "stream 6\n", "{r:?}");
+}
+
 /// The policy names no UNIX socket: a stream connect, a datagram sent to a
 /// path (as to /dev/log) and an abstract name are refused, and the deputy
 /// gets nothing. Each refusal is an event naming the path. nscd's socket,

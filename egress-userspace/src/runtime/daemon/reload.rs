@@ -7,7 +7,11 @@ use anyhow::Result;
 
 use super::Daemon;
 use crate::{
-    policy::{error::PolicyError, Policy},
+    policy::{
+        error::PolicyError,
+        unix_writers::{warning, writable_dirs},
+        Policy,
+    },
     runtime::watch::stamp,
 };
 
@@ -29,6 +33,11 @@ pub fn load_policies(path: &Path, empty_ok: bool) -> Result<Vec<Policy>> {
                 message: format!("policy `{}` governs nothing: add `cgroups: [PATH]` (relative to the cgroup2 root) or `pods:` selectors, or run it with `egressd exec --policy`", p.name),
             }
             .into());
+        }
+        for name in &p.channels.unix {
+            for w in writable_dirs(name) {
+                tracing::warn!(policy = p.name, "{}", warning(name, &w));
+            }
         }
     }
     Ok(policies)
