@@ -97,6 +97,10 @@ fn inbound_from_a_refused_peer(tag: &str, agent: &str) -> (String, String) {
             "198.51.100.1:443",
             "--listen",
             "8443",
+            // The flood's agent makes a user and network namespace of its
+            // own: exec refuses those unless allowed, and the record must
+            // hold where they are.
+            "--allow-namespaces",
             "--",
         ])
         .args([PYTHON, "-c", agent])

@@ -46,7 +46,8 @@ fn loopback_rule_means_egressds_namespace_only() {
         "{ungoverned:?}"
     );
 
-    let allow = ["--allow", "127.0.0.1:8080"];
+    // The probes in another network namespace make it (`unshare -n`).
+    let allow = ["--allow", "127.0.0.1:8080", "--allow-namespaces"];
     let r = exec(&ns, &allow, &[PROBE, "tcp", "127.0.0.1:8080"]).unwrap();
     if !egress_tests::kernel_at_least(5, 14) {
         // No netns cookie: egressd cannot tell its own loopback from
@@ -103,7 +104,7 @@ except OSError:
     print(\"nothing\")'""#;
     let r = exec(
         &ns,
-        &["--allow", "127.0.0.1:8080/udp"],
+        &["--allow", "127.0.0.1:8080/udp", "--allow-namespaces"],
         &["sh", "-c", script],
     )
     .unwrap();
