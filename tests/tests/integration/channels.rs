@@ -369,33 +369,21 @@ fn netlink_deputy_count(ns: &Netns, mut deputy: Outside, port: &str) -> String {
 fn netlink_reaches_a_deputy_only_where_named() {
     require_root();
     let ns = Netns::new("netlink").unwrap();
-    let (deputy, port) = Outside::start(&ns, 65534, NETLINK_DEPUTY);
-    let r = exec(
-        &ns,
-        &["--user", "nobody", "--allow", "198.51.100.1:443"],
-        &[PYTHON, "-c", NETLINK_AGENT, &port],
-    )
-    .unwrap();
-    assert_eq!(
-        r.stdout.lines().collect::<Vec<_>>(),
-        ["route made", "usersock refused 93"],
-        "{r:?}"
-    );
-    assert_eq!(netlink_deputy_count(&ns, deputy, &port), "0", "exec");
-
-    let (deputy, port) = Outside::start(&ns, 65534, NETLINK_DEPUTY);
-    let r = exec(
-        &ns,
-        &["--user", "nobody", "--allow-family", "netlink"],
-        &[PYTHON, "-c", NETLINK_AGENT, &port],
-    )
-    .unwrap();
-    assert_eq!(
-        r.stdout.lines().collect::<Vec<_>>(),
-        ["route made", "usersock sent"],
-        "{r:?}"
-    );
-    assert_eq!(netlink_deputy_count(&ns, deputy, &port), "1", "named");
+    // Under exec with `flags`: what the agent says, what the deputy got.
+    let under_exec = |flags: &[&str], said: &str, got: &str| {
+        let (deputy, port) = Outside::start(&ns, 65534, NETLINK_DEPUTY);
+        let mut args = vec!["--user", "nobody", "--allow", "198.51.100.1:443"];
+        args.extend_from_slice(flags);
+        let r = exec(&ns, &args, &[PYTHON, "-c", NETLINK_AGENT, &port]).unwrap();
+        assert_eq!(
+            r.stdout.lines().collect::<Vec<_>>(),
+            ["route made", said],
+            "{flags:?}: {r:?}"
+        );
+        assert_eq!(netlink_deputy_count(&ns, deputy, &port), got, "{flags:?}");
+    };
+    under_exec(&[], "usersock refused 93", "0");
+    under_exec(&["--allow-family", "netlink"], "usersock sent", "1");
 
     let (deputy, port) = Outside::start(&ns, 65534, NETLINK_DEPUTY);
     let cg = TestCgroup::new("netlink").unwrap();

@@ -122,6 +122,18 @@ enum Source {
     Package(String),
 }
 
+/// The refused connect's deny event is in egressd's journal (within 20 s).
+fn assert_refusal_journaled() {
+    let daddr = format!("\"daddr\":\"{REFUSED}\"");
+    assert!(
+        wait_until(Duration::from_secs(20), || journal("egressd.service")
+            .lines()
+            .any(|l| l.contains(&daddr) && l.contains("doc-summarizer"))),
+        "{}",
+        journal("egressd.service")
+    );
+}
+
 /// The units installed on this (disposable) machine, with the listeners of
 /// both addresses; removed on drop, with whatever egressd pinned.
 struct Installed {
@@ -328,15 +340,7 @@ fn units_govern_an_agent_under_systemd() {
     assert!(lines.ends_with(&want), "{lines:?}");
     assert_eq!(units.allowed.count(), 1);
     assert_eq!(units.refused.count(), 0, "the refused address was reached");
-    assert!(
-        wait_until(Duration::from_secs(20), || journal("egressd.service")
-            .lines()
-            .any(
-                |l| l.contains(&format!("\"daddr\":\"{REFUSED}\"")) && l.contains("doc-summarizer")
-            )),
-        "{}",
-        journal("egressd.service")
-    );
+    assert_refusal_journaled();
 }
 
 /// The Debian package, as a stranger meets it: `apt-get install` of the
@@ -387,15 +391,7 @@ fn the_package_installs_with_apt_and_governs_an_agent() {
     );
     assert_eq!(units.allowed.count(), 1);
     assert_eq!(units.refused.count(), 0, "the refused address was reached");
-    assert!(
-        wait_until(Duration::from_secs(20), || journal("egressd.service")
-            .lines()
-            .any(
-                |l| l.contains(&format!("\"daddr\":\"{REFUSED}\"")) && l.contains("doc-summarizer")
-            )),
-        "{}",
-        journal("egressd.service")
-    );
+    assert_refusal_journaled();
     systemctl(&["stop", "doc-summarizer.service", "egressd.service"]);
     let purged = run("apt-get", &["purge", "-y", "egressd"]);
     assert!(purged.status.success(), "{}", text(&purged));
