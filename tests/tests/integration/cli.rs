@@ -277,12 +277,21 @@ fn exec_cleans_up_on_an_early_sigint() {
     require_root();
     let ns = Netns::new("early").unwrap();
     for delay_ms in [0, 1, 2, 4, 8, 12, 16, 24, 32, 48, 64] {
-        let mut child = ns
-            .command(bin())
+        let mut command = ns.command(bin());
+        command
             .args(["exec", "--allow", "198.51.100.1:443", "--", "sleep", "30"])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(std::process::Stdio::null());
+        // SIGINT's default action, whatever the test was started with (a
+        // shell's background job inherits it ignored, and so would egressd
+        // until its handler is in place).
+        // SAFETY: signal() is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
         let instance = format!("exec-{}", child.id());
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         // SAFETY: signalling our own child.
