@@ -348,6 +348,15 @@ const NETLINK_AGENT: &str = "import socket, sys\n\
     except OSError as e:\n\
     \x20   print('usersock refused', e.errno)";
 
+/// What `egressd status` says of `daemon`.
+fn status(daemon: &Daemon) -> String {
+    let out = Command::new(bin())
+        .args(["status", "--instance", &daemon.instance])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// How many messages the deputy got: `end` is sent from outside the
 /// cgroup, then its count read.
 fn netlink_deputy_count(ns: &Netns, mut deputy: Outside, port: &str) -> String {
@@ -395,11 +404,7 @@ fn netlink_reaches_a_deputy_only_where_named() {
         )
         .unwrap();
     let daemon = Daemon::start(&ns, &policy).unwrap();
-    let status = Command::new(bin())
-        .args(["status", "--instance", &daemon.instance])
-        .output()
-        .unwrap();
-    if !String::from_utf8_lossy(&status.stdout).contains("socket families: judged") {
+    if !status(&daemon).contains("socket families: judged") {
         eprintln!("BPF LSM does not run on this kernel: run cannot judge netlink (run_refuses_socket_families_where_bpf_lsm_runs asserts that status says so)");
         return;
     }
@@ -634,11 +639,7 @@ fn run_refuses_socket_families_where_bpf_lsm_runs() {
         )
         .unwrap();
     let daemon = Daemon::start(&ns, &policy).unwrap();
-    let status = Command::new(bin())
-        .args(["status", "--instance", &daemon.instance])
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    let status = status(&daemon);
     if !status.contains("socket families: judged") {
         assert!(
             status.contains("socket families: not judged")
