@@ -293,6 +293,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// What `egressd status` says of this daemon (its text).
+    pub fn status(&self) -> String {
+        let out = Command::new(bin())
+            .args(["status", "--instance", &self.instance])
+            .output()
+            .expect("running egressd status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Starts `egressd run --policy POLICY` in `ns` and waits until it enforces.
     pub fn start(ns: &Netns, policy: &Path) -> Result<Daemon> {
         Self::start_with(ns, policy, &[])

@@ -348,15 +348,6 @@ const NETLINK_AGENT: &str = "import socket, sys\n\
     except OSError as e:\n\
     \x20   print('usersock refused', e.errno)";
 
-/// What `egressd status` says of `daemon`.
-fn status(daemon: &Daemon) -> String {
-    let out = Command::new(bin())
-        .args(["status", "--instance", &daemon.instance])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// How many messages the deputy got: `end` is sent from outside the
 /// cgroup, then its count read.
 fn netlink_deputy_count(ns: &Netns, mut deputy: Outside, port: &str) -> String {
@@ -404,7 +395,7 @@ fn netlink_reaches_a_deputy_only_where_named() {
         )
         .unwrap();
     let daemon = Daemon::start(&ns, &policy).unwrap();
-    if !status(&daemon).contains("socket families: judged") {
+    if !daemon.status().contains("socket families: judged") {
         eprintln!("BPF LSM does not run on this kernel: run cannot judge netlink (run_refuses_socket_families_where_bpf_lsm_runs asserts that status says so)");
         return;
     }
@@ -639,7 +630,7 @@ fn run_refuses_socket_families_where_bpf_lsm_runs() {
         )
         .unwrap();
     let daemon = Daemon::start(&ns, &policy).unwrap();
-    let status = status(&daemon);
+    let status = daemon.status();
     if !status.contains("socket families: judged") {
         assert!(
             status.contains("socket families: not judged")

@@ -721,11 +721,7 @@ mod governed_pods {
             "a selected pod is governed by its policy"
         );
         // `status` says which pods each policy governs, and how many are released.
-        let status = std::process::Command::new(egress_tests::egressd::bin())
-            .args(["status", "--instance", &daemon.instance])
-            .output()
-            .unwrap();
-        let status = String::from_utf8_lossy(&status.stdout);
+        let status = daemon.status();
         assert!(
             status.contains("governs pod /") && status.contains(&uids[0].replace('-', "_")),
             "{status}"
@@ -865,11 +861,7 @@ mod governed_pods {
             again.log.lock().unwrap()
         );
         assert_eq!(refused_under(&again, &a_cg, &ns), "kubernetes-pending");
-        let status = std::process::Command::new(egress_tests::egressd::bin())
-            .args(["status", "--instance", &again.instance])
-            .output()
-            .unwrap();
-        let status = String::from_utf8_lossy(&status.stdout);
+        let status = again.status();
         assert!(
             status.contains("pod held") && status.contains(&uids[0].replace('-', "_")),
             "{status}"
@@ -1034,11 +1026,7 @@ mod governed_pods {
         reload();
         assert_eq!(probe(&b_cg, &ns), "ok", "its policy removed: released");
         assert_eq!(refused_under(&daemon, &a_cg, &ns), "a2");
-        let status = std::process::Command::new(egress_tests::egressd::bin())
-            .args(["status", "--instance", &daemon.instance])
-            .output()
-            .unwrap();
-        let status = String::from_utf8_lossy(&status.stdout);
+        let status = daemon.status();
         assert!(
             !status.contains("policy b") && !status.contains("pod held"),
             "{status}"

@@ -127,11 +127,7 @@ fn status_and_live_events() {
     assert_eq!(b["audited"], 1);
     // The audit-mode cgroup's connection arrived, the enforced one's did not.
     assert_eq!(target.count(), 1);
-    let human = Command::new(bin())
-        .args(["status", "--instance", &daemon.instance])
-        .output()
-        .unwrap();
-    let human = String::from_utf8_lossy(&human.stdout);
+    let human = daemon.status();
     assert!(human.contains("policy la (enforce"), "{human}");
     // What this daemon cannot close is said, not left out.
     // Socket families: judged where BPF LSM runs, said where not.

@@ -144,11 +144,7 @@ fn rule_counters_match_what_the_listener_received() {
         20.0
     );
     // And in `status` as people read it.
-    let text = Command::new(bin())
-        .args(["status", "--instance", &d.instance])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = d.status();
     assert!(
         text.contains("rule 198.51.100.1:443: 1 connection(s), 976.6 KiB out, "),
         "{text}"

@@ -318,11 +318,7 @@ fn run_judges_unix_sockets_by_the_policy_file_and_its_reloads() {
     let daemon = Daemon::start(&ns, &policy).unwrap();
     if !kernel_at_least(6, 7) {
         // No hooks: the daemon must say that UNIX sockets are not judged.
-        let status = std::process::Command::new(egress_tests::egressd::bin())
-            .args(["status", "--instance", &daemon.instance])
-            .output()
-            .unwrap();
-        let status = String::from_utf8_lossy(&status.stdout);
+        let status = daemon.status();
         assert!(status.contains("UNIX sockets: not judged"), "{status}");
         eprintln!("this kernel has no cgroup UNIX hooks: asserted that status says so");
         return;
