@@ -1,8 +1,16 @@
 //! `egressd detach`: remove pinned programs.
 
-use anyhow::{bail, Result};
+use std::{collections::HashSet, path::PathBuf};
 
-use crate::{kernel::pins, policy::error::UsageError};
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    kernel::{
+        cgroup::{self, Cgroup},
+        diag, mounts, pins,
+    },
+    policy::error::UsageError,
+};
 
 /// Remove pinned programs: everything egressd attached (stops enforcement).
 #[derive(clap::Args)]
@@ -27,15 +35,44 @@ impl Detach {
                 "`{bad}`: an instance or policy name is letters, digits, `.`, `_` and `-`"
             )));
         }
-        match (self.instance, self.policy) {
+        let dirs = match (&self.instance, &self.policy) {
             (i, Some(p)) => {
-                if pins::remove_policy(i.as_deref(), &p)? == 0 {
+                let dirs = pins::policy_dirs(i.as_deref(), p)?;
+                if dirs.is_empty() {
                     bail!("no pinned programs of policy `{p}`")
                 }
-                Ok(())
+                dirs
             }
-            (Some(i), None) => pins::remove_tree(&pins::instance_dir(&i)?),
-            (None, None) => pins::remove_tree(&pins::root()?),
+            (Some(i), None) => vec![pins::instance_dir(i)?],
+            (None, None) => vec![pins::root()?],
+        };
+        cut_stalled(&dirs)?;
+        for dir in &dirs {
+            pins::remove_tree(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the cgroups about to be let go of still hold, refused by their
+/// programs, is destroyed first (see `diag::cut_stalled`): it would leave
+/// once the programs are gone. If that fails, nothing is detached.
+fn cut_stalled(dirs: &[PathBuf]) -> Result<()> {
+    let root = mounts::cgroup2_root()?;
+    let (mut ids, mut pids) = (HashSet::new(), Vec::new());
+    for id in dirs.iter().flat_map(|d| pins::cgroup_ids_below(d)) {
+        ids.insert(id);
+        if let Some(path) = cgroup::path_of_id(&root, id) {
+            let cgroup = Cgroup { path };
+            ids.extend(cgroup.all_ids());
+            pids.extend(cgroup.all_pids());
         }
     }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    diag::cut_stalled(&ids, &pids, diag::LET_GO_WAIT).context(
+        "nothing detached: the data sockets of the governed cgroups hold, refused by egressd, could not be destroyed (the kernel needs CONFIG_INET_DIAG_DESTROY), and would leave once the programs are gone",
+    )?;
+    Ok(())
 }

@@ -11,8 +11,11 @@
 
 use std::{
     collections::HashSet,
-    io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    fs, io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -25,7 +28,10 @@ const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
+const INET_DIAG_INFO: u16 = 2;
 const INET_DIAG_CGROUP_ID: u16 = 21;
+/// `tcpi_bytes_acked` in `struct tcp_info` (Linux 4.1).
+const TCPI_BYTES_ACKED: usize = 120;
 /// TCP states but TIME_WAIT (6) and CLOSE (7): a socket that can still send.
 const LIVE_STATES: u32 = !((1 << 6) | (1 << 7));
 /// The length of `struct inet_diag_sockid`.
@@ -39,6 +45,8 @@ pub struct Socket {
     /// Bytes sent but not acknowledged, or not sent yet (a TCP
     /// connection; 0 for anything else).
     pub unsent: u32,
+    /// Bytes the peer acknowledged (a TCP connection; 0 for anything else).
+    pub acked: u64,
     pub cgroup: u64,
     /// `struct inet_diag_sockid`: addresses, ports, interface, cookie.
     id: [u8; SOCKID_LEN],
@@ -87,7 +95,13 @@ fn request(kind: u16, flags: u16, family: u8, protocol: u8, states: u32, id: &[u
     m.extend(kind.to_ne_bytes());
     m.extend(flags.to_ne_bytes());
     m.extend([0u8; 8]); // seq, pid
-    m.extend([family, protocol, 0, 0]); // family, protocol, ext, pad
+                        // TCP's `struct tcp_info` is asked for (its bytes acknowledged).
+    let ext = if protocol == libc::IPPROTO_TCP as u8 {
+        1 << (INET_DIAG_INFO - 1)
+    } else {
+        0
+    };
+    m.extend([family, protocol, ext, 0]); // family, protocol, ext, pad
     m.extend(states.to_ne_bytes());
     m.extend(id);
     m
@@ -187,15 +201,22 @@ fn parse(msg: &[u8], protocol: u8) -> Option<Socket> {
     let body = msg.get(BODY..BODY + MSG_LEN)?;
     let mut id = [0u8; SOCKID_LEN];
     id.copy_from_slice(&body[4..4 + SOCKID_LEN]);
-    let mut cgroup = 0;
+    let (mut cgroup, mut acked) = (0, 0);
     let mut off = BODY + MSG_LEN;
     while off + 4 <= msg.len() {
         let len = u16_at(msg, off) as usize;
         if len < 4 || off + len > msg.len() {
             break;
         }
-        if u16_at(msg, off + 2) == INET_DIAG_CGROUP_ID && len >= 12 {
-            cgroup = u64::from_ne_bytes(msg[off + 4..off + 12].try_into().ok()?);
+        match u16_at(msg, off + 2) {
+            INET_DIAG_CGROUP_ID if len >= 12 => {
+                cgroup = u64::from_ne_bytes(msg[off + 4..off + 12].try_into().ok()?);
+            }
+            INET_DIAG_INFO if len >= 4 + TCPI_BYTES_ACKED + 8 => {
+                let at = off + 4 + TCPI_BYTES_ACKED;
+                acked = u64::from_ne_bytes(msg[at..at + 8].try_into().ok()?);
+            }
+            _ => {}
         }
         off += (len + 3) & !3;
     }
@@ -211,6 +232,7 @@ fn parse(msg: &[u8], protocol: u8) -> Option<Socket> {
         } else {
             0
         },
+        acked,
         cgroup,
         id,
     })
@@ -306,6 +328,81 @@ pub fn close_leftovers(cgroups: &HashSet<u64>, wait: Duration) -> io::Result<Clo
         }
     }
     Ok(closed)
+}
+
+/// How long `cut_stalled` gives a socket to show that it is sending.
+pub const LET_GO_WAIT: Duration = Duration::from_secs(2);
+
+/// For a cgroup egressd lets go of while its processes live on (a reload
+/// that releases it, `egressd detach`): waits up to `wait` for its TCP
+/// sockets' queued data to be acknowledged, then destroys each socket that
+/// still holds data and has had none acknowledged meanwhile. Those are
+/// what the backstop refused (or held back for a budget), which TCP would
+/// send again once the programs are gone; a connection that is sending
+/// makes progress and is left alone. Returns how many were destroyed.
+///
+/// sock_diag sees one network namespace: this is done in egressd's own and
+/// in that of each process in `pids` (the cgroups' processes: an agent in
+/// a container or pod has its sockets in its own namespace), at once.
+pub fn cut_stalled(cgroups: &HashSet<u64>, pids: &[i32], wait: Duration) -> io::Result<usize> {
+    let own = fs::metadata("/proc/self/ns/net")?.ino();
+    let mut seen = HashSet::from([own]);
+    let mut spaces = vec![None];
+    for pid in pids {
+        let Ok(ns) = fs::File::open(format!("/proc/{pid}/ns/net")) else {
+            continue; // exited
+        };
+        if ns.metadata().is_ok_and(|m| seen.insert(m.ino())) {
+            spaces.push(Some(ns));
+        }
+    }
+    thread::scope(|scope| {
+        let cuts: Vec<_> = spaces
+            .into_iter()
+            .map(|ns| {
+                scope.spawn(move || {
+                    if let Some(ns) = ns {
+                        // SAFETY: setns on this thread only, with a
+                        // namespace fd we hold.
+                        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    cut_stalled_here(cgroups, wait)
+                })
+            })
+            .collect();
+        cuts.into_iter().try_fold(0, |n, cut| {
+            Ok(n + cut
+                .join()
+                .map_err(|_| io::Error::other("sock_diag thread panicked"))??)
+        })
+    })
+}
+
+/// `cut_stalled` in the calling thread's network namespace.
+fn cut_stalled_here(cgroups: &HashSet<u64>, wait: Duration) -> io::Result<usize> {
+    let holding = |all: Vec<Socket>| -> Vec<Socket> {
+        all.into_iter()
+            .filter(|s| s.protocol == libc::IPPROTO_TCP as u8 && s.unsent > 0)
+            .collect()
+    };
+    let mut stalled = holding(sockets_in(cgroups)?);
+    let deadline = Instant::now() + wait;
+    while !stalled.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        let now = holding(sockets_in(cgroups)?);
+        stalled.retain(|s| {
+            now.iter()
+                .any(|n| n.cookie() == s.cookie() && n.acked == s.acked)
+        });
+    }
+    let mut destroyed = 0;
+    for s in &stalled {
+        destroy(s)?;
+        destroyed += 1;
+    }
+    Ok(destroyed)
 }
 
 #[cfg(test)]

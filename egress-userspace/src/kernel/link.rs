@@ -32,7 +32,7 @@ pub mod attach_type {
     pub const CGROUP_UNIX_SENDMSG: u32 = 50;
 }
 
-use super::sys::{bpf, BPF_LINK_CREATE, BPF_OBJ_PIN};
+use super::sys::{bpf, BPF_LINK_CREATE, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_PIN};
 
 /// Attaches `prog` to the cgroup `cgroup` for `attach_type`. Cgroup links
 /// are always multi-attach: programs of sub-cgroups run in addition to this
@@ -51,13 +51,50 @@ pub fn create(
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path has a NUL"))
+}
+
 /// Pins `link` at `path` on a bpffs, so it outlives this process.
 pub fn pin(link: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path has a NUL"))?;
+    let c = c_path(path)?;
     let mut attr = [0u64; 16];
     // struct { u64 pathname; u32 bpf_fd; u32 file_flags; ... }
     attr[0] = c.as_ptr() as u64;
     attr[1] = u64::from(link.as_raw_fd() as u32);
     bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// Opens the link pinned at `path`.
+pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    let mut attr = [0u64; 16];
+    // struct { u64 pathname; u32 bpf_fd; u32 file_flags; ... }
+    attr[0] = c.as_ptr() as u64;
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The id of the cgroup a cgroup link is attached to; 0 once the kernel
+/// has freed that cgroup (it was removed, and its last socket is gone:
+/// until then the link's program still judges those sockets).
+pub fn cgroup_of(link: BorrowedFd<'_>) -> io::Result<u64> {
+    const BPF_LINK_TYPE_CGROUP: u32 = 3;
+    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union { struct
+    // { u64 cgroup_id; u32 attach_type; } cgroup; ... } }
+    let mut info = [0u64; 8];
+    let mut attr = [0u64; 16];
+    // struct { u32 bpf_fd; u32 info_len; u64 info; }
+    attr[0] = u64::from(link.as_raw_fd() as u32) | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    if info[0] as u32 != BPF_LINK_TYPE_CGROUP {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a cgroup link",
+        ));
+    }
+    Ok(info[2])
 }

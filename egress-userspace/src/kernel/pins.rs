@@ -17,13 +17,16 @@
 use std::{
     fs::{self, DirBuilder, Metadata},
     io::ErrorKind,
-    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    os::{
+        fd::AsFd,
+        unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    },
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::kernel::mounts;
+use crate::kernel::{cgroup, link, mounts};
 
 /// `<bpffs>/egressd`, mounting bpffs if needed, made (mode 0700) if missing
 /// and checked: a real directory owned by root, which only root can write.
@@ -158,18 +161,74 @@ pub fn new_generation(instance: &str) -> Result<PathBuf> {
     Ok(instance_dir(instance)?.join(format!("gen-{nanos}-{}", std::process::id())))
 }
 
-/// Removes every generation of `instance` but `keep`.
-pub fn remove_other_generations(instance: &str, keep: &Path) -> Result<()> {
+/// Removes every generation of `instance` but `keep`. The links of a
+/// cgroup that was removed while its sockets live on (see `cgroup_freed`)
+/// are pinned into `keep` first, where the new daemon's sweep finds them.
+/// `cgroup_root` is the cgroup2 mount.
+pub fn remove_other_generations(instance: &str, keep: &Path, cgroup_root: &Path) -> Result<()> {
     let dir = instance_dir(instance)?;
     if !walk_to(&dir, false)? {
         return Ok(());
     }
     for entry in fs::read_dir(&dir)?.flatten() {
         if entry.path() != keep {
+            check_tree(&entry.path())?;
+            carry_over_removed(&entry.path(), keep, cgroup_root)?;
             remove_tree(&entry.path())?;
         }
     }
     Ok(())
+}
+
+/// The cgroup links of generation `old` (`<policy>/<cgroup id>/<link>`)
+/// whose cgroup is removed but not yet freed, pinned again below `keep`.
+fn carry_over_removed(old: &Path, keep: &Path, cgroup_root: &Path) -> Result<()> {
+    for policy in fs::read_dir(old)?.flatten().filter(|e| e.path().is_dir()) {
+        for cgroup in fs::read_dir(policy.path())?.flatten() {
+            let Some(id) = cgroup
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let to = keep.join(policy.file_name()).join(cgroup.file_name());
+            if to.exists() || cgroup_freed(&cgroup.path()) || cgroup_alive(cgroup_root, id) {
+                continue;
+            }
+            make_dirs(&to)?;
+            for pin in fs::read_dir(cgroup.path())?.flatten() {
+                let fd = link::open_pinned(&pin.path())
+                    .with_context(|| format!("opening {}", pin.path().display()))?;
+                link::pin(fd.as_fd(), &to.join(pin.file_name()))
+                    .with_context(|| format!("pinning {}", to.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the cgroup `id` is there in the cgroup tree (not removed).
+fn cgroup_alive(cgroup_root: &Path, id: u64) -> bool {
+    cgroup::path_of_id(cgroup_root, id).is_some_and(|p| !p.to_string_lossy().ends_with("(deleted)"))
+}
+
+/// Whether the cgroup whose links are pinned in `dir` has been freed by
+/// the kernel. A removed cgroup lives on while a socket made in it does
+/// (a process that exited leaves its unsent data queued; a descriptor
+/// passed to another process keeps its socket), and its links' programs
+/// still judge those sockets: removing the pins before then would let
+/// what they refused leave. False while any socket may be left, and when
+/// it cannot be told.
+pub fn cgroup_freed(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().all(|pin| {
+        link::open_pinned(&pin.path())
+            .and_then(|fd| link::cgroup_of(fd.as_fd()))
+            .is_ok_and(|id| id == 0)
+    })
 }
 
 /// The directories holding the links of `policy` for cgroup id `id`, in
@@ -227,12 +286,21 @@ pub fn other_policy_links(root: &Path, policy: &str, id: u64) -> bool {
 /// `<instance>/<policy>/` (exec) and `<instance>/gen-*/<policy>/` (run).
 /// Returns how many policy directories were removed.
 pub fn remove_policy(instance: Option<&str>, policy: &str) -> Result<usize> {
+    let dirs = policy_dirs(instance, policy)?;
+    for dir in &dirs {
+        remove_tree(dir)?;
+    }
+    Ok(dirs.len())
+}
+
+/// The directories `remove_policy` removes.
+pub fn policy_dirs(instance: Option<&str>, policy: &str) -> Result<Vec<PathBuf>> {
     let root = root()?;
     let instances: Vec<PathBuf> = match instance {
         Some(i) => vec![instance_dir(i)?],
         None => fs::read_dir(&root)?.flatten().map(|e| e.path()).collect(),
     };
-    let mut removed = 0;
+    let mut found = Vec::new();
     for dir in instances {
         if !walk_to(&dir, false)? {
             continue;
@@ -245,12 +313,31 @@ pub fn remove_policy(instance: Option<&str>, policy: &str) -> Result<usize> {
         }
         for c in candidates {
             if walk_to(&c, false)? {
-                remove_tree(&c)?;
-                removed += 1;
+                found.push(c);
             }
         }
     }
-    Ok(removed)
+    Ok(found)
+}
+
+/// The ids of the cgroups whose links are pinned below `dir` (the
+/// `<cgroup id>` directories).
+pub fn cgroup_ids_below(dir: &Path) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return ids;
+    };
+    for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+        match entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            Some(id) => ids.push(id),
+            None => ids.extend(cgroup_ids_below(&entry.path())),
+        }
+    }
+    ids
 }
 
 /// A pin directory name (an instance's, or a policy's): letters, digits,

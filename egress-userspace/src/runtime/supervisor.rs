@@ -8,7 +8,7 @@
 //! so that a broken file never replaces what is enforced.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
 };
@@ -23,7 +23,10 @@ use crate::{
         sockets,
     },
     kernel::cgroup::Cgroup,
-    kernel::pins,
+    kernel::{
+        diag::{self, LET_GO_WAIT},
+        pins,
+    },
     policy::Policy,
     report::describe::DnsEvent,
     report::metrics::{Metrics, PodCounts},
@@ -278,12 +281,11 @@ impl Governor {
     }
 
     /// Releases the cgroups policy `name` governs but no longer wants.
+    /// First, what the backstop refused while they were governed, still
+    /// queued in their sockets, is destroyed (see `diag::cut_stalled`);
+    /// a cgroup where that fails stays governed, and the error says why.
     fn release_cgroups(&mut self, name: &str, wanted: &[PathBuf]) -> Result<()> {
         let r = self.running.get_mut(name).expect("running");
-        let mut e = self
-            .allowlist
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let released: Vec<(PathBuf, u64)> = r
             .cgroups
             .iter()
@@ -291,6 +293,17 @@ impl Governor {
             .map(|(rel, id)| (rel.clone(), *id))
             .collect();
         for (rel, cgroup_id) in released {
+            let cgroup = Cgroup::at(&self.cgroup_root, &rel);
+            let mut ids: HashSet<u64> = cgroup.all_ids().into_iter().collect();
+            ids.insert(cgroup_id);
+            let pids = cgroup.all_pids();
+            tokio::task::block_in_place(|| diag::cut_stalled(&ids, &pids, LET_GO_WAIT)).with_context(|| {
+                format!("cgroup {} stays governed: the data its sockets hold, refused while it was governed, could not be destroyed (the kernel needs CONFIG_INET_DIAG_DESTROY)", rel.display())
+            })?;
+            let mut e = self
+                .allowlist
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             e.ungovern(r.id, cgroup_id)?;
             pins::remove_tree(&self.pin_dir.join(name).join(cgroup_id.to_string()))?;
             r.cgroups.remove(&rel);
@@ -582,8 +595,8 @@ impl Governor {
             let _ = e.ungovern(r.id, new_id);
             return Err(err);
         }
-        e.ungovern(r.id, old_id)?;
-        pins::remove_tree(&self.pin_dir.join(name).join(old_id.to_string()))?;
+        // The old cgroup's links and its entry stay until the kernel frees
+        // it (see `sweep_removed`).
         r.cgroups.insert(rel.clone(), new_id);
         tracing::info!(policy = name, cgroup = %cgroup.path.display(), "governed again");
         Ok(true)
@@ -612,7 +625,45 @@ impl Governor {
         if changed {
             self.publish();
         }
+        if let Err(e) = self.sweep_removed() {
+            first_error.get_or_insert(e);
+        }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Removes the links (and the map entry) of each cgroup that is no
+    /// longer governed because it was removed, once the kernel has freed
+    /// it. Until then its sockets (a process that exited leaves its unsent
+    /// data queued, and TCP sends it again) are still judged by them: what
+    /// the backstop refused stays refused.
+    fn sweep_removed(&mut self) -> Result<()> {
+        let mut e = self
+            .allowlist
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, r) in &self.running {
+            let Ok(dirs) = std::fs::read_dir(self.pin_dir.join(name)) else {
+                continue;
+            };
+            for dir in dirs.flatten() {
+                let Some(id) = dir.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                    continue;
+                };
+                if r.cgroups.values().any(|&governed| governed == id)
+                    || !pins::cgroup_freed(&dir.path())
+                {
+                    continue;
+                }
+                e.ungovern(r.id, id)?;
+                pins::remove_tree(&dir.path())?;
+                tracing::info!(
+                    policy = name,
+                    cgroup_id = id,
+                    "removed cgroup freed: its links removed"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Stops every task (the pinned links stay).

@@ -11,7 +11,7 @@ use std::{
 };
 
 use egress_tests::{
-    egressd::{bin, TempDir},
+    egressd::{bin, Daemon, TempDir, TestCgroup},
     listen::Listener,
     netns::Netns,
     outside::PYTHON,
@@ -72,6 +72,43 @@ print("queued", queued, flush=True)
     );
 }
 
+/// A test namespace whose listeners answer every SYN with a cookie.
+fn cookies_forced(tag: &str) -> Netns {
+    let ns = Netns::new(tag).unwrap();
+    let set = ns
+        .command("sysctl")
+        .args(["-qw", "net.ipv4.tcp_syncookies=2"])
+        .status()
+        .unwrap();
+    assert!(set.success());
+    ns
+}
+
+/// A peer the policy does not allow (203.0.113.9) that connects to the
+/// agent on 198.51.100.1:8443 and reads until 2 s after its stdin closes
+/// (at most 120 s), then says how many bytes it got.
+const PEER: &str = r#"
+import select, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("203.0.113.9", 0)); s.settimeout(3)
+s.connect(("198.51.100.1", 8443))
+got = 0
+end = time.time() + 120
+while time.time() < end:
+    r, _, _ = select.select([s, sys.stdin], [], [], 0.2)
+    if sys.stdin in r and not sys.stdin.readline():
+        end = min(end, time.time() + 2)
+    if s in r:
+        try:
+            b = s.recv(65536)
+        except OSError:
+            break
+        if not b:
+            break
+        got += len(b)
+print("got", got, flush=True)
+"#;
+
 /// An agent under `exec --listen 8443` whose script `agent` listens on
 /// 198.51.100.1:8443 and prints "listening", and a peer the policy does
 /// not allow (203.0.113.9) that connects in once it does. SYN cookies are
@@ -80,13 +117,7 @@ print("queued", queued, flush=True)
 /// agent and exec have ended (at most 120 s), and says how many bytes it
 /// got; exec's stderr goes to a file (a scan's refusals make it long).
 fn inbound_from_a_refused_peer(tag: &str, agent: &str) -> (String, String) {
-    let ns = Netns::new(tag).unwrap();
-    let set = ns
-        .command("sysctl")
-        .args(["-qw", "net.ipv4.tcp_syncookies=2"])
-        .status()
-        .unwrap();
-    assert!(set.success());
+    let ns = cookies_forced(tag);
     let tmp = TempDir::new(tag).unwrap();
     let err = std::fs::File::create(tmp.0.join("stderr")).unwrap();
     let mut exec = ns
@@ -113,27 +144,6 @@ fn inbound_from_a_refused_peer(tag: &str, agent: &str) -> (String, String) {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "listening");
-    const PEER: &str = r#"
-import select, socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.bind(("203.0.113.9", 0)); s.settimeout(3)
-s.connect(("198.51.100.1", 8443))
-got = 0
-end = time.time() + 120
-while time.time() < end:
-    r, _, _ = select.select([s, sys.stdin], [], [], 0.2)
-    if sys.stdin in r and not sys.stdin.readline():
-        end = min(end, time.time() + 2)
-    if s in r:
-        try:
-            b = s.recv(65536)
-        except OSError:
-            break
-        if not b:
-            break
-        got += len(b)
-print("got", got, flush=True)
-"#;
     let mut peer = ns
         .command(PYTHON)
         .args(["-c", PEER])
@@ -240,5 +250,173 @@ except OSError as e:
     assert_eq!(
         got, "got 0",
         "the peer received the agent's data after {said}"
+    );
+}
+
+/// What `egressd run` lets go of: an agent in a cgroup `run` governs
+/// accepts a refused peer (SYN cookies forced, as above), writes 2007
+/// bytes to it (refused, so queued in its socket), and then `let_go` is
+/// done (to the daemon, the cgroup, the policy file) while the peer
+/// reads. Returns what the agent said and what the peer got.
+fn inbound_under_run(
+    tag: &str,
+    agent_exits: bool,
+    let_go: impl FnOnce(&Daemon, &TestCgroup, &std::path::Path),
+) -> (String, String) {
+    let ns = cookies_forced(tag);
+    let tmp = TempDir::new(tag).unwrap();
+    let cg = TestCgroup::new(tag).unwrap();
+    let other = TestCgroup::new(&format!("{tag}2")).unwrap();
+    let policy = tmp
+        .write(
+            "agent.yaml",
+            &format!(
+                "name: agent\ncgroups: [{}, {}]\nallow:\n  - ip: 198.51.100.1\n    ports: [443]\nlisten:\n  - ports: [8443]\n",
+                cg.rel_str(),
+                other.rel_str()
+            ),
+        )
+        .unwrap();
+    let daemon = Daemon::start(&ns, &policy).unwrap();
+    let agent = format!(
+        r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("198.51.100.1", 8443)); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+c.sendall(b"s" * 2007)
+print("wrote", flush=True)
+if not {agent_exits}:
+    time.sleep(60)
+"#,
+        agent_exits = if agent_exits { "True" } else { "False" }
+    );
+    let mut agent = cg
+        .command(&ns, PYTHON)
+        .args(["-c", &agent])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(agent.stdout.take().unwrap());
+    let mut said = String::new();
+    out.read_line(&mut said).unwrap();
+    assert_eq!(said.trim(), "listening");
+    let mut peer = ns
+        .command(PYTHON)
+        .args(["-c", PEER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    out.read_line(&mut said).unwrap();
+    if agent_exits {
+        agent.wait().unwrap();
+    }
+    // What the backstop refused is queued; TCP retransmits it.
+    thread::sleep(Duration::from_millis(500));
+    let_go(&daemon, &cg, &policy);
+    thread::sleep(Duration::from_secs(2));
+    drop(peer.stdin.take());
+    let peer = peer.wait_with_output().unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    said.push_str(&daemon.log.lock().unwrap().join("; "));
+    (
+        said,
+        String::from_utf8_lossy(&peer.stdout).trim().to_string(),
+    )
+}
+
+/// The agent exits, leaving its refused bytes in a socket no process
+/// holds, and its cgroup is removed (as systemd does when a unit stops):
+/// egressd makes it again and governs the new one. The old cgroup's
+/// programs must stay until its last socket is gone.
+#[test]
+fn bytes_refused_under_run_stay_refused_after_the_cgroup_is_removed() {
+    require_root();
+    let (said, got) = inbound_under_run("leftrmdir", true, |daemon, cg, _| {
+        cg.cgroup.remove().unwrap();
+        assert!(
+            daemon.wait_log(|l| l.contains("governed again")),
+            "{:?}",
+            daemon.log.lock().unwrap()
+        );
+    });
+    assert!(said.contains("wrote"), "{said}");
+    assert_eq!(
+        got, "got 0",
+        "the peer received the refused bytes after the cgroup was removed: {said}"
+    );
+}
+
+/// The other half: once the removed cgroup's last socket is gone and the
+/// kernel frees it, its links go too (they are not kept forever).
+#[test]
+fn a_removed_cgroups_links_go_once_its_last_socket_does() {
+    require_root();
+    let mut swept = false;
+    let (said, got) = inbound_under_run("leftsweep", true, |daemon, cg, _| {
+        cg.cgroup.remove().unwrap();
+        assert!(daemon.wait_log(|l| l.contains("governed again")));
+        // Kept while the socket the agent left lives.
+        thread::sleep(Duration::from_secs(2));
+        assert!(!daemon.wait_log(|l| l.contains("its links removed")));
+        let ns_fd = format!("/proc/{}/ns/net", daemon.pid());
+        let killed = std::process::Command::new("nsenter")
+            .arg(format!("--net={ns_fd}"))
+            .args(["ss", "-K", "dst", "203.0.113.9"])
+            .output()
+            .unwrap();
+        assert!(killed.status.success(), "{killed:?}");
+        swept = daemon.wait_log(|l| l.contains("its links removed"));
+    });
+    assert!(said.contains("wrote"), "{said}");
+    assert_eq!(got, "got 0", "{said}");
+    assert!(
+        swept,
+        "the removed cgroup's links stayed after its last socket: {said}"
+    );
+}
+
+/// A reload that no longer names the agent's cgroup releases it: what the
+/// backstop refused while it was governed must not leave then.
+#[test]
+fn bytes_refused_under_run_stay_refused_after_a_reload_releases_the_cgroup() {
+    require_root();
+    let (said, got) = inbound_under_run("leftrelease", false, |daemon, cg, policy| {
+        let text = std::fs::read_to_string(policy).unwrap();
+        let rel = cg.rel_str();
+        std::fs::write(policy, text.replace(&format!("{rel}, "), "")).unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["reload", "--instance", &daemon.instance])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert!(said.contains("wrote"), "{said}");
+    assert_eq!(
+        got, "got 0",
+        "the peer received the refused bytes after a reload released the cgroup: {said}"
+    );
+}
+
+/// `egressd detach` stops enforcing: what was refused before it must not
+/// leave after it.
+#[test]
+fn bytes_refused_under_run_stay_refused_after_detach() {
+    require_root();
+    let (said, got) = inbound_under_run("leftdetach", false, |daemon, _, _| {
+        let out = std::process::Command::new(bin())
+            .args(["detach", "--instance", &daemon.instance])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert!(said.contains("wrote"), "{said}");
+    assert_eq!(
+        got, "got 0",
+        "the peer received the refused bytes after detach: {said}"
     );
 }

@@ -155,7 +155,7 @@ impl Daemon {
         // ones (also those left by an earlier run that failed half-way).
         // Pods are held by `kubernetes-pending` until the API server has
         // been heard.
-        pins::remove_other_generations(&opts.instance, &pin_dir)?;
+        pins::remove_other_generations(&opts.instance, &pin_dir, &root)?;
         let _ = start_watching.send(());
 
         let health = Arc::new(Health::default());
