@@ -3,7 +3,8 @@
 //! proxy on 127.0.0.1 and ::1 (`sockets`). The proxy (`proxy`) answers only
 //! names an allow rule matches: others get NXDOMAIN (or REFUSED,
 //! `dns.refuse_with`) and a deny event, and nothing is sent upstream for
-//! them (this shuts the `<secret>.attacker.example` tunnel). For allowed
+//! them (this shuts the `<secret>.attacker.example` tunnel); below a
+//! wildcard only so many distinct names per window (`name_budget`). For allowed
 //! names it asks the upstream resolver (`forward`, `upstream`), has the
 //! A/AAAA answers admitted into the policy's allowlist (`state::answers`), and
 //! only then replies. `refresh` is egressd's own lookups of exact hosts and
@@ -11,6 +12,7 @@
 
 pub mod forward;
 pub mod message;
+pub mod name_budget;
 pub mod proxy;
 pub mod refresh;
 pub mod sockets;

@@ -17,6 +17,7 @@ use tokio::{
 use super::{
     forward::forward,
     message::{addresses, format_error, question, raw_id, reply_code, upstream_query, Question},
+    name_budget::NameBudgets,
     sockets::{bind_in_netns, Sockets},
     upstream::Exchanger,
     AbortOnDrop,
@@ -68,6 +69,25 @@ impl Client {
     }
 }
 
+/// Why a query is reported, and what goes with it (see `DnsEvent`).
+struct Why {
+    reason: &'static str,
+    refused: Vec<(std::net::IpAddr, &'static str)>,
+    answers: Vec<std::net::IpAddr>,
+    rule: Option<String>,
+}
+
+impl Why {
+    fn new(reason: &'static str) -> Why {
+        Why {
+            reason,
+            refused: Vec::new(),
+            answers: Vec::new(),
+            rule: None,
+        }
+    }
+}
+
 /// One policy's proxy. It reads the policy's rules, mode and upstream from
 /// its view on each query, so that a reload applies at once, and takes the
 /// allowlist's lock only to admit an answer or to name who asked.
@@ -83,6 +103,8 @@ pub struct Proxy {
     pub port: u16,
     /// Where queries to the upstream go out.
     pub exchanger: Arc<Exchanger>,
+    /// The names each wildcard rule's lookups used.
+    pub names: Arc<NameBudgets>,
 }
 
 impl Proxy {
@@ -177,25 +199,18 @@ impl Proxy {
 
     /// Sends a deny (or audit) event for query `q`, naming the process
     /// that asked when the kernel noted it.
-    fn report(
-        &self,
-        q: &Question,
-        client: Client,
-        audit: bool,
-        reason: &'static str,
-        refused: Vec<(std::net::IpAddr, &'static str)>,
-        answers: Vec<std::net::IpAddr>,
-    ) {
+    fn report(&self, q: &Question, client: Client, audit: bool, why: Why) {
         let asker = self.admitter.asker(client.peer, client.protocol);
         let sent = self.events.try_send(DnsEvent {
             policy: self.name.clone(),
             verdict: if audit { "audited" } else { "denied" },
-            reason,
+            reason: why.reason,
             name: q.name.clone(),
             qtype: q.qtype.to_string(),
             transport: client.transport,
-            refused,
-            answers,
+            refused: why.refused,
+            answers: why.answers,
+            rule: why.rule,
             asker,
         });
         if sent.is_err() {
@@ -236,12 +251,31 @@ impl Proxy {
         } else {
             None
         };
+        // A name below a wildcard reaches that domain's name servers
+        // whether or not it exists: only so many new ones per window.
+        let mut spent = None;
+        let reason = reason.or_else(|| {
+            let limits = policy.lookup_limits_for(&q.name);
+            spent = self.names.charge(&limits, &q.name, Instant::now()).err();
+            spent.as_ref().map(|_| "dns_name_budget_spent")
+        });
         if let Some(reason) = reason {
             if !audit {
-                self.report(&q, client, audit, reason, Vec::new(), Vec::new());
-                self.count("denied");
+                let why = Why {
+                    rule: spent.clone(),
+                    ..Why::new(reason)
+                };
+                self.report(&q, client, audit, why);
+                self.count(if reason == "dns_name_budget_spent" {
+                    "name_budget_spent"
+                } else {
+                    "denied"
+                });
                 let code = match (reason, policy.dns.refuse_with) {
                     ("dns_name_not_allowed", RefuseWith::Nxdomain) => ResponseCode::NXDomain,
+                    // As if the name did not exist: the client gives up
+                    // rather than retrying another server.
+                    ("dns_name_budget_spent", _) => ResponseCode::NXDomain,
                     _ => ResponseCode::Refused,
                 };
                 return Some(reply_code(&query, code));
@@ -275,14 +309,23 @@ impl Proxy {
         };
         let Some(answer) = answer else {
             if let Some(reason) = audited {
-                self.report(&q, client, true, reason, Vec::new(), Vec::new());
+                let why = Why {
+                    rule: spent.clone(),
+                    ..Why::new(reason)
+                };
+                self.report(&q, client, true, why);
             }
             self.count("error");
             return Some(reply_code(&query, ResponseCode::ServFail));
         };
         let (_, ips, ttl) = addresses(&q, &answer).ok()?;
         if let Some(reason) = audited {
-            self.report(&q, client, true, reason, Vec::new(), ips.clone());
+            let why = Why {
+                answers: ips.clone(),
+                rule: spent,
+                ..Why::new(reason)
+            };
+            self.report(&q, client, true, why);
         }
         let ttl = Duration::from_secs(u64::from(ttl));
         let admitted = if ips.is_empty() {
@@ -308,7 +351,15 @@ impl Proxy {
         if !admitted.refused.is_empty() {
             let reason = "dns_answer_not_allowed";
             let refused = admitted.refused;
-            self.report(&q, client, admitted.audit, reason, refused, Vec::new());
+            self.report(
+                &q,
+                client,
+                admitted.audit,
+                Why {
+                    refused,
+                    ..Why::new(reason)
+                },
+            );
         }
         if !rules.is_empty() {
             self.count("allowed");

@@ -112,6 +112,14 @@ impl Observed {
             if name.is_empty() {
                 return;
             }
+            if s("reason") == Some("dns_name_budget_spent") {
+                let rule = s("rule").unwrap_or("?");
+                self.unlearnable
+                    .entry(format!("dns {name}: below {rule}, whose names per window were spent; raise its `lookups` if the agent really uses that many"))
+                    .or_default()
+                    .add(comm);
+                return;
+            }
             for a in v["answers"].as_array().into_iter().flatten() {
                 if let Some(ip) = a.as_str().and_then(|a| a.parse().ok()) {
                     self.answered.insert(ip, name.clone());

@@ -70,6 +70,7 @@ pub fn parse_allow(s: &str) -> Result<Rule, String> {
         protocol,
         budget: None,
         any_name_at_address: false,
+        lookups: None,
         line: 0,
     })
 }

@@ -15,6 +15,7 @@ pub mod fields;
 pub mod host;
 pub mod lint;
 pub mod load;
+pub mod lookups;
 pub mod raw;
 pub mod resolver;
 pub mod selector;
@@ -87,6 +88,8 @@ pub struct Rule {
     /// A host rule whose connections need not name the host (see
     /// `Rule::checks_names`).
     pub any_name_at_address: bool,
+    /// `lookups:` as written (see `Rule::lookups`).
+    pub lookups: Option<lookups::Lookups>,
     /// 1-based line in the source file (0 for the command line).
     pub line: usize,
 }
@@ -127,6 +130,17 @@ impl Rule {
     /// `any_name_at_address`.
     pub fn checks_names(&self) -> bool {
         matches!(self.dest, Destination::Host(_)) && !self.any_name_at_address
+    }
+
+    /// How many distinct names below this rule's wildcard may be looked
+    /// up (None for every other rule): as written, or the default.
+    pub fn lookups(&self) -> Option<lookups::Lookups> {
+        match &self.dest {
+            Destination::Host(h) if h.is_wildcard() => {
+                Some(self.lookups.unwrap_or(lookups::DEFAULT))
+            }
+            _ => None,
+        }
     }
 
     /// The rule in a few words, as metrics, `status` and `exec` name it:
@@ -280,6 +294,24 @@ impl Policy {
         self.rules.iter().any(|r| {
             r.checks_names() && matches!(&r.dest, Destination::Host(h) if h.matches(qname))
         })
+    }
+
+    /// The wildcard rules whose lookups a query for `qname` counts
+    /// against, with their limits: none when an exact host rule allows
+    /// the name (it is then named in the policy, not made up).
+    pub fn lookup_limits_for(&self, qname: &str) -> Vec<(String, lookups::Lookups)> {
+        let hosts = self.rules.iter().filter_map(|r| match &r.dest {
+            Destination::Host(h) if h.matches(qname) => Some((r, h)),
+            _ => None,
+        });
+        let mut limits = Vec::new();
+        for (rule, host) in hosts {
+            match rule.lookups() {
+                Some(l) => limits.push((host.to_string(), l)),
+                None => return Vec::new(),
+            }
+        }
+        limits
     }
 
     pub fn host_rules_for(&self, qname: &str) -> Vec<Host> {

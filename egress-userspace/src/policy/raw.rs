@@ -53,6 +53,7 @@ pub(super) struct RawRule {
     pub(super) protocol: Protocol,
     pub(super) budget: Option<super::budget::Budget>,
     pub(super) any_name_at_address: bool,
+    pub(super) lookups: Option<super::lookups::Lookups>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +77,8 @@ pub(super) struct RawRuleFields {
     /// host (SSH, a database); every name its front door serves is then
     /// reachable.
     pub(super) any_name_at_address: Option<bool>,
+    /// `lookups: {names: N, per: WINDOW}` on a wildcard host rule.
+    pub(super) lookups: Option<super::lookups::RawLookups>,
 }
 
 /// The one value of an explicit opt-in.
@@ -187,12 +190,23 @@ impl RawRule {
                 "`any_name_at_address` is for host rules (a connection to an `ip` or `cidr` rule's address is not asked for a name), and `{dest}` is not one: remove it"
             ));
         }
+        let wildcard = matches!(&dest, Destination::Host(h) if h.is_wildcard());
+        let lookups = match r.lookups {
+            Some(_) if !wildcard => {
+                return Err(format!(
+                    "`lookups` limits the names looked up below a wildcard (`*.domain`), and `{dest}` is not one: remove it"
+                ))
+            }
+            Some(l) => Some(l.try_into()?),
+            None => None,
+        };
         Ok(RawRule {
             dest,
             ports: r.ports.unwrap_or_default(),
             protocol: r.protocol,
             budget: r.budget.map(Into::into),
             any_name_at_address: r.any_name_at_address.unwrap_or(false),
+            lookups,
         })
     }
 }

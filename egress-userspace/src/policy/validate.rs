@@ -90,6 +90,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
             protocol: r.protocol,
             budget: r.budget,
             any_name_at_address: r.any_name_at_address,
+            lookups: r.lookups,
             line,
         });
     }
@@ -298,6 +299,41 @@ dns:
             e.to_string().contains("wildcard over a top-level domain"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_wildcards_lookups_have_a_default_and_a_limit() {
+        let p = parse(
+            "name: a\nallow:\n  - host: \"*.cdn.test\"\n  - host: \"*.img.test\"\n    lookups: {names: 5, per: 1m}\n  - host: api.img.test\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let limits = |n: &str| p.lookup_limits_for(n);
+        assert_eq!(
+            limits("a.cdn.test"),
+            vec![("*.cdn.test".to_string(), super::super::lookups::DEFAULT)]
+        );
+        assert_eq!(limits("a.img.test")[0].1.names, 5);
+        assert_eq!(limits("a.img.test")[0].1.window.as_secs(), 60);
+        // Allowed by name: not counted.
+        assert!(limits("api.img.test").is_empty());
+        for (bad, says) in [
+            (
+                "  - host: api.test\n    lookups: {names: 5, per: 1m}\n",
+                "is not one",
+            ),
+            (
+                "  - host: \"*.cdn.test\"\n    lookups: {names: 0, per: 1m}\n",
+                "refuse every name",
+            ),
+            (
+                "  - host: \"*.cdn.test\"\n    lookups: {names: 1000000, per: 1m}\n",
+                "at most 100000",
+            ),
+        ] {
+            let e = err(&format!("name: a\nallow:\n{bad}"));
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 
     #[test]

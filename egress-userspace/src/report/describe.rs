@@ -114,8 +114,8 @@ pub fn timestamp(t: SystemTime) -> String {
 pub struct DnsEvent {
     pub policy: String,
     pub verdict: &'static str,
-    /// `dns_name_not_allowed`, `dns_type_not_allowed` or
-    /// `dns_answer_not_allowed`.
+    /// `dns_name_not_allowed`, `dns_type_not_allowed`,
+    /// `dns_name_budget_spent` or `dns_answer_not_allowed`.
     pub reason: &'static str,
     pub name: String,
     pub qtype: String,
@@ -124,6 +124,8 @@ pub struct DnsEvent {
     pub refused: Vec<(std::net::IpAddr, &'static str)>,
     /// For a query audit mode let through: the addresses it was answered.
     pub answers: Vec<std::net::IpAddr>,
+    /// For `dns_name_budget_spent`: the wildcard rule (`*.domain`).
+    pub rule: Option<String>,
     /// The process that asked, when the kernel noted it.
     pub asker: Option<egress_common::DnsAsker>,
 }
@@ -174,6 +176,9 @@ impl Describer {
             "qtype": e.qtype,
             "refused_addresses": e.refused.iter().map(|(ip, why)| json!({"address": ip.to_string(), "why": why})).collect::<Vec<_>>(),
         });
+        if let Some(rule) = &e.rule {
+            v["rule"] = json!(rule);
+        }
         if e.verdict == "audited" && e.refused.is_empty() {
             v["answers"] = json!(e.answers);
         }

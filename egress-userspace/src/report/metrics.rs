@@ -20,9 +20,10 @@ use crate::{
 };
 
 /// The values of `egressd_dns_queries_total`'s `verdict`.
-const DNS_VERDICTS: [&str; 6] = [
+const DNS_VERDICTS: [&str; 7] = [
     "allowed",
     "denied",
+    "name_budget_spent",
     "audited",
     "search_expansion",
     "error",
@@ -141,7 +142,7 @@ impl Metrics {
             cgroups: gauge(&r, "egressd_governed_cgroups",
                 "Cgroups governed by each policy.", &["policy"]),
             dns_queries: counter(&r, "egressd_dns_queries_total",
-                "DNS queries the proxy received, by verdict (allowed, denied, audited, error, malformed); each query once.",
+                "DNS queries the proxy received, by verdict (allowed, denied, name_budget_spent: a new name below a wildcard whose names per window are spent, audited, search_expansion, error, malformed); each query once.",
                 &["policy", "verdict"]),
             dns_evictions: counter(&r, "egressd_dns_evictions_total",
                 "Addresses dropped because a host rule held too many.", &["policy"]),

@@ -192,6 +192,7 @@ impl Governor {
             name: name.clone(),
             port: sockets.port,
             exchanger: Default::default(),
+            names: Default::default(),
         };
         let proxy = dns.clone().spawn(sockets);
         let refreshers = self.refresh(&admitter, &policy).await?;

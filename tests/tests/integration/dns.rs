@@ -816,3 +816,54 @@ fn explain_says_which_rule_and_which_answer() {
     let t = explain("secret-data.attacker.test");
     assert!(t.contains("dns_name_not_allowed"), "{t}");
 }
+
+/// A name below an allowed wildcard reaches that domain's name servers
+/// whether or not it exists, so the names themselves can carry data: a
+/// wildcard rule allows 100 distinct names per 10 minutes by default. The
+/// agent asks for 130 names made of "data"; the upstream sees 100 of them,
+/// the rest are answered NXDOMAIN by egressd with an event naming the
+/// rule. A name asked for before, and an exact rule's name, still pass.
+#[test]
+fn a_wildcards_names_per_window_are_limited() {
+    require_root();
+    let ns = Netns::new("namebudget").unwrap();
+    let upstream = zone(&ns);
+    let script = "for i in $(seq 1 130); do dig +time=2 +tries=1 +short @198.51.100.53 chunk$i.cdn.test >/dev/null; done; \
+                  dig +time=2 +tries=1 @198.51.100.53 chunk1.cdn.test; \
+                  dig +time=2 +tries=1 @198.51.100.53 chunk130.cdn.test; \
+                  dig +time=2 +tries=1 @198.51.100.53 api.model.test";
+    let r = exec(&ns, ALLOW, &["sh", "-c", script]).unwrap();
+    let asked: std::collections::BTreeSet<String> = upstream
+        .asked()
+        .into_iter()
+        .filter(|n| n.starts_with("chunk"))
+        .collect();
+    assert_eq!(
+        asked.len(),
+        100,
+        "the upstream saw {} names below *.cdn.test: {asked:?}",
+        asked.len()
+    );
+    // chunk1 was counted: answered by the upstream (its own NXDOMAIN, with
+    // the authority flag); chunk130 was not: egressd's.
+    let replies: Vec<&str> = r.stdout.split(";; ->>HEADER<<-").skip(1).collect();
+    assert_eq!(replies.len(), 3, "{}", r.stdout);
+    assert!(replies[0].contains("flags: qr aa"), "{}", replies[0]);
+    assert_eq!(status(replies[1]), "NXDOMAIN", "{}", replies[1]);
+    assert!(!replies[1].contains("flags: qr aa"), "{}", replies[1]);
+    assert_eq!(status(replies[2]), "NOERROR", "{}", replies[2]);
+    let spent: Vec<_> = r
+        .events
+        .iter()
+        .filter(|e| e["reason"] == "dns_name_budget_spent")
+        .collect();
+    assert_eq!(spent.len(), 31, "{:?}", r.events);
+    assert!(spent
+        .iter()
+        .all(|e| e["rule"] == "*.cdn.test" && e["verdict"] == "denied"));
+    assert!(
+        r.stderr.contains("name_budget_spent") || r.stderr.contains("names per window"),
+        "exec's summary says nothing of it: {}",
+        r.stderr
+    );
+}
