@@ -16,6 +16,7 @@ pub mod name_budget;
 pub mod proxy;
 pub mod refresh;
 pub mod sockets;
+pub mod tcp_clients;
 pub mod upstream;
 
 /// Aborts tasks when dropped (a task that owns others ends them with it).

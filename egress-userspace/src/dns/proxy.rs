@@ -19,6 +19,7 @@ use super::{
     message::{addresses, format_error, question, raw_id, reply_code, upstream_query, Question},
     name_budget::NameBudgets,
     sockets::{bind_in_netns, Sockets},
+    tcp_clients::{Slot, TcpClients},
     upstream::Exchanger,
     AbortOnDrop,
 };
@@ -35,12 +36,11 @@ use crate::{
 /// Queries one proxy answers at once; more wait (UDP) or are not accepted
 /// yet (TCP), so that a flood cannot use up memory or file descriptors.
 const MAX_IN_FLIGHT: usize = 256;
-/// TCP clients one proxy serves at once.
-const MAX_TCP_CLIENTS: usize = 64;
 /// DNS deny events waiting to be written; more are counted as lost.
 pub const EVENT_QUEUE: usize = 4096;
 
-/// How long a TCP client may take to send a query.
+/// How long a TCP connection may wait to send a query (while no other
+/// connection needs its place; see `tcp_clients`).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a query came from: its transport and the client's address.
@@ -148,35 +148,46 @@ impl Proxy {
     }
 
     async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
-        let slots = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
+        let clients = Arc::new(TcpClients::default());
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let Ok((conn, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
+            let client = Client::tcp(peer);
+            // Fair shares by cgroup, as the kernel noted who connected.
+            let key = match self.admitter.asker(peer, client.protocol) {
+                Some(asker) => asker.cgroup_id,
+                None => peer_key(peer),
+            };
+            // No room: dropped, so closed at once.
+            let Some(slot) = clients.admit(key, Instant::now()) else {
+                continue;
+            };
             let me = self.clone();
-            tokio::spawn(async move {
-                me.serve_tcp_client(conn, Client::tcp(peer)).await;
-                drop(slot);
-            });
+            tokio::spawn(async move { me.serve_tcp_client(conn, client, slot).await });
         }
     }
 
-    /// Length-prefixed queries on one TCP connection, until it closes.
-    async fn serve_tcp_client(&self, mut conn: TcpStream, client: Client) {
+    /// Length-prefixed queries on one TCP connection, until it closes or
+    /// another connection takes its place while it waits for a query.
+    async fn serve_tcp_client(&self, mut conn: TcpStream, client: Client, slot: Slot) {
         loop {
+            slot.idle();
             let read = async {
                 let len = conn.read_u16().await? as usize;
                 let mut q = vec![0u8; len];
                 conn.read_exact(&mut q).await?;
                 Ok::<_, std::io::Error>(q)
             };
-            let Ok(Ok(query)) = tokio::time::timeout(CLIENT_TIMEOUT, read).await else {
-                return;
+            let query = tokio::select! {
+                read = tokio::time::timeout(CLIENT_TIMEOUT, read) => match read {
+                    Ok(Ok(query)) => query,
+                    _ => return,
+                },
+                () = slot.closed() => return,
             };
+            slot.busy();
             let started = Instant::now();
             let reply = self.handle(&query, client).await;
             self.metrics
@@ -366,6 +377,16 @@ impl Proxy {
         }
         Some(answer)
     }
+}
+
+/// A client key for a connection the kernel noted no process for: its
+/// address (not its port: one client's connections share it).
+fn peer_key(peer: SocketAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    peer.ip().hash(&mut h);
+    // Cgroup ids are inode numbers, far below this bit.
+    h.finish() | 1 << 63
 }
 
 /// Query types forwarded for an allowed name: those that answer with

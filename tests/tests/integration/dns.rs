@@ -867,3 +867,77 @@ fn a_wildcards_names_per_window_are_limited() {
         r.stderr
     );
 }
+
+/// One agent must not starve the proxy it shares: agent A holds 200 idle
+/// TCP connections to it (the proxy holds 64 at once), then agent B, in
+/// another cgroup of the same policy, asks over TCP (as a client does for
+/// a truncated answer) and is answered. A's connections beyond its share
+/// are closed for B's.
+#[test]
+fn one_agent_holding_idle_tcp_connections_does_not_starve_another() {
+    require_root();
+    let ns = Netns::new("dnsfair").unwrap();
+    let _upstream = zone(&ns);
+    let tmp = TempDir::new("dnsfair").unwrap();
+    let (a, b) = (
+        TestCgroup::new("dnsfaira").unwrap(),
+        TestCgroup::new("dnsfairb").unwrap(),
+    );
+    let policy = tmp
+        .write(
+            "fair.yaml",
+            &format!(
+                "name: fair\ncgroups: [{}, {}]\nallow:\n  - host: api.model.test\n    ports: [443]\ndns:\n  upstream: [198.51.100.53]\n",
+                a.rel_str(),
+                b.rel_str()
+            ),
+        )
+        .unwrap();
+    let _daemon = Daemon::start(&ns, &policy).unwrap();
+    const HOG: &str = r#"
+import socket, time
+held = []
+for i in range(200):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect(("198.51.100.53", 53))
+        held.append(s)
+    except OSError:
+        pass
+print("holding", len(held), flush=True)
+time.sleep(30)
+"#;
+    let mut hog = a
+        .command(&ns, egress_tests::outside::PYTHON)
+        .args(["-c", HOG])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hog.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("holding"), "{line}");
+    let out = b
+        .run(
+            &ns,
+            "dig",
+            &[
+                "+tcp",
+                "+time=3",
+                "+tries=1",
+                "@198.51.100.53",
+                "api.model.test",
+            ],
+        )
+        .unwrap();
+    let _ = hog.kill();
+    let _ = hog.wait();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(status(&said), "NOERROR", "agent A {line}: B got {said}");
+    assert!(said.contains("198.51.100.1"), "{said}");
+}
