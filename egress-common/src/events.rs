@@ -26,6 +26,9 @@ pub mod hook {
     pub const SENDMSG_UNIX: u8 = 11;
     /// socket() of any family (BPF LSM): `Event::family` is the family.
     pub const SOCKET_FAMILY: u8 = 12;
+    /// listen() (exec's seccomp supervisor): the address and port are the
+    /// socket's own (0 when it is not bound: the kernel would pick one).
+    pub const LISTEN: u8 = 13;
 }
 
 /// One refused (or audited) attempt, sent through the `EVENTS` ring buffer.

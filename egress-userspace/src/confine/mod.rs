@@ -5,5 +5,6 @@
 //! before it runs anything of its own.
 
 pub mod landlock;
+pub mod listen;
 pub mod seccomp;
 pub mod spawn;

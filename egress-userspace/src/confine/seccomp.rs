@@ -21,6 +21,9 @@
 //! (`NETLINK_USERSOCK` carries messages to processes of any uid) fail with
 //! `EPROTONOSUPPORT` unless `channels.families` names `netlink`.
 //!
+//! `listen()` is handed to egressd (a seccomp user notification, Linux
+//! 5.0): see `confine::listen`.
+//!
 //! New user and network namespaces are refused (`EPERM` from `unshare`,
 //! `clone` and `setns`; `clone3`, whose flags a filter cannot read, fails
 //! with `ENOSYS`, and the C library falls back to `clone`) unless
@@ -48,10 +51,14 @@ struct Insn {
     k: u32,
 }
 
-/// A compiled filter, made before the fork and applied in the child.
+/// A compiled filter, made before the fork and applied in the child: with
+/// `listen()` handed to egressd (see `confine::listen`), and a fallback
+/// that refuses `listen()` for a process where egressd cannot take it (a
+/// filter above the command's has a supervisor of its own already).
 #[derive(Clone)]
 pub struct Filter {
     insns: Vec<Insn>,
+    fallback: Vec<Insn>,
 }
 
 const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
@@ -62,6 +69,7 @@ const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
 const JA: u16 = 0x05; // BPF_JMP | BPF_JA
 const RET_K: u16 = 0x06; // BPF_RET | BPF_K
 const RET_ALLOW: u32 = 0x7fff_0000;
+const RET_USER_NOTIF: u32 = 0x7fc0_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
 
 // Offsets in `struct seccomp_data`.
@@ -83,6 +91,7 @@ mod arch {
     pub const AUDIT_ARCH: u32 = 0xc000_003e;
     pub const SOCKET: u32 = 41;
     pub const SOCKETPAIR: u32 = 53;
+    pub const LISTEN: u32 = 50;
     pub const CLONE: u32 = 56;
     pub const UNSHARE: u32 = 272;
     pub const SETNS: u32 = 308;
@@ -98,6 +107,7 @@ mod arch {
     pub const AUDIT_ARCH: u32 = 0xc000_00b7;
     pub const SOCKET: u32 = 198;
     pub const SOCKETPAIR: u32 = 199;
+    pub const LISTEN: u32 = 201;
     pub const CLONE: u32 = 220;
     pub const UNSHARE: u32 = 97;
     pub const SETNS: u32 = 268;
@@ -172,6 +182,10 @@ impl Filter {
             stmt(LD_W_ABS, NR),
             jump(JGE_K, arch::FOREIGN_NR, 0, 1),
             errno(libc::ENOSYS),
+            // listen(): to egressd, which judges the port the socket
+            // listens on (see `confine::listen`).
+            jump(JEQ_K, arch::LISTEN, 0, 1),
+            stmt(RET_K, RET_USER_NOTIF),
         ];
         if !channels.io_uring {
             for nr in arch::IO_URING {
@@ -217,32 +231,102 @@ impl Filter {
             p.push(jump(JEQ_K, *f, to_allow as u8, 0));
         }
         p.extend(tail);
-        Filter { insns: p }
+        let mut fallback = p.clone();
+        let at = fallback
+            .iter()
+            .position(|i| i.code == RET_K && i.k == RET_USER_NOTIF)
+            .expect("the listen() check");
+        fallback[at] = errno(libc::EPERM);
+        Filter { insns: p, fallback }
     }
 
     /// Installs the filter on the calling thread: in the child between
-    /// fork and exec, after `PR_SET_NO_NEW_PRIVS`. Async-signal-safe.
-    pub fn apply(&self) -> std::io::Result<()> {
+    /// fork and exec, after `PR_SET_NO_NEW_PRIVS`, and sends its listener
+    /// (the descriptor egressd answers `listen()` on) through `to_egressd`,
+    /// a UNIX socket, then closes both. Where the kernel refuses a
+    /// listener, the fallback is installed and nothing is sent.
+    /// Async-signal-safe.
+    pub fn apply(&self, to_egressd: libc::c_int) -> std::io::Result<()> {
+        const SET_MODE_FILTER: libc::c_long = 1;
+        const FLAG_NEW_LISTENER: libc::c_long = 1 << 3;
         #[repr(C)]
         struct Prog {
             len: u16,
             filter: *const Insn,
         }
-        let prog = Prog {
-            len: self.insns.len() as u16,
-            filter: self.insns.as_ptr(),
+        let prog = |insns: &[Insn]| Prog {
+            len: insns.len() as u16,
+            filter: insns.as_ptr(),
         };
+        let with = prog(&self.insns);
         // SAFETY: prog points at instructions that live as long as self.
-        let rc = unsafe {
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                &prog as *const Prog,
+        let listener = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                SET_MODE_FILTER,
+                FLAG_NEW_LISTENER,
+                &with as *const Prog,
             )
         };
-        if rc != 0 {
+        if listener < 0 {
+            let without = prog(&self.fallback);
+            // SAFETY: as above.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    SET_MODE_FILTER,
+                    0 as libc::c_long,
+                    &without as *const Prog,
+                )
+            };
+            // SAFETY: closing our own descriptor.
+            unsafe { libc::close(to_egressd) };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            return Ok(());
+        }
+        let sent = send_fd(to_egressd, listener as libc::c_int);
+        // SAFETY: closing our own descriptors.
+        unsafe {
+            libc::close(listener as libc::c_int);
+            libc::close(to_egressd);
+        }
+        sent
+    }
+}
+
+/// Sends `fd` over the UNIX socket `sock` (SCM_RIGHTS), with no allocation.
+fn send_fd(sock: libc::c_int, fd: libc::c_int) -> std::io::Result<()> {
+    #[repr(C, align(8))]
+    struct Control([u8; 32]);
+    let mut control = Control([0; 32]);
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: a zeroed msghdr is valid; every pointer set below points at
+    // locals that outlive the sendmsg call, and the control buffer is
+    // large and aligned enough for one descriptor's cmsghdr.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as _;
+        std::ptr::copy_nonoverlapping(
+            (&fd as *const libc::c_int).cast::<u8>(),
+            libc::CMSG_DATA(cmsg),
+            4,
+        );
+        if libc::sendmsg(sock, &msg, 0) < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(())
     }
+    Ok(())
 }

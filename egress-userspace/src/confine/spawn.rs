@@ -1,7 +1,11 @@
 //! Starting the command of `egressd exec`: as the user asked for, moved
 //! into its cgroup and confined before it runs anything of its own.
 
-use std::{ffi::OsString, fs::File, os::fd::AsRawFd};
+use std::{
+    ffi::OsString,
+    fs::File,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 use anyhow::{Context, Result};
 
@@ -60,13 +64,23 @@ pub fn lookup_user(spec: &str) -> Result<(u32, u32), UsageError> {
     Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
+/// The command, started; and the listener of its seccomp filter (see
+/// `confine::listen`), or why there is none.
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    pub listener: Result<OwnedFd, String>,
+}
+
 pub fn spawn_in(
     cgroup: &Cgroup,
     command: &[OsString],
     user: Option<(u32, u32)>,
     filter: seccomp::Filter,
     scope_abstract_unix: bool,
-) -> Result<tokio::process::Child> {
+) -> Result<Spawned> {
+    let (ours, theirs) = std::os::unix::net::UnixDatagram::pair()
+        .context("making the socket pair the command's filter is handed over on")?;
+    let to_egressd = theirs.as_raw_fd();
     let procs = procs_file(cgroup)?;
     let fd = procs.as_raw_fd();
     let domain = landlock::Domain::prepare(scope_abstract_unix)
@@ -88,7 +102,7 @@ pub fn spawn_in(
     cmd.args(&command[1..]);
     // SAFETY: the closure only makes async-signal-safe system calls
     // (write, setgroups, setgid, setuid, prctl, landlock_restrict_self,
-    // seccomp through prctl)
+    // seccomp, sendmsg, close)
     // with data prepared before
     // the fork, and touches no allocator.
     unsafe {
@@ -116,7 +130,7 @@ pub fn spawn_in(
             // No sockets of families no hook sees (see `seccomp`). Last:
             // the filter would refuse nothing the steps above need, but
             // it applies to this process from here on.
-            filter.apply()
+            filter.apply(to_egressd)
         });
     }
     let child = cmd
@@ -124,5 +138,56 @@ pub fn spawn_in(
         .with_context(|| format!("starting {:?}", command[0]))?;
     drop(procs);
     drop(domain);
-    Ok(child)
+    drop(theirs);
+    // Sent before the command was exec'd (spawn returns after that).
+    let listener = receive_fd(&ours).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => {
+            "the kernel gave the command's filter no listener (a filter above egressd's has one), so listen() is refused for every socket".to_string()
+        }
+        _ => format!("receiving the command's filter listener: {e}"),
+    });
+    Ok(Spawned { child, listener })
+}
+
+/// One descriptor sent over `sock` (SCM_RIGHTS), if one is waiting.
+fn receive_fd(sock: &std::os::unix::net::UnixDatagram) -> std::io::Result<OwnedFd> {
+    #[repr(C, align(8))]
+    struct Control([u8; 32]);
+    let mut control = Control([0; 32]);
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: a zeroed msghdr whose pointers point at locals that outlive
+    // the call; the kernel writes at most msg_controllen bytes of control.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of::<Control>() as _;
+        let n = libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        );
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(std::io::Error::from(std::io::ErrorKind::WouldBlock));
+        }
+        let mut fd: libc::c_int = -1;
+        std::ptr::copy_nonoverlapping(
+            libc::CMSG_DATA(cmsg),
+            (&mut fd as *mut libc::c_int).cast::<u8>(),
+            4,
+        );
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
 }

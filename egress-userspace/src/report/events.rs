@@ -280,6 +280,7 @@ pub fn hook_name(h: u8) -> &'static str {
         hook::CONNECT_UNIX => "connect_unix",
         hook::SENDMSG_UNIX => "sendmsg_unix",
         hook::SOCKET_FAMILY => "socket_family",
+        hook::LISTEN => "listen",
         _ => "unknown",
     }
 }

@@ -36,6 +36,12 @@ impl Summary {
     pub fn add(&mut self, e: &Record, d: &Describer) {
         let dest = match address(e) {
             _ if e.unix.is_some() => unix_name(e.unix.as_deref().unwrap_or_default()),
+            Some(a) if e.hook == egress_common::hook::LISTEN && e.port == 0 => {
+                format!("(listen on {a}, any port)")
+            }
+            Some(a) if e.hook == egress_common::hook::LISTEN => {
+                format!("(listen on {a}:{})", e.port)
+            }
             Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{}", e.port),
             Some(a) => format!("{a}:{}", e.port),
             None if e.hook == egress_common::hook::SOCK_CREATE => "(socket refused)".into(),

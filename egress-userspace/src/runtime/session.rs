@@ -9,6 +9,10 @@ use std::{
     fs::File,
     io::Write,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -17,13 +21,16 @@ use egress_common::verdict;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    confine::{seccomp, spawn::spawn_in},
+    confine::{
+        listen, seccomp,
+        spawn::{spawn_in, Spawned},
+    },
     kernel::cgroup::Cgroup,
     kernel::diag,
     kernel::mounts,
     kernel::pins,
     learn::Observed,
-    policy::Policy,
+    policy::{Mode, Policy},
     report::describe::{Describer, DnsEvent},
     report::events::Record,
     report::summary::Summary,
@@ -156,7 +163,9 @@ async fn run_governed(
         );
     }
     policy.cgroups = vec![cgroup_rel.to_path_buf()];
+    let (listen, audit) = (policy.listen.clone(), policy.mode == Mode::Audit);
     engine.governor.apply(vec![policy]).await?;
+    let judge = listen::Judge::new(&listen, audit, engine.governor.id(&name).unwrap_or(0));
     let json_out = match &session.events_json {
         Some(p) => Some(File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => None,
@@ -173,13 +182,31 @@ async fn run_governed(
         mut term,
         mut hup,
     } = signals;
-    let mut child = spawn_in(
+    let Spawned {
+        mut child,
+        listener,
+    } = spawn_in(
         &cgroup,
         &session.command,
         session.user,
         filter,
         scope_abstract_unix,
     )?;
+    let (listen_tx, mut listens) = tokio::sync::mpsc::unbounded_channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let supervisor = match listener {
+        Ok(fd) => Some(listen::supervise(
+            fd,
+            judge,
+            cgroup.id()?,
+            stop.clone(),
+            listen_tx,
+        )),
+        Err(why) => {
+            eprintln!("egressd: warning: {why}");
+            None
+        }
+    };
     let pid = child.id().context("child has no pid")? as i32;
     let forward = |sig: i32| {
         // SAFETY: kill has no memory preconditions; pid is our child's.
@@ -190,11 +217,19 @@ async fn run_governed(
             status = child.wait() => break status.context("waiting for the command")?,
             batch = engine.events.next_batch() => rec.kernel(batch?),
             Some(e) = engine.dns_events.recv() => rec.dns(&e),
+            Some(r) = listens.recv() => rec.kernel(vec![r]),
             _ = int.recv() => forward(libc::SIGINT),
             _ = term.recv() => forward(libc::SIGTERM),
             _ = hup.recv() => forward(libc::SIGHUP),
         }
     };
+    stop.store(true, Ordering::Relaxed);
+    if let Some(s) = supervisor {
+        let _ = s.join();
+    }
+    while let Ok(r) = listens.try_recv() {
+        rec.kernel(vec![r]);
+    }
     rec.kernel(engine.events.drain());
     while let Ok(e) = engine.dns_events.try_recv() {
         rec.dns(&e);

@@ -470,8 +470,9 @@ fn exec_refuses_new_user_and_network_namespaces_unless_allowed() {
 /// A listening socket others could reach needs a `listen` rule: bind() to a
 /// port on any address but loopback is refused (EPERM, an event), so no
 /// peer can connect in, nor learn which ports answer. Loopback and port 0
-/// (a client's bind before it connects) stay free; `--listen` opens one
-/// port.
+/// (a client's bind before it connects) stay free to bind, but a port the
+/// kernel picked on a reachable address may not listen; `--listen` opens
+/// one port.
 #[test]
 fn binding_a_reachable_port_needs_a_listen_rule() {
     require_root();
@@ -499,7 +500,7 @@ fn binding_a_reachable_port_needs_a_listen_rule() {
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(
         lines,
-        ["refused", "refused", "refused", "refused", "bound", "bound", "bound"],
+        ["refused", "refused", "refused", "refused", "bound", "bound", "bound", "refused"],
         "{r:?}"
     );
     let reasons: Vec<&str> = r
@@ -507,7 +508,7 @@ fn binding_a_reachable_port_needs_a_listen_rule() {
         .iter()
         .filter_map(|e| e["reason"].as_str())
         .collect();
-    assert_eq!(reasons, ["listen_not_allowed"; 4], "{:?}", r.events);
+    assert_eq!(reasons, ["listen_not_allowed"; 5], "{:?}", r.events);
     // The receiving end: while the agent runs, a peer finds nothing there.
     let agent = "import socket, time\n\
         try:\n\
@@ -538,11 +539,55 @@ fn binding_a_reachable_port_needs_a_listen_rule() {
         .unwrap();
     let _ = peer.wait();
     assert_eq!(got.trim(), "nothing there");
-    // listen() without bind() takes a port where the bind hook cannot see:
-    // its SYN-ACKs are refused, even to a peer the allowlist allows.
+    // listen() without bind() takes a port of the kernel's choosing on
+    // every address, where the bind hook cannot see. Refused (EPERM, an
+    // event), while a UNIX socket listens as before.
+    let agent = "import socket\n\
+        s = socket.socket()\n\
+        try:\n    s.listen(1); print('listening')\n\
+        except PermissionError: print('refused')\n\
+        u = socket.socket(socket.AF_UNIX); u.bind('\\0egressd-test-listen'); u.listen(1)\n\
+        print('unix listening')";
+    let r = exec(
+        &ns,
+        &["--allow", "198.51.100.1:443"],
+        &[PYTHON, "-c", agent],
+    )
+    .unwrap();
+    assert_eq!(r.stdout, "refused\nunix listening\n", "{r:?}");
+    let e = r
+        .events
+        .iter()
+        .find(|e| e["hook"] == "listen")
+        .unwrap_or_else(|| panic!("no listen event: {:?}", r.events));
+    assert_eq!(e["reason"], "listen_not_allowed", "{e}");
+    assert_eq!(e["verdict"], "denied", "{e}");
+    assert_eq!(e["comm"], "python3", "{e}");
+    assert!(
+        r.stderr.contains("(listen on 0.0.0.0, any port)"),
+        "{}",
+        r.stderr
+    );
+    // The receiving end: the agent picks which ports listen by listening
+    // until the kernel hands it the port it wants (here from a range of
+    // two; the kernel hands listeners odd ones), and a peer outside reads a bit per port: silence where it
+    // listens (the backstop drops the SYN-ACK), a reset where nothing
+    // does. The peer must read the same from both.
+    let set = ns
+        .command("sysctl")
+        .args(["-qw", "net.ipv4.ip_local_port_range=40000 40001"])
+        .status()
+        .unwrap();
+    assert!(set.success());
     let agent = "import socket, time\n\
-        s = socket.socket(); s.listen(1)\n\
-        print(s.getsockname()[1], flush=True); time.sleep(3)";
+        held, said = [], 'missed'\n\
+        for i in range(20):\n\
+        \x20   s = socket.socket()\n\
+        \x20   try: s.listen(1)\n\
+        \x20   except PermissionError: said = 'refused'; break\n\
+        \x20   if s.getsockname()[1] == 40001: held.append(s); said = 'holding'; break\n\
+        \x20   s.close()\n\
+        print(said, flush=True); time.sleep(3)";
     let mut child = ns
         .command(bin())
         .args([
@@ -559,23 +604,23 @@ fn binding_a_reachable_port_needs_a_listen_rule() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut port = String::new();
+    let mut said = String::new();
     BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut port)
+        .read_line(&mut said)
         .unwrap();
-    let peer = format!(
-        "import socket\n\
-         s = socket.socket(); s.bind(('198.51.100.2', 0)); s.settimeout(1)\n\
-         try:\n    s.connect(('198.51.100.1', {})); print('connected')\n\
-         except OSError: print('nothing there')",
-        port.trim()
-    );
-    let out = ns.command(PYTHON).args(["-c", &peer]).output().unwrap();
+    let peer = "import socket\n\
+         for port in (40000, 40001):\n\
+         \x20   s = socket.socket(); s.bind(('198.51.100.2', 5000 + port % 2)); s.settimeout(1)\n\
+         \x20   try: s.connect(('198.51.100.1', port)); print('connected')\n\
+         \x20   except ConnectionRefusedError: print('reset')\n\
+         \x20   except OSError: print('silence')";
+    let out = ns.command(PYTHON).args(["-c", peer]).output().unwrap();
     let _ = child.wait();
+    assert_eq!(said.trim(), "refused");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "nothing there",
-        "port {port}"
+        String::from_utf8_lossy(&out.stdout),
+        "reset\nreset\n",
+        "the agent said {said}"
     );
     // --listen opens the port, for TCP only.
     let r = exec(
@@ -587,7 +632,7 @@ fn binding_a_reachable_port_needs_a_listen_rule() {
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(
         lines,
-        ["bound", "bound", "bound", "refused", "bound", "bound", "bound"],
+        ["bound", "bound", "bound", "refused", "bound", "bound", "bound", "refused"],
         "{r:?}"
     );
 }
