@@ -232,7 +232,31 @@ pub fn lint(policy: &Policy) -> Vec<Warning> {
             .map(|message| Warning { line: 0, message }),
     );
     out.extend(budget_warnings(policy));
+    out.extend(exec_only_warnings(policy));
     out
+}
+
+/// `channels` fields only `exec` enforces (with the seccomp filter it puts
+/// on the command it starts), set in a policy that governs cgroups or
+/// pods: under `run` they change nothing.
+fn exec_only_warnings(policy: &Policy) -> Vec<Warning> {
+    if policy.cgroups.is_empty() && policy.pods.is_empty() {
+        return Vec::new();
+    }
+    let c = &policy.channels;
+    [
+        (c.io_uring, "io_uring", "io_uring is open to the processes `run` governs whatever this says"),
+        (c.namespaces, "namespaces", "new user and network namespaces are open to the processes `run` governs whatever this says"),
+    ]
+    .into_iter()
+    .filter(|(set, ..)| *set)
+    .map(|(_, field, what)| Warning {
+        line: 0,
+        message: format!(
+            "`channels.{field}: allow` applies under `egressd exec` only (its seccomp filter); this policy governs cgroups or pods, where {what}"
+        ),
+    })
+    .collect()
 }
 
 #[cfg(test)]
@@ -240,6 +264,25 @@ mod tests {
     use super::*;
     use crate::policy::validate::parse;
     use std::path::Path;
+
+    #[test]
+    fn exec_only_channels_in_a_run_policy_are_warned_of() {
+        let text = "name: a\ncgroups: [agents.slice/a.service]\nchannels:\n  io_uring: allow\n  namespaces: allow\n";
+        let p = parse(text, Path::new("p.yaml")).unwrap();
+        let w: Vec<String> = lint(&p).into_iter().map(|w| w.message).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("`channels.io_uring: allow` applies under `egressd exec` only"),
+            "{w:?}"
+        );
+        // For exec (no cgroups): nothing to say.
+        let p = parse(
+            &text.replace("cgroups: [agents.slice/a.service]\n", ""),
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert!(lint(&p).is_empty());
+    }
 
     fn warnings(allow: &str) -> Vec<String> {
         let p = parse(&format!("name: a\nallow:\n{allow}"), Path::new("p.yaml")).unwrap();
