@@ -67,6 +67,10 @@ pub struct Observed {
     reached: BTreeMap<(IpAddr, Transport, u16), Seen>,
     /// The name an event itself gave an address (learned for a rule).
     named: HashMap<IpAddr, String>,
+    /// Names a connection presented (TLS server_name, HTTP Host) where
+    /// the policy refused them at the address (`name_not_at_address`),
+    /// by port: each is learned as a host rule of its own.
+    presented: BTreeMap<(String, u16), Seen>,
     /// What no allow rule can allow, described for a person.
     pub unlearnable: BTreeMap<String, Seen>,
     /// The policies the events came from.
@@ -137,6 +141,10 @@ impl Observed {
         let daddr: Option<IpAddr> = s("daddr").and_then(|a| a.parse().ok());
         let port = v["dport"].as_u64().unwrap_or(0) as u16;
         let reason = s("reason").unwrap_or("");
+        if reason == "name_not_at_address" {
+            self.add_presented(v, daddr, port, comm);
+            return;
+        }
         let transport = Transport::of(protocol);
         let learnable = matches!(
             hook,
@@ -165,10 +173,45 @@ impl Observed {
         }
     }
 
+    /// A connection refused (or audited) for the name it presented: the
+    /// name, if it is a host name, is learned for the port; a connection
+    /// that named none cannot be allowed by a host rule.
+    fn add_presented(&mut self, v: &Value, daddr: Option<IpAddr>, port: u16, comm: Option<&str>) {
+        let kind = v["presented"].as_str().unwrap_or("no_name");
+        let name = v["name"]
+            .as_str()
+            .filter(|_| matches!(kind, "tls_server_name" | "http_host"))
+            .and_then(|n| n.parse::<crate::policy::Host>().ok())
+            .filter(|h| !h.is_wildcard());
+        match name {
+            Some(host) if port != 0 => {
+                self.presented
+                    .entry((host.to_string(), port))
+                    .or_default()
+                    .add(comm);
+            }
+            _ => {
+                let at = daddr.map_or_else(|| "?".to_string(), |ip| format!("{ip}:{port}"));
+                self.unlearnable
+                    .entry(format!("tcp {at}: the connection presented {kind}, and a host rule needs a host name in its first bytes (`any_name_at_address: true` on the rule lets it through, with every name its front door serves)"))
+                    .or_default()
+                    .add(comm);
+            }
+        }
+    }
+
     /// What was reached, by name where the address was answered for one
-    /// (or named by the event), with its transports and ports.
+    /// (or named by the event, or presented by the connection), with its
+    /// transports and ports.
     pub fn destinations(&self) -> BTreeMap<(Reached, Transport), (BTreeSet<u16>, Seen)> {
         let mut out: BTreeMap<(Reached, Transport), (BTreeSet<u16>, Seen)> = BTreeMap::new();
+        for ((name, port), seen) in &self.presented {
+            let entry = out
+                .entry((Reached::Host(name.clone()), Transport::Tcp))
+                .or_default();
+            entry.0.insert(*port);
+            entry.1.merge(seen);
+        }
         for ((ip, t, port), seen) in &self.reached {
             let dest = match self.named.get(ip).or_else(|| self.answered.get(ip)) {
                 Some(name) => Reached::Host(name.clone()),
@@ -187,6 +230,7 @@ impl Observed {
             .reached
             .keys()
             .filter_map(|(ip, _, _)| self.named.get(ip).or_else(|| self.answered.get(ip)))
+            .chain(self.presented.keys().map(|(name, _)| name))
             .map(String::as_str)
             .collect();
         self.lookups
@@ -250,5 +294,35 @@ mod tests {
         assert_eq!(o.unreached(), vec!["unused.test"]);
         assert_eq!(o.unlearnable.len(), 1);
         assert_eq!(o.events, 5);
+    }
+
+    /// Under a policy that allows api.model.test, the agent reached its
+    /// address presenting another name: that name is learned as a host
+    /// rule of its own; a connection that presented none is not learnable.
+    #[test]
+    fn learns_the_names_connections_presented() {
+        let mut o = Observed::default();
+        for v in [
+            json!({"policy": "p", "hook": "packet_egress", "verdict": "audited", "protocol": "tcp",
+                   "daddr": "198.51.100.1", "dport": 443, "reason": "name_not_at_address",
+                   "presented": "tls_server_name", "name": "uploads.model.test", "host": "api.model.test"}),
+            json!({"policy": "p", "hook": "packet_egress", "verdict": "audited", "protocol": "tcp",
+                   "daddr": "198.51.100.1", "dport": 80, "reason": "name_not_at_address",
+                   "presented": "http_host", "name": "uploads.model.test"}),
+            json!({"policy": "p", "hook": "packet_egress", "verdict": "audited", "protocol": "tcp",
+                   "daddr": "198.51.100.1", "dport": 443, "reason": "name_not_at_address",
+                   "presented": "tls_without_server_name"}),
+            json!({"policy": "p", "hook": "packet_egress", "verdict": "audited", "protocol": "tcp",
+                   "daddr": "198.51.100.1", "dport": 443, "reason": "name_not_at_address",
+                   "presented": "tls_server_name", "name": "bad\\x00name"}),
+        ] {
+            o.add(&v, Some("p"));
+        }
+        let d = o.destinations();
+        let (ports, seen) = &d[&(Reached::Host("uploads.model.test".into()), Transport::Tcp)];
+        assert_eq!(ports.iter().copied().collect::<Vec<_>>(), vec![80, 443]);
+        assert_eq!(seen.count, 2);
+        assert_eq!(d.len(), 1);
+        assert_eq!(o.unlearnable.len(), 2, "{:?}", o.unlearnable);
     }
 }
