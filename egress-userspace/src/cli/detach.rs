@@ -1,6 +1,9 @@
 //! `egressd detach`: remove pinned programs.
 
-use std::{collections::HashSet, path::PathBuf};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
 
@@ -35,44 +38,71 @@ impl Detach {
                 "`{bad}`: an instance or policy name is letters, digits, `.`, `_` and `-`"
             )));
         }
-        let dirs = match (&self.instance, &self.policy) {
+        let (dirs, ids): (Vec<PathBuf>, Vec<u64>) = match (&self.instance, &self.policy) {
             (i, Some(p)) => {
                 let dirs = pins::policy_dirs(i.as_deref(), p)?;
                 if dirs.is_empty() {
                     bail!("no pinned programs of policy `{p}`")
                 }
-                dirs
+                let ids = dirs
+                    .iter()
+                    .flat_map(|d| pins::ids_in_policy_dir(d))
+                    .collect();
+                (dirs, ids)
             }
-            (Some(i), None) => vec![pins::instance_dir(i)?],
-            (None, None) => vec![pins::root()?],
+            (Some(i), None) => {
+                let dir = pins::instance_dir(i)?;
+                let ids = pins::ids_in_instance(&dir);
+                (vec![dir], ids)
+            }
+            (None, None) => {
+                let dir = pins::root()?;
+                let ids = pins::ids_in_root(&dir);
+                (vec![dir], ids)
+            }
         };
-        cut_stalled(&dirs)?;
+        let root = mounts::cgroup2_root()?;
+        let live = cgroup::ids_in_tree(&root);
+        cut_stalled(&root, &ids, &live)?;
+        // A removed cgroup's links stay while sockets made in it live on:
+        // nothing finds those sockets (no process of the cgroup is left to
+        // say which network namespace they are in), and what the links
+        // refused them would leave once the links are gone.
+        let mut kept = HashSet::new();
         for dir in &dirs {
-            pins::remove_tree(dir)?;
+            let keep = pins::removed_not_freed(dir, &live);
+            pins::remove_tree_except(dir, &keep)?;
+            kept.extend(keep);
+        }
+        if !kept.is_empty() {
+            eprintln!(
+                "egressd: kept the links of {} removed cgroup(s) whose sockets outlive them (what those sockets hold stays refused); they can go once the kernel frees those cgroups: run `egressd detach` again later",
+                kept.len()
+            );
         }
         Ok(())
     }
 }
 
-/// What the cgroups about to be let go of still hold, refused by their
-/// programs, is destroyed first (see `diag::cut_stalled`): it would leave
-/// once the programs are gone. If that fails, nothing is detached.
-fn cut_stalled(dirs: &[PathBuf]) -> Result<()> {
-    let root = mounts::cgroup2_root()?;
-    let (mut ids, mut pids) = (HashSet::new(), Vec::new());
-    for id in dirs.iter().flat_map(|d| pins::cgroup_ids_below(d)) {
-        ids.insert(id);
-        if let Some(path) = cgroup::path_of_id(&root, id) {
+/// What the live cgroups `ids` (and those below them) still hold,
+/// refused by their programs, is destroyed first (see
+/// `diag::cut_stalled`): it would leave once the programs are gone. If
+/// that fails, nothing is detached.
+fn cut_stalled(root: &Path, ids: &[u64], live: &HashSet<u64>) -> Result<()> {
+    let (mut all, mut pids) = (HashSet::new(), Vec::new());
+    for &id in ids.iter().filter(|id| live.contains(id)) {
+        all.insert(id);
+        if let Some(path) = cgroup::path_of_id(root, id) {
             let cgroup = Cgroup { path };
-            ids.extend(cgroup.all_ids());
+            all.extend(cgroup.all_ids());
             pids.extend(cgroup.all_pids());
         }
     }
-    if ids.is_empty() {
+    if all.is_empty() {
         return Ok(());
     }
-    diag::cut_stalled(&ids, &pids, diag::LET_GO_WAIT).context(
-        "nothing detached: the data sockets of the governed cgroups hold, refused by egressd, could not be destroyed (the kernel needs CONFIG_INET_DIAG_DESTROY), and would leave once the programs are gone",
+    diag::cut_stalled(&all, &pids, diag::LET_GO_WAIT).context(
+        "nothing detached: the data sockets of the governed cgroups hold, refused by egressd, could not be destroyed, and would leave once the programs are gone",
     )?;
     Ok(())
 }

@@ -46,6 +46,17 @@ pub fn path_of_id(root: &Path, id: u64) -> Option<PathBuf> {
     fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
 }
 
+/// The ids of every cgroup on the cgroup2 mount `root` (read from the
+/// tree: no privilege needed).
+pub fn ids_in_tree(root: &Path) -> std::collections::HashSet<u64> {
+    Cgroup {
+        path: root.to_path_buf(),
+    }
+    .all_ids()
+    .into_iter()
+    .collect()
+}
+
 /// One cgroup v2 directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {

@@ -349,8 +349,21 @@ pub fn cut_stalled(cgroups: &HashSet<u64>, pids: &[i32], wait: Duration) -> io::
     let mut seen = HashSet::from([own]);
     let mut spaces = vec![None];
     for pid in pids {
-        let Ok(ns) = fs::File::open(format!("/proc/{pid}/ns/net")) else {
-            continue; // exited
+        let ns = match fs::File::open(format!("/proc/{pid}/ns/net")) {
+            Ok(ns) => ns,
+            // Exited meanwhile.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                continue
+            }
+            // Not seen is not safe: the caller keeps the programs.
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("opening the network namespace of process {pid}: {e}"),
+                ))
+            }
         };
         if ns.metadata().is_ok_and(|m| seen.insert(m.ino())) {
             spaces.push(Some(ns));
@@ -360,7 +373,7 @@ pub fn cut_stalled(cgroups: &HashSet<u64>, pids: &[i32], wait: Duration) -> io::
         let cuts: Vec<_> = spaces
             .into_iter()
             .map(|ns| {
-                scope.spawn(move || {
+                std::thread::Builder::new().spawn_scoped(scope, move || {
                     if let Some(ns) = ns {
                         // SAFETY: setns on this thread only, with a
                         // namespace fd we hold.
@@ -373,7 +386,7 @@ pub fn cut_stalled(cgroups: &HashSet<u64>, pids: &[i32], wait: Duration) -> io::
             })
             .collect();
         cuts.into_iter().try_fold(0, |n, cut| {
-            Ok(n + cut
+            Ok(n + cut?
                 .join()
                 .map_err(|_| io::Error::other("sock_diag thread panicked"))??)
         })

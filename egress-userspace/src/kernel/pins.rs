@@ -15,6 +15,7 @@
 //! what to remove; nothing is followed, deleted or unpinned through it.
 
 use std::{
+    collections::HashSet,
     fs::{self, DirBuilder, Metadata},
     io::ErrorKind,
     os::{
@@ -170,10 +171,11 @@ pub fn remove_other_generations(instance: &str, keep: &Path, cgroup_root: &Path)
     if !walk_to(&dir, false)? {
         return Ok(());
     }
+    let live = cgroup::ids_in_tree(cgroup_root);
     for entry in fs::read_dir(&dir)?.flatten() {
         if entry.path() != keep {
             check_tree(&entry.path())?;
-            carry_over_removed(&entry.path(), keep, cgroup_root)?;
+            carry_over_removed(&entry.path(), keep, &live)?;
             remove_tree(&entry.path())?;
         }
     }
@@ -182,7 +184,7 @@ pub fn remove_other_generations(instance: &str, keep: &Path, cgroup_root: &Path)
 
 /// The cgroup links of generation `old` (`<policy>/<cgroup id>/<link>`)
 /// whose cgroup is removed but not yet freed, pinned again below `keep`.
-fn carry_over_removed(old: &Path, keep: &Path, cgroup_root: &Path) -> Result<()> {
+fn carry_over_removed(old: &Path, keep: &Path, live: &HashSet<u64>) -> Result<()> {
     for policy in fs::read_dir(old)?.flatten().filter(|e| e.path().is_dir()) {
         for cgroup in fs::read_dir(policy.path())?.flatten() {
             let Some(id) = cgroup
@@ -193,7 +195,7 @@ fn carry_over_removed(old: &Path, keep: &Path, cgroup_root: &Path) -> Result<()>
                 continue;
             };
             let to = keep.join(policy.file_name()).join(cgroup.file_name());
-            if to.exists() || cgroup_freed(&cgroup.path()) || cgroup_alive(cgroup_root, id) {
+            if to.exists() || live.contains(&id) || cgroup_freed(&cgroup.path()) {
                 continue;
             }
             make_dirs(&to)?;
@@ -206,11 +208,6 @@ fn carry_over_removed(old: &Path, keep: &Path, cgroup_root: &Path) -> Result<()>
         }
     }
     Ok(())
-}
-
-/// Whether the cgroup `id` is there in the cgroup tree (not removed).
-fn cgroup_alive(cgroup_root: &Path, id: u64) -> bool {
-    cgroup::path_of_id(cgroup_root, id).is_some_and(|p| !p.to_string_lossy().ends_with("(deleted)"))
 }
 
 /// Whether the cgroup whose links are pinned in `dir` has been freed by
@@ -320,24 +317,97 @@ pub fn policy_dirs(instance: Option<&str>, policy: &str) -> Result<Vec<PathBuf>>
     Ok(found)
 }
 
-/// The ids of the cgroups whose links are pinned below `dir` (the
-/// `<cgroup id>` directories).
-pub fn cgroup_ids_below(dir: &Path) -> Vec<u64> {
-    let mut ids = Vec::new();
+/// The ids of the cgroups whose links are pinned in a policy's directory
+/// (its `<cgroup id>` directories).
+pub fn ids_in_policy_dir(dir: &Path) -> Vec<u64> {
     let Ok(entries) = fs::read_dir(dir) else {
-        return ids;
+        return Vec::new();
     };
-    for entry in entries.flatten().filter(|e| e.path().is_dir()) {
-        match entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            Some(id) => ids.push(id),
-            None => ids.extend(cgroup_ids_below(&entry.path())),
+    entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+        .collect()
+}
+
+/// The same for an instance's directory: its policies', directly (exec)
+/// or in its generations (`gen-*`, run).
+pub fn ids_in_instance(dir: &Path) -> Vec<u64> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for e in entries.flatten().filter(|e| e.path().is_dir()) {
+        if e.file_name().to_string_lossy().starts_with("gen-") {
+            for p in fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                ids.extend(ids_in_policy_dir(&p.path()));
+            }
+        } else {
+            ids.extend(ids_in_policy_dir(&e.path()));
         }
     }
     ids
+}
+
+/// The same for every instance below `root`.
+pub fn ids_in_root(root: &Path) -> Vec<u64> {
+    fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|e| ids_in_instance(&e.path()))
+        .collect()
+}
+
+/// As `remove_tree`, but the directories in `keep` (and so the
+/// directories above them) stay.
+pub fn remove_tree_except(dir: &Path, keep: &HashSet<PathBuf>) -> Result<()> {
+    if !walk_to(dir, false)? {
+        return Ok(());
+    }
+    check_tree(dir)?;
+    remove_except(dir, keep).map(drop)
+}
+
+/// Whether anything was kept below `dir`.
+fn remove_except(dir: &Path, keep: &HashSet<PathBuf>) -> Result<bool> {
+    if keep.contains(dir) {
+        return Ok(true);
+    }
+    let mut kept = false;
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            kept |= remove_except(&path, keep)?;
+        } else {
+            fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        }
+    }
+    if !kept {
+        fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(kept)
+}
+
+/// The link directories below `dir` (`.../<policy>/<cgroup id>`) of
+/// cgroups that were removed but are not freed: sockets made in them live
+/// on, and their links still judge those sockets.
+pub fn removed_not_freed(dir: &Path, live: &HashSet<u64>) -> HashSet<PathBuf> {
+    let mut out = HashSet::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten().filter(|e| e.path().is_dir()) {
+        match e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+            Some(id) if !live.contains(&id) && !cgroup_freed(&e.path()) => {
+                out.insert(e.path());
+            }
+            Some(_) => {}
+            None => out.extend(removed_not_freed(&e.path(), live)),
+        }
+    }
+    out
 }
 
 /// A pin directory name (an instance's, or a policy's): letters, digits,
@@ -348,4 +418,31 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy (or instance) may be named with digits only: only the
+    /// directories where the layout puts cgroup ids are read as ids.
+    #[test]
+    fn cgroup_ids_are_read_where_the_layout_puts_them() {
+        let root = std::env::temp_dir().join(format!("egressd-pins-{}", std::process::id()));
+        for dir in [
+            "run/gen-1-2/123/77",
+            "run/gen-1-2/agent/78",
+            "exec-9/42/79",
+            "1/gen-3-4/p/80",
+        ] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        fs::write(root.join("exec-9/42/79/egress_connect4"), b"").unwrap();
+        let mut ids = ids_in_root(&root);
+        ids.sort_unstable();
+        assert_eq!(ids, vec![77, 78, 79, 80]);
+        assert_eq!(ids_in_instance(&root.join("exec-9")), vec![79]);
+        assert_eq!(ids_in_policy_dir(&root.join("run/gen-1-2/123")), vec![77]);
+        let _ = fs::remove_dir_all(&root);
+    }
 }

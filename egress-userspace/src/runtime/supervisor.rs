@@ -299,7 +299,7 @@ impl Governor {
             ids.insert(cgroup_id);
             let pids = cgroup.all_pids();
             tokio::task::block_in_place(|| diag::cut_stalled(&ids, &pids, LET_GO_WAIT)).with_context(|| {
-                format!("cgroup {} stays governed: the data its sockets hold, refused while it was governed, could not be destroyed (the kernel needs CONFIG_INET_DIAG_DESTROY)", rel.display())
+                format!("cgroup {} stays governed: the data its sockets hold, refused while it was governed, could not be destroyed", rel.display())
             })?;
             let mut e = self
                 .allowlist
