@@ -60,6 +60,7 @@ struct Resp {
 const NOTIF_RECV: libc::c_ulong = 0xc050_2100; // _IOWR('!', 0, struct seccomp_notif)
 const NOTIF_SEND: libc::c_ulong = 0xc018_2101; // _IOWR('!', 1, struct seccomp_notif_resp)
 const NOTIF_ID_VALID: libc::c_ulong = 0x4008_2102; // _IOW('!', 2, __u64)
+const NOTIF_ID_VALID_OLD: libc::c_ulong = 0x8008_2102; // _IOR, before Linux 5.8
 
 /// What a policy says of listening: the ports its `listen` rules allow
 /// for TCP, and its mode.
@@ -107,13 +108,13 @@ fn loopback(ip: IpAddr) -> bool {
 
 /// Answers the command's `listen()` calls on `listener` until `stop` is
 /// set or the command's processes are gone; a refused (or audited) call is
-/// sent to `events` as a record, hook `listen`.
+/// sent to `events` as a record, hook `listen` (while it has room).
 pub fn supervise(
     listener: OwnedFd,
     judge: Judge,
     cgroup_id: u64,
     stop: Arc<AtomicBool>,
-    events: tokio::sync::mpsc::UnboundedSender<Record>,
+    events: tokio::sync::mpsc::Sender<Record>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
@@ -152,7 +153,9 @@ pub fn supervise(
             // makes this fail, which changes nothing.
             unsafe { libc::ioctl(listener.as_raw_fd(), NOTIF_SEND, &resp) };
             if let Some(r) = record {
-                let _ = events.send(r);
+                // A flood of refusals: the calls are still refused, and
+                // only the events past the queue are dropped.
+                let _ = events.try_send(r);
             }
         }
     })
@@ -173,13 +176,25 @@ fn answer(
         return (Err(libc::EBADF), None);
     };
     let id = n.id;
-    // SAFETY: an ioctl on our own listener, with the id by value.
-    if unsafe { libc::ioctl(listener.as_raw_fd(), NOTIF_ID_VALID, &id) } != 0 {
+    // SAFETY: ioctls on our own listener, with a pointer to the id (the
+    // number the kernel took before Linux 5.8 second).
+    let valid = unsafe {
+        libc::ioctl(listener.as_raw_fd(), NOTIF_ID_VALID, &id) == 0
+            || libc::ioctl(listener.as_raw_fd(), NOTIF_ID_VALID_OLD, &id) == 0
+    };
+    if !valid {
         return (Err(libc::EPERM), None); // the caller died; its pid may be reused
     }
     let record = match local_ip(&sock) {
-        Some(local) if !judge.allows(local) => Some(refusal(n.pid, local, judge, cgroup_id)),
-        _ => None,
+        // An IP stream socket: judged.
+        Ok(Some(local)) if is_stream(&sock) && !judge.allows(local) => {
+            Some(refusal(n.pid, local, judge, cgroup_id))
+        }
+        Ok(_) => None,
+        // Not a socket: the kernel's own answer.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => None,
+        // Not known: refused.
+        Err(_) => return (Err(libc::EPERM), None),
     };
     if record.is_some() && !judge.audit {
         return (Err(libc::EPERM), record);
@@ -194,30 +209,98 @@ fn answer(
     (Ok(()), record)
 }
 
-/// A copy of descriptor `fd` of thread `tid`.
+/// A copy of descriptor `fd` of thread `tid` (a notification names the
+/// calling thread): through a pidfd of the thread itself (Linux 6.9), else
+/// of its thread group, checked with kcmp to be the file the thread named
+/// (a thread may have a descriptor table of its own).
 fn take_fd(tid: u32, fd: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open and pidfd_getfd return new descriptors or -1.
-    unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, tid as libc::c_long, 0 as libc::c_long);
-        if pidfd < 0 {
-            return Err(io::Error::last_os_error());
+    const PIDFD_THREAD: libc::c_long = libc::O_EXCL as libc::c_long;
+    if let Ok(pidfd) = pidfd_open(tid, PIDFD_THREAD) {
+        return getfd(&pidfd, fd);
+    }
+    let tgid = status_field(tid, "Tgid:");
+    if tgid == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    let ours = getfd(&pidfd_open(tgid, 0)?, fd)?;
+    if tgid != tid {
+        const KCMP_FILE: libc::c_long = 0;
+        // SAFETY: kcmp compares two descriptors; no memory is passed.
+        let same = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                libc::getpid() as libc::c_long,
+                tid as libc::c_long,
+                KCMP_FILE,
+                ours.as_raw_fd() as libc::c_long,
+                fd as libc::c_long,
+            )
+        };
+        if same != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
-        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
-        let got = libc::syscall(
+    }
+    Ok(ours)
+}
+
+fn pidfd_open(pid: u32, flags: libc::c_long) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, flags) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor, now owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(pidfd as i32) })
+}
+
+fn getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_getfd returns a new descriptor or -1.
+    let got = unsafe {
+        libc::syscall(
             libc::SYS_pidfd_getfd,
             pidfd.as_raw_fd() as libc::c_long,
             fd as libc::c_long,
             0 as libc::c_long,
-        );
-        if got < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(got as i32))
+        )
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: a new descriptor, now owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(got as i32) })
+}
+
+/// A number from `/proc/TID/status` (0 if it cannot be read).
+fn status_field(tid: u32, name: &str) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether a socket is a stream socket (only those listen; for others
+/// the kernel's own answer is given).
+fn is_stream(sock: &OwnedFd) -> bool {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into an int we own, with its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && kind == libc::SOCK_STREAM
 }
 
 /// The local address of an IPv4 or IPv6 socket; None for another family.
-fn local_ip(sock: &OwnedFd) -> Option<SocketAddr> {
+fn local_ip(sock: &OwnedFd) -> io::Result<Option<SocketAddr>> {
     // SAFETY: getsockname into storage we own, with its size.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -230,42 +313,34 @@ fn local_ip(sock: &OwnedFd) -> Option<SocketAddr> {
         )
     };
     if rc != 0 {
-        return None;
+        return Err(io::Error::last_os_error());
     }
     match i32::from(ss.ss_family) {
         libc::AF_INET => {
             // SAFETY: the kernel wrote a sockaddr_in.
             let a: libc::sockaddr_in =
                 unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::new(
+            Ok(Some(SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
                 u16::from_be(a.sin_port),
-            ))
+            )))
         }
         libc::AF_INET6 => {
             // SAFETY: the kernel wrote a sockaddr_in6.
             let a: libc::sockaddr_in6 =
                 unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::new(
+            Ok(Some(SocketAddr::new(
                 IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)),
                 u16::from_be(a.sin6_port),
-            ))
+            )))
         }
-        _ => None,
+        _ => Ok(None),
     }
 }
 
 /// The record of a refused (or audited) listen of thread `tid`.
 fn refusal(tid: u32, local: SocketAddr, judge: &Judge, cgroup_id: u64) -> Record {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
-    let field = |name: &str| -> u32 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |name: &str| status_field(tid, name);
     let mut comm = [0u8; 16];
     let name = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
     let name = name.trim_end().as_bytes();

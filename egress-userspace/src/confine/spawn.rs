@@ -142,7 +142,7 @@ pub fn spawn_in(
     // Sent before the command was exec'd (spawn returns after that).
     let listener = receive_fd(&ours).map_err(|e| match e.kind() {
         std::io::ErrorKind::WouldBlock => {
-            "the kernel gave the command's filter no listener (a filter above egressd's has one), so listen() is refused for every socket".to_string()
+            "the kernel gave the command's seccomp filter no listener (a filter above egressd's has one already, or the kernel is older than 5.0), so listen() is refused for every socket, UNIX ones too".to_string()
         }
         _ => format!("receiving the command's filter listener: {e}"),
     });

@@ -192,7 +192,7 @@ async fn run_governed(
         filter,
         scope_abstract_unix,
     )?;
-    let (listen_tx, mut listens) = tokio::sync::mpsc::unbounded_channel();
+    let (listen_tx, mut listens) = tokio::sync::mpsc::channel(1024);
     let stop = Arc::new(AtomicBool::new(false));
     let supervisor = match listener {
         Ok(fd) => Some(listen::supervise(

@@ -542,10 +542,20 @@ fn binding_a_reachable_port_needs_a_listen_rule() {
     // listen() without bind() takes a port of the kernel's choosing on
     // every address, where the bind hook cannot see. Refused (EPERM, an
     // event), while a UNIX socket listens as before.
-    let agent = "import socket\n\
+    // From a thread other than the main one too (the notification names
+    // the thread).
+    let agent = "import socket, threading\n\
         s = socket.socket()\n\
         try:\n    s.listen(1); print('listening')\n\
         except PermissionError: print('refused')\n\
+        said = []\n\
+        def worker():\n\
+        \x20   t = socket.socket(); t.bind(('127.0.0.1', 0)); t.listen(1); said.append('thread loopback listening')\n\
+        \x20   v = socket.socket()\n\
+        \x20   try: v.listen(1); said.append('thread listening')\n\
+        \x20   except PermissionError: said.append('thread refused')\n\
+        th = threading.Thread(target=worker); th.start(); th.join()\n\
+        print('\\n'.join(said))\n\
         u = socket.socket(socket.AF_UNIX); u.bind('\\0egressd-test-listen'); u.listen(1)\n\
         print('unix listening')";
     let r = exec(
@@ -554,7 +564,10 @@ fn binding_a_reachable_port_needs_a_listen_rule() {
         &[PYTHON, "-c", agent],
     )
     .unwrap();
-    assert_eq!(r.stdout, "refused\nunix listening\n", "{r:?}");
+    assert_eq!(
+        r.stdout, "refused\nthread loopback listening\nthread refused\nunix listening\n",
+        "{r:?}"
+    );
     let e = r
         .events
         .iter()
