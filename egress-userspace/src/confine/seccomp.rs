@@ -286,7 +286,7 @@ impl Filter {
             }
             return Ok(());
         }
-        let sent = send_fd(to_egressd, listener as libc::c_int);
+        let sent = super::handover::send_fd(to_egressd, listener as libc::c_int);
         // SAFETY: closing our own descriptors.
         unsafe {
             libc::close(listener as libc::c_int);
@@ -294,39 +294,4 @@ impl Filter {
         }
         sent
     }
-}
-
-/// Sends `fd` over the UNIX socket `sock` (SCM_RIGHTS), with no allocation.
-fn send_fd(sock: libc::c_int, fd: libc::c_int) -> std::io::Result<()> {
-    #[repr(C, align(8))]
-    struct Control([u8; 32]);
-    let mut control = Control([0; 32]);
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: a zeroed msghdr is valid; every pointer set below points at
-    // locals that outlive the sendmsg call, and the control buffer is
-    // large and aligned enough for one descriptor's cmsghdr.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.0.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(4) as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as _;
-        std::ptr::copy_nonoverlapping(
-            (&fd as *const libc::c_int).cast::<u8>(),
-            libc::CMSG_DATA(cmsg),
-            4,
-        );
-        if libc::sendmsg(sock, &msg, 0) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }

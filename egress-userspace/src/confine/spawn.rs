@@ -4,12 +4,12 @@
 use std::{
     ffi::OsString,
     fs::File,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
 use anyhow::{Context, Result};
 
-use super::{landlock, seccomp};
+use super::{handover, landlock, seccomp};
 use crate::{kernel::cgroup::Cgroup, policy::error::UsageError};
 
 /// Opens `cgroup.procs` for the child to move itself in before exec.
@@ -140,54 +140,11 @@ pub fn spawn_in(
     drop(domain);
     drop(theirs);
     // Sent before the command was exec'd (spawn returns after that).
-    let listener = receive_fd(&ours).map_err(|e| match e.kind() {
+    let listener = handover::receive_fd(&ours).map_err(|e| match e.kind() {
         std::io::ErrorKind::WouldBlock => {
             "the kernel gave the command's seccomp filter no listener (a filter above egressd's has one already, or the kernel is older than 5.0), so listen() is refused for every socket, UNIX ones too".to_string()
         }
         _ => format!("receiving the command's filter listener: {e}"),
     });
     Ok(Spawned { child, listener })
-}
-
-/// One descriptor sent over `sock` (SCM_RIGHTS), if one is waiting.
-fn receive_fd(sock: &std::os::unix::net::UnixDatagram) -> std::io::Result<OwnedFd> {
-    #[repr(C, align(8))]
-    struct Control([u8; 32]);
-    let mut control = Control([0; 32]);
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: a zeroed msghdr whose pointers point at locals that outlive
-    // the call; the kernel writes at most msg_controllen bytes of control.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.0.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of::<Control>() as _;
-        let n = libc::recvmsg(
-            sock.as_raw_fd(),
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        );
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if cmsg.is_null()
-            || (*cmsg).cmsg_level != libc::SOL_SOCKET
-            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
-        {
-            return Err(std::io::Error::from(std::io::ErrorKind::WouldBlock));
-        }
-        let mut fd: libc::c_int = -1;
-        std::ptr::copy_nonoverlapping(
-            libc::CMSG_DATA(cmsg),
-            (&mut fd as *mut libc::c_int).cast::<u8>(),
-            4,
-        );
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
 }

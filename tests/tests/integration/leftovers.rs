@@ -109,6 +109,16 @@ while time.time() < end:
 print("got", got, flush=True)
 "#;
 
+/// Starts `PEER` in `ns`.
+fn peer(ns: &Netns) -> std::process::Child {
+    ns.command(PYTHON)
+        .args(["-c", PEER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// An agent under `exec --listen 8443` whose script `agent` listens on
 /// 198.51.100.1:8443 and prints "listening", and a peer the policy does
 /// not allow (203.0.113.9) that connects in once it does. SYN cookies are
@@ -144,13 +154,7 @@ fn inbound_from_a_refused_peer(tag: &str, agent: &str) -> (String, String) {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "listening");
-    let mut peer = ns
-        .command(PYTHON)
-        .args(["-c", PEER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut peer = peer(&ns);
     let status = exec.wait().unwrap();
     drop(peer.stdin.take());
     let mut said = String::new();
@@ -303,13 +307,7 @@ if not {agent_exits}:
     let mut said = String::new();
     out.read_line(&mut said).unwrap();
     assert_eq!(said.trim(), "listening");
-    let mut peer = ns
-        .command(PYTHON)
-        .args(["-c", PEER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut peer = peer(&ns);
     out.read_line(&mut said).unwrap();
     if agent_exits {
         agent.wait().unwrap();
