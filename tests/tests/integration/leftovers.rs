@@ -363,11 +363,7 @@ fn bytes_refused_under_run_stay_refused_after_the_cgroup_is_removed() {
         assert!(killed.status.success(), "{killed:?}");
         swept = daemon.wait_log(|l| l.contains("its links removed"));
     });
-    assert!(said.contains("wrote"), "{said}");
-    assert_eq!(
-        got, "got 0",
-        "the peer received the refused bytes after the cgroup was removed: {said}"
-    );
+    nothing_arrived(&said, &got, "the cgroup was removed");
     assert!(
         swept,
         "the removed cgroup's links stayed after its last socket: {said}"
@@ -383,17 +379,9 @@ fn bytes_refused_under_run_stay_refused_after_a_reload_releases_the_cgroup() {
         let text = std::fs::read_to_string(policy).unwrap();
         let rel = cg.rel_str();
         std::fs::write(policy, text.replace(&format!("{rel}, "), "")).unwrap();
-        let out = std::process::Command::new(bin())
-            .args(["reload", "--instance", &daemon.instance])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        egressd_succeeds(&["reload", "--instance", &daemon.instance]);
     });
-    assert!(said.contains("wrote"), "{said}");
-    assert_eq!(
-        got, "got 0",
-        "the peer received the refused bytes after a reload released the cgroup: {said}"
-    );
+    nothing_arrived(&said, &got, "a reload released the cgroup");
 }
 
 /// `egressd detach` stops enforcing: what was refused before it must not
@@ -402,15 +390,25 @@ fn bytes_refused_under_run_stay_refused_after_a_reload_releases_the_cgroup() {
 fn bytes_refused_under_run_stay_refused_after_detach() {
     require_root();
     let (said, got) = inbound_under_run("leftdetach", false, |daemon, _, _| {
-        let out = std::process::Command::new(bin())
-            .args(["detach", "--instance", &daemon.instance])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        egressd_succeeds(&["detach", "--instance", &daemon.instance]);
     });
+    nothing_arrived(&said, &got, "detach");
+}
+
+/// Runs `egressd ARGS` (outside the test's namespace), which must succeed.
+fn egressd_succeeds(args: &[&str]) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The agent wrote, and the peer got nothing of it after `what`.
+fn nothing_arrived(said: &str, got: &str, what: &str) {
     assert!(said.contains("wrote"), "{said}");
     assert_eq!(
         got, "got 0",
-        "the peer received the refused bytes after detach: {said}"
+        "the peer received the refused bytes after {what}: {said}"
     );
 }
