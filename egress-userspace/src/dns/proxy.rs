@@ -33,8 +33,8 @@ use crate::{
     },
 };
 
-/// Queries one proxy answers at once; more wait (UDP) or are not accepted
-/// yet (TCP), so that a flood cannot use up memory or file descriptors.
+/// UDP queries one proxy answers at once; more wait, so that a flood
+/// cannot use up memory (TCP connections are bounded by `tcp_clients`).
 const MAX_IN_FLIGHT: usize = 256;
 /// DNS deny events waiting to be written; more are counted as lost.
 pub const EVENT_QUEUE: usize = 4096;
