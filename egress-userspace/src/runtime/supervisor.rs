@@ -293,14 +293,23 @@ impl Governor {
             .filter(|(rel, _)| !wanted.contains(rel))
             .map(|(rel, id)| (rel.clone(), *id))
             .collect();
+        if released.is_empty() {
+            return Ok(());
+        }
+        // One wait for all of them (a reload that releases many cgroups
+        // must not block the daemon for 2 s each).
+        let (mut ids, mut pids) = (HashSet::new(), Vec::new());
+        for (rel, cgroup_id) in &released {
+            let cgroup = Cgroup::at(&self.cgroup_root, rel);
+            ids.extend(cgroup.all_ids());
+            ids.insert(*cgroup_id);
+            pids.extend(cgroup.all_pids());
+        }
+        tokio::task::block_in_place(|| diag::cut_stalled(&ids, &pids, LET_GO_WAIT)).with_context(|| {
+            let rels: Vec<String> = released.iter().map(|(rel, _)| rel.display().to_string()).collect();
+            format!("cgroups {rels:?} stay governed: the data their sockets hold, refused while they were governed, could not be destroyed")
+        })?;
         for (rel, cgroup_id) in released {
-            let cgroup = Cgroup::at(&self.cgroup_root, &rel);
-            let mut ids: HashSet<u64> = cgroup.all_ids().into_iter().collect();
-            ids.insert(cgroup_id);
-            let pids = cgroup.all_pids();
-            tokio::task::block_in_place(|| diag::cut_stalled(&ids, &pids, LET_GO_WAIT)).with_context(|| {
-                format!("cgroup {} stays governed: the data its sockets hold, refused while it was governed, could not be destroyed", rel.display())
-            })?;
             let mut e = self
                 .allowlist
                 .lock()
