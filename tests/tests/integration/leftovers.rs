@@ -265,7 +265,7 @@ except OSError as e:
 fn inbound_under_run(
     tag: &str,
     agent_exits: bool,
-    let_go: impl FnOnce(&Daemon, &TestCgroup, &std::path::Path),
+    let_go: impl FnOnce(&Netns, &Daemon, &TestCgroup, &std::path::Path),
 ) -> (String, String) {
     let ns = cookies_forced(tag);
     let tmp = TempDir::new(tag).unwrap();
@@ -314,7 +314,7 @@ if not {agent_exits}:
     }
     // What the backstop refused is queued; TCP retransmits it.
     thread::sleep(Duration::from_millis(500));
-    let_go(&daemon, &cg, &policy);
+    let_go(&ns, &daemon, &cg, &policy);
     // TCP sends what it queued again after growing pauses (0.2 s, then
     // doubling): the peer reads for 6 s more.
     thread::sleep(Duration::from_secs(4));
@@ -338,7 +338,7 @@ if not {agent_exits}:
 fn bytes_refused_under_run_stay_refused_after_the_cgroup_is_removed() {
     require_root();
     let mut swept = false;
-    let (said, got) = inbound_under_run("leftrmdir", true, |daemon, cg, _| {
+    let (said, got) = inbound_under_run("leftrmdir", true, |ns, daemon, cg, _| {
         cg.cgroup.remove().unwrap();
         assert!(
             daemon.wait_log(|l| l.contains("governed again")),
@@ -354,13 +354,7 @@ fn bytes_refused_under_run_stay_refused_after_the_cgroup_is_removed() {
             .unwrap()
             .iter()
             .any(|l| l.contains("its links removed")));
-        let ns_fd = format!("/proc/{}/ns/net", daemon.pid());
-        let killed = std::process::Command::new("nsenter")
-            .arg(format!("--net={ns_fd}"))
-            .args(["ss", "-K", "dst", "203.0.113.9"])
-            .output()
-            .unwrap();
-        assert!(killed.status.success(), "{killed:?}");
+        kill_the_peers_socket(ns);
         swept = daemon.wait_log(|l| l.contains("its links removed"));
     });
     nothing_arrived(&said, &got, "the cgroup was removed");
@@ -370,12 +364,53 @@ fn bytes_refused_under_run_stay_refused_after_the_cgroup_is_removed() {
     );
 }
 
+/// A daemon restarted while the removed cgroup's socket lives (killed, as
+/// a crash would) carries that cgroup's links into its own pins: the peer
+/// still gets nothing, and the new daemon removes them once the socket is
+/// gone.
+#[test]
+fn a_restarted_daemon_keeps_a_removed_cgroups_links_while_its_socket_lives() {
+    require_root();
+    let mut swept = false;
+    let (said, got) = inbound_under_run("leftrestart", true, |ns, daemon, cg, policy| {
+        cg.cgroup.remove().unwrap();
+        assert!(daemon.wait_log(|l| l.contains("governed again")));
+        daemon.signal(libc::SIGKILL);
+        thread::sleep(Duration::from_millis(300));
+        let again = Daemon::start_instance(ns, policy, &daemon.instance, &[]).unwrap();
+        thread::sleep(Duration::from_secs(4));
+        assert!(!again
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("its links removed")));
+        kill_the_peers_socket(ns);
+        swept = again.wait_log(|l| l.contains("its links removed"));
+    });
+    nothing_arrived(&said, &got, "egressd was restarted");
+    assert!(
+        swept,
+        "the restarted daemon kept the removed cgroup's links after its last socket: {said}"
+    );
+}
+
+/// Destroys the agent's end of its connection with the peer (`ss -K`).
+fn kill_the_peers_socket(ns: &Netns) {
+    let killed = ns
+        .command("ss")
+        .args(["-K", "dst", "203.0.113.9"])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+}
+
 /// A reload that no longer names the agent's cgroup releases it: what the
 /// backstop refused while it was governed must not leave then.
 #[test]
 fn bytes_refused_under_run_stay_refused_after_a_reload_releases_the_cgroup() {
     require_root();
-    let (said, got) = inbound_under_run("leftrelease", false, |daemon, cg, policy| {
+    let (said, got) = inbound_under_run("leftrelease", false, |_, daemon, cg, policy| {
         let text = std::fs::read_to_string(policy).unwrap();
         let rel = cg.rel_str();
         std::fs::write(policy, text.replace(&format!("{rel}, "), "")).unwrap();
@@ -389,7 +424,7 @@ fn bytes_refused_under_run_stay_refused_after_a_reload_releases_the_cgroup() {
 #[test]
 fn bytes_refused_under_run_stay_refused_after_detach() {
     require_root();
-    let (said, got) = inbound_under_run("leftdetach", false, |daemon, _, _| {
+    let (said, got) = inbound_under_run("leftdetach", false, |_, daemon, _, _| {
         egressd_succeeds(&["detach", "--instance", &daemon.instance]);
     });
     nothing_arrived(&said, &got, "detach");
