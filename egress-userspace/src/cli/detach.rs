@@ -3,6 +3,7 @@
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -68,11 +69,22 @@ impl Detach {
         // nothing finds those sockets (no process of the cgroup is left to
         // say which network namespace they are in), and what the links
         // refused them would leave once the links are gone.
-        let mut kept = HashSet::new();
+        // The kernel frees a removed cgroup a moment after its last socket
+        // goes (one just removed with none is not freed yet): wait for it
+        // as long as `cut_stalled` waits for a socket.
+        let deadline = Instant::now() + diag::LET_GO_WAIT;
+        let kept: HashSet<PathBuf> = loop {
+            let kept: HashSet<PathBuf> = dirs
+                .iter()
+                .flat_map(|d| pins::removed_not_freed(d, &live))
+                .collect();
+            if kept.is_empty() || Instant::now() >= deadline {
+                break kept;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         for dir in &dirs {
-            let keep = pins::removed_not_freed(dir, &live);
-            pins::remove_tree_except(dir, &keep)?;
-            kept.extend(keep);
+            pins::remove_tree_except(dir, &kept)?;
         }
         if !kept.is_empty() {
             eprintln!(
