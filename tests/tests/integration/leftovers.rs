@@ -345,17 +345,7 @@ fn bytes_refused_under_run_stay_refused_after_the_cgroup_is_removed() {
             "{:?}",
             daemon.log.lock().unwrap()
         );
-        // TCP sends what it queued again after growing pauses: the peer
-        // reads for 4 s with the socket alive, and its links stay.
-        thread::sleep(Duration::from_secs(4));
-        assert!(!daemon
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("its links removed")));
-        kill_the_peers_socket(ns);
-        swept = daemon.wait_log(|l| l.contains("its links removed"));
+        swept = kept_then_swept(ns, daemon);
     });
     nothing_arrived(&said, &got, "the cgroup was removed");
     assert!(
@@ -378,21 +368,25 @@ fn a_restarted_daemon_keeps_a_removed_cgroups_links_while_its_socket_lives() {
         daemon.signal(libc::SIGKILL);
         thread::sleep(Duration::from_millis(300));
         let again = Daemon::start_instance(ns, policy, &daemon.instance, &[]).unwrap();
-        thread::sleep(Duration::from_secs(4));
-        assert!(!again
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("its links removed")));
-        kill_the_peers_socket(ns);
-        swept = again.wait_log(|l| l.contains("its links removed"));
+        swept = kept_then_swept(ns, &again);
     });
     nothing_arrived(&said, &got, "egressd was restarted");
     assert!(
         swept,
         "the restarted daemon kept the removed cgroup's links after its last socket: {said}"
     );
+}
+
+/// While the removed cgroup's socket lives, `daemon` keeps its links
+/// (TCP sends what it queued again after growing pauses: the peer reads
+/// for 4 s meanwhile); once the socket is destroyed, whether `daemon`
+/// removed them.
+fn kept_then_swept(ns: &Netns, daemon: &Daemon) -> bool {
+    let swept = |l: &str| l.contains("its links removed");
+    thread::sleep(Duration::from_secs(4));
+    assert!(!daemon.log.lock().unwrap().iter().any(|l| swept(l)));
+    kill_the_peers_socket(ns);
+    daemon.wait_log(swept)
 }
 
 /// Destroys the agent's end of its connection with the peer (`ss -K`).
